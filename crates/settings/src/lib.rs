@@ -64,3 +64,16 @@ impl std::fmt::Display for InterceptionMode {
         f.write_str(self.as_str())
     }
 }
+
+/// Value types serialize as their annotation spelling (`"8000-8100"`, `"10.0.0.0/8"`), so
+/// JSON output reads like the annotations it came from.
+macro_rules! serialize_as_display {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_display!(PortRange, PortSet, PortSpec, IpNet, CidrSet, IpRangeSpec, IfaceName);

@@ -1,0 +1,1 @@
+//! nftables renderer (in progress).
