@@ -9,6 +9,7 @@ pub mod compile;
 pub mod config;
 pub mod ir;
 pub mod istio_flags;
+pub mod linux;
 pub mod render;
 
 pub use compile::compile;

@@ -1,0 +1,233 @@
+//! `meshpass rules`: a workload's annotations → capture rules, printed or applied.
+//!
+//! Settings come from `-a KEY=VALUE` (repeatable) and/or `--annotations FILE` (a YAML or JSON
+//! map, or a Pod/Deployment manifest whose pod-template annotations are used), combined with
+//! Istio's injector defaults exactly as the sidecar injector would.
+
+use super::invalid;
+use anyhow::{bail, Context};
+use meshpass_capture::ir::Family;
+use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner};
+use meshpass_capture::render::iptables::render_restore;
+use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
+use meshpass_settings::{InterceptionMode, Settings};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+/// Where settings come from, shared by `rules` and `explain`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettingsArgs {
+    /// An annotation, e.g. `-a traffic.sidecar.istio.io/excludeInboundPorts=5000` (repeatable;
+    /// later values win over the file).
+    #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// A YAML or JSON map of annotations, or a Kubernetes manifest (Pod, Deployment, …).
+    #[arg(long = "annotations", value_name = "FILE")]
+    file: Option<String>,
+    /// Emit IPv6 rules too (Istio does when the pod has an IPv6 address).
+    #[arg(long)]
+    ipv6: bool,
+    /// The proxy's UID (istio-proxy's runAsUser).
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's GID (default: the UID, as istio-iptables).
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    /// The agent's status port, excluded inbound (0 = none).
+    #[arg(long, default_value_t = 15020)]
+    status_port: u16,
+    /// Capture DNS to the agent (ISTIO_META_DNS_CAPTURE).
+    #[arg(long)]
+    dns_capture: bool,
+    /// A name server whose DNS is captured (repeatable); none with --dns-capture means all.
+    #[arg(long = "dns-server", value_name = "IP")]
+    dns_servers: Vec<IpAddr>,
+    /// Drop conntrack-INVALID packets (INVALID_DROP).
+    #[arg(long)]
+    drop_invalid: bool,
+}
+
+/// Converts a YAML scalar to the string Kubernetes would need it to be.
+fn scalar(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml::Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Reads annotations from a file: a flat map, or a manifest's pod-template / metadata
+/// annotations.
+pub fn read_annotations(path: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("{path} is not YAML or JSON"))?;
+    let pick = |v: &serde_yaml::Value, path: &[&str]| {
+        let mut cur = v;
+        for p in path {
+            cur = cur.get(p)?;
+        }
+        Some(cur.clone())
+    };
+    let map = pick(&doc, &["spec", "template", "metadata", "annotations"])
+        .or_else(|| doc.get("kind").and_then(|_| pick(&doc, &["metadata", "annotations"])))
+        .unwrap_or(doc);
+    let serde_yaml::Value::Mapping(m) = map else {
+        bail!("{path}: expected a map of annotations (or a manifest with annotations)");
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        let k = scalar(&k).with_context(|| format!("{path}: annotation keys must be strings"))?;
+        let v = scalar(&v).with_context(|| format!("{path}: annotation {k} must have a string value"))?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+impl SettingsArgs {
+    /// The annotation map: the file, then `-a` pairs.
+    pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut map = match &self.file {
+            Some(f) => read_annotations(f)?,
+            None => BTreeMap::new(),
+        };
+        for pair in &self.annotations {
+            let (k, v) = pair.split_once('=').with_context(|| format!("-a {pair:?}: expected KEY=VALUE"))?;
+            map.insert(k.trim().to_string(), v.to_string());
+        }
+        Ok(map)
+    }
+
+    /// The injector's mesh-wide values these flags describe.
+    pub fn values(&self) -> InjectorValues {
+        InjectorValues {
+            status_port: self.status_port,
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            enable_ipv6: self.ipv6,
+            redirect_dns: self.dns_capture,
+            capture_all_dns: self.dns_capture && self.dns_servers.is_empty(),
+            dns_servers: self.dns_servers.clone(),
+            drop_invalid: self.drop_invalid,
+            ..InjectorValues::default()
+        }
+    }
+
+    /// Settings → config, or the exit code after printing every error. `Ok(None)` inside:
+    /// interception mode NONE (no rules at all).
+    pub fn config(&self) -> anyhow::Result<Result<Option<CaptureConfig>, ExitCode>> {
+        let ann = self.annotations()?;
+        for k in Settings::unknown_keys(ann.keys()) {
+            eprintln!("warning: unknown annotation {k} is ignored (Istio ignores it too); a typo?");
+        }
+        let settings = match Settings::from_annotations(&ann) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(invalid(&e))),
+        };
+        if settings.interception_mode == Some(InterceptionMode::None) {
+            return Ok(Ok(None));
+        }
+        Ok(Ok(CaptureConfig::from_settings(&settings, &self.values())))
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// `iptables-restore` input (v4, then v6), exactly what istio-iptables generates.
+    Iptables,
+    /// One `nft -f` transaction for table `inet meshpass`.
+    Nft,
+    /// The istio-iptables command line Istio's injector would run.
+    IstioArgs,
+    /// The compiled plan as JSON (config and rule IR).
+    Json,
+}
+
+/// `meshpass rules` flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// How to print the rules.
+    #[arg(long, value_enum, default_value = "nft")]
+    format: Format,
+    /// Apply the rules instead of printing them.
+    #[arg(long, conflicts_with = "cleanup")]
+    apply: bool,
+    /// Remove the rules meshpass applied.
+    #[arg(long)]
+    cleanup: bool,
+    /// With --cleanup: also remove Istio's chains and tables.
+    #[arg(long, requires = "cleanup")]
+    istio: bool,
+    /// Network namespace (name from `ip netns`, or a path) to apply in; default: the current one.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Rule backend for --apply / --cleanup: nftables, iptables or iptables-legacy.
+    #[arg(long, default_value = "nftables", value_parser = parse_backend)]
+    backend: Backend,
+}
+
+/// Parses a backend name for clap.
+pub fn parse_backend(s: &str) -> Result<Backend, String> {
+    Backend::parse(s).ok_or_else(|| format!("{s:?} is not a backend: use nftables, iptables or iptables-legacy"))
+}
+
+fn print(plan: &Plan, cfg: &CaptureConfig, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Iptables => {
+            print!("# iptables-restore --noflush\n{}", render_restore(plan, Family::V4));
+            if plan.ipv6 {
+                print!("# ip6tables-restore --noflush\n{}", render_restore(plan, Family::V6));
+            }
+        }
+        Format::Nft => print!("{}", meshpass_capture::render::nft::render(plan)),
+        Format::IstioArgs => println!("istio-iptables {}", shell_words(&cfg.to_istio_args())),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "config": cfg, "plan": plan }))?),
+    }
+    Ok(())
+}
+
+fn shell_words(args: &[String]) -> String {
+    args.iter().map(|a| if a.is_empty() { "''".to_string() } else { a.clone() }).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs `meshpass rules`.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let runner = NetnsRunner::new(a.netns.as_deref().map(Netns::parse).unwrap_or(Netns::Current));
+    if a.cleanup {
+        linux::cleanup(a.backend, a.istio, &runner).context("cleanup failed")?;
+        eprintln!("meshpass: rules removed ({}, {})", a.backend, runner.netns());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = match a.settings.config()? {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => {
+            eprintln!("meshpass: sidecar.istio.io/interceptionMode is NONE: no capture rules");
+            if a.apply {
+                linux::cleanup(a.backend, false, &runner).context("cleanup failed")?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(code) => return Ok(code),
+    };
+    let plan = compile(&cfg);
+    if !a.apply {
+        print(&plan, &cfg, a.format)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = linux::apply(&plan, a.backend, &runner).context("applying the rules failed")?;
+    eprintln!(
+        "meshpass: rules {} ({}, {})",
+        match outcome {
+            linux::ApplyOutcome::Applied => "applied",
+            linux::ApplyOutcome::Unchanged => "already in place",
+        },
+        a.backend,
+        runner.netns()
+    );
+    Ok(ExitCode::SUCCESS)
+}
