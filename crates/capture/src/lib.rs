@@ -7,9 +7,11 @@
 
 pub mod compile;
 pub mod config;
+pub mod explain;
 pub mod ir;
 pub mod istio_flags;
 pub mod linux;
+pub mod parse;
 pub mod render;
 
 pub use compile::compile;
