@@ -7,8 +7,8 @@
 
 use crate::config::{CaptureConfig, OwnerGroups, DNS_CAPTURE_PORT, OUTBOUND_MARK};
 use crate::ir::{
-    chains::*, Chain, CtState, Match, Op, OwnerId, OwnerKind, Plan, Position, Proto, Rule, Scope, Table,
-    Target, TproxyRoute,
+    chains::*, Chain, CtState, Match, Op, OwnerId, OwnerKind, Plan, Position, Proto, Rule, Scope, Table, Target,
+    TproxyRoute,
 };
 use meshpass_settings::{InterceptionMode, IpNet, IpRangeSpec, PortRange, PortSpec};
 use std::net::IpAddr;
@@ -53,6 +53,10 @@ pub mod labels {
     pub const TUNNEL_PORT: &str = "tunnel-port";
     /// Invalid packets dropped.
     pub const DROP_INVALID: &str = "drop-invalid";
+    /// TPROXY plumbing: mark-and-accept, the TPROXY target, mark save/restore.
+    pub const TPROXY: &str = "tproxy";
+    /// Redirect targets (the listener ports).
+    pub const REDIRECT: &str = "redirect";
 }
 
 /// Builder that mirrors istio-iptables' rule builder.
@@ -217,8 +221,12 @@ pub fn compile(cfg: &CaptureConfig) -> Plan {
         ISTIO_INBOUND,
         rule(vec![tcp(), dport(cfg.inbound_tunnel_port)], Target::Return).labeled(labels::TUNNEL_PORT),
     );
-    b.append(Table::Nat, ISTIO_REDIRECT, rule(vec![tcp()], redirect(cfg.proxy_port)));
-    b.append(Table::Nat, ISTIO_IN_REDIRECT, rule(vec![tcp()], redirect(cfg.inbound_capture_port)));
+    b.append(Table::Nat, ISTIO_REDIRECT, rule(vec![tcp()], redirect(cfg.proxy_port)).labeled(labels::REDIRECT));
+    b.append(
+        Table::Nat,
+        ISTIO_IN_REDIRECT,
+        rule(vec![tcp()], redirect(cfg.inbound_capture_port)).labeled(labels::REDIRECT),
+    );
 
     inbound(&mut b, cfg, tproxy, lo4, lo6);
 
@@ -230,7 +238,10 @@ pub fn compile(cfg: &CaptureConfig) -> Plan {
             Table::Nat,
             ISTIO_OUTPUT,
             rule(
-                vec![Match::Proto { protos: vec![Proto::Tcp, Proto::Udp] }, dports(cfg.exclude_outbound_ports.ranges())],
+                vec![
+                    Match::Proto { protos: vec![Proto::Tcp, Proto::Udp] },
+                    dports(cfg.exclude_outbound_ports.ranges()),
+                ],
                 Target::Return,
             )
             .labeled(labels::EXCLUDE_OUTBOUND_PORTS),
@@ -246,8 +257,11 @@ pub fn compile(cfg: &CaptureConfig) -> Plan {
             let port_match =
                 if dns && kind == OwnerKind::Uid { not_dports(&[53, tunnel]) } else { not_dports(&[tunnel]) };
             b.append_versioned(Table::Nat, ISTIO_OUTPUT, lo4, lo6, |l| {
-                rule(vec![lo_out(), not_dst(l), tcp(), port_match.clone(), owner(kind, id, false)], jump(ISTIO_IN_REDIRECT))
-                    .labeled(labels::PROXY_SELF)
+                rule(
+                    vec![lo_out(), not_dst(l), tcp(), port_match.clone(), owner(kind, id, false)],
+                    jump(ISTIO_IN_REDIRECT),
+                )
+                .labeled(labels::PROXY_SELF)
             });
             if !include_has_loopback {
                 let m = if dns {
@@ -257,7 +271,11 @@ pub fn compile(cfg: &CaptureConfig) -> Plan {
                 };
                 b.append(Table::Nat, ISTIO_OUTPUT, rule(m, Target::Return).labeled(labels::APP_LOOPBACK));
             }
-            b.append(Table::Nat, ISTIO_OUTPUT, rule(vec![owner(kind, id, false)], Target::Return).labeled(labels::PROXY_OWN));
+            b.append(
+                Table::Nat,
+                ISTIO_OUTPUT,
+                rule(vec![owner(kind, id, false)], Target::Return).labeled(labels::PROXY_OWN),
+            );
         }
     }
     match &cfg.owner_groups {
@@ -308,7 +326,12 @@ pub fn compile(cfg: &CaptureConfig) -> Plan {
     };
     for &(scope, nets) in families {
         if include_wildcard {
-            b.append_v(scope, Table::Nat, ISTIO_OUTPUT, rule(vec![], jump(ISTIO_REDIRECT)).labeled(labels::CAPTURE_OUTBOUND));
+            b.append_v(
+                scope,
+                Table::Nat,
+                ISTIO_OUTPUT,
+                rule(vec![], jump(ISTIO_REDIRECT)).labeled(labels::CAPTURE_OUTBOUND),
+            );
             for iface in &cfg.reroute_virtual_interfaces {
                 b.insert(
                     scope,
@@ -369,10 +392,11 @@ fn inbound(b: &mut Builder, cfg: &CaptureConfig, tproxy: bool, lo4: IpNet, lo6: 
         other => other,
     };
     let table = if tproxy {
-        b.append(Table::Mangle, ISTIO_DIVERT, rule(vec![], Target::SetMark { mark: cfg.tproxy_mark }));
-        b.append(Table::Mangle, ISTIO_DIVERT, rule(vec![], Target::Accept));
+        let tp = |r: Rule| r.labeled(labels::TPROXY);
+        b.append(Table::Mangle, ISTIO_DIVERT, tp(rule(vec![], Target::SetMark { mark: cfg.tproxy_mark })));
+        b.append(Table::Mangle, ISTIO_DIVERT, tp(rule(vec![], Target::Accept)));
         let t = Target::Tproxy { port: cfg.inbound_capture_port, mark: cfg.tproxy_mark, mask: u32::MAX };
-        b.append_versioned(Table::Mangle, ISTIO_TPROXY, lo4, lo6, |l| rule(vec![not_dst(l), tcp()], t.clone()));
+        b.append_versioned(Table::Mangle, ISTIO_TPROXY, lo4, lo6, |l| tp(rule(vec![not_dst(l), tcp()], t.clone())));
         Table::Mangle
     } else {
         Table::Nat
@@ -390,10 +414,18 @@ fn inbound(b: &mut Builder, cfg: &CaptureConfig, tproxy: bool, lo4: IpNet, lo6: 
                 );
             }
             if tproxy {
-                b.append(table, ISTIO_INBOUND, rule(vec![tcp(), established()], jump(ISTIO_DIVERT)).labeled(labels::CAPTURE_INBOUND));
+                b.append(
+                    table,
+                    ISTIO_INBOUND,
+                    rule(vec![tcp(), established()], jump(ISTIO_DIVERT)).labeled(labels::CAPTURE_INBOUND),
+                );
                 b.append(table, ISTIO_INBOUND, rule(vec![tcp()], jump(ISTIO_TPROXY)).labeled(labels::CAPTURE_INBOUND));
             } else {
-                b.append(table, ISTIO_INBOUND, rule(vec![tcp()], jump(ISTIO_IN_REDIRECT)).labeled(labels::CAPTURE_INBOUND));
+                b.append(
+                    table,
+                    ISTIO_INBOUND,
+                    rule(vec![tcp()], jump(ISTIO_IN_REDIRECT)).labeled(labels::CAPTURE_INBOUND),
+                );
             }
         }
         PortSpec::List(ports) => {
@@ -404,15 +436,21 @@ fn inbound(b: &mut Builder, cfg: &CaptureConfig, tproxy: bool, lo4: IpNet, lo6: 
                     b.append(
                         table,
                         ISTIO_INBOUND,
-                        rule(vec![tcp(), one.clone(), established()], jump(ISTIO_DIVERT)).labeled(labels::INCLUDE_INBOUND_PORTS),
+                        rule(vec![tcp(), one.clone(), established()], jump(ISTIO_DIVERT))
+                            .labeled(labels::INCLUDE_INBOUND_PORTS),
                     );
-                    b.append(table, ISTIO_INBOUND, rule(vec![tcp(), one], jump(ISTIO_TPROXY)).labeled(labels::INCLUDE_INBOUND_PORTS));
+                    b.append(
+                        table,
+                        ISTIO_INBOUND,
+                        rule(vec![tcp(), one], jump(ISTIO_TPROXY)).labeled(labels::INCLUDE_INBOUND_PORTS),
+                    );
                 }
             } else {
                 b.append(
                     table,
                     ISTIO_INBOUND,
-                    rule(vec![tcp(), dports(ports.ranges())], jump(ISTIO_IN_REDIRECT)).labeled(labels::INCLUDE_INBOUND_PORTS),
+                    rule(vec![tcp(), dports(ports.ranges())], jump(ISTIO_IN_REDIRECT))
+                        .labeled(labels::INCLUDE_INBOUND_PORTS),
                 );
             }
         }
@@ -434,32 +472,81 @@ fn dns_rules(b: &mut Builder, cfg: &CaptureConfig) {
     }
     for (scope, servers) in &scopes {
         if cfg.capture_all_dns {
-            b.append_v(*scope, Table::Nat, ISTIO_OUTPUT_DNS, rule(vec![tcp(), dport(53)], to_agent(false)).labeled(labels::DNS));
-            b.append_v(*scope, Table::Nat, ISTIO_OUTPUT_DNS, rule(vec![udp(), dport(53)], to_agent(true)).labeled(labels::DNS));
+            b.append_v(
+                *scope,
+                Table::Nat,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![tcp(), dport(53)], to_agent(false)).labeled(labels::DNS),
+            );
+            b.append_v(
+                *scope,
+                Table::Nat,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![udp(), dport(53)], to_agent(true)).labeled(labels::DNS),
+            );
         } else {
             let nets: Vec<IpNet> = servers.iter().map(|a| host(*a)).collect();
-            b.append_v(*scope, Table::Nat, ISTIO_OUTPUT_DNS, rule(vec![tcp(), dport(53), dsts(nets.clone())], to_agent(false)).labeled(labels::DNS));
-            b.append_v(*scope, Table::Nat, ISTIO_OUTPUT_DNS, rule(vec![udp(), dport(53), dsts(nets)], to_agent(true)).labeled(labels::DNS));
+            b.append_v(
+                *scope,
+                Table::Nat,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![tcp(), dport(53), dsts(nets.clone())], to_agent(false)).labeled(labels::DNS),
+            );
+            b.append_v(
+                *scope,
+                Table::Nat,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![udp(), dport(53), dsts(nets)], to_agent(true)).labeled(labels::DNS),
+            );
         }
     }
     // Conntrack zones in raw keep the agent's upstream DNS and the app's DNS apart.
     b.append(Table::Raw, OUTPUT, rule(vec![], jump(ISTIO_OUTPUT_DNS)).labeled(labels::DNS));
     for (kind, ids) in [(OwnerKind::Uid, &cfg.proxy_uids), (OwnerKind::Gid, &cfg.proxy_gids)] {
         for id in ids {
-            b.append(Table::Raw, ISTIO_OUTPUT_DNS, rule(vec![udp(), dport(53), owner(kind, id, false)], Target::CtZone { zone: 1 }).labeled(labels::DNS));
-            b.append(Table::Raw, ISTIO_OUTPUT_DNS, rule(vec![udp(), sport(DNS_CAPTURE_PORT), owner(kind, id, false)], Target::CtZone { zone: 2 }).labeled(labels::DNS));
+            b.append(
+                Table::Raw,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![udp(), dport(53), owner(kind, id, false)], Target::CtZone { zone: 1 }).labeled(labels::DNS),
+            );
+            b.append(
+                Table::Raw,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![udp(), sport(DNS_CAPTURE_PORT), owner(kind, id, false)], Target::CtZone { zone: 2 })
+                    .labeled(labels::DNS),
+            );
         }
     }
     for (scope, servers) in &scopes {
         b.append_v(*scope, Table::Raw, PREROUTING, rule(vec![], jump(ISTIO_INBOUND)).labeled(labels::DNS));
         if cfg.capture_all_dns {
-            b.append_v(*scope, Table::Raw, ISTIO_OUTPUT_DNS, rule(vec![udp(), dport(53)], Target::CtZone { zone: 2 }).labeled(labels::DNS));
-            b.append_v(*scope, Table::Raw, ISTIO_INBOUND, rule(vec![udp(), sport(53)], Target::CtZone { zone: 1 }).labeled(labels::DNS));
+            b.append_v(
+                *scope,
+                Table::Raw,
+                ISTIO_OUTPUT_DNS,
+                rule(vec![udp(), dport(53)], Target::CtZone { zone: 2 }).labeled(labels::DNS),
+            );
+            b.append_v(
+                *scope,
+                Table::Raw,
+                ISTIO_INBOUND,
+                rule(vec![udp(), sport(53)], Target::CtZone { zone: 1 }).labeled(labels::DNS),
+            );
         } else {
             for s in servers.iter() {
                 let net = host(*s);
-                b.append_v(*scope, Table::Raw, ISTIO_OUTPUT_DNS, rule(vec![udp(), dport(53), dst(net)], Target::CtZone { zone: 2 }).labeled(labels::DNS));
-                b.append_v(*scope, Table::Raw, ISTIO_INBOUND, rule(vec![udp(), sport(53), src(net)], Target::CtZone { zone: 1 }).labeled(labels::DNS));
+                b.append_v(
+                    *scope,
+                    Table::Raw,
+                    ISTIO_OUTPUT_DNS,
+                    rule(vec![udp(), dport(53), dst(net)], Target::CtZone { zone: 2 }).labeled(labels::DNS),
+                );
+                b.append_v(
+                    *scope,
+                    Table::Raw,
+                    ISTIO_INBOUND,
+                    rule(vec![udp(), sport(53), src(net)], Target::CtZone { zone: 1 }).labeled(labels::DNS),
+                );
             }
         }
     }
@@ -467,18 +554,40 @@ fn dns_rules(b: &mut Builder, cfg: &CaptureConfig) {
 
 fn tproxy_tail(b: &mut Builder, cfg: &CaptureConfig, lo4: IpNet, lo6: IpNet) {
     let m = cfg.tproxy_mark;
-    b.append(Table::Mangle, PREROUTING, rule(vec![tcp(), mark(m, false)], Target::ConnMarkSave));
-    b.append(Table::Mangle, OUTPUT, rule(vec![tcp(), lo_out(), mark(m, false)], Target::Return));
+    let tp = |r: Rule| r.labeled(labels::TPROXY);
+    b.append(Table::Mangle, PREROUTING, tp(rule(vec![tcp(), mark(m, false)], Target::ConnMarkSave)));
+    b.append(Table::Mangle, OUTPUT, tp(rule(vec![tcp(), lo_out(), mark(m, false)], Target::Return)));
     for (kind, ids) in [(OwnerKind::Uid, &cfg.proxy_uids), (OwnerKind::Gid, &cfg.proxy_gids)] {
         for id in ids {
             b.append_versioned(Table::Mangle, OUTPUT, lo4, lo6, |l| {
-                rule(vec![not_dst(l), tcp(), lo_out(), owner(kind, id, false)], Target::SetMark { mark: OUTBOUND_MARK })
+                tp(rule(
+                    vec![not_dst(l), tcp(), lo_out(), owner(kind, id, false)],
+                    Target::SetMark { mark: OUTBOUND_MARK },
+                ))
             });
         }
     }
-    b.append(Table::Mangle, OUTPUT, rule(vec![tcp(), Match::ConnMark { value: m }], Target::ConnMarkRestore));
-    b.insert(Scope::Both, Table::Mangle, ISTIO_INBOUND, 1, rule(vec![tcp(), mark(m, false)], Target::Return));
-    b.insert(Scope::V4, Table::Mangle, ISTIO_INBOUND, 2, rule(vec![tcp(), src(v4_passthrough_src()), lo_in()], Target::Return).labeled(labels::INBOUND_PASSTHROUGH));
-    b.insert(Scope::V6, Table::Mangle, ISTIO_INBOUND, 2, rule(vec![tcp(), src(v6_passthrough_src()), lo_in()], Target::Return).labeled(labels::INBOUND_PASSTHROUGH));
-    b.insert(Scope::Both, Table::Mangle, ISTIO_INBOUND, 3, rule(vec![tcp(), lo_in(), mark(OUTBOUND_MARK, true)], Target::Return).labeled(labels::APP_LOOPBACK));
+    b.append(Table::Mangle, OUTPUT, tp(rule(vec![tcp(), Match::ConnMark { value: m }], Target::ConnMarkRestore)));
+    b.insert(Scope::Both, Table::Mangle, ISTIO_INBOUND, 1, tp(rule(vec![tcp(), mark(m, false)], Target::Return)));
+    b.insert(
+        Scope::V4,
+        Table::Mangle,
+        ISTIO_INBOUND,
+        2,
+        rule(vec![tcp(), src(v4_passthrough_src()), lo_in()], Target::Return).labeled(labels::INBOUND_PASSTHROUGH),
+    );
+    b.insert(
+        Scope::V6,
+        Table::Mangle,
+        ISTIO_INBOUND,
+        2,
+        rule(vec![tcp(), src(v6_passthrough_src()), lo_in()], Target::Return).labeled(labels::INBOUND_PASSTHROUGH),
+    );
+    b.insert(
+        Scope::Both,
+        Table::Mangle,
+        ISTIO_INBOUND,
+        3,
+        rule(vec![tcp(), lo_in(), mark(OUTBOUND_MARK, true)], Target::Return).labeled(labels::APP_LOOPBACK),
+    );
 }

@@ -228,8 +228,14 @@ impl CaptureConfig {
             proxy_gids: vec![OwnerId::numeric(v.proxy_gid.unwrap_or(v.proxy_uid))],
             include_inbound_ports: s.include_inbound_ports.clone().unwrap_or_else(|| v.include_inbound_ports.clone()),
             exclude_inbound_ports: exclude_inbound,
-            include_outbound_ports: s.include_outbound_ports.clone().unwrap_or_else(|| v.include_outbound_ports.clone()),
-            exclude_outbound_ports: s.exclude_outbound_ports.clone().unwrap_or_else(|| v.exclude_outbound_ports.clone()),
+            include_outbound_ports: s
+                .include_outbound_ports
+                .clone()
+                .unwrap_or_else(|| v.include_outbound_ports.clone()),
+            exclude_outbound_ports: s
+                .exclude_outbound_ports
+                .clone()
+                .unwrap_or_else(|| v.exclude_outbound_ports.clone()),
             include_outbound_ip_ranges: s
                 .include_outbound_ip_ranges
                 .clone()

@@ -521,11 +521,7 @@ pub struct Effective {
 impl Effective {
     /// The rules of `table`/`chain` (empty if absent).
     pub fn chain(&self, table: Table, chain: &str) -> &[EffRule] {
-        self.tables
-            .get(&table)
-            .and_then(|t| t.get(&Chain::new(chain)))
-            .map(|c| c.rules.as_slice())
-            .unwrap_or(&[])
+        self.tables.get(&table).and_then(|t| t.get(&Chain::new(chain))).map(|c| c.rules.as_slice()).unwrap_or(&[])
     }
 
     /// Appends a rule (creating the chain).

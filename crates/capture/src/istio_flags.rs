@@ -9,8 +9,7 @@
 use crate::config::{CaptureConfig, OwnerGroups};
 use crate::ir::OwnerId;
 use meshpass_settings::{
-    CidrSet, IfaceName, InterceptionMode, IpNet, IpRangeSpec, PortSet, PortSpec, Reason, SettingError,
-    SettingErrors,
+    CidrSet, IfaceName, InterceptionMode, IpNet, IpRangeSpec, PortSet, PortSpec, Reason, SettingError, SettingErrors,
 };
 use std::net::IpAddr;
 
@@ -205,7 +204,8 @@ impl IstioArgs {
         let mut c = Check { errors: Vec::new() };
         let d = CaptureConfig::default();
         let proxy_port = c.port(flag::PROXY_PORT, &self.proxy_port, d.proxy_port);
-        let inbound_capture_port = c.port(flag::INBOUND_CAPTURE_PORT, &self.inbound_capture_port, d.inbound_capture_port);
+        let inbound_capture_port =
+            c.port(flag::INBOUND_CAPTURE_PORT, &self.inbound_capture_port, d.inbound_capture_port);
         let inbound_tunnel_port = c.port(flag::INBOUND_TUNNEL_PORT, &self.inbound_tunnel_port, d.inbound_tunnel_port);
         let proxy_uids = match &self.proxy_uid {
             Some(v) => c.ids(flag::PROXY_UID, v),
@@ -252,9 +252,9 @@ impl IstioArgs {
             }
         }
         let owner_groups = match self.owner_groups_include.as_deref() {
-            None | Some("*") => {
-                OwnerGroups::AllExcept(c.ids(flag::OWNER_GROUPS_EXCLUDE, self.owner_groups_exclude.as_deref().unwrap_or("")))
-            }
+            None | Some("*") => OwnerGroups::AllExcept(
+                c.ids(flag::OWNER_GROUPS_EXCLUDE, self.owner_groups_exclude.as_deref().unwrap_or("")),
+            ),
             Some(v) => {
                 let groups = c.ids(flag::OWNER_GROUPS, v);
                 if groups.len() > 64 {
@@ -275,7 +275,11 @@ impl IstioArgs {
                     d.ipv4_loopback_cidr
                 }
                 Ok(n) if n.len() < 8 => {
-                    c.err(flag::LOOPBACK_CIDR, v, Reason::Other(format!("has mask /{}; it must be in [8, 32]", n.len())));
+                    c.err(
+                        flag::LOOPBACK_CIDR,
+                        v,
+                        Reason::Other(format!("has mask /{}; it must be in [8, 32]", n.len())),
+                    );
                     d.ipv4_loopback_cidr
                 }
                 Ok(n) => n,

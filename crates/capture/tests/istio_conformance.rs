@@ -10,11 +10,7 @@ use meshpass_settings::Settings;
 use std::collections::BTreeMap;
 
 fn lines(v: &serde_json::Value) -> String {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|l| format!("{}\n", l.as_str().expect("line")))
-        .collect()
+    v.as_array().expect("array").iter().map(|l| format!("{}\n", l.as_str().expect("line"))).collect()
 }
 
 #[test]
@@ -78,13 +74,16 @@ fn injector_values(case: &serde_json::Value) -> InjectorValues {
         match k {
             "values.global.proxy.statusPort" => v.status_port = val.parse().expect("port"),
             "values.global.proxy.includeIPRanges" => {
-                v.include_ip_ranges = s(meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES).include_outbound_ip_ranges.expect("set")
+                v.include_ip_ranges =
+                    s(meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES).include_outbound_ip_ranges.expect("set")
             }
             "values.global.proxy.excludeIPRanges" => {
-                v.exclude_ip_ranges = s(meshpass_settings::keys::EXCLUDE_OUTBOUND_IP_RANGES).exclude_outbound_ip_ranges.expect("set")
+                v.exclude_ip_ranges =
+                    s(meshpass_settings::keys::EXCLUDE_OUTBOUND_IP_RANGES).exclude_outbound_ip_ranges.expect("set")
             }
             "values.global.proxy.excludeInboundPorts" => {
-                v.exclude_inbound_ports = s(meshpass_settings::keys::EXCLUDE_INBOUND_PORTS).exclude_inbound_ports.expect("set")
+                v.exclude_inbound_ports =
+                    s(meshpass_settings::keys::EXCLUDE_INBOUND_PORTS).exclude_inbound_ports.expect("set")
             }
             _ => {}
         }
@@ -137,7 +136,8 @@ fn rejects_what_istio_rejects() {
         if !name.starts_with("inject-reject-") {
             continue;
         }
-        let ann: BTreeMap<String, String> = serde_json::from_value(case["input"]["pod_annotations"].clone()).expect("ann");
+        let ann: BTreeMap<String, String> =
+            serde_json::from_value(case["input"]["pod_annotations"].clone()).expect("ann");
         let err = Settings::from_annotations(&ann).expect_err(&name);
         let key = ann.keys().next().expect("one key");
         assert!(err.iter().all(|e| &e.key == key), "{name}: {err}");

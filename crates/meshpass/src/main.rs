@@ -20,13 +20,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Drop-in for Istio's istio-iptables: same flags and environment variables.
-    #[command(disable_help_flag = false)]
-    Iptables(cmd::iptables::Args),
+    Iptables(Box<cmd::iptables::Args>),
     /// Capture rules from a workload's annotations: print them, apply them, or clean up.
-    Rules(cmd::rules::Args),
+    Rules(Box<cmd::rules::Args>),
     /// Explain what happens to a connection: captured by the sidecar (and where) or passed
     /// through, and which rule decided it.
-    Explain(cmd::explain::Args),
+    Explain(Box<cmd::explain::Args>),
 }
 
 fn main() -> ExitCode {
@@ -41,9 +40,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     let env = |k: &str| std::env::var(k).ok();
     let result = match cli.command {
-        Command::Iptables(a) => cmd::iptables::run(a, &env),
-        Command::Rules(a) => cmd::rules::run(a),
-        Command::Explain(a) => cmd::explain::run(a),
+        Command::Iptables(a) => cmd::iptables::run(*a, &env),
+        Command::Rules(a) => cmd::rules::run(*a),
+        Command::Explain(a) => cmd::explain::run(*a),
     };
     match result {
         Ok(code) => code,

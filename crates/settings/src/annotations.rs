@@ -91,8 +91,7 @@ impl Settings {
     where
         I: IntoIterator<Item = (&'a String, &'a String)>,
     {
-        let map: BTreeMap<&str, &str> =
-            annotations.into_iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let map: BTreeMap<&str, &str> = annotations.into_iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut s = Settings::default();
         let mut errors = Vec::new();
         let e = &mut errors;

@@ -63,7 +63,9 @@ pub enum Reason {
     #[error("is not an interface name: longer than 15 characters")]
     InterfaceTooLong,
     /// An interface name with characters outside `[a-zA-Z][a-zA-Z0-9_.-]*`.
-    #[error("is not an interface name: it must start with a letter and contain only letters, digits, '_', '.' and '-'")]
+    #[error(
+        "is not an interface name: it must start with a letter and contain only letters, digits, '_', '.' and '-'"
+    )]
     InterfaceChars,
     /// Not one of `REDIRECT`, `TPROXY`, `NONE`.
     #[error("is not an interception mode: use REDIRECT, TPROXY or NONE (case-sensitive)")]

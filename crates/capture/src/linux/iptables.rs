@@ -92,7 +92,8 @@ fn parse_live(save: &str) -> Live {
             continue;
         }
         // Rule lines, possibly with "[p:b] " counters in front.
-        let rule = line.trim_start_matches(|c: char| c == '[' || c.is_ascii_digit() || c == ':' || c == ']').trim_start();
+        let rule =
+            line.trim_start_matches(|c: char| c == '[' || c.is_ascii_digit() || c == ':' || c == ']').trim_start();
         let Some(rest) = rule.strip_prefix("-A ") else { continue };
         let (chain, args) = rest.split_once(' ').unwrap_or((rest, ""));
         let ours = chain.starts_with("ISTIO_") || args.contains("-j ISTIO_");
@@ -229,7 +230,12 @@ fn replace_family(plan: &Plan, family: Family, tools: Tools, runner: &dyn Runner
         // No ip6tables and nothing to do for IPv6: Istio only warns in that case.
         Ok(_) | Err(LinuxError::Spawn { .. }) if !wanted => return Ok(ApplyOutcome::Unchanged),
         Ok(out) => {
-            return Err(LinuxError::Failed { command: save_cmd, netns: runner.describe(), status: out.status, stderr: out.stderr })
+            return Err(LinuxError::Failed {
+                command: save_cmd,
+                netns: runner.describe(),
+                status: out.status,
+                stderr: out.stderr,
+            })
         }
         Err(e) => return Err(e),
     };
@@ -246,11 +252,8 @@ fn replace_family(plan: &Plan, family: Family, tools: Tools, runner: &dyn Runner
     }
 
     // Candidates for deletion from built-in chains, confirmed one by one with `-C`.
-    let mut candidates: Vec<(Table, String, String)> = record
-        .builtin
-        .iter()
-        .filter_map(|(t, c, a)| Table::parse(t).map(|t| (t, c.clone(), a.clone())))
-        .collect();
+    let mut candidates: Vec<(Table, String, String)> =
+        record.builtin.iter().filter_map(|(t, c, a)| Table::parse(t).map(|t| (t, c.clone(), a.clone()))).collect();
     candidates.extend(builtin_rules(plan, family));
     candidates.extend(live.jumps.iter().cloned());
     let mut existing = Vec::new();
@@ -339,17 +342,24 @@ mod tests {
     use crate::linux::CmdOutput;
     use std::cell::RefCell;
 
+    /// One recorded call: program, arguments, standard input.
+    type Call = (String, Vec<String>, Option<String>);
+
     /// Scripted runner: answers by program name, records every call.
     struct Fake {
         save: String,
         check_ok: bool,
         restore_status: i32,
-        calls: RefCell<Vec<(String, Vec<String>, Option<String>)>>,
+        calls: RefCell<Vec<Call>>,
     }
 
     impl Runner for Fake {
         fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<CmdOutput, LinuxError> {
-            self.calls.borrow_mut().push((program.into(), args.iter().map(|a| a.to_string()).collect(), stdin.map(Into::into)));
+            self.calls.borrow_mut().push((
+                program.into(),
+                args.iter().map(|a| a.to_string()).collect(),
+                stdin.map(Into::into),
+            ));
             let status = match program {
                 p if p.ends_with("-restore") => self.restore_status,
                 p if p.ends_with("-save") => 0,
@@ -379,7 +389,10 @@ mod tests {
     #[test]
     fn replaces_atomically_in_one_transaction() {
         let fake = Fake { save: LIVE.into(), check_ok: true, restore_status: 0, calls: RefCell::default() };
-        assert_eq!(replace_family(&plan(), Family::V4, Tools::for_backend(Backend::Iptables), &fake).unwrap(), ApplyOutcome::Applied);
+        assert_eq!(
+            replace_family(&plan(), Family::V4, Tools::for_backend(Backend::Iptables), &fake).unwrap(),
+            ApplyOutcome::Applied
+        );
         let calls = fake.calls.borrow();
         let (_, args, input) = calls.iter().find(|c| c.0 == "iptables-restore").unwrap();
         assert_eq!(args, &["--noflush", "-w"]);

@@ -171,7 +171,9 @@ pub enum ApplyOutcome {
 pub fn apply(plan: &Plan, backend: Backend, runner: &dyn Runner) -> Result<ApplyOutcome, LinuxError> {
     let outcome = match backend {
         Backend::Nftables => nft::apply(plan, runner)?,
-        Backend::Iptables | Backend::IptablesLegacy => iptables::apply(plan, iptables::Tools::for_backend(backend), runner)?,
+        Backend::Iptables | Backend::IptablesLegacy => {
+            iptables::apply(plan, iptables::Tools::for_backend(backend), runner)?
+        }
     };
     route::apply(plan, runner)?;
     Ok(outcome)

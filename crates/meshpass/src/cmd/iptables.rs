@@ -234,7 +234,12 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let netns = a.network_namespace.clone().or_else(|| env("NETWORK_NAMESPACE")).map(|n| Netns::parse(&n)).unwrap_or(Netns::Current);
+    let netns = a
+        .network_namespace
+        .clone()
+        .or_else(|| env("NETWORK_NAMESPACE"))
+        .map(|n| Netns::parse(&n))
+        .unwrap_or(Netns::Current);
     let runner = NetnsRunner::new(netns);
     if a.cleanup_only || truthy(env("CLEANUP_ONLY")) {
         linux::cleanup(backend, false, &runner).context("cleanup failed")?;
@@ -245,10 +250,14 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     let outcome = linux::apply(&plan, backend, &runner).context("applying the rules failed")?;
-    eprintln!("meshpass: rules {} ({backend}, {})", match outcome {
-        linux::ApplyOutcome::Applied => "applied",
-        linux::ApplyOutcome::Unchanged => "already in place",
-    }, runner.netns());
+    eprintln!(
+        "meshpass: rules {} ({backend}, {})",
+        match outcome {
+            linux::ApplyOutcome::Applied => "applied",
+            linux::ApplyOutcome::Unchanged => "already in place",
+        },
+        runner.netns()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

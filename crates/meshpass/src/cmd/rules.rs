@@ -186,7 +186,9 @@ fn print(plan: &Plan, cfg: &CaptureConfig, format: Format) -> anyhow::Result<()>
         }
         Format::Nft => print!("{}", meshpass_capture::render::nft::render(plan)),
         Format::IstioArgs => println!("istio-iptables {}", shell_words(&cfg.to_istio_args())),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "config": cfg, "plan": plan }))?),
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "config": cfg, "plan": plan }))?)
+        }
     }
     Ok(())
 }

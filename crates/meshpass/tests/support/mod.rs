@@ -93,7 +93,11 @@ impl TestNetns {
 
     /// iptables-save + ip6tables-save, comments and counters stripped.
     pub fn netfilter_state(&self, legacy: bool) -> String {
-        let (v4, v6) = if legacy { ("iptables-legacy-save", "ip6tables-legacy-save") } else { ("iptables-save", "ip6tables-save") };
+        let (v4, v6) = if legacy {
+            ("iptables-legacy-save", "ip6tables-legacy-save")
+        } else {
+            ("iptables-save", "ip6tables-save")
+        };
         let mut out = String::new();
         for prog in [v4, v6] {
             out.push_str(&format!("## {prog}\n"));
@@ -114,7 +118,8 @@ impl Drop for TestNetns {
         if let Ok(meta) = std::fs::metadata(format!("/run/netns/{}", self.name)) {
             use std::os::unix::fs::MetadataExt;
             for fam in ["ipv4", "ipv6"] {
-                let _ = std::fs::remove_file(format!("/run/meshpass/iptables/{}-{}.{fam}.json", meta.dev(), meta.ino()));
+                let _ =
+                    std::fs::remove_file(format!("/run/meshpass/iptables/{}-{}.{fam}.json", meta.dev(), meta.ino()));
             }
         }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
