@@ -26,6 +26,8 @@ enum Command {
     /// Explain what happens to a connection: captured by the sidecar (and where) or passed
     /// through, and which rule decided it.
     Explain(Box<cmd::explain::Args>),
+    /// Run the sidecar proxy (in a pod's network namespace, as UID/GID 1337).
+    Proxy(Box<cmd::proxy::Args>),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Iptables(a) => cmd::iptables::run(*a, &env),
         Command::Rules(a) => cmd::rules::run(*a),
         Command::Explain(a) => cmd::explain::run(*a),
+        Command::Proxy(a) => cmd::proxy::run(*a, &env),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod explain;
 pub mod iptables;
+pub mod proxy;
 pub mod rules;
 
 use meshpass_settings::SettingErrors;

@@ -160,6 +160,9 @@ pub struct Args {
     /// Remove the rules meshpass applied.
     #[arg(long)]
     cleanup: bool,
+    /// Print the live rules of --netns (read back from the kernel) with their counters.
+    #[arg(long, conflicts_with_all = ["apply", "cleanup"])]
+    live: bool,
     /// With --cleanup: also remove Istio's chains and tables.
     #[arg(long, requires = "cleanup")]
     istio: bool,
@@ -200,6 +203,9 @@ fn shell_words(args: &[String]) -> String {
 /// Runs `meshpass rules`.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let runner = NetnsRunner::new(a.netns.as_deref().map(Netns::parse).unwrap_or(Netns::Current));
+    if a.live {
+        return show_live(&runner, a.backend, a.format);
+    }
     if a.cleanup {
         linux::cleanup(a.backend, a.istio, &runner).context("cleanup failed")?;
         eprintln!("meshpass: rules removed ({}, {})", a.backend, runner.netns());
@@ -231,5 +237,54 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         a.backend,
         runner.netns()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the live rules, one per line with counters (or JSON), per family.
+fn show_live(runner: &NetnsRunner, backend: Backend, format: Format) -> anyhow::Result<ExitCode> {
+    use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
+    let families = match backend {
+        Backend::Nftables => {
+            let json = linux::nft::list_json(runner)?
+                .with_context(|| format!("no meshpass nftables rules in {}", runner.netns()))?;
+            let live = parse_ruleset(&json).context("reading the live nftables rules")?;
+            vec![(Family::V4, live.v4), (Family::V6, live.v6)]
+        }
+        Backend::Iptables | Backend::IptablesLegacy => {
+            let tools = linux::iptables::Tools::for_backend(backend);
+            let mut out = Vec::new();
+            for fam in Family::ALL {
+                let text = linux::iptables::save(tools, fam, runner)?;
+                out.push((fam, parse_save(&text).context("reading the live iptables rules")?));
+            }
+            out
+        }
+    };
+    if matches!(format, Format::Json) {
+        let v: BTreeMap<String, _> = families.iter().map(|(f, e)| (f.to_string(), e)).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<6} {:<7} {:<18} {:>4} {:>10} {:>12}  {:<28} rule", "family", "table", "chain", "#", "packets", "bytes", "label");
+    for (fam, eff) in &families {
+        for (table, chains) in &eff.tables {
+            for (chain, rules) in chains {
+                for (i, r) in rules.rules.iter().enumerate() {
+                    let c = r.counters.unwrap_or_default();
+                    println!(
+                        "{:<6} {:<7} {:<18} {:>4} {:>10} {:>12}  {:<28} {}",
+                        fam.to_string(),
+                        table.as_str(),
+                        chain.as_str(),
+                        i + 1,
+                        c.packets,
+                        c.bytes,
+                        r.rule.label.as_deref().unwrap_or("-"),
+                        r.text.as_deref().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""meshpass proxy benchmark driver (called by run.sh; needs root).
+
+Builds a two-namespace topology (client 198.18.0.2 <-veth-> pod 198.18.0.1), applies
+Istio-shaped nat capture rules in the pod with iptables-restore --noflush, and measures with
+wrk from the client namespace:
+
+  (a) direct        app :18080, no rules in the pod
+  (b) passthrough   app :18080 with the rules in place (18080 excluded from capture)
+  (c) meshpass      app :18081, captured: REDIRECT -> meshpass :15006 -> 127.0.0.6 -> app
+  (d) haproxy       HAProxy HTTP mode on excluded :18082 -> 127.0.0.1:18080
+  (e) nginx         nginx reverse proxy on excluded :18083 -> 127.0.0.1:18080
+
+Modes: closed loop 16 connections, and paced ~1000 req/s (16 connections, 16 ms think time).
+Per proxy: CPU seconds per 1000 requests from /proc/PID/stat (utime+stime, all threads and
+worker processes), RSS idle and under load (max of samples). Targets are interleaved per rep
+so drift hits all alike; reported values are medians over reps.
+
+Only addresses inside the namespaces it creates are used; everything is removed at exit.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TCK = os.sysconf("SC_CLK_TCK")
+POD_IP, CLIENT_IP = "198.18.0.1", "198.18.0.2"
+RUN = "/tmp/meshpass-bench"
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
+
+
+def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
+    """Istio's standard nat rules (same shape as crates/proxy/tests/netns.rs)."""
+    r = ["*nat"] + [f":{c} - [0:0]" for c in ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")]
+    r += ["-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN",
+          "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+          "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+          "-A PREROUTING -p tcp -j ISTIO_INBOUND"]
+    r += [f"-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN" for p in exclude_inbound]
+    r += ["-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT", "-A OUTPUT -j ISTIO_OUTPUT"]
+    for p in exclude_outbound:
+        r += [f"-A ISTIO_OUTPUT -p tcp --dport {p} -j RETURN", f"-A ISTIO_OUTPUT -p udp --dport {p} -j RETURN"]
+    r += ["-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN"]
+    for m in ("uid", "gid"):
+        r += [f"-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --{m}-owner 1337 -j ISTIO_IN_REDIRECT",
+              f"-A ISTIO_OUTPUT -o lo -m owner ! --{m}-owner 1337 -j RETURN",
+              f"-A ISTIO_OUTPUT -m owner --{m}-owner 1337 -j RETURN"]
+    r += ["-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"]
+    r += [f"-A ISTIO_OUTPUT -d {c} -j RETURN" for c in exclude_cidrs]
+    r += ["-A ISTIO_OUTPUT -j ISTIO_REDIRECT", "COMMIT", ""]
+    return "\n".join(r)
+
+
+RULES = rules([15090, 15021, 15020, 18080, 18082, 18083], [], [])
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        tag = f"{os.getpid():x}"
+        self.pod, self.client = f"mp-bench-{tag}-pod", f"mp-bench-{tag}-cli"
+        self.procs = {}  # name -> [pids]
+        self.children = []
+
+    # --- topology -------------------------------------------------------------------------
+    def setup(self):
+        os.makedirs(f"{RUN}/tmp", exist_ok=True)
+        sh("ip", "netns", "add", self.pod)
+        sh("ip", "netns", "add", self.client)
+        va, vb = f"mpbA{os.getpid() % 100000}", f"mpbB{os.getpid() % 100000}"
+        sh("ip", "link", "add", va, "netns", self.pod, "type", "veth", "peer", "name", vb, "netns", self.client)
+        for ns, dev, ip in ((self.pod, va, POD_IP), (self.client, vb, CLIENT_IP)):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def rules_on(self):
+        subprocess.run(["ip", "netns", "exec", self.pod, "iptables-restore", "--noflush"], input=RULES,
+                       text=True, check=True)
+
+    def rules_off(self):
+        x = ["ip", "netns", "exec", self.pod, "iptables", "-t", "nat"]
+        sh(*x, "-F")
+        sh(*x, "-X")
+
+    def cleanup(self):
+        for p in self.children:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, pids in self.procs.items():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.5)
+        for p in self.children:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for name, pids in self.procs.items():
+            for pid in pids:
+                if os.path.exists(f"/proc/{pid}"):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        for ns in (self.pod, self.client):
+            sh("ip", "netns", "del", ns, check=False)
+
+    # --- servers --------------------------------------------------------------------------
+    def conf(self, name):
+        src = open(os.path.join(HERE, name)).read().replace("RUNDIR", RUN)
+        dst = os.path.join(RUN, name)
+        open(dst, "w").write(src)
+        return dst
+
+    def pidfile(self, path):
+        for _ in range(100):
+            try:
+                return int(open(path).read().strip())
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.05)
+        raise RuntimeError(f"no pid file {path}")
+
+    def start_servers(self):
+        x = ["ip", "netns", "exec", self.pod]
+        sh(*x, "nginx", "-c", self.conf("backend.nginx.conf"), "-p", RUN)
+        sh(*x, "nginx", "-c", self.conf("proxy.nginx.conf"), "-p", RUN)
+        sh(*x, "haproxy", "-D", "-f", self.conf("haproxy.cfg"))
+        time.sleep(0.3)
+        for name, pf in (("backend", "backend.pid"), ("nginx", "nginxproxy.pid"), ("haproxy", "haproxy.pid")):
+            master = self.pidfile(f"{RUN}/{pf}")
+            kids = [int(p) for p in sh("pgrep", "-P", str(master), check=False).stdout.split()]
+            self.procs[name] = [master] + kids
+
+    def start_meshpass(self, workers):
+        if "meshpass" in self.procs:
+            self.stop_meshpass()
+        env = dict(os.environ, MESHPASS_PROXY_WORKER_THREADS=str(workers), RUST_LOG="warn")
+        p = subprocess.Popen(["ip", "netns", "exec", self.pod, "setpriv", "--reuid=1337", "--regid=1337",
+                              "--clear-groups", self.a.proxy_bin], env=env, stdout=subprocess.PIPE, text=True)
+        line = p.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"meshpass did not start: {line!r}")
+        self.children.append(p)
+        # ip netns exec and setpriv both exec(), so the child's PID is the proxy's.
+        self.procs["meshpass"] = [p.pid]
+        self.meshpass_proc = p
+
+    def stop_meshpass(self):
+        p = self.meshpass_proc
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=15)
+        del self.procs["meshpass"]
+
+    # --- measurement ----------------------------------------------------------------------
+    def cpu_ticks(self, name):
+        total = 0
+        for pid in self.procs.get(name, []):
+            try:
+                s = open(f"/proc/{pid}/stat").read()
+                f = s[s.rindex(")") + 2:].split()
+                total += int(f[11]) + int(f[12])
+            except FileNotFoundError:
+                pass
+        return total
+
+    def rss_kb(self, name):
+        total = 0
+        for pid in self.procs.get(name, []):
+            try:
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total
+
+    def check(self, port):
+        out = sh("ip", "netns", "exec", self.client, "curl", "-sS", "-D-", "-o", "/dev/null",
+                 f"http://{POD_IP}:{port}/", check=False).stdout
+        return out.splitlines()[0] if out else "no response", "x-envoy-upstream-service-time" in out.lower()
+
+    def wrk(self, port, conns, duration, paced, proxy):
+        cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+        if paced:
+            cmd += ["-s", os.path.join(HERE, "rate1000.lua")]
+        cmd += [f"http://{POD_IP}:{port}/"]
+        before = self.cpu_ticks(proxy) if proxy else 0
+        rss_max = [self.rss_kb(proxy) if proxy else 0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.5):
+                if proxy:
+                    rss_max[0] = max(rss_max[0], self.rss_kb(proxy))
+        t = threading.Thread(target=sample)
+        t.start()
+        t0 = time.monotonic()
+        out = sh("ip", "netns", "exec", self.client, *cmd).stdout
+        wall = time.monotonic() - t0
+        stop.set()
+        t.join()
+        after = self.cpu_ticks(proxy) if proxy else 0
+        r = parse_wrk(out)
+        r.update(cmd="ip netns exec <client> " + " ".join(cmd), wall_s=wall, raw=out)
+        if proxy and r["requests"]:
+            r["cpu_s_per_1k"] = (after - before) / TCK / (r["requests"] / 1000)
+            r["cores"] = (after - before) / TCK / wall
+            r["rss_load_kb"] = rss_max[0]
+        return r
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n if u == "ms" else n * 1000
+
+
+def parse_wrk(out):
+    r = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        r[f"p{pct}_ms"] = to_ms(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    r["errors"] = m.group(1) if m else ""
+    return r
+
+
+TARGETS = [  # name, port, rules needed, proxy process group
+    ("a-direct", 18080, False, None),
+    ("b-passthrough", 18080, True, None),
+    ("c-meshpass", 18081, True, "meshpass"),
+    ("d-haproxy", 18082, True, "haproxy"),
+    ("e-nginx", 18083, True, "nginx"),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--proxy-bin", required=True)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rate-duration", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=0, help="meshpass worker threads for the main run")
+    ap.add_argument("--worker-sweep", default="0,1,2", help="extra closed-loop run per worker count")
+    ap.add_argument("--out", default=os.path.join(RUN, "results.json"))
+    a = ap.parse_args()
+    b = Bench(a)
+    res = {"runs": [], "sweep": [], "idle_rss_kb": {}}
+    try:
+        b.setup()
+        b.start_servers()
+        b.start_meshpass(a.workers)
+        b.rules_on()
+        time.sleep(1.0)
+        for name in ("meshpass", "haproxy", "nginx"):
+            res["idle_rss_kb"][name] = b.rss_kb(name)
+        for name, port, _, _ in TARGETS:
+            status, envoy = b.check(port)
+            print(f"check {name}: {status} envoy-headers={envoy}", flush=True)
+            res.setdefault("checks", {})[name] = [status, envoy]
+        for name, port, _, proxy in TARGETS:  # warm-up
+            b.wrk(port, 16, 2, False, proxy)
+        for mode, paced, dur in (("c16", False, a.duration), ("paced1000", True, a.rate_duration)):
+            for rep in range(1, a.reps + 1):
+                for name, port, needs_rules, proxy in TARGETS:
+                    (b.rules_on if needs_rules else b.rules_off)()
+                    r = b.wrk(port, 16, dur, paced, proxy)
+                    r.update(target=name, mode=mode, rep=rep)
+                    res["runs"].append(r)
+                    print(f"{mode:9s} rep={rep} {name:14s} rps={r['rps']:9.0f} p50={r['p50_ms']:.3f}ms "
+                          f"p99={r['p99_ms']:.3f}ms cpu_s/1k={r.get('cpu_s_per_1k', 0):.4f} "
+                          f"rss={r.get('rss_load_kb', 0)}kB err={r['errors']!r} non2xx={r['non2xx']}", flush=True)
+        b.rules_on()
+        for w in [int(x) for x in a.worker_sweep.split(",") if x]:
+            b.start_meshpass(w)
+            time.sleep(0.5)
+            idle = b.rss_kb("meshpass")
+            b.wrk(18081, 16, 2, False, "meshpass")
+            r = b.wrk(18081, 16, a.duration, False, "meshpass")
+            r.update(workers=w, idle_rss_kb=idle)
+            res["sweep"].append(r)
+            print(f"sweep workers={w} rps={r['rps']:.0f} p99={r['p99_ms']:.3f}ms "
+                  f"cpu_s/1k={r['cpu_s_per_1k']:.4f} idle_rss={idle}kB load_rss={r['rss_load_kb']}kB", flush=True)
+    finally:
+        b.cleanup()
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    summary(res)
+
+
+def summary(res):
+    print("\nSUMMARY (medians over reps)")
+    print("| path | req/s @16 conns | p50 @1000 rps | p99 @1000 rps | CPU s / 1000 req (@16 / @1000) | RSS idle / load |")
+    print("|---|---|---|---|---|---|")
+    for name, _, _, proxy in TARGETS:
+        c = [r for r in res["runs"] if r["target"] == name and r["mode"] == "c16"]
+        p = [r for r in res["runs"] if r["target"] == name and r["mode"] == "paced1000"]
+        if not c or not p:
+            continue
+        med = lambda rs, k: statistics.median([r[k] for r in rs if r.get(k) is not None])
+        cpu = f"{med(c, 'cpu_s_per_1k'):.4f} / {med(p, 'cpu_s_per_1k'):.4f}" if proxy else "—"
+        rss = (f"{res['idle_rss_kb'].get(proxy, 0) / 1024:.1f} MB / "
+               f"{max(r['rss_load_kb'] for r in c + p) / 1024:.1f} MB") if proxy else "—"
+        print(f"| {name} | {med(c, 'rps'):,.0f} | {med(p, 'p50_ms') * 1000:.0f} µs | "
+              f"{med(p, 'p99_ms') * 1000:.0f} µs | {cpu} | {rss} |")
+    if res["sweep"]:
+        print("\n| meshpass worker_threads | req/s @16 | p99 @16 | CPU s / 1000 req | RSS idle / load |")
+        print("|---|---|---|---|---|")
+        for r in res["sweep"]:
+            label = "current_thread (0)" if r["workers"] == 0 else str(r["workers"])
+            print(f"| {label} | {r['rps']:,.0f} | {r['p99_ms'] * 1000:.0f} µs | {r['cpu_s_per_1k']:.4f} | "
+                  f"{r['idle_rss_kb'] / 1024:.1f} MB / {r['rss_load_kb'] / 1024:.1f} MB |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

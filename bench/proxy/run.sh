@@ -1,0 +1,18 @@
+#!/bin/bash
+# meshpass proxy benchmark: direct / passthrough / meshpass / HAProxy / nginx, in a netns pair.
+# Needs root, wrk, haproxy, nginx, iproute2, iptables, curl, python3.
+#   bench/proxy/run.sh [bench.py options, e.g. --reps 3 --duration 10 --rate-duration 20]
+# Writes the raw results to /tmp/meshpass-bench/results.json and prints a Markdown summary.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-proxy}"
+for t in wrk haproxy nginx ip iptables-restore setpriv curl python3; do
+  command -v "$t" >/dev/null || { echo "missing $t (apt-get install -y wrk haproxy nginx iproute2 iptables curl)"; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)"; exit 1; }
+(cd "$ROOT" && cargo build --release -p meshpass-proxy --bin meshpass-proxy-standalone)
+BIN="$CARGO_TARGET_DIR/release/meshpass-proxy-standalone"
+echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  kernel: $(uname -r)  cpus: $(nproc)"
+echo "versions: $(wrk --version 2>&1 | head -1) | $(haproxy -v | head -1) | $(nginx -v 2>&1)"
+exec python3 "$HERE/bench.py" --proxy-bin "$BIN" "$@"

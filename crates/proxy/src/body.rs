@@ -1,0 +1,158 @@
+//! Streaming body types. Bodies are forwarded frame by frame as hyper yields them — never
+//! collected — so memory per request is bounded by hyper's read buffers, whatever the size.
+//!
+//! The wrappers exist to learn *when* each side of an exchange ended, which decides whether
+//! the upstream connection can be reused (both ended cleanly) or must be dropped.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::pool::{Pool, PoolKey, Sender};
+use crate::record::ConnHandle;
+
+/// A downstream request body on its way upstream; flags `done` at its clean end.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    /// Wrap `inner`; `done` is set now if it is already empty.
+    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let done = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        (Self { inner, done: done.clone() }, done)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.done.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What to do with the upstream connection once the response body has ended.
+#[derive(Debug)]
+pub struct Checkin {
+    /// Pool to return to.
+    pub pool: Arc<Pool>,
+    /// Pool key.
+    pub key: PoolKey,
+    /// The connection.
+    pub sender: Sender,
+    /// Set when the request body was fully sent.
+    pub request_done: Arc<AtomicBool>,
+}
+
+impl Checkin {
+    fn finish(self) {
+        // A response can complete before the request body was sent (e.g. an early 413);
+        // such a connection is mid-message and must not be reused.
+        if self.request_done.load(Ordering::Acquire) {
+            self.pool.put(self.key, self.sender);
+        }
+    }
+}
+
+/// Response body sent downstream.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// Streamed from the upstream.
+    Upstream {
+        /// The upstream body.
+        inner: Incoming,
+        /// Connection return, taken at the end of the body.
+        checkin: Option<Checkin>,
+        /// Connection record, to note a reset mid-body.
+        conn: ConnHandle,
+    },
+    /// A proxy-generated body (local reply).
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// A local reply body.
+    pub fn local(b: impl Into<Bytes>) -> Self {
+        ResponseBody::Local(Some(b.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::Local(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream { inner, checkin, conn } => {
+                let r = Pin::new(inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => {
+                        if let Some(c) = checkin.take() {
+                            c.finish();
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        conn.set_outcome(format!("upstream_reset_mid_body: {e}"));
+                        checkin.take();
+                    }
+                    _ => {}
+                }
+                r
+            }
+            ResponseBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that is already at its end (Content-Length: 0, HEAD,
+        // 204, 304), so the clean end may only be visible here.
+        if let ResponseBody::Upstream { inner, checkin, .. } = self {
+            if inner.is_end_stream() {
+                if let Some(c) = checkin.take() {
+                    c.finish();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Upstream connections: TCP connect (with the inbound source address), and a keep-alive pool
+//! of HTTP/1 client connections per (destination, source) pair.
+//!
+//! A connection goes back to the pool only after *both* the request body was fully sent and
+//! the response body fully received (see [`crate::body`]); anything else (early response,
+//! client gone mid-body, upstream `Connection: close`) drops it, which closes it. That keeps a
+//! half-used connection from ever carrying a second request.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::error::UpstreamError;
+
+/// Pool key: where to connect and from which source address.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct PoolKey {
+    /// Destination.
+    pub dst: SocketAddr,
+    /// Source address to bind (inbound: 127.0.0.6 / ::6), or `None`.
+    pub src: Option<IpAddr>,
+}
+
+/// The sending half of a pooled HTTP/1 connection.
+pub type Sender = SendRequest<RequestBody>;
+
+#[derive(Debug)]
+struct IdleConn {
+    tx: Sender,
+    since: Instant,
+}
+
+/// Keep-alive pool of upstream HTTP/1 connections.
+#[derive(Debug)]
+pub struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Self {
+        Self { idle: Mutex::new(HashMap::new()), max_idle, idle_timeout, connect_timeout }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<IdleConn>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ready connection for `key`: a pooled one if any is still alive, else a new one.
+    /// The flag says whether it was reused (a reused connection may have been closed by the
+    /// upstream in the meantime, which makes a retry of an unsent request safe).
+    pub async fn get(&self, key: PoolKey) -> Result<(Sender, bool), UpstreamError> {
+        loop {
+            let next = {
+                let mut g = self.lock();
+                g.get_mut(&key).and_then(Vec::pop)
+            };
+            let Some(mut c) = next else { break };
+            if c.tx.is_closed() || c.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            // Normally immediate: the connection was returned only after its exchange ended.
+            if c.tx.ready().await.is_ok() {
+                return Ok((c.tx, true));
+            }
+        }
+        Ok((self.connect(key).await?, false))
+    }
+
+    /// Return a connection after a complete exchange.
+    pub fn put(&self, key: PoolKey, tx: Sender) {
+        if tx.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut g = self.lock();
+        let v = g.entry(key).or_default();
+        if v.len() < self.max_idle {
+            v.push(IdleConn { tx, since: Instant::now() });
+        }
+    }
+
+    /// Close idle connections past the idle timeout (run periodically).
+    pub fn sweep(&self) {
+        let mut g = self.lock();
+        g.retain(|_, v| {
+            v.retain(|c| !c.tx.is_closed() && c.since.elapsed() <= self.idle_timeout);
+            !v.is_empty()
+        });
+    }
+
+    /// Idle connections currently pooled (for tests and the config dump).
+    pub fn idle_count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    /// Open a new HTTP/1 client connection; its driver runs as its own task.
+    pub async fn connect(&self, key: PoolKey) -> Result<Sender, UpstreamError> {
+        let stream = connect_tcp(key.dst, key.src, self.connect_timeout).await?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: key.dst, source })?;
+        tokio::spawn(async move {
+            // Errors here (upstream reset, ...) also surface on the request/response that was
+            // in flight, where they are classified; this is just the driver.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with error");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// Connect to `dst`, binding `src:0` first when given (inbound traffic leaves from
+/// 127.0.0.6 so Istio's `-o lo -s 127.0.0.6/32 -j RETURN` rule lets it reach the app).
+pub async fn connect_tcp(dst: SocketAddr, src: Option<IpAddr>, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let sock = if dst.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|source| UpstreamError::Connect { addr: dst, source })?;
+    if let Some(ip) = src {
+        sock.bind(SocketAddr::new(ip, 0)).map_err(|source| UpstreamError::BindSource {
+            source_ip: ip,
+            addr: dst,
+            source,
+        })?;
+    }
+    // Small request/response exchanges must not wait for Nagle.
+    sock.set_nodelay(true).map_err(|source| UpstreamError::Connect { addr: dst, source })?;
+    match tokio::time::timeout(timeout, sock.connect(dst)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(UpstreamError::Connect { addr: dst, source }),
+        Err(_) => Err(UpstreamError::ConnectTimeout { addr: dst, timeout }),
+    }
+}

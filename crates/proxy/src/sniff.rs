@@ -1,0 +1,139 @@
+//! Protocol detection on the first bytes of a connection.
+//!
+//! A connection is HTTP/1.x when its first line is `METHOD SP target SP HTTP/1.x`. Anything
+//! else — TLS, HTTP/2 prior knowledge (`PRI * HTTP/2.0`), database protocols — is opaque TCP.
+//! A client that says nothing within the sniff timeout is assumed to speak a server-first
+//! protocol and is also opaque: the upstream gets to talk first.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::io::IoStats;
+
+/// What the first bytes say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1, proxied at L7.
+    Http,
+    /// Anything else, proxied byte for byte.
+    Tcp,
+}
+
+impl Protocol {
+    /// Label for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// Verdict on a (possibly partial) prefix.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Http,
+    Tcp,
+    NeedMore,
+}
+
+/// Longest method token we accept; real methods are short, and a long uppercase run is more
+/// likely some text protocol.
+const MAX_METHOD: usize = 24;
+/// Stop sniffing after this many bytes; a plausible HTTP prefix this long is HTTP (hyper then
+/// enforces its own limits).
+pub const MAX_SNIFF: usize = 8 * 1024;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+fn classify(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n < H2_PREFACE.len() { Verdict::NeedMore } else { Verdict::Tcp };
+    }
+    let Some(sp) = buf.iter().position(|&b| b == b' ') else {
+        return if buf.len() <= MAX_METHOD && buf.iter().all(u8::is_ascii_uppercase) {
+            Verdict::NeedMore
+        } else {
+            Verdict::Tcp
+        };
+    };
+    if sp == 0 || sp > MAX_METHOD || !buf[..sp].iter().all(u8::is_ascii_uppercase) {
+        return Verdict::Tcp;
+    }
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= MAX_SNIFF { Verdict::Http } else { Verdict::NeedMore };
+    };
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    match line.len().checked_sub(9) {
+        Some(i) if line[i..].starts_with(b" HTTP/1.") && line[i + 8].is_ascii_digit() => Verdict::Http,
+        _ => Verdict::Tcp,
+    }
+}
+
+/// Whether an incomplete prefix could still become an HTTP request line.
+fn plausible_http(buf: &[u8]) -> bool {
+    !buf.is_empty() && classify(buf) != Verdict::Tcp && !H2_PREFACE.starts_with(buf)
+}
+
+/// Read from `stream` into `buf` until the protocol is known, the client closes, or `timeout`
+/// passes. Bytes read are counted into `stats` and must be replayed (see [`crate::io::Rewind`]).
+/// `None` means the client closed without sending a byte (a port scan, a health check, a
+/// client that gave up): there is nothing to forward, so no upstream connection is opened.
+pub async fn sniff(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+    stats: &IoStats,
+) -> std::io::Result<Option<Protocol>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match classify(buf) {
+            Verdict::Http => return Ok(Some(Protocol::Http)),
+            Verdict::Tcp => return Ok(Some(Protocol::Tcp)),
+            Verdict::NeedMore => {}
+        }
+        buf.reserve(1024);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            // Silence: server-first protocol, or a slow HTTP client we still recognise.
+            Err(_elapsed) => return Ok(Some(if plausible_http(buf) { Protocol::Http } else { Protocol::Tcp })),
+            Ok(Ok(0)) if buf.is_empty() => return Ok(None),
+            // Client half-closed after sending something inconclusive: forward as TCP so the
+            // upstream still sees exactly what was sent.
+            Ok(Ok(0)) => return Ok(Some(Protocol::Tcp)),
+            Ok(Ok(n)) => stats.add_rx(n),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n"), Verdict::Http);
+        assert_eq!(classify(b"POST /x HTTP/1.0\n"), Verdict::Http);
+        assert_eq!(classify(b"PROPFIND /x HTTP/1.1\r\n"), Verdict::Http);
+        assert_eq!(classify(b"GE"), Verdict::NeedMore);
+        assert_eq!(classify(b"GET /very/long"), Verdict::NeedMore);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Verdict::Tcp);
+        assert_eq!(classify(b"PRI"), Verdict::NeedMore);
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::Tcp);
+        assert_eq!(classify(b"SET a b\r\n"), Verdict::Tcp);
+        assert_eq!(classify(b"get / HTTP/1.1\r\n"), Verdict::Tcp);
+        assert_eq!(classify(b"GET /\r\n"), Verdict::Tcp);
+        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Tcp);
+        assert!(plausible_http(b"GET /slow"));
+        assert!(!plausible_http(b"PRI * HT"));
+        assert!(!plausible_http(b""));
+    }
+}

@@ -1,0 +1,84 @@
+//! Opaque TCP forwarding with half-close: EOF from one side becomes `shutdown(SHUT_WR)` on the
+//! other, and the connection ends when both directions are done (or on error, idle timeout or
+//! forced drain, where both sockets are reset so the peers learn of the failure).
+//!
+//! Buffers are allocated on the first readable event, so a connection that never carries
+//! data (the 10k-idle-connections case) costs no buffer memory.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use crate::io::{idle_watchdog, IoStats};
+use crate::record::ConnHandle;
+use crate::Phase;
+
+const BUF: usize = 16 * 1024;
+
+/// Copy one direction until EOF, then half-close the writer. `count` sees every chunk.
+async fn pipe(r: &ReadHalf<'_>, w: &mut WriteHalf<'_>, count: impl Fn(usize)) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        r.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; BUF];
+        }
+        let n = match r.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            // Propagate the half-close; the peer may already be gone, which is fine.
+            match w.shutdown().await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) => return Err(e),
+            }
+            return Ok(());
+        }
+        count(n);
+        w.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Forward between `down` (client) and `up` (upstream) after replaying `prefix` (bytes the
+/// sniffer already read from the client) to the upstream.
+pub(crate) async fn forward(
+    mut down: TcpStream,
+    prefix: Bytes,
+    mut up: TcpStream,
+    conn: &ConnHandle,
+    idle: Duration,
+    mut drain: tokio::sync::watch::Receiver<Phase>,
+) {
+    let stats: &IoStats = &conn.stats;
+    let result = async {
+        if !prefix.is_empty() {
+            up.write_all(&prefix).await?;
+        }
+        let (dr, mut dw) = down.split();
+        let (ur, mut uw) = up.split();
+        tokio::try_join!(pipe(&dr, &mut uw, |n| stats.add_rx(n)), pipe(&ur, &mut dw, |n| stats.add_tx(n)),).map(|_| ())
+    };
+    let outcome = tokio::select! {
+        r = result => match r {
+            Ok(()) => None,
+            Err(e) => Some(format!("tcp_error: {e}")),
+        },
+        _ = idle_watchdog(conn.stats.clone(), idle) => Some("idle_timeout".to_owned()),
+        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => Some("drain_timeout".to_owned()),
+    };
+    if let Some(o) = outcome {
+        // Abortive close (RST) on both sides, so neither peer mistakes a failure for a clean
+        // end of stream.
+        let _ = SockRef::from(&down).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(&up).set_linger(Some(Duration::ZERO));
+        conn.set_outcome(o);
+    }
+}

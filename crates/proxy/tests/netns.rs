@@ -1,0 +1,420 @@
+//! Namespaced integration tests (Linux, root): real network namespaces, a veth pair, Istio's
+//! nat REDIRECT rules applied with `iptables-restore --noflush`, and the proxy running as
+//! UID/GID 1337 in a child process — exactly the sidecar's situation in a pod.
+//!
+//! Topology (all addresses inside 198.18.0.0/15, nothing routes off the machine):
+//!
+//! ```text
+//!  pod netns  mp-proxy-<id>-pod             peer netns  mp-proxy-<id>-peer
+//!  198.18.0.1/24  vethA  <==============>  vethB  198.18.0.2/24, 198.18.1.2/32
+//!  app :8080 (captured), :8081 (excluded)   app :9090 (captured), :9091 (excluded port)
+//!  meshpass proxy (uid 1337) 15001/15006/15000/15021/15090
+//! ```
+//!
+//! Skipped (with a message) when not root and `CI` is unset; panics when not root under CI.
+
+// Test code: a panic is the failure report, also in helpers outside #[test] fns.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const GUARD: Duration = Duration::from_secs(60);
+const POD_IP: &str = "198.18.0.1";
+const PEER_IP: &str = "198.18.0.2";
+/// A second peer address, excluded from capture by CIDR.
+const PEER_EXCLUDED_IP: &str = "198.18.1.2";
+
+fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("namespaced proxy tests need root, and CI is set: refusing to skip");
+    }
+    eprintln!("SKIP: namespaced proxy tests need root (set up netns, veth, iptables); not root and CI unset");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("spawning {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Two namespaces joined by a veth pair; deleted on drop (also on panic).
+struct Topology {
+    pod: String,
+    peer: String,
+}
+
+impl Topology {
+    fn new() -> Result<Self> {
+        let id = format!(
+            "{:x}{:x}",
+            std::process::id() & 0xffff,
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() & 0xfffff
+        );
+        let t = Topology { pod: format!("mp-proxy-{id}-pod"), peer: format!("mp-proxy-{id}-peer") };
+        run("ip", &["netns", "add", &t.pod])?;
+        run("ip", &["netns", "add", &t.peer])?;
+        let (va, vb) = (format!("mpa{id}"), format!("mpb{id}"));
+        let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
+        run("ip", &["link", "add", va, "netns", &t.pod, "type", "veth", "peer", "name", vb, "netns", &t.peer])?;
+        for (ns, dev, addrs) in [
+            (&t.pod, va, vec![format!("{POD_IP}/24")]),
+            (&t.peer, vb, vec![format!("{PEER_IP}/24"), format!("{PEER_EXCLUDED_IP}/32")]),
+        ] {
+            for a in addrs {
+                run("ip", &["-n", ns, "addr", "add", &a, "dev", dev])?;
+            }
+            run("ip", &["-n", ns, "link", "set", dev, "up"])?;
+            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        run("ip", &["-n", &t.pod, "route", "add", &format!("{PEER_EXCLUDED_IP}/32"), "dev", va])?;
+        Ok(t)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Deleting a namespace also deletes its end of the veth pair (and so the pair).
+        for ns in [&self.pod, &self.peer] {
+            if let Err(e) = run("ip", &["netns", "del", ns]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Run `f` on a fresh thread that has entered network namespace `ns`. Sockets created there
+/// stay in that namespace; the thread exits afterwards, so nothing else is affected.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let fd = std::fs::File::open(&path).with_context(|| path.clone())?;
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// Render Istio's standard nat capture rules (REDIRECT mode, proxy UID/GID 1337, include all
+/// inbound ports and all outbound IP ranges), as istio-iptables would feed them to
+/// `iptables-restore --noflush`, and apply them inside `netns`.
+///
+/// The lead will later switch this helper to meshpass-capture's real rule engine.
+fn apply_capture_rules(
+    netns: &str,
+    exclude_inbound_ports: &[u16],
+    exclude_outbound_cidrs: &[&str],
+    exclude_outbound_ports: &[u16],
+) -> Result<String> {
+    let mut r = String::from("*nat\n");
+    for c in ["ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT"] {
+        r += &format!(":{c} - [0:0]\n");
+    }
+    r += "-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n";
+    r += "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n";
+    r += "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n";
+    r += "-A PREROUTING -p tcp -j ISTIO_INBOUND\n";
+    for p in exclude_inbound_ports {
+        r += &format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN\n");
+    }
+    r += "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n";
+    r += "-A OUTPUT -j ISTIO_OUTPUT\n";
+    for p in exclude_outbound_ports {
+        r += &format!("-A ISTIO_OUTPUT -p tcp --dport {p} -j RETURN\n");
+        r += &format!("-A ISTIO_OUTPUT -p udp --dport {p} -j RETURN\n");
+    }
+    r += "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN\n";
+    for m in ["uid", "gid"] {
+        r += &format!("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --{m}-owner 1337 -j ISTIO_IN_REDIRECT\n");
+        r += &format!("-A ISTIO_OUTPUT -o lo -m owner ! --{m}-owner 1337 -j RETURN\n");
+        r += &format!("-A ISTIO_OUTPUT -m owner --{m}-owner 1337 -j RETURN\n");
+    }
+    r += "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n";
+    for c in exclude_outbound_cidrs {
+        r += &format!("-A ISTIO_OUTPUT -d {c} -j RETURN\n");
+    }
+    r += "-A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n";
+
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning iptables-restore")?;
+    child.stdin.take().context("stdin")?.write_all(r.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("iptables-restore failed: {}\n{r}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(r)
+}
+
+/// A blocking HTTP app that answers `peer=<source ip>` with its own `Server` header.
+struct App {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl App {
+    fn start(ns: &str, port: u16) -> Result<Self> {
+        let l = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port)))??;
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                        let mut req = Vec::new();
+                        let mut b = [0u8; 1024];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut b) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => req.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        let body = format!("peer={}", peer.ip());
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nServer: testapp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(App { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The proxy as UID/GID 1337 inside the pod namespace; SIGTERM + wait on drop.
+struct ProxyProcess(Child);
+
+impl ProxyProcess {
+    fn start(ns: &str) -> Result<Self> {
+        let bin = env!("CARGO_BIN_EXE_meshpass-proxy-standalone");
+        let child = in_netns(ns, move || {
+            Command::new(bin)
+                .env("MESHPASS_PROXY_SERVICES", "app.default.svc.cluster.local:80/8080")
+                .env("MESHPASS_PROXY_SNIFF_TIMEOUT", "1s")
+                .env("RUST_LOG", "warn")
+                .uid(1337)
+                .gid(1337)
+                .stdout(Stdio::piped())
+                .spawn()
+        })??;
+        let mut p = ProxyProcess(child);
+        let stdout = p.0.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.starts_with("READY ") {
+            bail!("proxy did not start: {line:?}");
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET http://addr/path` from inside `ns`, `Connection: close`, whole response.
+fn http_get(ns: &str, addr: SocketAddr, path: &str) -> Result<Resp> {
+    let path = path.to_owned();
+    in_netns(ns, move || -> Result<Resp> {
+        let mut s = TcpStream::connect_timeout(&addr, GUARD)?;
+        s.set_read_timeout(Some(GUARD))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let mut lines = head.lines();
+        let status =
+            lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).context("status line")?;
+        let headers =
+            lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+        Ok(Resp { status, headers, body: body.to_owned() })
+    })?
+}
+
+/// The proxy's `/connections` record, read from inside the pod.
+fn connections(ns: &str) -> Result<Vec<serde_json::Value>> {
+    let r = http_get(ns, "127.0.0.1:15000".parse()?, "/connections")?;
+    let v: serde_json::Value = serde_json::from_str(&r.body)?;
+    Ok(v["connections"].as_array().cloned().unwrap_or_default())
+}
+
+/// Wait for a closed record matching `pred` (the record closes just after the client's EOF).
+fn wait_record(ns: &str, pred: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(c) = connections(ns)?.into_iter().find(|c| c["state"] == "closed" && pred(c)) {
+            return Ok(c);
+        }
+        if Instant::now() > deadline {
+            bail!("no matching connection record");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_ready(ns: &str) -> Result<()> {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Ok(r) = http_get(ns, "127.0.0.1:15021".parse()?, "/healthz/ready") {
+            if r.status == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("proxy never became ready");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Everything one test needs, torn down in field order: proxy, apps, then namespaces.
+struct Pod {
+    _proxy: ProxyProcess,
+    _apps: Vec<App>,
+    topo: Topology,
+}
+
+fn setup() -> Result<Pod> {
+    let topo = Topology::new()?;
+    let apps = vec![
+        App::start(&topo.pod, 8080)?,
+        App::start(&topo.pod, 8081)?,
+        App::start(&topo.peer, 9090)?,
+        App::start(&topo.peer, 9091)?,
+    ];
+    let rules = apply_capture_rules(
+        &topo.pod,
+        // Istio's injector always excludes 15090, 15021 and 15020; 8081 is the passthrough port.
+        &[15090, 15021, 15020, 8081],
+        &[&format!("{PEER_EXCLUDED_IP}/32")],
+        &[9091],
+    )?;
+    eprintln!("applied in {}:\n{rules}", topo.pod);
+    let proxy = ProxyProcess::start(&topo.pod)?;
+    wait_ready(&topo.pod)?;
+    Ok(Pod { _proxy: proxy, _apps: apps, topo })
+}
+
+#[test]
+fn inbound_captured_and_excluded_ports() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let pod = setup()?;
+    let (podns, peerns) = (&pod.topo.pod, &pod.topo.peer);
+
+    // Captured port: through the sidecar.
+    let r = http_get(peerns, format!("{POD_IP}:8080").parse()?, "/")?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("server"), Some("istio-envoy"), "{r:?}");
+    assert!(r.header("x-envoy-upstream-service-time").is_some(), "{r:?}");
+    assert_eq!(r.header("x-envoy-decorator-operation"), Some("app.default.svc.cluster.local:80/*"));
+    assert_eq!(r.body, "peer=127.0.0.6", "the app sees the sidecar's 127.0.0.6");
+    let rec = wait_record(podns, |c| c["direction"] == "inbound" && c["original_dst"] == format!("{POD_IP}:8080"))?;
+    assert_eq!(rec["protocol"], "http");
+    assert_eq!(rec["last_status"], 200);
+    assert!(rec["client_addr"].as_str().unwrap().starts_with(&format!("{PEER_IP}:")));
+
+    // Excluded port: straight to the app.
+    let r = http_get(peerns, format!("{POD_IP}:8081").parse()?, "/")?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("server"), Some("testapp"), "{r:?}");
+    assert!(r.header("x-envoy-upstream-service-time").is_none());
+    assert_eq!(r.body, format!("peer={PEER_IP}"), "the app sees the real client");
+    let recs = connections(podns)?;
+    assert!(
+        !recs.iter().any(|c| c["original_dst"].as_str().is_some_and(|d| d.ends_with(":8081"))),
+        "excluded port must not reach the sidecar: {recs:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn outbound_captured_and_excluded_destinations() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let pod = setup()?;
+    let podns = &pod.topo.pod;
+
+    // Captured: the app (root, not 1337) calls the peer; the sidecar forwards it.
+    let r = http_get(podns, format!("{PEER_IP}:9090").parse()?, "/")?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("server"), Some("envoy"), "{r:?}");
+    assert!(r.header("x-envoy-upstream-service-time").is_some());
+    assert_eq!(r.body, format!("peer={POD_IP}"));
+    let rec = wait_record(podns, |c| c["direction"] == "outbound" && c["original_dst"] == format!("{PEER_IP}:9090"))?;
+    assert_eq!(rec["protocol"], "http");
+    assert_eq!(rec["upstream_addr"], format!("{PEER_IP}:9090"));
+
+    // Excluded port and excluded CIDR: direct, never seen by the sidecar.
+    for dst in [format!("{PEER_IP}:9091"), format!("{PEER_EXCLUDED_IP}:9090")] {
+        let r = http_get(podns, dst.parse()?, "/")?;
+        assert_eq!(r.status, 200, "{dst}: {r:?}");
+        assert_eq!(r.header("server"), Some("testapp"), "{dst}: {r:?}");
+        assert!(r.header("x-envoy-upstream-service-time").is_none());
+    }
+    let recs = connections(podns)?;
+    let outbound: Vec<_> = recs.iter().filter(|c| c["direction"] == "outbound").collect();
+    assert_eq!(outbound.len(), 1, "only the captured call went through the sidecar: {recs:?}");
+    Ok(())
+}
