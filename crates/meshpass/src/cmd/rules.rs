@@ -265,7 +265,10 @@ fn show_live(runner: &NetnsRunner, backend: Backend, format: Format) -> anyhow::
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<6} {:<7} {:<18} {:>4} {:>10} {:>12}  {:<28} rule", "family", "table", "chain", "#", "packets", "bytes", "label");
+    println!(
+        "{:<6} {:<7} {:<18} {:>4} {:>10} {:>12}  {:<28} rule",
+        "family", "table", "chain", "#", "packets", "bytes", "label"
+    );
     for (fam, eff) in &families {
         for (table, chains) in &eff.tables {
             for (chain, rules) in chains {
