@@ -110,58 +110,30 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
 }
 
-/// Render Istio's standard nat capture rules (REDIRECT mode, proxy UID/GID 1337, include all
-/// inbound ports and all outbound IP ranges), as istio-iptables would feed them to
-/// `iptables-restore --noflush`, and apply them inside `netns`.
-///
-/// The lead will later switch this helper to meshpass-capture's real rule engine.
+/// Applies the real engine's capture rules in `netns`: the workload's passthrough
+/// annotations go through meshpass-settings and Istio's injector defaults (so 15090, 15021 and
+/// 15020 are excluded inbound as in a real pod), are compiled by meshpass-capture, and applied
+/// atomically with the nftables backend. Returns the rendered rules for the log.
 fn apply_capture_rules(
     netns: &str,
     exclude_inbound_ports: &[u16],
     exclude_outbound_cidrs: &[&str],
     exclude_outbound_ports: &[u16],
 ) -> Result<String> {
-    let mut r = String::from("*nat\n");
-    for c in ["ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT"] {
-        r += &format!(":{c} - [0:0]\n");
-    }
-    r += "-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n";
-    r += "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n";
-    r += "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n";
-    r += "-A PREROUTING -p tcp -j ISTIO_INBOUND\n";
-    for p in exclude_inbound_ports {
-        r += &format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN\n");
-    }
-    r += "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n";
-    r += "-A OUTPUT -j ISTIO_OUTPUT\n";
-    for p in exclude_outbound_ports {
-        r += &format!("-A ISTIO_OUTPUT -p tcp --dport {p} -j RETURN\n");
-        r += &format!("-A ISTIO_OUTPUT -p udp --dport {p} -j RETURN\n");
-    }
-    r += "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN\n";
-    for m in ["uid", "gid"] {
-        r += &format!("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --{m}-owner 1337 -j ISTIO_IN_REDIRECT\n");
-        r += &format!("-A ISTIO_OUTPUT -o lo -m owner ! --{m}-owner 1337 -j RETURN\n");
-        r += &format!("-A ISTIO_OUTPUT -m owner --{m}-owner 1337 -j RETURN\n");
-    }
-    r += "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n";
-    for c in exclude_outbound_cidrs {
-        r += &format!("-A ISTIO_OUTPUT -d {c} -j RETURN\n");
-    }
-    r += "-A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n";
-
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore", "--noflush"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning iptables-restore")?;
-    child.stdin.take().context("stdin")?.write_all(r.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("iptables-restore failed: {}\n{r}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(r)
+    use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner};
+    use meshpass_settings::{keys, Settings};
+    let join = |v: Vec<String>| v.join(",");
+    let ann = std::collections::BTreeMap::from([
+        (keys::EXCLUDE_INBOUND_PORTS.to_string(), join(exclude_inbound_ports.iter().map(u16::to_string).collect())),
+        (keys::EXCLUDE_OUTBOUND_IP_RANGES.to_string(), join(exclude_outbound_cidrs.iter().map(|c| c.to_string()).collect())),
+        (keys::EXCLUDE_OUTBOUND_PORTS.to_string(), join(exclude_outbound_ports.iter().map(u16::to_string).collect())),
+    ]);
+    let settings = Settings::from_annotations(&ann).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = meshpass_capture::CaptureConfig::from_settings(&settings, &meshpass_capture::InjectorValues::default())
+        .context("interception mode NONE")?;
+    let plan = meshpass_capture::compile(&cfg);
+    linux::apply(&plan, Backend::Nftables, &NetnsRunner::new(Netns::Named(netns.to_string())))?;
+    Ok(meshpass_capture::render::nft::render(&plan))
 }
 
 /// A blocking HTTP app that answers `peer=<source ip>` with its own `Server` header.
