@@ -28,6 +28,28 @@ enum Command {
     Explain(Box<cmd::explain::Args>),
     /// Run the sidecar proxy (in a pod's network namespace, as UID/GID 1337).
     Proxy(Box<cmd::proxy::Args>),
+    /// Bring the local mesh up and supervise it in the foreground (needs root).
+    Up(Box<cmd::mesh::UpArgs>),
+    /// Set or remove a Deployment's pod-template annotations (its passthrough settings).
+    Annotate(Box<cmd::mesh::AnnotateArgs>),
+    /// Check which path a request took: through the sidecar or directly, with the evidence.
+    Check(Box<cmd::check::Args>),
+    /// Remove everything the local mesh made (also after a crash); keeps the manifests.
+    Down(Box<cmd::mesh::DownArgs>),
+    /// List workloads, pods or services of the local mesh.
+    Get(Box<cmd::mesh::GetArgs>),
+    /// Apply Kubernetes manifests to the local mesh.
+    Apply(Box<cmd::mesh::ApplyArgs>),
+    /// Delete the objects a manifest names from the local mesh.
+    Delete(Box<cmd::mesh::DeleteArgs>),
+    /// Rolling restart: `rollout restart deployment/NAME`.
+    Rollout(Box<cmd::mesh::RolloutArgs>),
+    /// Run a command in a pod's (or the node's) network namespace.
+    Exec(Box<cmd::mesh::ExecArgs>),
+    /// Print a pod container's log.
+    Logs(Box<cmd::mesh::LogsArgs>),
+    /// The sample programs the local mesh runs (helloworld, http, sleep).
+    Sample(Box<cmd::mesh::SampleArgs>),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +67,17 @@ fn main() -> ExitCode {
         Command::Iptables(a) => cmd::iptables::run(*a, &env),
         Command::Rules(a) => cmd::rules::run(*a),
         Command::Explain(a) => cmd::explain::run(*a),
+        Command::Up(a) => cmd::mesh::up(*a),
+        Command::Check(a) => cmd::check::run(*a),
+        Command::Annotate(a) => cmd::mesh::annotate(*a),
+        Command::Down(a) => cmd::mesh::down(*a),
+        Command::Get(a) => cmd::mesh::get(*a),
+        Command::Apply(a) => cmd::mesh::apply(*a),
+        Command::Delete(a) => cmd::mesh::delete(*a),
+        Command::Rollout(a) => cmd::mesh::rollout(*a),
+        Command::Exec(a) => cmd::mesh::exec(*a),
+        Command::Logs(a) => cmd::mesh::logs(*a),
+        Command::Sample(a) => cmd::mesh::sample(*a),
         Command::Proxy(a) => cmd::proxy::run(*a, &env),
     };
     match result {

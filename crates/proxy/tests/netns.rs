@@ -125,7 +125,10 @@ fn apply_capture_rules(
     let join = |v: Vec<String>| v.join(",");
     let ann = std::collections::BTreeMap::from([
         (keys::EXCLUDE_INBOUND_PORTS.to_string(), join(exclude_inbound_ports.iter().map(u16::to_string).collect())),
-        (keys::EXCLUDE_OUTBOUND_IP_RANGES.to_string(), join(exclude_outbound_cidrs.iter().map(|c| c.to_string()).collect())),
+        (
+            keys::EXCLUDE_OUTBOUND_IP_RANGES.to_string(),
+            join(exclude_outbound_cidrs.iter().map(|c| c.to_string()).collect()),
+        ),
         (keys::EXCLUDE_OUTBOUND_PORTS.to_string(), join(exclude_outbound_ports.iter().map(u16::to_string).collect())),
     ]);
     let settings = Settings::from_annotations(&ann).map_err(|e| anyhow::anyhow!("{e}"))?;

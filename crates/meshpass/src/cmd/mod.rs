@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod check;
 pub mod explain;
 pub mod iptables;
+pub mod mesh;
 pub mod proxy;
 pub mod rules;
 

@@ -131,3 +131,4 @@ impl Drop for TestNetns {
 pub fn meshpass() -> &'static str {
     env!("CARGO_BIN_EXE_meshpass")
 }
+pub mod mesh;

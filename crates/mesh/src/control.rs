@@ -1,0 +1,234 @@
+//! The control socket `<state>/control.sock` (mode 0600): one JSON request line per
+//! connection, answered by zero or more `{"progress": "..."}` lines and one final
+//! `{"ok": ...}` or `{"error": "..."}` line. [`Client`] is the synchronous client the CLI and
+//! tests use.
+
+use crate::MeshError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// The socket's file name in the state directory.
+pub const SOCKET: &str = "control.sock";
+
+/// A workload (Deployment) and how far its pods are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `Deployment`.
+    pub kind: String,
+    /// True when its pods get a sidecar.
+    pub meshed: bool,
+    /// Ready pods.
+    pub ready: u32,
+    /// Desired pods (replicas).
+    pub total: u32,
+    /// True when running pods were made from an older template (a rollout restart applies it).
+    pub pending_restart: bool,
+    /// The current pod-template annotations.
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// A pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its Deployment.
+    pub workload: String,
+    /// Pod IP.
+    pub ip: String,
+    /// Its network namespace name (`ip netns exec NETNS …`).
+    pub netns: String,
+    /// All containers running and passing readiness.
+    pub ready: bool,
+    /// Has a sidecar.
+    pub meshed: bool,
+    /// Container restarts so far.
+    pub restarts: u32,
+}
+
+/// A Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// ClusterIP.
+    pub cluster_ip: String,
+    /// `(port, target_port)` pairs.
+    pub ports: Vec<(u16, u16)>,
+    /// Ready endpoints as `IP:targetPort` of the first port.
+    pub endpoints: Vec<String>,
+}
+
+/// A request on the control socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// List workloads.
+    Workloads {
+        /// Namespace filter.
+        namespace: Option<String>,
+    },
+    /// List pods.
+    Pods {
+        /// Namespace filter.
+        namespace: Option<String>,
+    },
+    /// List services.
+    Services {
+        /// Namespace filter.
+        namespace: Option<String>,
+    },
+    /// The node namespace's name.
+    NodeNetns,
+    /// Apply manifests.
+    Apply {
+        /// Multi-document YAML.
+        yaml: String,
+        /// Re-apply capture-only changes in place.
+        live: bool,
+    },
+    /// Delete the objects named in manifests.
+    Delete {
+        /// Multi-document YAML.
+        yaml: String,
+    },
+    /// Rolling restart of a Deployment.
+    RolloutRestart {
+        /// Namespace.
+        namespace: String,
+        /// Deployment name.
+        name: String,
+    },
+    /// Set and remove pod-template annotations of a Deployment (`kubectl annotate` on the
+    /// template, which is what DCE's passthrough dialog writes).
+    Annotate {
+        /// Namespace.
+        namespace: String,
+        /// Deployment name.
+        name: String,
+        /// Annotations to set.
+        set: BTreeMap<String, String>,
+        /// Annotation keys to remove.
+        remove: Vec<String>,
+        /// Re-apply capture rules in place instead of marking pods pending restart.
+        live: bool,
+    },
+    /// Tear the mesh down and stop the supervisor.
+    Shutdown,
+}
+
+/// One line of a reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// A progress message (rollouts).
+    Progress(String),
+    /// Success, with the result.
+    Ok(serde_json::Value),
+    /// Failure.
+    Error(String),
+    /// Rejected input: one message per bad item (kept apart so clients can exit 2).
+    Invalid(Vec<String>),
+}
+
+/// A synchronous client of a running supervisor.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// Connects to the supervisor serving `state_dir` (fails when none is running).
+    pub fn connect(state_dir: &Path) -> Result<Client, MeshError> {
+        let socket = state_dir.join(SOCKET);
+        UnixStream::connect(&socket).map_err(|error| MeshError::NotRunning { path: socket.clone(), error })?;
+        Ok(Client { socket })
+    }
+
+    fn call(&self, req: &Request, progress: &mut dyn FnMut(&str)) -> Result<serde_json::Value, MeshError> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .map_err(|error| MeshError::NotRunning { path: self.socket.clone(), error })?;
+        let mut line = serde_json::to_string(req).map_err(|e| MeshError::Protocol(e.to_string()))?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).map_err(|e| MeshError::Protocol(format!("sending the request: {e}")))?;
+        for line in BufReader::new(stream).lines() {
+            let line = line.map_err(|e| MeshError::Protocol(format!("reading the reply: {e}")))?;
+            match serde_json::from_str::<Reply>(&line).map_err(|e| MeshError::Protocol(format!("{e}: {line}")))? {
+                Reply::Progress(p) => progress(&p),
+                Reply::Ok(v) => return Ok(v),
+                Reply::Error(e) => return Err(MeshError::Remote(e)),
+                Reply::Invalid(v) => return Err(MeshError::Invalid(v)),
+            }
+        }
+        Err(MeshError::Protocol("the supervisor closed the connection without an answer".into()))
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MeshError> {
+        let v = self.call(&req, &mut |_| {})?;
+        serde_json::from_value(v).map_err(|e| MeshError::Protocol(e.to_string()))
+    }
+
+    /// Workloads, optionally in one namespace.
+    pub fn workloads(&self, ns: Option<&str>) -> Result<Vec<WorkloadStatus>, MeshError> {
+        self.get(Request::Workloads { namespace: ns.map(str::to_string) })
+    }
+
+    /// Pods, optionally in one namespace.
+    pub fn pods(&self, ns: Option<&str>) -> Result<Vec<PodStatus>, MeshError> {
+        self.get(Request::Pods { namespace: ns.map(str::to_string) })
+    }
+
+    /// Services, optionally in one namespace.
+    pub fn services(&self, ns: Option<&str>) -> Result<Vec<ServiceStatus>, MeshError> {
+        self.get(Request::Services { namespace: ns.map(str::to_string) })
+    }
+
+    /// The node namespace's name (for `ip netns exec`).
+    pub fn node_netns(&self) -> Result<String, MeshError> {
+        self.get(Request::NodeNetns)
+    }
+
+    /// Applies manifests; returns kubectl-like lines (`deployment.apps/x created`).
+    pub fn apply(&self, yaml: &str, live: bool) -> Result<Vec<String>, MeshError> {
+        self.get(Request::Apply { yaml: yaml.to_string(), live })
+    }
+
+    /// Deletes the objects the manifests name.
+    pub fn delete(&self, yaml: &str) -> Result<Vec<String>, MeshError> {
+        self.get(Request::Delete { yaml: yaml.to_string() })
+    }
+
+    /// Rolling restart; `progress` sees each step; returns when the rollout is complete.
+    pub fn rollout_restart(&self, ns: &str, name: &str, progress: &mut dyn FnMut(&str)) -> Result<(), MeshError> {
+        self.call(&Request::RolloutRestart { namespace: ns.to_string(), name: name.to_string() }, progress).map(|_| ())
+    }
+
+    /// Sets/removes pod-template annotations of a Deployment, validated like `apply`;
+    /// returns what changed (`deployment.apps/x -n ns configured (pending restart)`).
+    pub fn annotate(
+        &self,
+        ns: &str,
+        name: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        live: bool,
+    ) -> Result<Vec<String>, MeshError> {
+        self.get(Request::Annotate { namespace: ns.to_string(), name: name.to_string(), set, remove, live })
+    }
+
+    /// Asks the supervisor to tear everything down and exit; returns once it has.
+    pub fn shutdown(&self) -> Result<(), MeshError> {
+        self.call(&Request::Shutdown, &mut |_| {}).map(|_| ())
+    }
+}

@@ -1,0 +1,135 @@
+//! The state directory: `state.json` (manifests, current templates, ClusterIPs, network
+//! settings), written atomically (temporary file + rename) so a crash never leaves half a file.
+//!
+//! Pods are not saved: they are cattle, recreated from the templates by the next `meshpass up`.
+
+use crate::manifest::{DeploymentSpec, NamespaceSpec, ServiceSpec};
+use crate::MeshError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// The file name inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// A Service and its allocated ClusterIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredService {
+    /// As applied.
+    pub spec: ServiceSpec,
+    /// Allocated once, kept across restarts.
+    pub cluster_ip: Ipv4Addr,
+}
+
+/// Network settings of the last `meshpass up`, so that `meshpass down` knows what to remove
+/// even when the supervisor died.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetState {
+    /// Prefix of every network namespace the mesh creates.
+    pub netns_prefix: String,
+    /// Pod address block.
+    pub pod_cidr: String,
+    /// Service address block.
+    pub service_cidr: String,
+    /// Rule backend for the pods' capture rules.
+    pub backend: String,
+}
+
+/// Everything that survives a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, NamespaceSpec>,
+    /// Deployments by `namespace/name`, with their current templates.
+    pub deployments: BTreeMap<String, DeploymentSpec>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<String, StoredService>,
+    /// True once the sample was installed, so a deleted sample stays deleted.
+    #[serde(default)]
+    pub sample_installed: bool,
+    /// Network settings of the last `up`.
+    #[serde(default)]
+    pub net: Option<NetState>,
+}
+
+/// `namespace/name`, the key of namespaced objects.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl State {
+    /// The path of the state file in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    /// Loads the state of `dir`; `None` when there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<State>, MeshError> {
+        let path = Self::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(MeshError::io("cannot read", &path)(e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| MeshError::State { path, reason: e.to_string() })
+    }
+
+    /// Saves atomically: write a temporary file, fsync, rename over the old one.
+    pub fn save(&self, dir: &Path) -> Result<(), MeshError> {
+        let path = Self::path(dir);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| MeshError::State { path: path.clone(), reason: e.to_string() })?;
+        let mut f = std::fs::File::create(&tmp).map_err(MeshError::io("cannot create", &tmp))?;
+        f.write_all(&json).and_then(|()| f.sync_all()).map_err(MeshError::io("cannot write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(MeshError::io("cannot replace", &path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{parse, Object};
+
+    #[test]
+    fn round_trips_through_the_state_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(State::load(dir.path()).expect("no state is fine"), None);
+        let yaml = include_str!("../../../examples/sample/helloworld.yaml");
+        let mut state = State { sample_installed: true, ..State::default() };
+        for o in parse(yaml).expect("sample parses") {
+            match o {
+                Object::Namespace(n) => {
+                    state.namespaces.insert(n.name.clone(), n);
+                }
+                Object::Deployment(d) => {
+                    state.deployments.insert(key(&d.namespace, &d.name), d);
+                }
+                Object::Service(s) => {
+                    let cluster_ip = Ipv4Addr::new(198, 19, 0, 1);
+                    state.services.insert(key(&s.namespace, &s.name), StoredService { spec: s, cluster_ip });
+                }
+            }
+        }
+        state.net = Some(NetState {
+            netns_prefix: "mpm-".into(),
+            pod_cidr: "198.18.0.0/16".into(),
+            service_cidr: "198.19.0.0/16".into(),
+            backend: "nftables".into(),
+        });
+        state.save(dir.path()).expect("save");
+        state.save(dir.path()).expect("save again over the old file");
+        assert_eq!(State::load(dir.path()).expect("load"), Some(state));
+        assert!(!dir.path().join(".state.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(STATE_FILE), "{not json").expect("write");
+        let err = State::load(dir.path()).expect_err("corrupt");
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
+}

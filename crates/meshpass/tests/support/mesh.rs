@@ -1,0 +1,151 @@
+//! The local mesh under test: `meshpass up` as a child process with its own state directory,
+//! namespace prefix and address blocks, torn down by `Drop` even when an assertion fails.
+#![allow(dead_code)]
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshpass");
+
+/// Owns the supervisor child and the state directory.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub prefix: &'static str,
+    pub pod_cidr: &'static str,
+    pub svc_cidr: &'static str,
+    pub sample: bool,
+}
+
+impl Mesh {
+    /// A mesh (not started) with its own prefix and address blocks.
+    pub fn new(prefix: &'static str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
+        Ok(Mesh { dir: tempfile::tempdir()?, child: None, prefix, pod_cidr, svc_cidr, sample })
+    }
+
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `meshpass up` and waits for its control socket.
+    pub fn up(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(self.state().join("control.sock"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state().join("up.log"))?;
+        let mut cmd = Command::new(BIN);
+        cmd.args(["up", "--drain-seconds", "2", "--netns-prefix", self.prefix]);
+        if !self.sample {
+            cmd.arg("--no-sample");
+        }
+        let child = cmd
+            .args(["--pod-cidr", self.pod_cidr, "--service-cidr", self.svc_cidr, "--state-dir"])
+            .arg(self.state())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.state().join("control.sock").exists() {
+            if Instant::now() > deadline {
+                bail!("supervisor did not start: {}", std::fs::read_to_string(self.state().join("up.log"))?);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Runs `meshpass ARGS --state-dir DIR`.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(BIN).args(args).arg("--state-dir").arg(self.state()).output()?)
+    }
+
+    /// Runs the CLI and returns stdout, failing with stderr on a non-zero exit.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!("meshpass {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `meshpass exec --node -- curl ARGS URL`: the output (headers included with -i/-I).
+    pub fn curl_from_node(&self, curl_args: &[&str], url: &str) -> Result<String> {
+        let out = Command::new(BIN)
+            .args(["exec", "--node", "--state-dir"])
+            .arg(self.state())
+            .args(["--", "curl", "-sS", "--max-time", "5"])
+            .args(curl_args)
+            .arg(url)
+            .output()?;
+        if !out.status.success() {
+            bail!("curl {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn client(&self) -> Result<meshpass_mesh::Client> {
+        Ok(meshpass_mesh::Client::connect(self.state())?)
+    }
+
+    /// Waits until every pod of the workload is ready and none is pending restart.
+    pub fn wait_ready(&self, ns: &str, name: &str) -> Result<()> {
+        let client = self.client()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let w = client.workloads(Some(ns))?;
+            if w.iter().any(|w| w.name == name && w.ready == w.total && w.total > 0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{ns}/{name} not ready: {w:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Namespaces with this mesh's prefix, and processes running samples from this binary
+    /// with this test's state directory in their environment are not visible; count the
+    /// sample processes started from this binary instead.
+    pub fn residue(&self, sample_marker: &str) -> (Vec<String>, usize) {
+        let netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(self.prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let procs = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                    .filter(|c| {
+                        let c = String::from_utf8_lossy(c);
+                        c.contains(BIN) && c.contains(sample_marker)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        (netns, procs)
+    }
+
+    /// Kills the supervisor with SIGKILL (a crash).
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("no supervisor")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).arg("down").arg("--state-dir").arg(self.dir.path()).output();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
