@@ -9,12 +9,23 @@ pub const TABLE: &str = "meshpass";
 /// Istio's native-nftables tables, removed by a cleanup that asks for Istio's state too.
 pub const ISTIO_TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
 
-fn tables(runner: &dyn Runner) -> Result<String, LinuxError> {
-    Ok(runner.check("nft", &["list", "tables"], None)?.stdout)
-}
-
-fn has_table(listing: &str, name: &str) -> bool {
-    listing.lines().any(|l| l.trim() == format!("table inet {name}"))
+/// `nft list table inet NAME` (or `-j`), `None` when the table does not exist. One call
+/// instead of listing all tables first: every nft start-up costs a few milliseconds.
+fn list(runner: &dyn Runner, name: &str, json: bool) -> Result<Option<String>, LinuxError> {
+    let args: &[&str] = if json { &["-j", "list", "table", "inet", name] } else { &["list", "table", "inet", name] };
+    let out = runner.run("nft", args, None)?;
+    if out.success() {
+        return Ok(Some(out.stdout));
+    }
+    if out.stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(LinuxError::Failed {
+        command: format!("nft {}", args.join(" ")),
+        netns: runner.describe(),
+        status: out.status,
+        stderr: out.stderr.trim().to_string(),
+    })
 }
 
 /// The marker line of a rendered ruleset that identifies the plan (its hash comment).
@@ -26,12 +37,9 @@ fn marker(rendered: &str) -> Option<&str> {
 /// already in place (same hash) is left alone, so its counters keep counting.
 pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<ApplyOutcome, LinuxError> {
     let rendered = crate::render::nft::render(plan);
-    if has_table(&tables(runner)?, TABLE) {
-        let current = runner.check("nft", &["list", "table", "inet", TABLE], None)?.stdout;
-        if let Some(m) = marker(&rendered) {
-            if current.lines().any(|l| l.trim() == m) {
-                return Ok(ApplyOutcome::Unchanged);
-            }
+    if let (Some(current), Some(m)) = (list(runner, TABLE, false)?, marker(&rendered)) {
+        if current.lines().any(|l| l.trim() == m) {
+            return Ok(ApplyOutcome::Unchanged);
         }
     }
     // nft applies the whole file as one transaction or nothing at all.
@@ -41,14 +49,19 @@ pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<ApplyOutcome, LinuxErro
 
 /// Deletes table `inet meshpass` (and Istio's nft tables with `istio`).
 pub fn cleanup(istio: bool, runner: &dyn Runner) -> Result<(), LinuxError> {
-    let listing = tables(runner)?;
     let mut names = vec![TABLE];
     if istio {
         names.extend(ISTIO_TABLES);
     }
     for name in names {
-        if has_table(&listing, name) {
-            runner.check("nft", &["delete", "table", "inet", name], None)?;
+        let out = runner.run("nft", &["delete", "table", "inet", name], None)?;
+        if !out.success() && !out.stderr.contains("No such file or directory") {
+            return Err(LinuxError::Failed {
+                command: format!("nft delete table inet {name}"),
+                netns: runner.describe(),
+                status: out.status,
+                stderr: out.stderr.trim().to_string(),
+            });
         }
     }
     Ok(())
@@ -56,8 +69,5 @@ pub fn cleanup(istio: bool, runner: &dyn Runner) -> Result<(), LinuxError> {
 
 /// The live table as `nft -j` JSON (`None` when there is no meshpass table).
 pub fn list_json(runner: &dyn Runner) -> Result<Option<String>, LinuxError> {
-    if !has_table(&tables(runner)?, TABLE) {
-        return Ok(None);
-    }
-    Ok(Some(runner.check("nft", &["-j", "list", "table", "inet", TABLE], None)?.stdout))
+    list(runner, TABLE, true)
 }
