@@ -13,8 +13,17 @@ wrk from the client namespace:
 
 Modes: closed loop 16 connections, and paced ~1000 req/s (16 connections, 16 ms think time).
 Per proxy: CPU seconds per 1000 requests from /proc/PID/stat (utime+stime, all threads and
-worker processes), RSS idle and under load (max of samples). Targets are interleaved per rep
-so drift hits all alike; reported values are medians over reps.
+worker processes) and, when `perf` is present, from `perf stat` software counters (task-clock
+at ns resolution, syscalls and context switches per request); RSS idle and under load (max of
+samples). Targets are interleaved per rep so drift hits all alike; reported values are medians
+over reps.
+
+Load-independent CPU cost (last phase, needs valgrind): each proxy is restarted as a single
+process under callgrind and fed exactly N requests by fixed_client.py (c=1 and c=16); user-space
+instructions per request = (Ir(N) - Ir(N/5)) / (actual request difference), two fresh instances
+so start-up and shutdown cancel out. Instruction counts do not change with other processes'
+load (this VM exposes no hardware counters, so `perf stat -e instructions` is not available).
+Kernel work (TCP, NAT) is not in Ir; syscalls per request from the native runs stand for it.
 
 Only addresses inside the namespaces it creates are used; everything is removed at exit.
 """
@@ -33,6 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TCK = os.sysconf("SC_CLK_TCK")
 POD_IP, CLIENT_IP = "198.18.0.1", "198.18.0.2"
 RUN = "/tmp/meshpass-bench"
+PERF_EVENTS = "task-clock,context-switches,raw_syscalls:sys_enter"
 
 
 def sh(*args, check=True, **kw):
@@ -198,6 +208,7 @@ class Bench:
         if paced:
             cmd += ["-s", os.path.join(HERE, "rate1000.lua")]
         cmd += [f"http://{POD_IP}:{port}/"]
+        perf = self.perf_start(proxy) if proxy else None
         before = self.cpu_ticks(proxy) if proxy else 0
         rss_max = [self.rss_kb(proxy) if proxy else 0]
         stop = threading.Event()
@@ -214,13 +225,133 @@ class Bench:
         stop.set()
         t.join()
         after = self.cpu_ticks(proxy) if proxy else 0
+        counters = self.perf_stop(perf) if perf else {}
         r = parse_wrk(out)
         r.update(cmd="ip netns exec <client> " + " ".join(cmd), wall_s=wall, raw=out)
         if proxy and r["requests"]:
             r["cpu_s_per_1k"] = (after - before) / TCK / (r["requests"] / 1000)
             r["cores"] = (after - before) / TCK / wall
             r["rss_load_kb"] = rss_max[0]
+            n = r["requests"]
+            if "task-clock" in counters:
+                # perf's task-clock is in ms with ns resolution: CPU s / 1000 req = ms / req.
+                r["task_clock_ms_per_req"] = counters["task-clock"] / n
+            if "raw_syscalls:sys_enter" in counters:
+                r["syscalls_per_req"] = counters["raw_syscalls:sys_enter"] / n
+            if "context-switches" in counters:
+                r["ctxsw_per_req"] = counters["context-switches"] / n
         return r
+
+    # --- load-independent counters ----------------------------------------------------------
+    def perf_start(self, proxy):
+        """`perf stat` (software events only: this VM exposes no hardware counters) on the
+        proxy's processes: CPU time at ns resolution, syscalls and context switches."""
+        if not self.a.perf or not self.procs.get(proxy):
+            return None
+        out = f"{RUN}/perf.{proxy}.txt"
+        pids = ",".join(str(p) for p in self.procs[proxy])
+        p = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", PERF_EVENTS, "-p", pids],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # let it attach before the load starts
+        return p, out
+
+    def perf_stop(self, perf):
+        p, out = perf
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return {}
+        counters = {}
+        for line in open(out):
+            f = line.strip().split(",")
+            if len(f) >= 3 and f[0] and not line.startswith("#"):
+                try:
+                    counters[f[2]] = float(f[0])
+                except ValueError:
+                    pass
+        return counters
+
+    def wait_gone(self, pids, timeout=10):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.05)
+
+    def wait_port(self, port, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.check(port)[0].startswith("HTTP/"):
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"nothing answers on :{port}")
+
+    def start_callgrind(self, name, out):
+        """Restart proxy `name` as a single process under callgrind (the backend stays native)."""
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        os.chmod(os.path.dirname(out), 0o1777)  # meshpass runs as UID 1337
+        vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        log = open(f"{out}.log", "w")
+        x = ["ip", "netns", "exec", self.pod]
+        if name == "meshpass":
+            if "meshpass" in self.procs:
+                self.stop_meshpass()
+            env = dict(os.environ, MESHPASS_PROXY_WORKER_THREADS=str(self.a.workers), RUST_LOG="warn")
+            p = subprocess.Popen(x + ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"] + vg
+                                 + [self.a.proxy_bin], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+            line = p.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"meshpass under callgrind did not start: {line!r}")
+            port = 18081
+        else:
+            old = self.procs.pop(name, [])
+            for pid in old:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            self.wait_gone(old)
+            if name == "haproxy":
+                cmd = ["haproxy", "-db", "-f", self.conf("haproxy.cfg")]
+                port = 18082
+            else:
+                cmd = ["nginx", "-c", self.conf("proxy.nginx.conf"), "-p", RUN, "-g", "daemon off; master_process off;"]
+                port = 18083
+            p = subprocess.Popen(x + vg + cmd, stdout=subprocess.DEVNULL, stderr=log)
+        self.children.append(p)
+        self.procs[name] = [p.pid]
+        self.wait_port(port)
+        return p, port
+
+    def callgrind_total(self, name, conns, requests, tag):
+        """Whole-life callgrind `Ir` of a fresh proxy instance that served `requests` requests
+        over `conns` wrk connections (plus the one readiness check)."""
+        out = f"{RUN}/callgrind/{name}.c{conns}.{tag}.out"
+        if os.path.exists(out):
+            os.remove(out)
+        p, port = self.start_callgrind(name, out)
+        done, secs = 0, 0.0
+        if requests:
+            cmd = ["python3", os.path.join(HERE, "fixed_client.py"), POD_IP, str(port), str(conns), str(requests)]
+            got = sh("ip", "netns", "exec", self.client, *cmd, timeout=900).stdout.split()
+            done, secs = int(got[0]), float(got[1])
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=120)
+        self.procs.pop(name, None)
+        ir = None
+        for line in open(out):
+            if line.startswith(("totals:", "summary:")):
+                ir = int(line.split()[1])
+        return {"ir": ir, "requests": done, "rps": done / secs if secs else 0.0, "dump": out}
+
+    def callgrind_ir(self, name, conns, n1, n2):
+        """User-space instructions per request, independent of other processes on the machine:
+        (Ir(n2 requests) - Ir(n1 requests)) / (n2 - n1) over two fresh instances, so start-up,
+        connection set-up and shutdown cancel out."""
+        lo = self.callgrind_total(name, conns, n1, "lo")
+        hi = self.callgrind_total(name, conns, n2, "hi")
+        return {"ir_per_req": (hi["ir"] - lo["ir"]) / (hi["requests"] - lo["requests"]), "lo": lo, "hi": hi,
+                "rps_under_callgrind": hi["rps"]}
 
 
 def to_ms(v):
@@ -263,9 +394,16 @@ def main():
     ap.add_argument("--workers", type=int, default=0, help="meshpass worker threads for the main run")
     ap.add_argument("--worker-sweep", default="0,1,2", help="extra closed-loop run per worker count")
     ap.add_argument("--out", default=os.path.join(RUN, "results.json"))
+    ap.add_argument("--perf", type=int, default=1, help="perf stat software counters per proxied run (0: off)")
+    ap.add_argument("--ir-requests", type=int, default=5000,
+                    help="requests per callgrind instruction count (0: skip the callgrind phase)")
+    ap.add_argument("--ir-conns", default="1,16", help="wrk connections for the callgrind phase")
+    ap.add_argument("--only-ir", action="store_true", help="skip the timed runs (profiling)")
     a = ap.parse_args()
     b = Bench(a)
-    res = {"runs": [], "sweep": [], "idle_rss_kb": {}}
+    res = {"runs": [], "sweep": [], "idle_rss_kb": {}, "ir": []}
+    if a.only_ir:
+        a.reps, a.worker_sweep = 0, ""
     try:
         b.setup()
         b.start_servers()
@@ -301,6 +439,17 @@ def main():
             res["sweep"].append(r)
             print(f"sweep workers={w} rps={r['rps']:.0f} p99={r['p99_ms']:.3f}ms "
                   f"cpu_s/1k={r['cpu_s_per_1k']:.4f} idle_rss={idle}kB load_rss={r['rss_load_kb']}kB", flush=True)
+        if a.ir_requests:
+            # Last: it replaces the native proxies with callgrind-run ones.
+            for name in ("meshpass", "haproxy", "nginx"):
+                for conns in [int(x) for x in a.ir_conns.split(",") if x]:
+                    r = b.callgrind_ir(name, conns, a.ir_requests // 5, a.ir_requests)
+                    r.update(proxy=name, conns=conns)
+                    res["ir"].append(r)
+                    print(f"callgrind {name:8s} c={conns:<3d} Ir/req={r['ir_per_req']:,.0f} "
+                          f"(Ir {r['lo']['ir']:,} for {r['lo']['requests']} req, {r['hi']['ir']:,} for "
+                          f"{r['hi']['requests']} req; {r['rps_under_callgrind']:.0f} req/s under callgrind) "
+                          f"dump={r['hi']['dump']}", flush=True)
     finally:
         b.cleanup()
         os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -311,8 +460,9 @@ def main():
 
 def summary(res):
     print("\nSUMMARY (medians over reps)")
-    print("| path | req/s @16 conns | p50 @1000 rps | p99 @1000 rps | CPU s / 1000 req (@16 / @1000) | RSS idle / load |")
-    print("|---|---|---|---|---|---|")
+    print("| path | req/s @16 conns | p50 @1000 rps | p99 @1000 rps | CPU s / 1000 req (@16 / @1000) "
+          "| syscalls / req @16 | instructions / req (c1 / c16) | RSS idle / load |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, _, _, proxy in TARGETS:
         c = [r for r in res["runs"] if r["target"] == name and r["mode"] == "c16"]
         p = [r for r in res["runs"] if r["target"] == name and r["mode"] == "paced1000"]
@@ -320,10 +470,21 @@ def summary(res):
             continue
         med = lambda rs, k: statistics.median([r[k] for r in rs if r.get(k) is not None])
         cpu = f"{med(c, 'cpu_s_per_1k'):.4f} / {med(p, 'cpu_s_per_1k'):.4f}" if proxy else "—"
+        if proxy and any("task_clock_ms_per_req" in r for r in c):
+            cpu = (f"{med(c, 'task_clock_ms_per_req'):.4f} / {med(p, 'task_clock_ms_per_req'):.4f}")
+        sysc = f"{med(c, 'syscalls_per_req'):.2f}" if proxy and any("syscalls_per_req" in r for r in c) else "—"
+        irs = {r["conns"]: r["ir_per_req"] for r in res["ir"] if r["proxy"] == proxy}
+        ir = " / ".join(f"{irs[k]:,.0f}" for k in sorted(irs)) if irs else "—"
         rss = (f"{res['idle_rss_kb'].get(proxy, 0) / 1024:.1f} MB / "
                f"{max(r['rss_load_kb'] for r in c + p) / 1024:.1f} MB") if proxy else "—"
         print(f"| {name} | {med(c, 'rps'):,.0f} | {med(p, 'p50_ms') * 1000:.0f} µs | "
-              f"{med(p, 'p99_ms') * 1000:.0f} µs | {cpu} | {rss} |")
+              f"{med(p, 'p99_ms') * 1000:.0f} µs | {cpu} | {sysc} | {ir} | {rss} |")
+    if res["ir"]:
+        print("\n| callgrind (user-space instructions / request) | c=1 | c=16 |")
+        print("|---|---|---|")
+        for proxy in ("meshpass", "haproxy", "nginx"):
+            irs = {r["conns"]: r["ir_per_req"] for r in res["ir"] if r["proxy"] == proxy}
+            print(f"| {proxy} | " + " | ".join(f"{irs[k]:,.0f}" for k in sorted(irs)) + " |")
     if res["sweep"]:
         print("\n| meshpass worker_threads | req/s @16 | p99 @16 | CPU s / 1000 req | RSS idle / load |")
         print("|---|---|---|---|---|")

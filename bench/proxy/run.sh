@@ -1,6 +1,8 @@
 #!/bin/bash
 # meshpass proxy benchmark: direct / passthrough / meshpass / HAProxy / nginx, in a netns pair.
-# Needs root, wrk, haproxy, nginx, iproute2, iptables, curl, python3.
+# Needs root, wrk, haproxy, nginx, iproute2, iptables, curl, python3; valgrind for the
+# instructions-per-request phase (--ir-requests 0 skips it), linux-perf for syscall counts
+# (--perf 0 skips them).
 #   bench/proxy/run.sh [bench.py options, e.g. --reps 3 --duration 10 --rate-duration 20]
 # Writes the raw results to /tmp/meshpass-bench/results.json and prints a Markdown summary.
 set -euo pipefail
@@ -10,6 +12,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-proxy}"
 for t in wrk haproxy nginx ip iptables-restore setpriv curl python3; do
   command -v "$t" >/dev/null || { echo "missing $t (apt-get install -y wrk haproxy nginx iproute2 iptables curl)"; exit 1; }
 done
+command -v valgrind >/dev/null || echo "note: no valgrind: pass --ir-requests 0 (apt-get install -y valgrind)"
+command -v perf >/dev/null || echo "note: no perf: pass --perf 0 (apt-get install -y linux-perf)"
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)"; exit 1; }
 (cd "$ROOT" && cargo build --release -p meshpass-proxy --bin meshpass-proxy-standalone)
 BIN="$CARGO_TARGET_DIR/release/meshpass-proxy-standalone"

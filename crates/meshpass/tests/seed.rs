@@ -162,9 +162,9 @@ fn seed_scenario() -> Result<()> {
     mesh.kill9()?;
     let _ = rollout.wait();
     mesh.cli_ok(&["down"])?;
-    let (netns, procs) = mesh.residue("sample");
+    let (netns, procs) = mesh.residue("");
     assert!(netns.is_empty(), "namespaces left after down: {netns:?}");
-    assert_eq!(procs, 0, "sample processes left after down");
+    assert_eq!(procs, 0, "meshpass processes (apps, sidecars, supervisor) left after down");
     let links = Command::new("ip").args(["-o", "link"]).output()?;
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains(PREFIX), "links left: {links}");

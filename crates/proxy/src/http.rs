@@ -19,12 +19,12 @@ use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, SERVER, TE, TRAILER,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, SERVER, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Request, Response, StatusCode, Version};
@@ -155,35 +155,67 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
         .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false))
 }
 
+/// The fixed hop-by-hop names, as bits (`Connection` may name further ones).
+const HOP_CONNECTION: u8 = 1;
+const HOP_UPGRADE: u8 = 2;
+
+fn hop_by_hop_bit(n: &HeaderName) -> u8 {
+    // Standard names compare as enum tags, so this is a handful of cheap comparisons.
+    if n == CONNECTION {
+        HOP_CONNECTION
+    } else if n == UPGRADE {
+        HOP_UPGRADE
+    } else if n == TE {
+        4
+    } else if n == TRAILER {
+        8
+    } else if n == TRANSFER_ENCODING {
+        16
+    } else if n == KEEP_ALIVE {
+        32
+    } else if n == PROXY_CONNECTION {
+        64
+    } else {
+        0
+    }
+}
+
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1) — `Connection` and what it names,
 /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` —
 /// except the upgrade pair while an upgrade is being negotiated.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if h.contains_key(CONNECTION) {
+    // Hot path: one pass over the (few) names finds which fixed ones are present; only those
+    // are removed (a hashed `remove` per absent name cost more than the rest of this).
+    let present = h.keys().fold(0u8, |acc, k| acc | hop_by_hop_bit(k));
+    if present & HOP_CONNECTION != 0 {
+        // Names listed in `Connection`; `keep-alive` and `upgrade` are handled with the fixed
+        // names below, so the common `Connection: keep-alive` allocates nothing.
         let named: Vec<HeaderName> = h
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {
-            if !(keep_upgrade && n == UPGRADE) {
-                h.remove(&n);
-            }
+            h.remove(&n);
         }
         h.remove(CONNECTION);
     }
     if keep_upgrade {
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & HOP_UPGRADE != 0 {
         h.remove(UPGRADE);
     }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(TE);
-    h.remove(TRAILER);
-    h.remove(TRANSFER_ENCODING);
+    if present & !(HOP_CONNECTION | HOP_UPGRADE) != 0 {
+        h.remove(&KEEP_ALIVE);
+        h.remove(&PROXY_CONNECTION);
+        h.remove(TE);
+        h.remove(TRAILER);
+        h.remove(TRANSFER_ENCODING);
+    }
 }
 
 async fn forward(
@@ -200,11 +232,12 @@ async fn forward(
     if parts.headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
         parts.headers.remove(EXPECT);
     }
-    if !parts.headers.contains_key(&X_REQUEST_ID) {
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+    // `entry` hashes each name once (contains_key + insert would hash twice).
+    if let Entry::Vacant(v) = parts.headers.entry(&X_REQUEST_ID) {
+        v.insert(request_id());
     }
-    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Entry::Vacant(v) = parts.headers.entry(&X_FORWARDED_PROTO) {
+        v.insert(HeaderValue::from_static("http"));
     }
     if ctx.direction == Direction::Outbound && cfg.envoy_debug_headers {
         parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
@@ -301,11 +334,22 @@ fn decorate_response(ctx: &HttpCtx, h: &mut HeaderMap, service_ms: Option<u128>)
     }
     if let Some(ms) = service_ms {
         if ctx.shared.config.envoy_debug_headers {
-            h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)));
+            h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), service_time_value(ms));
         }
     }
     if let Some(d) = &ctx.decorator {
         h.insert(X_ENVOY_DECORATOR_OPERATION.clone(), d.clone());
+    }
+}
+
+/// `x-envoy-upstream-service-time` value: the usual small values come from a table built once
+/// (a clone is a reference-count bump), larger ones are formatted.
+fn service_time_value(ms: u128) -> HeaderValue {
+    const CACHED: usize = 100;
+    static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    match usize::try_from(ms) {
+        Ok(i) if i < CACHED => SMALL.get_or_init(|| (0..CACHED).map(HeaderValue::from).collect())[i].clone(),
+        _ => HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
     }
 }
 
@@ -345,20 +389,33 @@ fn next_u64() -> u64 {
     })
 }
 
-/// A random UUIDv4 string, as Envoy's `x-request-id`.
+/// A random UUIDv4 string, as Envoy's `x-request-id`: hex digits written straight into a stack
+/// buffer (formatting machinery and a temporary `String` cost several times more).
 fn request_id() -> HeaderValue {
     let hi = (next_u64() & 0xffff_ffff_ffff_0fff) | 0x4000;
     let lo = (next_u64() & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
     // Hex digits and dashes are always a valid header value.
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(&uuid_text(hi, lo)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// `hi`/`lo` as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (lowercase hex).
+fn uuid_text(hi: u64, lo: u64) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    // 8-4-4-4-12: nibbles of `hi` then `lo`, most significant first, skipping the dashes.
+    let mut pos = 0;
+    for (word, groups) in [(hi, &[8usize, 4, 4][..]), (lo, &[4usize, 12][..])] {
+        let mut shift = 64;
+        for &n in groups {
+            for _ in 0..n {
+                shift -= 4;
+                out[pos] = HEX[((word >> shift) & 0xf) as usize];
+                pos += 1;
+            }
+            pos += 1; // dash (the last one falls off the end)
+        }
+    }
+    out
 }
 
 /// Where the connection's requests go, given its original destination.
@@ -395,6 +452,24 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-bar"));
 
+        // Names listed in Connection go even when they are not fixed hop-by-hop ones; the
+        // keep-alive and upgrade tokens remove those headers too.
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, X-Secret, upgrade"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -412,5 +487,34 @@ mod tests {
         let s = a.to_str().unwrap();
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        let dashes: Vec<usize> = s.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
+        assert!(s.bytes().all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    }
+
+    #[test]
+    fn request_id_matches_the_format_reference() {
+        // Same layout as the former `format!`-based implementation.
+        let (hi, lo) = (0x0123_4567_89ab_4def_u64, 0x8fed_cba9_8765_4321_u64);
+        let want = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xffff,
+            hi & 0xffff,
+            lo >> 48,
+            lo & 0xffff_ffff_ffff
+        );
+        assert_eq!(want, "01234567-89ab-4def-8fed-cba987654321");
+        assert_eq!(&uuid_text(hi, lo)[..], want.as_bytes());
+    }
+
+    #[test]
+    fn service_time_values() {
+        assert_eq!(service_time_value(0), "0");
+        assert_eq!(service_time_value(7), "7");
+        assert_eq!(service_time_value(99), "99");
+        assert_eq!(service_time_value(100), "100");
+        assert_eq!(service_time_value(123_456), "123456");
     }
 }

@@ -6,7 +6,9 @@
 //! client gone mid-body, upstream `Connection: close`) drops it, which closes it. That keeps a
 //! half-used connection from ever carrying a second request.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,10 +39,70 @@ struct IdleConn {
     since: Instant,
 }
 
+/// Hasher for [`PoolKey`]s (a few integers): a multiply-rotate mix with a random per-pool
+/// seed. SipHash, the std default, cost about as much per request as the rest of the pool
+/// bookkeeping; keys are socket addresses, so the seed is enough against crafted collisions
+/// from an app choosing many destinations.
+#[derive(Clone, Copy, Debug)]
+struct KeyHasherBuilder(u64);
+
+impl KeyHasherBuilder {
+    fn new() -> Self {
+        Self(RandomState::new().hash_one(0x5851_f42d_4c95_7f2d_u64) | 1)
+    }
+}
+
+impl BuildHasher for KeyHasherBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+#[derive(Debug)]
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn mix(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.mix(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.mix(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final avalanche so the low bits hashbrown uses depend on every input bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        z ^ (z >> 33)
+    }
+}
+
 /// Keep-alive pool of upstream HTTP/1 connections.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<IdleConn>, KeyHasherBuilder>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -49,10 +111,15 @@ pub struct Pool {
 impl Pool {
     /// An empty pool.
     pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Self {
-        Self { idle: Mutex::new(HashMap::new()), max_idle, idle_timeout, connect_timeout }
+        Self {
+            idle: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<IdleConn>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<IdleConn>, KeyHasherBuilder>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
