@@ -11,9 +11,8 @@
 mod support;
 
 use anyhow::{Context, Result};
-use std::process::Command;
 use std::time::Duration;
-use support::mesh::{Mesh, BIN};
+use support::mesh::Mesh;
 
 const PREFIX: &str = "mpt-e2e-";
 
@@ -75,25 +74,7 @@ fn mesh_up_request_rollout_kill_down_and_restore() -> Result<()> {
     // Rolling restart under a steady request loop: new pod names, zero failures.
     let before: Vec<String> = client.pods(Some("e2e"))?.into_iter().map(|p| p.name).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let loop_thread = {
-        let (stop, state, url) = (stop.clone(), mesh.state().to_path_buf(), url.clone());
-        std::thread::spawn(move || -> (u32, Vec<String>) {
-            let (mut ok, mut failures) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let out = Command::new(BIN)
-                    .args(["exec", "--node", "--state-dir"])
-                    .arg(&state)
-                    .args(["--", "curl", "-sS", "-f", "--max-time", "5", &url])
-                    .output();
-                match out {
-                    Ok(o) if o.status.success() => ok += 1,
-                    Ok(o) => failures.push(String::from_utf8_lossy(&o.stderr).into_owned()),
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            (ok, failures)
-        })
-    };
+    let loop_thread = mesh.request_loop(url.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     let mut steps = Vec::new();
     client.rollout_restart("e2e", "hello", &mut |p| steps.push(p.to_string()))?;

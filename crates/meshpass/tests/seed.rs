@@ -54,27 +54,6 @@ fn restart(mesh: &Mesh, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A steady request loop from the node; returns (successes, failures) when stopped.
-fn request_loop(mesh: &Mesh, url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
-    let state = mesh.state().to_path_buf();
-    std::thread::spawn(move || {
-        let (mut ok, mut failures) = (0, Vec::new());
-        while !stop.load(Ordering::SeqCst) {
-            let out = Command::new(BIN)
-                .args(["exec", "--node", "--state-dir"])
-                .arg(&state)
-                .args(["--", "curl", "-sS", "-f", "-o", "/dev/null", "--max-time", "5", &url])
-                .output();
-            match out {
-                Ok(o) if o.status.success() => ok += 1,
-                Ok(o) => failures.push(String::from_utf8_lossy(&o.stderr).into_owned()),
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
-        (ok, failures)
-    })
-}
-
 #[test]
 fn seed_scenario() -> Result<()> {
     if !support::privileged("seed_scenario") {
@@ -140,7 +119,7 @@ fn seed_scenario() -> Result<()> {
 
     // Zero failed requests during a rolling restart, and during a live apply.
     let stop = Arc::new(AtomicBool::new(false));
-    let looping = request_loop(&mesh, url.clone(), stop.clone());
+    let looping = mesh.request_loop(url.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     restart(&mesh, "helloworld-v1")?;
     mesh.cli_ok(&["annotate", "--live", "deployment/helloworld-v1", &format!("{EXCLUDE_IN}=5000")])?;

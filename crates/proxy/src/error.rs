@@ -24,6 +24,15 @@ pub enum ProxyError {
     /// A background task panicked or was cancelled.
     #[error("proxy task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Setting up the process (runtime, signal handlers) failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why a request could not be forwarded upstream.

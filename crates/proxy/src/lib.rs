@@ -358,6 +358,27 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     proxy.shutdown().await
 }
 
+/// Runs the sidecar the way a process does: builds the runtime ([`build_runtime`]), starts
+/// the listeners, hands the bound addresses to `ready` (the CLI prints them), and drains on
+/// SIGTERM or SIGINT. Both `meshpass proxy` and the standalone test binary use this.
+pub fn run_until_signal(config: ProxyConfig, ready: impl FnOnce(&BoundAddrs)) -> Result<(), ProxyError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let setup = |what| move |source| ProxyError::Setup { what, source };
+    let rt = build_runtime(&config).map_err(setup("building the tokio runtime"))?;
+    rt.block_on(async move {
+        let mut term = signal(SignalKind::terminate()).map_err(setup("installing the SIGTERM handler"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(setup("installing the SIGINT handler"))?;
+        let proxy = Proxy::start(config).await?;
+        ready(proxy.addrs());
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown requested, draining");
+        proxy.shutdown().await
+    })
+}
+
 /// The tokio runtime the sidecar should run on: current-thread when `worker_threads == 0`,
 /// else multi-thread with that many workers.
 pub fn build_runtime(config: &ProxyConfig) -> std::io::Result<tokio::runtime::Runtime> {

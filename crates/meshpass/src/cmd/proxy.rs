@@ -5,12 +5,10 @@
 //! traffic. Prints one `READY {json}` line with the bound addresses once listening, and
 //! drains gracefully on SIGTERM or SIGINT.
 
-use anyhow::Context;
-use meshpass_proxy::{build_runtime, Proxy, ProxyConfig};
+use meshpass_proxy::ProxyConfig;
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// `meshpass proxy` flags; each overrides its environment variable.
 #[derive(Debug, clap::Args)]
@@ -83,21 +81,10 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
     }
     let get = |k: &str| overrides.get(k).cloned().or_else(|| env(k));
     let config = ProxyConfig::from_env(&get).map_err(|e| anyhow::anyhow!("invalid proxy configuration:\n{e}"))?;
-    let rt = build_runtime(&config).context("building the runtime")?;
-    rt.block_on(async move {
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let proxy = Proxy::start(config).await?;
+    meshpass_proxy::run_until_signal(config, |addrs| {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "READY {}", serde_json::to_string(proxy.addrs())?)?;
-        out.flush()?;
-        drop(out);
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        proxy.shutdown().await?;
-        Ok::<_, anyhow::Error>(())
+        let _ = writeln!(out, "READY {}", serde_json::to_string(addrs).unwrap_or_default());
+        let _ = out.flush();
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -131,6 +131,32 @@ impl Mesh {
         (netns, procs)
     }
 
+    /// A steady request loop from the node (`curl -f`); returns (successes, failures) once
+    /// `stop` is set.
+    pub fn request_loop(
+        &self,
+        url: String,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+        let state = self.state().to_path_buf();
+        std::thread::spawn(move || {
+            let (mut ok, mut failures) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new(BIN)
+                    .args(["exec", "--node", "--state-dir"])
+                    .arg(&state)
+                    .args(["--", "curl", "-sS", "-f", "-o", "/dev/null", "--max-time", "5", &url])
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => ok += 1,
+                    Ok(o) => failures.push(String::from_utf8_lossy(&o.stderr).into_owned()),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok, failures)
+        })
+    }
+
     /// Kills the supervisor with SIGKILL (a crash).
     pub fn kill9(&mut self) -> Result<()> {
         let mut child = self.child.take().context("no supervisor")?;

@@ -7,9 +7,7 @@
 
 use std::io::Write;
 
-use anyhow::Context;
-use meshpass_proxy::{build_runtime, Proxy, ProxyConfig};
-use tokio::signal::unix::{signal, SignalKind};
+use meshpass_proxy::{run_until_signal, ProxyConfig};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -21,20 +19,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let config =
         ProxyConfig::from_env(&|k| std::env::var(k).ok()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let rt = build_runtime(&config).context("building the tokio runtime")?;
-    rt.block_on(async move {
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let proxy = Proxy::start(config).await?;
+    run_until_signal(config, |addrs| {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "READY {}", serde_json::to_string(proxy.addrs())?)?;
-        out.flush()?;
-        drop(out);
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        proxy.shutdown().await?;
-        Ok(())
-    })
+        let _ = writeln!(out, "READY {}", serde_json::to_string(addrs).unwrap_or_default());
+        let _ = out.flush();
+    })?;
+    Ok(())
 }
