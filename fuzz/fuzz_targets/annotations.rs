@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    // Each line "N:value" sets the N-th known key.
+    // Records separated by U+001E; a record's first character picks the key, the rest is the
+    // value.
     let mut ann = BTreeMap::new();
-    for line in text.split('\u{1e}') {
-        let (k, v) = line.split_at(line.len().min(1));
-        let idx = k.bytes().next().unwrap_or(0) as usize % keys::ALL.len();
-        ann.insert(keys::ALL[idx].to_string(), v.to_string());
+    for record in text.split('\u{1e}') {
+        let mut chars = record.chars();
+        let idx = chars.next().map_or(0, |c| c as usize) % keys::ALL.len();
+        ann.insert(keys::ALL[idx].to_string(), chars.as_str().to_string());
     }
     if let Ok(s) = Settings::from_annotations(&ann) {
         assert_eq!(Settings::from_annotations(&s.to_annotations()).ok(), Some(s.clone()));
