@@ -12,8 +12,6 @@
 
 use crate::MeshError;
 use meshpass_capture::linux::{Netns, NetnsRunner, Runner};
-use nix::sched::{setns, CloneFlags};
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -47,21 +45,13 @@ fn ip_in(netns: &str, args: &[&str]) -> Result<String, MeshError> {
     run("ip", &all)
 }
 
-/// Runs `f` on a thread that has entered the network namespace at `path`; the calling thread
-/// never moves (a process-wide namespace switch would be visible to every other thread).
+/// Runs `f` on a thread that has entered the network namespace at `path` (see
+/// [`meshpass_capture::linux::in_netns`]).
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, MeshError> {
-    let file = File::open(path).map_err(MeshError::io("cannot open network namespace", path))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| MeshError::Io {
-                what: "cannot enter network namespace",
-                path: path.to_path_buf(),
-                error: std::io::Error::from(e),
-            })?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(MeshError::Protocol("namespace thread panicked".into())))
+    meshpass_capture::linux::in_netns(&Netns::Path(path.to_path_buf()), f).map_err(|e| MeshError::Io {
+        what: "cannot enter network namespace",
+        path: path.to_path_buf(),
+        error: std::io::Error::other(e.to_string()),
     })
 }
 

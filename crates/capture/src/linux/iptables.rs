@@ -16,8 +16,8 @@
 //! restored, so a failed apply leaves the previous rules as they were.
 
 use super::{ApplyOutcome, Backend, LinuxError, Runner};
-use crate::ir::{Family, Op, Plan, Table};
-use crate::render::iptables::{declared_chains, op_lines};
+use crate::ir::{Family, Plan, Table};
+use crate::render::iptables::{declared_chains, op_lines, ops_by_table};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -132,10 +132,7 @@ fn builtin_rules(plan: &Plan, family: Family) -> Vec<(Table, String, String)> {
 
 /// The restore input that replaces the live state by `plan` (see the module docs).
 fn transaction(plan: &Plan, family: Family, live: &Live, existing: &[(Table, String, String)]) -> String {
-    let mut by_table: BTreeMap<Table, Vec<&Op>> = BTreeMap::new();
-    for (_, op) in plan.ops_for(family) {
-        by_table.entry(op.table).or_default().push(op);
-    }
+    let by_table = ops_by_table(plan, family);
     let mut tables: BTreeSet<Table> = by_table.keys().copied().collect();
     tables.extend(live.chains.keys().copied());
     tables.extend(existing.iter().map(|(t, _, _)| *t));

@@ -10,7 +10,7 @@ pub mod netns;
 pub mod nft;
 pub mod route;
 
-pub use netns::{Netns, NetnsRunner};
+pub use netns::{in_netns, Netns, NetnsRunner};
 
 use crate::ir::Plan;
 use std::fmt;
@@ -104,6 +104,9 @@ pub enum LinuxError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// The thread that entered a namespace panicked.
+    #[error("the thread working inside a network namespace panicked")]
+    Panicked,
     /// The live rules could not be understood.
     #[error("cannot read back the live rules: {0}")]
     ReadBack(String),

@@ -53,6 +53,23 @@ impl std::fmt::Display for Netns {
     }
 }
 
+/// Runs `f` on a thread that has entered `netns` (for [`Netns::Current`], on the caller's
+/// thread). The calling thread never moves: setns(2) affects only the thread that calls it,
+/// and sockets or children created there stay in (or inherit) that namespace.
+pub fn in_netns<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, LinuxError> {
+    let Some(path) = netns.path() else { return Ok(f()) };
+    let name = netns.to_string();
+    let file = File::open(&path).map_err(|source| LinuxError::NetnsOpen { netns: name.clone(), source })?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| LinuxError::Setns { netns: name, source })?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or(Err(LinuxError::Panicked))
+    })
+}
+
 /// The real [`Runner`]: spawns programs in a given network namespace.
 #[derive(Clone, Debug)]
 pub struct NetnsRunner {
@@ -94,23 +111,8 @@ fn spawn(program: &str, args: &[&str], stdin: Option<&str>) -> Result<CmdOutput,
 
 impl Runner for NetnsRunner {
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<CmdOutput, LinuxError> {
-        let Some(path) = self.netns.path() else {
-            return spawn(program, args, stdin);
-        };
-        let name = self.netns.to_string();
-        let file = File::open(&path).map_err(|source| LinuxError::NetnsOpen { netns: name.clone(), source })?;
-        let (program, stdin) = (program.to_string(), stdin.map(str::to_string));
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // This thread alone moves; it ends right after the child has exited.
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| LinuxError::Setns { netns: name, source })?;
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                spawn(&program, &args, stdin.as_deref())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(LinuxError::ReadBack("command thread panicked".into())))
-        })
+        // The child inherits the namespace of the thread that forks it.
+        in_netns(&self.netns, || spawn(program, args, stdin))?
     }
 
     fn describe(&self) -> String {

@@ -13,12 +13,8 @@ use std::fmt::Write as _;
 /// The restore input for one family, exactly as istio-iptables would feed it (empty when
 /// the plan has nothing for that family).
 pub fn render_restore(plan: &Plan, family: Family) -> String {
-    let mut tables: BTreeMap<Table, Vec<&Op>> = BTreeMap::new();
-    for (_, op) in plan.ops_for(family) {
-        tables.entry(op.table).or_default().push(op);
-    }
     let mut out = String::new();
-    for (table, ops) in tables {
+    for (table, ops) in ops_by_table(plan, family) {
         let _ = writeln!(out, "* {table}");
         for chain in declared_chains(&ops) {
             let _ = writeln!(out, "-N {chain}");
@@ -32,6 +28,15 @@ pub fn render_restore(plan: &Plan, family: Family) -> String {
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// The ops of one family grouped by table, tables in restore order, ops in builder order.
+pub fn ops_by_table(plan: &Plan, family: Family) -> BTreeMap<Table, Vec<&Op>> {
+    let mut tables: BTreeMap<Table, Vec<&Op>> = BTreeMap::new();
+    for (_, op) in plan.ops_for(family) {
+        tables.entry(op.table).or_default().push(op);
+    }
+    tables
 }
 
 /// Non-built-in chains of `ops` (their own chains and jump targets), in first-use order.

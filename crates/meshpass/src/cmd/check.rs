@@ -17,8 +17,6 @@ use meshpass_capture::ir::Family;
 use meshpass_capture::linux::{self, iptables::Tools, Backend, Netns, NetnsRunner};
 use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
 use meshpass_mesh::Client;
-use nix::sched::{setns, CloneFlags};
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -75,17 +73,9 @@ fn parse_target(t: &str) -> anyhow::Result<Target> {
     Ok(Target { addr, http: http.then(|| (authority.to_string(), path.to_string())) })
 }
 
-/// Runs `f` on a thread inside the network namespace `ns`.
+/// Runs `f` on a thread inside the named network namespace `ns`.
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
-    let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("network namespace {ns}"))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {ns} (needs root)"))?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("check thread panicked"))?
-    })
+    linux::in_netns(&Netns::Named(ns.to_string()), f)?
 }
 
 /// What one request produced.
