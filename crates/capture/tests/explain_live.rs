@@ -24,16 +24,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-/// True when the privileged tests should run; panics in CI without root.
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("explain_live needs root (network namespaces, iptables) and CI is set");
-    }
-    eprintln!("skipping explain_live: not root (it creates network namespaces and loads iptables rules)");
-    false
+    meshpass_test_support::privileged("explain_live")
 }
 
 /// A network namespace this test created; deleted on drop.

@@ -40,9 +40,7 @@ fn fetch_in(netns: &str, to: SocketAddr) -> anyhow::Result<String> {
 
 #[test]
 fn routed_pods_and_service_dnat_from_node_and_pod() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but this test needs root");
-        eprintln!("skipping: needs root");
+    if !meshpass_test_support::privileged("routed_pods_and_service_dnat_from_node_and_pod") {
         return Ok(());
     }
     let guard = Guard(tempfile::tempdir()?);

@@ -34,14 +34,7 @@ const PEER_IP: &str = "198.18.0.2";
 const PEER_EXCLUDED_IP: &str = "198.18.1.2";
 
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("namespaced proxy tests need root, and CI is set: refusing to skip");
-    }
-    eprintln!("SKIP: namespaced proxy tests need root (set up netns, veth, iptables); not root and CI unset");
-    false
+    meshpass_test_support::privileged("namespaced proxy tests")
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<()> {

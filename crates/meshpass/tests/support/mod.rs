@@ -1,52 +1,10 @@
 //! Test support: privileged-test gating, throwaway network namespaces, the shared data.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// True when tests needing root and network namespaces can run. Skips (false, with a
-/// message) only when not root and `CI` is unset; panics when `CI` is set and not root.
-pub fn privileged(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI is set but the test is not running as root (it needs network namespaces)");
-    }
-    eprintln!("skipping {test}: needs root for network namespaces (run as root, or set CI to make this fatal)");
-    false
-}
-
-/// `../shared` beside the checkout, or `MESHPASS_SHARED_DIR`; `None` (with a message)
-/// outside CI when absent, a panic in CI.
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("MESHPASS_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    if dir.join("conformance/istio/cases").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but the Istio conformance data is missing at {}", dir.display());
-    }
-    eprintln!("skipping: Istio conformance data not found at {}", dir.display());
-    None
-}
-
-/// Every conformance case, parsed, sorted by name.
-pub fn cases(shared: &std::path::Path) -> Vec<(String, serde_json::Value)> {
-    let dir = shared.join("conformance/istio/cases");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).expect("cases").map(|e| e.expect("entry").path()).collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let name = p.file_stem().expect("stem").to_string_lossy().into_owned();
-            (name, serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json"))
-        })
-        .collect()
-}
+pub use meshpass_test_support::{cases, privileged, shared_dir};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
