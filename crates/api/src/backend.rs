@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The rule syntax its previews use (nftables for the local mesh, iptables on Istio).
     fn rule_format(&self) -> RuleFormat;
 
+    /// The mesh-wide injector values that previews combine with a workload's annotations
+    /// (IPv6, DNS capture, proxy UID, …). Default: Istio's defaults.
+    fn injector_values(&self) -> meshpass_capture::InjectorValues {
+        meshpass_capture::InjectorValues::default()
+    }
+
     /// Every workload the backend manages (meshed or not), sorted by namespace and name.
     async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError>;
 

@@ -6,8 +6,25 @@
 //! The API speaks in passthrough settings ([`model::Passthrough`]); backends speak in
 //! pod-template annotations. This crate translates between the two with `meshpass-settings`,
 //! so that validation and its messages are the engine's, whatever the backend.
+//!
+//! Start a server with [`server::serve`] (or [`server::Server::bind`] + [`server::Server::run`]);
+//! talk to one with [`client::Client`]; test against [`fake::FakeBackend`].
 
+pub mod audit;
+pub mod auth;
 pub mod backend;
+pub mod client;
+pub mod error;
+pub mod fake;
+pub mod metrics;
 pub mod model;
+pub mod openapi;
+pub mod passthrough;
+pub mod server;
+pub mod util;
 
+pub use auth::load_or_create_token;
 pub use backend::{Backend, BackendError, BackendKind};
+pub use client::{Client, ClientError};
+pub use error::ApiError;
+pub use server::{router, serve, AppState, Server, ServerConfig, Started};

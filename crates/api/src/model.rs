@@ -231,3 +231,311 @@ pub struct RuleCounter {
     /// Bytes that matched.
     pub bytes: u64,
 }
+
+// ---------------------------------------------------------------------------------------------
+// The API's own documents (what `/api/v1` serves and takes). Added with the server; the CLI and
+// the GUI read the same shapes.
+// ---------------------------------------------------------------------------------------------
+
+/// A workload as the API lists it: the backend's [`WorkloadInfo`] plus the derived status
+/// column and its passthrough settings (read from the template annotations).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Everything the backend reported.
+    #[serde(flatten)]
+    pub info: WorkloadInfo,
+    /// [`WorkloadInfo::status`].
+    pub status: SidecarStatus,
+    /// The passthrough settings of the pod template.
+    pub passthrough: Passthrough,
+}
+
+/// `GET /api/v1/workloads`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadList {
+    /// The workloads, filtered and sorted as asked.
+    pub items: Vec<Workload>,
+}
+
+/// A workload's passthrough settings with their version (`GET …/passthrough` and the answer
+/// to every write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassthroughDoc {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The version to name in `If-Match` when writing.
+    pub resource_version: String,
+    /// The sidecar status column.
+    pub status: SidecarStatus,
+    /// The settings.
+    pub settings: Passthrough,
+    /// The passthrough annotations present on the template (only the seven keys).
+    pub annotations: BTreeMap<String, String>,
+    /// Things the operator should know about these settings (see API.md).
+    pub warnings: Vec<String>,
+    /// The restart started by this write, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+/// `PUT …/passthrough`: the [`Passthrough`] fields, plus whether to restart and (instead of
+/// `If-Match`) the version the change is based on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PassthroughUpdate {
+    /// See [`Passthrough::inbound_ports`].
+    #[serde(default)]
+    pub inbound_ports: Vec<String>,
+    /// See [`Passthrough::outbound_ports`].
+    #[serde(default)]
+    pub outbound_ports: Vec<String>,
+    /// See [`Passthrough::outbound_ip_ranges`].
+    #[serde(default)]
+    pub outbound_ip_ranges: Vec<String>,
+    /// See [`Passthrough::include_inbound_ports`].
+    #[serde(default)]
+    pub include_inbound_ports: Option<String>,
+    /// See [`Passthrough::include_outbound_ports`].
+    #[serde(default)]
+    pub include_outbound_ports: Option<String>,
+    /// See [`Passthrough::include_outbound_ip_ranges`].
+    #[serde(default)]
+    pub include_outbound_ip_ranges: Option<String>,
+    /// See [`Passthrough::interception_mode`].
+    #[serde(default)]
+    pub interception_mode: Option<String>,
+    /// Restart the workload after writing, so that the settings take effect.
+    #[serde(default)]
+    pub restart: bool,
+    /// The version the change is based on (alternative to `If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+impl PassthroughUpdate {
+    /// An update that sets `settings`.
+    pub fn new(settings: Passthrough) -> Self {
+        PassthroughUpdate {
+            inbound_ports: settings.inbound_ports,
+            outbound_ports: settings.outbound_ports,
+            outbound_ip_ranges: settings.outbound_ip_ranges,
+            include_inbound_ports: settings.include_inbound_ports,
+            include_outbound_ports: settings.include_outbound_ports,
+            include_outbound_ip_ranges: settings.include_outbound_ip_ranges,
+            interception_mode: settings.interception_mode,
+            restart: false,
+            resource_version: None,
+        }
+    }
+
+    /// The settings part.
+    pub fn settings(&self) -> Passthrough {
+        Passthrough {
+            inbound_ports: self.inbound_ports.clone(),
+            outbound_ports: self.outbound_ports.clone(),
+            outbound_ip_ranges: self.outbound_ip_ranges.clone(),
+            include_inbound_ports: self.include_inbound_ports.clone(),
+            include_outbound_ports: self.include_outbound_ports.clone(),
+            include_outbound_ip_ranges: self.include_outbound_ip_ranges.clone(),
+            interception_mode: self.interception_mode.clone(),
+        }
+    }
+}
+
+/// One line of a rules diff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffLine {
+    /// `" "` (both), `"+"` (only proposed) or `"-"` (only current).
+    pub op: String,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// The istio-iptables command lines of a preview.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IstioArgsPair {
+    /// For the current annotations (empty when there is no capture).
+    pub current: Vec<String>,
+    /// For the proposed ones.
+    pub proposed: Vec<String>,
+}
+
+/// `POST …/passthrough/preview`: the rules before and after a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    /// The rule syntax of `current` and `proposed`.
+    pub format: RuleFormat,
+    /// Rules for the current template annotations (`""` when unmeshed).
+    pub current: String,
+    /// Rules for the proposed settings (`""` when unmeshed).
+    pub proposed: String,
+    /// Line diff from `current` to `proposed`.
+    pub diff: Vec<DiffLine>,
+    /// The istio-iptables arguments for both.
+    pub istio_args: IstioArgsPair,
+    /// Warnings about the proposed settings.
+    pub warnings: Vec<String>,
+}
+
+/// What a long operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationKind {
+    /// A rolling restart.
+    Restart,
+}
+
+/// Where a long operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationState {
+    /// Still going.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Stopped with an error (see [`Operation::error`]).
+    Failed,
+}
+
+/// A long operation (a restart) and its progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Its id (`GET /api/v1/operations/{id}`).
+    pub id: String,
+    /// What it is.
+    pub kind: OperationKind,
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub name: String,
+    /// Where it is.
+    pub state: OperationState,
+    /// Progress lines so far, oldest first.
+    pub progress: Vec<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When it ended (RFC 3339, UTC).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+/// One line of the audit log (`<state-dir>/audit.log`, `GET /api/v1/audit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// `bearer` or `session:XXXXXXXX` (the first 8 characters of the session id).
+    pub actor: String,
+    /// The client's address (`127.0.0.1:PORT`).
+    pub remote: String,
+    /// `passthrough.set`, `passthrough.clear` or `restart`.
+    pub action: String,
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub name: String,
+    /// The settings before the change.
+    #[serde(default)]
+    pub before: Option<Passthrough>,
+    /// The settings asked for.
+    #[serde(default)]
+    pub after: Option<Passthrough>,
+    /// Whether a restart was asked for (always true for `restart`).
+    pub restart: bool,
+    /// `ok`, or the error.
+    pub result: String,
+}
+
+/// `GET /api/v1/audit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Newest first.
+    pub items: Vec<AuditEntry>,
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Packets (connections, for nat-table rules).
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Bypassed traffic by direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BypassTotals {
+    /// `exclude-inbound-ports`.
+    pub inbound: Traffic,
+    /// `exclude-outbound-ports` and `exclude-outbound-ip-ranges`.
+    pub outbound: Traffic,
+}
+
+/// `GET …/bypass`: the passthrough rules' counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BypassReport {
+    /// The passthrough rules, per pod.
+    pub items: Vec<RuleCounter>,
+    /// Their sums.
+    pub totals: BypassTotals,
+}
+
+/// How the caller is authenticated (`GET /api/v1/session`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// `Authorization: Bearer`.
+    Bearer,
+    /// The browser session cookie.
+    Session,
+}
+
+/// `GET /api/v1/session`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    /// The backend serving the API.
+    pub backend: crate::BackendKind,
+    /// The CSRF token to send as `X-CSRF-Token` (cookie sessions only).
+    pub csrf_token: Option<String>,
+    /// How this request was authenticated.
+    pub auth: AuthKind,
+    /// The rule syntax of previews.
+    pub rule_format: RuleFormat,
+}
+
+/// One rejected item (422), from `meshpass_settings::SettingError`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// The [`Passthrough`] field (camelCase), or the annotation key when the item is in
+    /// another annotation.
+    pub field: String,
+    /// The annotation key.
+    pub key: String,
+    /// The item exactly as written.
+    pub item: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Every error answer's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The code (`unauthorized`, `invalid`, …; see API.md).
+    pub error: String,
+    /// Human-readable text.
+    pub message: String,
+    /// One entry per rejected item (422 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}

@@ -1,0 +1,489 @@
+//! [`FakeBackend`]: an in-memory [`Backend`] for tests, the GUI's browser tests, the OpenAPI
+//! fuzz run and `examples/dev-server.rs`.
+//!
+//! It behaves like the real backends where the management plane can see it: template
+//! annotations vs the annotations the running pods were started with (so `pending_restart`
+//! works), a resource version that moves on every write, restarts with progress lines, checks
+//! whose answer depends on the *running* exclusions, and rule counters. Tests can make the next
+//! call of a kind fail, or simulate a concurrent writer.
+
+use crate::backend::{Backend, BackendError, BackendKind, Progress};
+use crate::model::{
+    CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
+    WorkloadRef,
+};
+use async_trait::async_trait;
+use meshpass_capture::compile::labels;
+use meshpass_settings::{IpNet, Settings};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The backend calls a test can make fail ([`FakeBackend::fail_next`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FakeCall {
+    /// [`Backend::list`].
+    List,
+    /// [`Backend::get`].
+    Get,
+    /// [`Backend::patch_annotations`].
+    Patch,
+    /// [`Backend::restart`].
+    Restart,
+    /// [`Backend::check`].
+    Check,
+    /// [`Backend::rule_counters`].
+    RuleCounters,
+}
+
+/// One workload of the fake mesh.
+#[derive(Clone, Debug)]
+struct FakeWorkload {
+    /// What `get` reports (annotations = the template's).
+    info: WorkloadInfo,
+    /// The annotations the running pods were created with.
+    running: BTreeMap<String, String>,
+    /// Bumped by every restart: the pods' names change.
+    generation: u32,
+    /// Connections that bypassed the sidecar (grows with inbound checks that pass through).
+    bypassed: u64,
+}
+
+impl FakeWorkload {
+    fn pod(&self) -> String {
+        // A stable, plausible ReplicaSet hash + pod suffix, different after every restart.
+        let mut h: u32 = 2_166_136_261;
+        for b in self.info.workload.name.bytes().chain(self.generation.to_le_bytes()) {
+            h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
+        }
+        let suffix = h.wrapping_mul(2_654_435_761).rotate_left(13) & 0xfffff;
+        format!("{}-{:08x}-{suffix:05x}", self.info.workload.name, h)
+    }
+
+    fn refresh(&mut self) {
+        self.info.pending_restart = self.info.meshed && self.info.annotations != self.running;
+    }
+}
+
+#[derive(Default)]
+struct State {
+    workloads: BTreeMap<WorkloadRef, FakeWorkload>,
+    version: u64,
+    failures: Vec<(FakeCall, BackendError)>,
+    concurrent_write_before_patch: bool,
+}
+
+/// An in-memory mesh. Cheap to create; share it as `Arc<FakeBackend>`.
+pub struct FakeBackend {
+    state: Mutex<State>,
+    kind: BackendKind,
+    format: RuleFormat,
+    restart_step: Mutex<Duration>,
+}
+
+impl std::fmt::Debug for FakeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeBackend").field("kind", &self.kind).field("format", &self.format).finish_non_exhaustive()
+    }
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        FakeBackend {
+            state: Mutex::new(State::default()),
+            kind: BackendKind::Local,
+            format: RuleFormat::Nft,
+            restart_step: Mutex::new(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl FakeBackend {
+    /// An empty mesh (local backend, nftables previews).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sample mesh: `default/helloworld-v1` (meshed, Service `helloworld` 5000→5000 at
+    /// 198.19.0.10), `default/sleep` (meshed, Service `sleep` 80→80 at 198.19.0.11) and
+    /// `external/external` (unmeshed).
+    pub fn sample() -> Self {
+        let b = Self::new();
+        b.add(
+            WorkloadRef::new("default", "helloworld-v1"),
+            true,
+            vec![ServiceInfo {
+                name: "helloworld".into(),
+                cluster_ip: Some("198.19.0.10".into()),
+                ports: vec![ServicePort { port: 5000, target_port: 5000 }],
+            }],
+            BTreeMap::from([("app".to_string(), "helloworld".to_string())]),
+        );
+        b.add(
+            WorkloadRef::new("default", "sleep"),
+            true,
+            vec![ServiceInfo {
+                name: "sleep".into(),
+                cluster_ip: Some("198.19.0.11".into()),
+                ports: vec![ServicePort { port: 80, target_port: 80 }],
+            }],
+            BTreeMap::new(),
+        );
+        b.add(WorkloadRef::new("external", "external"), false, Vec::new(), BTreeMap::new());
+        b
+    }
+
+    /// The same mesh, reported as another backend kind / rule format (e.g. Kubernetes with
+    /// iptables previews, whose rule counters are [`BackendError::Unsupported`]).
+    pub fn with_kind(mut self, kind: BackendKind, format: RuleFormat) -> Self {
+        self.kind = kind;
+        self.format = format;
+        self
+    }
+
+    /// Sets the pause between restart steps (default 100 ms; tests use 0).
+    pub fn set_restart_step(&self, step: Duration) {
+        *self.restart_step.lock().unwrap_or_else(|e| e.into_inner()) = step;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not wedge the others: the state is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a workload (1/1 ready; running = template, so not pending restart).
+    pub fn add(
+        &self,
+        workload: WorkloadRef,
+        meshed: bool,
+        services: Vec<ServiceInfo>,
+        annotations: BTreeMap<String, String>,
+    ) {
+        let mut s = self.lock();
+        s.version += 1;
+        let info = WorkloadInfo {
+            workload: workload.clone(),
+            kind: "Deployment".into(),
+            meshed,
+            pending_restart: false,
+            ready: 1,
+            total: 1,
+            injected: u32::from(meshed),
+            services,
+            annotations: annotations.clone(),
+            resource_version: s.version.to_string(),
+        };
+        s.workloads.insert(workload, FakeWorkload { info, running: annotations, generation: 0, bypassed: 0 });
+    }
+
+    /// Makes the next call of kind `call` fail with `error` (queued: several may wait).
+    pub fn fail_next(&self, call: FakeCall, error: BackendError) {
+        self.lock().failures.push((call, error));
+    }
+
+    /// Makes the next `patch_annotations` first behave as if someone else wrote the workload
+    /// (its version moves), so the write fails with a conflict: the race between the server's
+    /// read and its write.
+    pub fn concurrent_write_before_next_patch(&self) {
+        self.lock().concurrent_write_before_patch = true;
+    }
+
+    /// Writes a template annotation directly, as `kubectl edit` would (bumps the version).
+    pub fn set_template_annotation(&self, workload: &WorkloadRef, key: &str, value: &str) {
+        let mut s = self.lock();
+        s.version += 1;
+        let v = s.version.to_string();
+        if let Some(w) = s.workloads.get_mut(workload) {
+            w.info.annotations.insert(key.into(), value.into());
+            w.info.resource_version = v;
+            w.refresh();
+        }
+    }
+
+    /// The template annotations of `workload` (empty when unknown).
+    pub fn template_annotations(&self, workload: &WorkloadRef) -> BTreeMap<String, String> {
+        self.lock().workloads.get(workload).map(|w| w.info.annotations.clone()).unwrap_or_default()
+    }
+
+    /// The annotations the running pods were started with.
+    pub fn running_annotations(&self, workload: &WorkloadRef) -> BTreeMap<String, String> {
+        self.lock().workloads.get(workload).map(|w| w.running.clone()).unwrap_or_default()
+    }
+
+    /// The current resource version of `workload` (empty when unknown).
+    pub fn resource_version(&self, workload: &WorkloadRef) -> String {
+        self.lock().workloads.get(workload).map(|w| w.info.resource_version.clone()).unwrap_or_default()
+    }
+
+    fn take_failure(&self, call: FakeCall) -> Result<(), BackendError> {
+        let mut s = self.lock();
+        match s.failures.iter().position(|(c, _)| *c == call) {
+            Some(i) => Err(s.failures.remove(i).1),
+            None => Ok(()),
+        }
+    }
+
+    fn with<T>(&self, w: &WorkloadRef, f: impl FnOnce(&mut FakeWorkload, &mut u64) -> T) -> Result<T, BackendError> {
+        let mut s = self.lock();
+        let State { workloads, version, .. } = &mut *s;
+        let wl = workloads.get_mut(w).ok_or_else(|| BackendError::NotFound(w.clone()))?;
+        Ok(f(wl, version))
+    }
+}
+
+/// The passthrough-relevant rules of one pod, with counters derived from what went through.
+fn counters(w: &FakeWorkload) -> Vec<RuleCounter> {
+    let pod = w.pod();
+    let mut out = Vec::new();
+    let rule = |label: &str, rule: String, packets: u64| RuleCounter {
+        pod: pod.clone(),
+        family: "ipv4".into(),
+        label: label.into(),
+        rule,
+        packets,
+        bytes: packets * 60,
+    };
+    // The rules every meshed pod has, so that callers see they must filter by label.
+    out.push(rule(labels::CAPTURE_INBOUND, "meta l4proto tcp counter redirect to :15006".into(), 12));
+    out.push(rule(labels::CAPTURE_OUTBOUND, "meta l4proto tcp counter redirect to :15001".into(), 7));
+    let Ok(s) = Settings::from_annotations(&w.running) else {
+        return out;
+    };
+    // The mesh's own exclusions are part of the real rule too, as the engine compiles it.
+    let mut inbound = vec!["15090".to_string(), "15021".to_string()];
+    if let Some(p) = &s.exclude_inbound_ports {
+        inbound.extend(p.ranges().iter().map(|r| r.to_string()));
+    }
+    inbound.push("15020".into());
+    out.push(rule(
+        labels::EXCLUDE_INBOUND_PORTS,
+        format!("tcp dport {{ {} }} counter return", inbound.join(", ")),
+        3 + w.bypassed,
+    ));
+    if let Some(p) = s.exclude_outbound_ports.as_ref().filter(|p| !p.is_empty()) {
+        let list = p.ranges().iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+        out.push(rule(
+            labels::EXCLUDE_OUTBOUND_PORTS,
+            format!("meta l4proto {{ tcp, udp }} th dport {{ {list} }} counter return"),
+            5,
+        ));
+    }
+    if let Some(r) = s.exclude_outbound_ip_ranges.as_ref().filter(|r| !r.is_empty()) {
+        let v4: Vec<String> = r.v4().map(|n| n.to_string()).collect();
+        if !v4.is_empty() {
+            out.push(rule(
+                labels::EXCLUDE_OUTBOUND_IP_RANGES,
+                format!("ip daddr {{ {} }} counter return", v4.join(", ")),
+                4,
+            ));
+        }
+        let v6: Vec<String> = r.v6().map(|n| n.to_string()).collect();
+        if !v6.is_empty() {
+            let mut c = rule(
+                labels::EXCLUDE_OUTBOUND_IP_RANGES,
+                format!("ip6 daddr {{ {} }} counter return", v6.join(", ")),
+                1,
+            );
+            c.family = "ipv6".into();
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Splits an outbound check target (`ADDR:PORT`, `[V6]:PORT` or `http://ADDR:PORT/PATH`).
+fn parse_target(t: &str) -> Option<(IpAddr, u16)> {
+    let rest = t.strip_prefix("http://").unwrap_or(t);
+    let hostport = rest.split('/').next()?;
+    let (host, port) = hostport.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.parse().ok()?, port.parse().ok()?))
+}
+
+#[async_trait]
+impl Backend for FakeBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    fn rule_format(&self) -> RuleFormat {
+        self.format
+    }
+
+    async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {
+        self.take_failure(FakeCall::List)?;
+        Ok(self.lock().workloads.values().map(|w| w.info.clone()).collect())
+    }
+
+    async fn get(&self, workload: &WorkloadRef) -> Result<WorkloadInfo, BackendError> {
+        self.take_failure(FakeCall::Get)?;
+        self.with(workload, |w, _| w.info.clone())
+    }
+
+    async fn patch_annotations(
+        &self,
+        workload: &WorkloadRef,
+        expected_version: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<WorkloadInfo, BackendError> {
+        self.take_failure(FakeCall::Patch)?;
+        let race = std::mem::take(&mut self.lock().concurrent_write_before_patch);
+        self.with(workload, |w, version| {
+            if race {
+                *version += 1;
+                w.info.resource_version = version.to_string();
+            }
+            if w.info.resource_version != expected_version {
+                return Err(BackendError::Conflict {
+                    workload: workload.clone(),
+                    expected: expected_version.to_string(),
+                    actual: w.info.resource_version.clone(),
+                });
+            }
+            for k in remove {
+                w.info.annotations.remove(&k);
+            }
+            w.info.annotations.extend(set);
+            *version += 1;
+            w.info.resource_version = version.to_string();
+            w.refresh();
+            Ok(w.info.clone())
+        })?
+    }
+
+    async fn restart(&self, workload: &WorkloadRef, progress: Progress) -> Result<(), BackendError> {
+        self.take_failure(FakeCall::Restart)?;
+        let (kind, old_pod) = self.with(workload, |w, _| (w.info.kind.clone(), w.pod()))?;
+        let step = *self.restart_step.lock().unwrap_or_else(|e| e.into_inner());
+        progress(format!("Restarting {kind} {workload} (rollout restart)"));
+        tokio::time::sleep(step).await;
+        let new_pod = self.with(workload, |w, version| {
+            w.generation += 1;
+            w.running = w.info.annotations.clone();
+            *version += 1;
+            w.info.resource_version = version.to_string();
+            w.bypassed = 0;
+            w.refresh();
+            w.pod()
+        })?;
+        progress(format!("Created pod {new_pod}; waiting for it to be ready (0/1)"));
+        tokio::time::sleep(step).await;
+        progress(format!("Pod {new_pod} is ready (1/1); terminating {old_pod}"));
+        tokio::time::sleep(step).await;
+        progress(format!("Rollout of {workload} complete: 1/1 pods updated and ready"));
+        Ok(())
+    }
+
+    async fn check(&self, workload: &WorkloadRef, request: &CheckRequest) -> Result<CheckReport, BackendError> {
+        self.take_failure(FakeCall::Check)?;
+        self.with(workload, |w, _| {
+            let running = Settings::from_annotations(&w.running).unwrap_or_default();
+            match request.direction {
+                Direction::Inbound => inbound_check(w, &running, request),
+                Direction::Outbound => outbound_check(w, &running, request),
+            }
+        })?
+    }
+
+    async fn rule_counters(&self, workload: &WorkloadRef) -> Result<Vec<RuleCounter>, BackendError> {
+        self.take_failure(FakeCall::RuleCounters)?;
+        if self.kind == BackendKind::Kube {
+            return Err(BackendError::Unsupported("reading live rules from pods on Kubernetes".into()));
+        }
+        self.with(workload, |w, _| if w.info.meshed { counters(w) } else { Vec::new() })
+    }
+}
+
+fn inbound_check(w: &mut FakeWorkload, running: &Settings, r: &CheckRequest) -> Result<CheckReport, BackendError> {
+    let me = w.info.workload.clone();
+    let found = w.info.services.iter().find_map(|s| {
+        s.ports.iter().find(|p| r.port.is_none_or(|want| want == p.port)).map(|p| (s.clone(), p.clone()))
+    });
+    let Some((svc, port)) = found else {
+        return Err(BackendError::Invalid(vec![match r.port {
+            Some(p) => format!("port {p} is not a Service port of {me}"),
+            None => format!("{me} has no Service to call"),
+        }]));
+    };
+    let path = r.path.clone().unwrap_or_else(|| "/".into());
+    let ip = svc.cluster_ip.clone().unwrap_or_else(|| "198.19.0.1".into());
+    let target = format!("GET http://{ip}:{}{path}", port.port);
+    let excluded = running.exclude_inbound_ports.as_ref().is_some_and(|p| p.contains(port.target_port));
+    let app = me.name.trim_end_matches("-v1");
+    let (verdict, status_line, headers, evidence) = if !w.info.meshed || excluded {
+        w.bypassed += 1;
+        let why = if w.info.meshed {
+            format!("rule exclude-inbound-ports matched port {} (counter +1)", port.target_port)
+        } else {
+            format!("{me} has no sidecar")
+        };
+        (
+            Verdict::Passthrough,
+            "HTTP/1.0 200 OK".to_string(),
+            vec![
+                ("Server".to_string(), format!("{app}/v1 (meshpass sample)")),
+                ("Content-Type".to_string(), "text/plain; charset=utf-8".to_string()),
+            ],
+            vec![why, "no server: istio-envoy / x-envoy-upstream-service-time: the app answered directly".into()],
+        )
+    } else {
+        (
+            Verdict::Sidecar,
+            "HTTP/1.1 200 OK".to_string(),
+            vec![
+                ("content-type".to_string(), "text/plain; charset=utf-8".to_string()),
+                ("server".to_string(), "istio-envoy".to_string()),
+                ("x-envoy-upstream-service-time".to_string(), "2".to_string()),
+                (
+                    "x-envoy-decorator-operation".to_string(),
+                    format!("{}.{}.svc.cluster.local:{}/*", svc.name, me.namespace, port.port),
+                ),
+            ],
+            vec![
+                format!("sidecar inbound listener 15006 accepted the connection to port {}", port.target_port),
+                "server: istio-envoy and x-envoy-upstream-service-time: the response went through the sidecar".into(),
+            ],
+        )
+    };
+    Ok(CheckReport {
+        direction: Direction::Inbound,
+        from: "node".into(),
+        target,
+        verdict,
+        status_line: Some(status_line),
+        headers,
+        evidence,
+    })
+}
+
+fn outbound_check(w: &FakeWorkload, running: &Settings, r: &CheckRequest) -> Result<CheckReport, BackendError> {
+    let target = r.target.as_deref().unwrap_or_default();
+    let Some((ip, port)) = parse_target(target) else {
+        return Err(BackendError::Invalid(vec![format!(
+            "outbound check needs a target ADDR:PORT or http://ADDR:PORT/PATH, got {target:?}"
+        )]));
+    };
+    let by_port = running.exclude_outbound_ports.as_ref().is_some_and(|p| p.contains(port));
+    let by_range = running.exclude_outbound_ip_ranges.as_ref().is_some_and(|r| r.contains(ip));
+    let (verdict, evidence) = if !w.info.meshed {
+        (Verdict::Passthrough, vec![format!("{} has no sidecar", w.info.workload)])
+    } else if by_port {
+        (Verdict::Passthrough, vec![format!("rule exclude-outbound-ports matched port {port} (counter +1)")])
+    } else if by_range {
+        let net = IpNet::host(ip);
+        (Verdict::Passthrough, vec![format!("rule exclude-outbound-ip-ranges matched {net} (counter +1)")])
+    } else {
+        (Verdict::Sidecar, vec![format!("sidecar outbound listener 15001 recorded a connection to {ip}:{port}")])
+    };
+    Ok(CheckReport {
+        direction: Direction::Outbound,
+        from: format!("pod {}/{}", w.info.workload.namespace, w.pod()),
+        target: format!("tcp {ip}:{port}"),
+        verdict,
+        status_line: None,
+        headers: Vec::new(),
+        evidence,
+    })
+}

@@ -1,0 +1,514 @@
+//! [`Passthrough`] ⇄ the seven pod-template annotations, validation with the engine, warnings
+//! and rule previews.
+//!
+//! Pure: no I/O, no async. Validation is `meshpass_settings::Settings::from_annotations` over
+//! the *candidate* template (the current annotations with the seven replaced), so the API
+//! rejects exactly what the engine (and Istio's injector) rejects, with the engine's messages,
+//! and also notices when another capture annotation of the template is already broken.
+
+use crate::model::{DiffLine, FieldError, IstioArgsPair, Passthrough, Preview, RuleFormat, WorkloadInfo};
+use meshpass_capture::ir::Family;
+use meshpass_capture::render::{iptables::render_restore, nft};
+use meshpass_capture::{compile, CaptureConfig, InjectorValues};
+use meshpass_settings::{keys, InterceptionMode, Reason, SettingError, SettingErrors, Settings};
+use std::collections::BTreeMap;
+
+/// The seven annotations a [`Passthrough`] owns, in field order.
+pub const KEYS: [&str; 7] = [
+    keys::EXCLUDE_INBOUND_PORTS,
+    keys::EXCLUDE_OUTBOUND_PORTS,
+    keys::EXCLUDE_OUTBOUND_IP_RANGES,
+    keys::INCLUDE_INBOUND_PORTS,
+    keys::INCLUDE_OUTBOUND_PORTS,
+    keys::INCLUDE_OUTBOUND_IP_RANGES,
+    keys::INTERCEPTION_MODE,
+];
+
+/// The camelCase [`Passthrough`] field of each of [`KEYS`].
+pub const FIELDS: [&str; 7] = [
+    "inboundPorts",
+    "outboundPorts",
+    "outboundIpRanges",
+    "includeInboundPorts",
+    "includeOutboundPorts",
+    "includeOutboundIpRanges",
+    "interceptionMode",
+];
+
+/// The field a key's errors are reported under: the [`Passthrough`] field for the seven keys,
+/// the key itself for any other annotation.
+pub fn field_for_key(key: &str) -> &str {
+    KEYS.iter().position(|k| *k == key).map_or(key, |i| FIELDS[i])
+}
+
+/// Splits a list annotation into its items, as the GUI shows them: trimmed, empty items
+/// dropped (an empty value is an empty list).
+fn items(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// The passthrough settings of a template (the seven annotations; others are ignored).
+pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Passthrough {
+    let list = |k: &str| annotations.get(k).map(|v| items(v)).unwrap_or_default();
+    let raw = |k: &str| annotations.get(k).cloned();
+    Passthrough {
+        inbound_ports: list(keys::EXCLUDE_INBOUND_PORTS),
+        outbound_ports: list(keys::EXCLUDE_OUTBOUND_PORTS),
+        outbound_ip_ranges: list(keys::EXCLUDE_OUTBOUND_IP_RANGES),
+        include_inbound_ports: raw(keys::INCLUDE_INBOUND_PORTS),
+        include_outbound_ports: raw(keys::INCLUDE_OUTBOUND_PORTS),
+        include_outbound_ip_ranges: raw(keys::INCLUDE_OUTBOUND_IP_RANGES),
+        interception_mode: raw(keys::INTERCEPTION_MODE),
+    }
+}
+
+/// Only the seven passthrough annotations of `annotations`.
+pub fn passthrough_annotations(annotations: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    annotations.iter().filter(|(k, _)| KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The seven annotations `p` stands for: a list becomes its items joined with `,` (an empty
+/// list: no annotation); an optional value is the annotation as is (`None`: no annotation;
+/// `Some("")` is kept, because an empty include list means "none", not "default").
+pub fn to_annotations(p: &Passthrough) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let lists = [&p.inbound_ports, &p.outbound_ports, &p.outbound_ip_ranges];
+    for (key, list) in KEYS.iter().zip(lists) {
+        if !list.is_empty() {
+            m.insert(key.to_string(), list.join(","));
+        }
+    }
+    let opts =
+        [&p.include_inbound_ports, &p.include_outbound_ports, &p.include_outbound_ip_ranges, &p.interception_mode];
+    for (key, v) in KEYS[3..].iter().zip(opts) {
+        if let Some(v) = v {
+            m.insert(key.to_string(), v.clone());
+        }
+    }
+    m
+}
+
+/// The template annotations after applying `p`: every other annotation kept, the seven
+/// exactly as `p` says.
+pub fn candidate(current: &BTreeMap<String, String>, p: &Passthrough) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> =
+        current.iter().filter(|(k, _)| !KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    m.extend(to_annotations(p));
+    m
+}
+
+/// The patch that turns `current` into [`candidate`]: annotations to set (only those that
+/// change) and to remove (only those present). Both empty = nothing to write.
+pub fn patch(current: &BTreeMap<String, String>, p: &Passthrough) -> (BTreeMap<String, String>, Vec<String>) {
+    let want = to_annotations(p);
+    let set = want.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let remove =
+        KEYS.iter().filter(|k| current.contains_key(**k) && !want.contains_key(**k)).map(|k| k.to_string()).collect();
+    (set, remove)
+}
+
+/// List items the engine would misread once joined into one annotation: a blank item (the
+/// joined value would lose it or become a trailing comma) and an item with a comma (it would
+/// silently become two). Reported like the engine's own errors.
+fn item_errors(p: &Passthrough) -> Vec<SettingError> {
+    let mut out = Vec::new();
+    let lists = [&p.inbound_ports, &p.outbound_ports, &p.outbound_ip_ranges];
+    for (key, list) in KEYS.iter().zip(lists) {
+        for item in list {
+            if item.trim().is_empty() {
+                out.push(SettingError::new(*key, item.clone(), Reason::EmptyItem));
+            } else if item.contains(',') {
+                out.push(SettingError::new(
+                    *key,
+                    item.clone(),
+                    Reason::Other("is more than one item: give each as its own list entry".into()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One [`FieldError`] per engine error.
+pub fn field_errors(errors: &SettingErrors) -> Vec<FieldError> {
+    errors
+        .iter()
+        .map(|e| FieldError {
+            field: field_for_key(&e.key).to_string(),
+            key: e.key.clone(),
+            item: e.item.clone(),
+            reason: e.reason.to_string(),
+        })
+        .collect()
+}
+
+/// Validates `p` as the new passthrough settings of a template whose annotations are
+/// `current`: the engine's verdict on the whole candidate template. `Err` holds every bad
+/// item (of the seven keys or of any other capture annotation of the template).
+pub fn validate(current: &BTreeMap<String, String>, p: &Passthrough) -> Result<Settings, SettingErrors> {
+    let mut errors = item_errors(p);
+    // Blank and comma items are left out of the engine's input, so that each problem is
+    // reported once, under the item as the caller wrote it.
+    let mut clean = p.clone();
+    for list in [&mut clean.inbound_ports, &mut clean.outbound_ports, &mut clean.outbound_ip_ranges] {
+        list.retain(|i| !i.trim().is_empty() && !i.contains(','));
+    }
+    match Settings::from_annotations(&candidate(current, &clean)) {
+        Ok(s) if errors.is_empty() => Ok(s),
+        Ok(_) => Err(SettingErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            // Key order (as the engine reports), the caller's item order within a key.
+            let rank = |k: &str| keys::ALL.iter().position(|a| *a == k).unwrap_or(usize::MAX);
+            errors.sort_by_key(|e| rank(&e.key));
+            Err(SettingErrors(errors))
+        }
+    }
+}
+
+/// Warnings about `settings` (already valid) for `workload`; `others` is every workload the
+/// backend knows (the workload itself is skipped).
+pub fn warnings(workload: &WorkloadInfo, settings: &Settings, others: &[WorkloadInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    let me = &workload.workload;
+    if !workload.meshed {
+        out.push(format!(
+            "{me} has no sidecar: passthrough settings only take effect once its pods are meshed \
+             (there are no capture rules to change)"
+        ));
+        return out;
+    }
+    if let Some(excluded) = &settings.exclude_inbound_ports {
+        let clients: Vec<String> =
+            others.iter().filter(|w| w.meshed && w.workload != *me).map(|w| w.workload.to_string()).collect();
+        let mut ports: Vec<u16> = workload
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(|p| p.target_port))
+            .filter(|p| excluded.contains(*p))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if !clients.is_empty() {
+            for port in ports {
+                out.push(format!(
+                    "Port {port} of {me} is excluded from its sidecar, but meshed clients ({}) still send mesh \
+                     traffic to it through their own sidecars; with mutual TLS (Istio) those calls fail, and \
+                     their responses still show their own sidecar's headers.",
+                    clients.join(", ")
+                ));
+            }
+        }
+        let include_all = matches!(settings.include_inbound_ports, None | Some(meshpass_settings::PortSpec::Wildcard));
+        if !excluded.is_empty() && !include_all {
+            out.push(format!(
+                "Inbound ports are only excluded when {} is \"*\" (Istio ignores the exclusion otherwise).",
+                keys::INCLUDE_INBOUND_PORTS
+            ));
+        }
+    }
+    if let Some(ranges) = &settings.exclude_outbound_ip_ranges {
+        for net in ranges.nets().iter().filter(|n| n.is_empty()) {
+            let family = if net.is_ipv4() { "IPv4" } else { "IPv6" };
+            out.push(format!(
+                "Outbound IP range {net} covers every {family} destination: all outbound {family} traffic of {me} \
+                 skips the sidecar."
+            ));
+        }
+    }
+    if settings.interception_mode == Some(InterceptionMode::None) {
+        out.push(format!(
+            "{} is NONE: {me} gets no capture rules at all, so every port bypasses the sidecar.",
+            keys::INTERCEPTION_MODE
+        ));
+    }
+    out
+}
+
+/// Warnings about template annotations that look like capture settings but are not ones the
+/// engine knows (most likely typos such as `excludeOutboundPort`, which Istio silently ignores).
+pub fn unknown_key_warnings(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    Settings::unknown_keys(annotations.keys())
+        .into_iter()
+        .map(|k| format!("Annotation {k} is not a capture setting Istio knows, so it has no effect (a typo?)."))
+        .collect()
+}
+
+/// Rules and istio-iptables arguments for one annotation map, as the backend would apply them.
+fn render(settings: &Settings, values: &InjectorValues, format: RuleFormat) -> (String, Vec<String>) {
+    let Some(cfg) = CaptureConfig::from_settings(settings, values) else {
+        return (format!("# {} is NONE: no capture rules\n", keys::INTERCEPTION_MODE), Vec::new());
+    };
+    let plan = compile(&cfg);
+    let text = match format {
+        RuleFormat::Nft => nft::render(&plan),
+        RuleFormat::Iptables => {
+            let mut s = format!("# iptables-restore --noflush\n{}", render_restore(&plan, Family::V4));
+            if plan.ipv6 {
+                s.push_str(&format!("# ip6tables-restore --noflush\n{}", render_restore(&plan, Family::V6)));
+            }
+            s
+        }
+    };
+    (text, cfg.to_istio_args())
+}
+
+/// The preview of changing `workload`'s passthrough settings to `proposed`. `Err`: the
+/// proposed settings are invalid (every bad item).
+pub fn preview(
+    workload: &WorkloadInfo,
+    proposed: &Passthrough,
+    others: &[WorkloadInfo],
+    values: &InjectorValues,
+    format: RuleFormat,
+) -> Result<Preview, SettingErrors> {
+    let new_settings = validate(&workload.annotations, proposed)?;
+    let mut warnings = warnings(workload, &new_settings, others);
+    warnings.extend(unknown_key_warnings(&workload.annotations));
+    let (mut current, mut proposed_text) = (String::new(), String::new());
+    let mut args = IstioArgsPair::default();
+    if workload.meshed {
+        match Settings::from_annotations(&workload.annotations) {
+            Ok(s) => (current, args.current) = render(&s, values, format),
+            // The template is already broken (written around the API): no current rules can be
+            // shown, but the proposed ones still can.
+            Err(e) => {
+                warnings.push(format!("The current annotations are invalid, so no current rules are shown:\n{e}"))
+            }
+        }
+        (proposed_text, args.proposed) = render(&new_settings, values, format);
+    }
+    Ok(Preview {
+        format,
+        diff: diff_lines(&current, &proposed_text),
+        current,
+        proposed: proposed_text,
+        istio_args: args,
+        warnings,
+    })
+}
+
+/// A line diff of `a` → `b` (longest common subsequence). Very long inputs, where the
+/// quadratic table would be too big, fall back to "all removed, all added".
+pub fn diff_lines(a: &str, b: &str) -> Vec<DiffLine> {
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    let line = |op: &str, l: &str| DiffLine { op: op.to_string(), line: l.to_string() };
+    // Common prefix and suffix cost nothing and keep the table small.
+    let pre = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suf = a[pre..].iter().rev().zip(b[pre..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let (ma, mb) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
+    let mut out: Vec<DiffLine> = a[..pre].iter().map(|l| line(" ", l)).collect();
+    if ma.len().saturating_mul(mb.len()) > 4_000_000 {
+        out.extend(ma.iter().map(|l| line("-", l)));
+        out.extend(mb.iter().map(|l| line("+", l)));
+    } else {
+        // lcs[i][j] = LCS length of ma[i..] and mb[j..].
+        let (n, m) = (ma.len(), mb.len());
+        let mut lcs = vec![0u32; (n + 1) * (m + 1)];
+        let at = |i: usize, j: usize| i * (m + 1) + j;
+        for i in (0..n).rev() {
+            for j in (0..m).rev() {
+                lcs[at(i, j)] =
+                    if ma[i] == mb[j] { lcs[at(i + 1, j + 1)] + 1 } else { lcs[at(i + 1, j)].max(lcs[at(i, j + 1)]) };
+            }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < n && j < m {
+            if ma[i] == mb[j] {
+                out.push(line(" ", ma[i]));
+                i += 1;
+                j += 1;
+            } else if lcs[at(i + 1, j)] >= lcs[at(i, j + 1)] {
+                out.push(line("-", ma[i]));
+                i += 1;
+            } else {
+                out.push(line("+", mb[j]));
+                j += 1;
+            }
+        }
+        out.extend(ma[i..].iter().map(|l| line("-", l)));
+        out.extend(mb[j..].iter().map(|l| line("+", l)));
+    }
+    out.extend(a[a.len() - suf..].iter().map(|l| line(" ", l)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ServiceInfo, ServicePort, WorkloadRef};
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn workload(ns: &str, name: &str, meshed: bool, target: Option<u16>) -> WorkloadInfo {
+        WorkloadInfo {
+            workload: WorkloadRef::new(ns, name),
+            kind: "Deployment".into(),
+            meshed,
+            pending_restart: false,
+            ready: 1,
+            total: 1,
+            injected: u32::from(meshed),
+            services: target
+                .map(|t| ServiceInfo {
+                    name: name.into(),
+                    cluster_ip: None,
+                    ports: vec![ServicePort { port: t, target_port: t }],
+                })
+                .into_iter()
+                .collect(),
+            annotations: BTreeMap::new(),
+            resource_version: "1".into(),
+        }
+    }
+
+    fn ports(list: &[&str]) -> Passthrough {
+        Passthrough { inbound_ports: list.iter().map(|s| s.to_string()).collect(), ..Passthrough::default() }
+    }
+
+    #[test]
+    fn round_trip_and_patch() {
+        let p = Passthrough {
+            inbound_ports: vec!["5000".into(), "8000-8100".into()],
+            outbound_ip_ranges: vec!["10.0.0.0/8".into()],
+            include_inbound_ports: Some(String::new()),
+            ..Passthrough::default()
+        };
+        let a = to_annotations(&p);
+        assert_eq!(a[keys::EXCLUDE_INBOUND_PORTS], "5000,8000-8100");
+        assert_eq!(a[keys::INCLUDE_INBOUND_PORTS], "");
+        assert!(!a.contains_key(keys::EXCLUDE_OUTBOUND_PORTS));
+        assert_eq!(from_annotations(&a), p);
+
+        let current = ann(&[
+            ("other", "x"),
+            (keys::EXCLUDE_OUTBOUND_PORTS, "25"),
+            (keys::EXCLUDE_INBOUND_PORTS, "5000,8000-8100"),
+        ]);
+        let (set, remove) = patch(&current, &p);
+        assert_eq!(set.keys().collect::<Vec<_>>(), vec![keys::EXCLUDE_OUTBOUND_IP_RANGES, keys::INCLUDE_INBOUND_PORTS]);
+        assert_eq!(remove, vec![keys::EXCLUDE_OUTBOUND_PORTS.to_string()]);
+        let c = candidate(&current, &p);
+        assert_eq!(c["other"], "x");
+        assert!(!c.contains_key(keys::EXCLUDE_OUTBOUND_PORTS));
+        let (set, remove) = patch(&c, &p);
+        assert!(set.is_empty() && remove.is_empty(), "writing the same values is a no-op");
+    }
+
+    #[test]
+    fn every_bad_item_with_the_engines_message() {
+        let err = validate(&BTreeMap::new(), &ports(&["70000", "abc", "5000"])).unwrap_err();
+        let f = field_errors(&err);
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            f[0],
+            FieldError {
+                field: "inboundPorts".into(),
+                key: keys::EXCLUDE_INBOUND_PORTS.into(),
+                item: "70000".into(),
+                reason: "is not a port (1-65535)".into()
+            }
+        );
+        assert_eq!(f[1].item, "abc");
+        assert_eq!(
+            err.to_string(),
+            "traffic.sidecar.istio.io/excludeInboundPorts: \"70000\" is not a port (1-65535)\n\
+             traffic.sidecar.istio.io/excludeInboundPorts: \"abc\" is not a port (1-65535)"
+        );
+    }
+
+    #[test]
+    fn blank_and_comma_items_and_other_keys() {
+        let p = Passthrough {
+            inbound_ports: vec!["".into(), "80,81".into()],
+            outbound_ip_ranges: vec!["10.0.0.0/33".into()],
+            interception_mode: Some("redirect".into()),
+            ..Passthrough::default()
+        };
+        let current = ann(&[(keys::EXCLUDE_INTERFACES, "1bad")]);
+        let f = field_errors(&validate(&current, &p).unwrap_err());
+        let got: Vec<(&str, &str)> = f.iter().map(|e| (e.field.as_str(), e.item.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("inboundPorts", ""),
+                ("inboundPorts", "80,81"),
+                ("outboundIpRanges", "10.0.0.0/33"),
+                (keys::EXCLUDE_INTERFACES, "1bad"),
+                ("interceptionMode", "redirect"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_istio_trap_and_catch_all_ranges() {
+        let me = workload("default", "helloworld-v1", true, Some(5000));
+        let others = vec![me.clone(), workload("default", "sleep", true, Some(80)), workload("x", "ext", false, None)];
+        let s = validate(
+            &BTreeMap::new(),
+            &Passthrough {
+                inbound_ports: vec!["5000".into()],
+                outbound_ip_ranges: vec!["0.0.0.0/0".into(), "::/0".into()],
+                ..Passthrough::default()
+            },
+        )
+        .unwrap();
+        let w = warnings(&me, &s, &others);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(
+            w[0],
+            "Port 5000 of default/helloworld-v1 is excluded from its sidecar, but meshed clients (default/sleep) \
+             still send mesh traffic to it through their own sidecars; with mutual TLS (Istio) those calls fail, \
+             and their responses still show their own sidecar's headers."
+        );
+        assert!(w[1].contains("0.0.0.0/0") && w[2].contains("::/0"));
+        // No other meshed workload: nobody falls into the trap.
+        assert!(warnings(&me, &s, std::slice::from_ref(&me)).iter().all(|w| !w.starts_with("Port")));
+        // Unmeshed: one warning that says so.
+        let ext = workload("x", "ext", false, None);
+        assert!(warnings(&ext, &s, &others)[0].contains("has no sidecar"));
+    }
+
+    #[test]
+    fn preview_renders_both_formats_and_diffs() {
+        let me = workload("default", "helloworld-v1", true, Some(5000));
+        let p = ports(&["5000"]);
+        let v = InjectorValues::default();
+        let nft = preview(&me, &p, &[], &v, RuleFormat::Nft).unwrap();
+        assert!(nft.current.contains("table inet meshpass"));
+        assert_ne!(nft.current, nft.proposed);
+        assert!(nft.diff.iter().any(|d| d.op == "+" && d.line.contains("5000")));
+        assert!(
+            nft.istio_args.proposed.join(" ").contains("15090,15021,5000,15020")
+                || nft.istio_args.proposed.join(" ").contains("5000")
+        );
+        let ipt = preview(&me, &p, &[], &v, RuleFormat::Iptables).unwrap();
+        assert!(ipt.current.starts_with("# iptables-restore --noflush\n* nat\n"));
+        assert!(ipt.diff.iter().any(|d| d.op == "+" && d.line.contains("--dport 5000")));
+        let unmeshed = workload("x", "ext", false, None);
+        let u = preview(&unmeshed, &p, &[], &v, RuleFormat::Nft).unwrap();
+        assert_eq!((u.current.as_str(), u.proposed.as_str()), ("", ""));
+        assert!(u.diff.is_empty() && u.warnings[0].contains("no sidecar"));
+        assert!(preview(&me, &ports(&["x"]), &[], &v, RuleFormat::Nft).is_err());
+    }
+
+    #[test]
+    fn typos_are_warned_about() {
+        let a = ann(&[("traffic.sidecar.istio.io/excludeOutboundPort", "25"), (keys::EXCLUDE_INBOUND_PORTS, "1")]);
+        let w = unknown_key_warnings(&a);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("excludeOutboundPort ") && w[0].contains("typo"));
+    }
+
+    #[test]
+    fn lcs_diff() {
+        let d = diff_lines("a\nb\nc\nd\n", "a\nc\nx\nd\n");
+        let s: Vec<String> = d.iter().map(|l| format!("{}{}", l.op, l.line)).collect();
+        assert_eq!(s, vec![" a", "-b", " c", "+x", " d"]);
+        assert!(diff_lines("", "").is_empty());
+        assert_eq!(diff_lines("", "x").len(), 1);
+    }
+}

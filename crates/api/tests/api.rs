@@ -1,0 +1,731 @@
+//! The API end to end over [`FakeBackend`]: routes through `tower::ServiceExt::oneshot`, and
+//! the [`Client`] against a real listener on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use meshpass_api::backend::BackendError;
+use meshpass_api::fake::{FakeBackend, FakeCall};
+use meshpass_api::model::{
+    AuditEntry, CheckRequest, Direction, OperationState, Passthrough, PassthroughDoc, PassthroughUpdate, Verdict,
+    WorkloadRef,
+};
+use meshpass_api::server::{routes, Server};
+use meshpass_api::{router, AppState, BackendKind, Client, ClientError, ServerConfig};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+const INBOUND: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+const HW: &str = "/api/v1/namespaces/default/workloads/helloworld-v1";
+
+struct Env {
+    fake: Arc<FakeBackend>,
+    router: Router,
+    token: String,
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+}
+
+fn env_with(fake: FakeBackend) -> Env {
+    fake.set_restart_step(Duration::from_millis(0));
+    let fake = Arc::new(fake);
+    let dir = tempfile::tempdir().unwrap();
+    let token = meshpass_api::auth::load_or_create_token(dir.path()).unwrap();
+    let app = AppState::new(fake.clone(), token.clone(), dir.path());
+    Env { router: router(app), fake, token, dir: dir.path().to_path_buf(), _dir: dir }
+}
+
+fn env() -> Env {
+    env_with(FakeBackend::sample())
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> String {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    }
+}
+
+impl Env {
+    async fn raw(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Answer { status, headers, body }
+    }
+
+    /// With the bearer token.
+    async fn call(&self, method: Method, uri: &str, extra: &[(&str, &str)], body: Option<&str>) -> Answer {
+        let auth = format!("Bearer {}", self.token);
+        let mut h = vec![("authorization", auth.as_str())];
+        h.extend_from_slice(extra);
+        self.raw(method, uri, &h, body).await
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        self.call(Method::GET, uri, &[], None).await
+    }
+
+    fn hw(&self) -> WorkloadRef {
+        WorkloadRef::new("default", "helloworld-v1")
+    }
+
+    fn audit(&self) -> Vec<AuditEntry> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// The backend state that a rejected request must leave alone.
+    fn snapshot(&self) -> (std::collections::BTreeMap<String, String>, String) {
+        (self.fake.template_annotations(&self.hw()), self.fake.resource_version(&self.hw()))
+    }
+
+    async fn wait_op(&self, id: &str) -> Value {
+        for _ in 0..200 {
+            let op = self.get(&format!("/api/v1/operations/{id}")).await.json();
+            if op["state"] != "running" {
+                return op;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("operation {id} did not finish");
+    }
+}
+
+#[tokio::test]
+async fn public_routes_need_no_token() {
+    let e = env();
+    let h = e.raw(Method::GET, "/healthz", &[], None).await;
+    assert_eq!((h.status, h.text().as_str()), (StatusCode::OK, "ok\n"));
+    let o = e.raw(Method::GET, "/api/v1/openapi.json", &[], None).await;
+    assert_eq!(o.status, StatusCode::OK);
+    assert_eq!(o.json()["openapi"], "3.0.3");
+    for (path, ct) in [("/assets/app.js", "text/javascript"), ("/assets/app.css", "text/css"), ("/", "text/html")] {
+        let a = e.raw(Method::GET, path, &[], None).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert!(a.header("content-type").starts_with(ct), "{path}: {}", a.header("content-type"));
+        assert_eq!(a.header("cache-control"), "no-store");
+        assert_eq!(a.header("content-security-policy"), "default-src 'self'");
+    }
+    // Without a session, / is the login page, not the GUI.
+    let page = e.raw(Method::GET, "/", &[], None).await.text();
+    assert!(page.contains("login URL"), "{page}");
+}
+
+#[tokio::test]
+async fn every_protected_route_answers_401_without_or_with_a_wrong_token() {
+    let e = env();
+    for spec in routes().into_iter().filter(|r| r.auth) {
+        let uri = spec.path.replace("{ns}", "default").replace("{name}", "helloworld-v1").replace("{id}", "op-1");
+        for headers in [vec![], vec![("authorization", "Bearer wrong")], vec![("authorization", "Basic abc")]] {
+            let a = e.raw(spec.method.clone(), &uri, &headers, Some("{}")).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{spec:?} {headers:?}");
+            assert_eq!(a.header("www-authenticate"), "Bearer");
+            assert_eq!(a.json()["error"], "unauthorized");
+        }
+    }
+    let s = e.get("/api/v1/session").await.json();
+    assert_eq!(s, json!({"backend": "local", "csrfToken": null, "auth": "bearer", "ruleFormat": "nft"}));
+}
+
+#[tokio::test]
+async fn cookie_login_and_csrf() {
+    let e = env();
+    let bad = e.raw(Method::GET, "/?token=nope", &[], None).await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(bad.header("content-type").starts_with("text/html"));
+
+    let login = e.raw(Method::GET, &format!("/?token={}", e.token), &[], None).await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER);
+    assert_eq!(login.header("location"), "/");
+    let cookie = login.header("set-cookie");
+    assert!(cookie.starts_with("meshpass_session="), "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.split("; ").any(|f| f == flag), "{flag} missing in {cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let sid: String = pair.trim_start_matches("meshpass_session=").chars().take(8).collect();
+    let c = [("cookie", pair.as_str())];
+
+    let gui = e.raw(Method::GET, "/", &c, None).await;
+    assert_eq!(gui.text(), include_str!("../assets/index.html"));
+    let s = e.raw(Method::GET, "/api/v1/session", &c, None).await.json();
+    assert_eq!(s["auth"], "session");
+    let csrf = s["csrfToken"].as_str().unwrap().to_string();
+    assert_eq!(csrf.len(), 64);
+
+    // Reads need no CSRF token; writes do.
+    assert_eq!(e.raw(Method::GET, "/api/v1/workloads", &c, None).await.status, StatusCode::OK);
+    let body = r#"{"inboundPorts":["5000"]}"#;
+    let before = e.snapshot();
+    for h in [vec![c[0], ("if-match", "\"1\"")], vec![c[0], ("if-match", "\"1\""), ("x-csrf-token", "wrong")]] {
+        let a = e.raw(Method::PUT, &format!("{HW}/passthrough"), &h, Some(body)).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(a.json()["error"], "csrf");
+    }
+    let restart = e.raw(Method::POST, &format!("{HW}/restart"), &c, None).await;
+    assert_eq!(restart.status, StatusCode::FORBIDDEN);
+    assert_eq!(e.snapshot(), before);
+    assert!(e.audit().is_empty());
+
+    let h = [c[0], ("if-match", "\"1\""), ("x-csrf-token", csrf.as_str())];
+    let ok = e.raw(Method::PUT, &format!("{HW}/passthrough"), &h, Some(body)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let audit = e.audit();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].actor, format!("session:{sid}"));
+    assert_eq!(audit[0].result, "ok");
+}
+
+#[tokio::test]
+async fn workloads_list_filter_sort_and_names() {
+    let e = env();
+    let all = e.get("/api/v1/workloads").await.json();
+    let names: Vec<&str> = all["items"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["helloworld-v1", "sleep", "external"]);
+    let hw = &all["items"][0];
+    assert_eq!(hw["status"], "Injected");
+    assert_eq!(hw["services"][0]["clusterIp"], "198.19.0.10");
+    assert_eq!(all["items"][2]["status"], "Uninjected");
+    let ns = e.get("/api/v1/workloads?namespace=external").await.json();
+    assert_eq!(ns["items"].as_array().unwrap().len(), 1);
+    let search = e.get("/api/v1/workloads?search=HELLO").await.json();
+    assert_eq!(search["items"][0]["name"], "helloworld-v1");
+    let by_name = e.get("/api/v1/workloads?sort=name").await.json();
+    assert_eq!(by_name["items"][0]["name"], "external");
+    for q in ["sort=size", "sort="] {
+        let bad = e.get(&format!("/api/v1/workloads?{q}")).await;
+        assert_eq!((bad.status, bad.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{q}");
+    }
+
+    let one = e.get(HW).await;
+    assert_eq!(one.json()["passthrough"]["inboundPorts"], json!([]));
+    let missing = e.get("/api/v1/namespaces/default/workloads/nope").await;
+    assert_eq!((missing.status, missing.json()["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    for uri in ["/api/v1/namespaces/Default/workloads/x", "/api/v1/namespaces/default/workloads/Bad_Name"] {
+        let a = e.get(uri).await;
+        assert_eq!((a.status, a.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{uri}");
+    }
+    let nowhere = e.get("/api/v1/nothing").await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    e.fake.fail_next(FakeCall::List, BackendError::Unavailable("cluster down".into()));
+    let down = e.get("/api/v1/workloads").await;
+    assert_eq!((down.status, down.json()["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+}
+
+#[tokio::test]
+async fn rejected_writes_change_nothing() {
+    let e = env();
+    let url = format!("{HW}/passthrough");
+    let get = e.get(&url).await;
+    assert_eq!(get.header("etag"), "\"1\"");
+    let before = e.snapshot();
+
+    // 428 without a precondition.
+    let a = e.call(Method::PUT, &url, &[], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!(
+        (a.status, a.json()["error"].as_str()),
+        (StatusCode::PRECONDITION_REQUIRED, Some("precondition_required"))
+    );
+    let a = e.call(Method::DELETE, &url, &[], None).await;
+    assert_eq!(a.status, StatusCode::PRECONDITION_REQUIRED);
+
+    // 409 on a stale version (If-Match, body and query forms).
+    let a = e.call(Method::PUT, &url, &[("if-match", "\"0\"")], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!((a.status, a.json()["error"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    let a = e.call(Method::PUT, &url, &[], Some(r#"{"inboundPorts":["5000"],"resourceVersion":"7"}"#)).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let a = e.call(Method::DELETE, &format!("{url}?resourceVersion=7"), &[], None).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    // Two different versions named: at most one is current, so a conflict either way.
+    let a = e
+        .call(Method::PUT, &url, &[("if-match", "\"1\"")], Some(r#"{"inboundPorts":["5000"],"resourceVersion":"2"}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let a = e.call(Method::PUT, &url, &[("if-match", " ")], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+    // 422 with one entry per bad item, the engine's messages.
+    let a =
+        e.call(Method::PUT, &url, &[("if-match", "\"1\"")], Some(r#"{"inboundPorts":["70000","abc","5000"]}"#)).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = a.json();
+    assert_eq!(body["error"], "invalid");
+    assert_eq!(
+        body["errors"],
+        json!([
+            {"field": "inboundPorts", "key": INBOUND, "item": "70000", "reason": "is not a port (1-65535)"},
+            {"field": "inboundPorts", "key": INBOUND, "item": "abc", "reason": "is not a port (1-65535)"},
+        ])
+    );
+    assert_eq!(
+        body["message"],
+        format!("{INBOUND}: \"70000\" is not a port (1-65535)\n{INBOUND}: \"abc\" is not a port (1-65535)")
+    );
+    let a = e
+        .call(
+            Method::PUT,
+            &url,
+            &[("if-match", "\"1\"")],
+            Some(r#"{"outboundIpRanges":["10.0.0.0/8","300.1.1.1/8"],"outboundPorts":["0"],"interceptionMode":"tproxy"}"#),
+        )
+        .await;
+    let fields: Vec<String> =
+        a.json()["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_string()).collect();
+    assert_eq!(fields, vec!["outboundPorts", "outboundIpRanges", "interceptionMode"]);
+
+    // 400 for malformed bodies: serde's message, never a 500.
+    for bad in ["{", r#"{"inboundPorts":"5000"}"#, r#"{"inboundPort":["5000"]}"#, "", "[]"] {
+        let a = e.call(Method::PUT, &url, &[("if-match", "\"1\"")], Some(bad)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(a.json()["message"].as_str().unwrap().starts_with("invalid JSON body: "), "{bad}");
+    }
+    let a = e.call(Method::PUT, &url, &[("if-match", "\"1\"")], Some(r#"{"inboundPort":["5000"]}"#)).await;
+    assert!(a.json()["message"].as_str().unwrap().contains("unknown field `inboundPort`"));
+
+    assert_eq!(e.snapshot(), before);
+    assert!(e.audit().iter().all(|a| a.result != "ok"));
+    assert!(e.audit().is_empty(), "nothing reached the backend");
+
+    // The race between the server's read and its write: the backend refuses, nothing written,
+    // the attempt is audited with its error.
+    e.fake.concurrent_write_before_next_patch();
+    let a = e.call(Method::PUT, &url, &[("if-match", "\"1\"")], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert_eq!(e.fake.template_annotations(&e.hw()), before.0);
+    let audit = e.audit();
+    assert_eq!(audit.len(), 1);
+    assert!(audit[0].result.contains("changed since version 1"), "{}", audit[0].result);
+
+    // A backend failure on write: mapped, audited, nothing written.
+    let rv = e.fake.resource_version(&e.hw());
+    e.fake.fail_next(FakeCall::Patch, BackendError::Forbidden("RBAC says no".into()));
+    let a =
+        e.call(Method::PUT, &url, &[("if-match", &format!("\"{rv}\""))], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!((a.status, a.json()["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(e.fake.template_annotations(&e.hw()), before.0);
+    assert!(e.audit().iter().all(|a| a.result != "ok"));
+    let metrics = e.get("/metrics").await.text();
+    assert!(metrics.contains("meshpass_passthrough_changes_total{result=\"invalid\"} 2"), "{metrics}");
+    assert!(metrics.contains("meshpass_passthrough_changes_total{result=\"conflict\"} 4"), "{metrics}");
+    assert!(metrics.contains("meshpass_passthrough_changes_total{result=\"error\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn put_restart_and_clear() {
+    let e = env();
+    let url = format!("{HW}/passthrough");
+    e.fake.set_template_annotation(&e.hw(), "sidecar.istio.io/proxyCPU", "100m");
+    let rv = e.fake.resource_version(&e.hw());
+    let body = r#"{"inboundPorts":["5000"],"outboundIpRanges":["203.0.113.0/24"]}"#;
+    let a = e.call(Method::PUT, &url, &[("if-match", &format!("\"{rv}\""))], Some(body)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let doc: PassthroughDoc = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(a.header("etag"), format!("\"{}\"", doc.resource_version));
+    assert_ne!(doc.resource_version, rv);
+    assert_eq!(doc.settings.inbound_ports, vec!["5000"]);
+    assert_eq!(doc.annotations.len(), 2);
+    assert!(doc.warnings[0].starts_with("Port 5000 of default/helloworld-v1 is excluded from its sidecar"));
+    assert!(doc.operation.is_none());
+    let tmpl = e.fake.template_annotations(&e.hw());
+    assert_eq!(tmpl[INBOUND], "5000");
+    assert_eq!(tmpl["sidecar.istio.io/proxyCPU"], "100m", "other annotations are kept");
+    assert_eq!(e.get(HW).await.json()["status"], "Pending restart");
+
+    // Before the restart the pods still run with the sidecar in front of 5000.
+    let c = e.call(Method::POST, &format!("{HW}/check"), &[], None).await.json();
+    assert_eq!(c["verdict"], "sidecar");
+
+    // Same values again with restart: no write, a restart operation.
+    let rv2 = doc.resource_version.clone();
+    let again = format!(
+        r#"{{"inboundPorts":["5000"],"outboundIpRanges":["203.0.113.0/24"],"restart":true,"resourceVersion":"{rv2}"}}"#
+    );
+    let a = e.call(Method::PUT, &url, &[], Some(&again)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let doc: PassthroughDoc = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(doc.resource_version, rv2, "no-op write keeps the version");
+    let op = doc.operation.unwrap();
+    assert_eq!(op.state, OperationState::Running);
+    let done = e.wait_op(&op.id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert!(done["progress"].as_array().unwrap().len() >= 3, "{done}");
+    assert!(done["finishedAt"].is_string());
+    assert_eq!(e.get(HW).await.json()["status"], "Injected");
+    assert_eq!(e.fake.running_annotations(&e.hw()), e.fake.template_annotations(&e.hw()));
+
+    let c = e.call(Method::POST, &format!("{HW}/check"), &[], Some(r#"{"port":5000,"path":"/hello"}"#)).await.json();
+    assert_eq!(c["verdict"], "passthrough");
+    assert_eq!(c["statusLine"], "HTTP/1.0 200 OK");
+    assert_eq!(c["headers"][0], json!(["Server", "helloworld/v1 (meshpass sample)"]));
+    assert_eq!(c["target"], "GET http://198.19.0.10:5000/hello");
+
+    let b = e.get(&format!("{HW}/bypass")).await.json();
+    let labels: Vec<&str> = b["items"].as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, vec!["exclude-inbound-ports", "exclude-outbound-ip-ranges"]);
+    assert!(b["totals"]["inbound"]["packets"].as_u64().unwrap() >= 1);
+    assert!(b["totals"]["outbound"]["packets"].as_u64().unwrap() >= 1);
+
+    let out = e
+        .call(Method::POST, &format!("{HW}/check"), &[], Some(r#"{"direction":"outbound","target":"203.0.113.5:443"}"#))
+        .await
+        .json();
+    assert_eq!(out["verdict"], "passthrough");
+
+    // Clear (query version, restart): all seven gone, others kept.
+    let rv3 = e.fake.resource_version(&e.hw());
+    let a = e.call(Method::DELETE, &format!("{url}?restart=true&resourceVersion={rv3}"), &[], None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let doc: PassthroughDoc = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(doc.settings, Passthrough::default());
+    assert!(doc.annotations.is_empty());
+    assert_eq!(e.wait_op(&doc.operation.unwrap().id).await["state"], "succeeded");
+    let tmpl = e.fake.template_annotations(&e.hw());
+    assert!(!tmpl.contains_key(INBOUND) && tmpl.contains_key("sidecar.istio.io/proxyCPU"));
+    let c = e.call(Method::POST, &format!("{HW}/check"), &[], None).await.json();
+    assert_eq!(c["verdict"], "sidecar");
+    assert!(c["headers"].as_array().unwrap().contains(&json!(["server", "istio-envoy"])));
+    assert!(c["headers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(["x-envoy-decorator-operation", "helloworld.default.svc.cluster.local:5000/*"])));
+
+    // Audit: newest first, the set, two restarts and the clear.
+    let audit = e.get("/api/v1/audit").await.json();
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["restart", "passthrough.clear", "restart", "passthrough.set"]);
+    let first = &audit["items"][3];
+    assert_eq!(first["actor"], "bearer");
+    assert_eq!(first["before"]["inboundPorts"], json!([]));
+    assert_eq!(first["after"]["inboundPorts"], json!(["5000"]));
+    assert_eq!(first["result"], "ok");
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(e.get("/api/v1/audit?limit=1").await.json()["items"].as_array().unwrap().len(), 1);
+    assert_eq!(e.get("/api/v1/audit?limit=x").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(e.get("/api/v1/audit?limit=10001").await.status, StatusCode::BAD_REQUEST);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(e.dir.join("audit.log")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn restart_operations() {
+    let e = env();
+    let a = e.call(Method::POST, &format!("{HW}/restart"), &[], None).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let op = a.json();
+    assert_eq!((op["kind"].as_str(), op["state"].as_str()), (Some("restart"), Some("running")));
+    let done = e.wait_op(op["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["error"], Value::Null);
+
+    e.fake.fail_next(FakeCall::Restart, BackendError::Failed("pods never became ready".into()));
+    let op = e.call(Method::POST, &format!("{HW}/restart"), &[], None).await.json();
+    let done = e.wait_op(op["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "failed");
+    assert_eq!(done["error"], "pods never became ready");
+    let audit = e.audit();
+    assert_eq!(audit.iter().map(|a| a.result.as_str()).collect::<Vec<_>>(), vec!["ok", "pods never became ready"]);
+
+    assert_eq!(e.get("/api/v1/operations/op-nope").await.status, StatusCode::NOT_FOUND);
+
+    // Only the last 100 operations are kept.
+    let mut ids = Vec::new();
+    for _ in 0..101 {
+        let op = e.call(Method::POST, "/api/v1/namespaces/default/workloads/sleep/restart", &[], None).await.json();
+        ids.push(op["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids[1..] {
+        e.wait_op(id).await;
+    }
+    assert_eq!(e.get(&format!("/api/v1/operations/{}", ids[0])).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.get(&format!("/api/v1/operations/{}", ids[1])).await.status, StatusCode::OK);
+    let missing = e.call(Method::POST, "/api/v1/namespaces/default/workloads/nope/restart", &[], None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn preview_diff_and_errors() {
+    let e = env();
+    let url = format!("{HW}/passthrough/preview");
+    let p = e.call(Method::POST, &url, &[], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text());
+    let p = p.json();
+    assert_eq!(p["format"], "nft");
+    assert!(p["current"].as_str().unwrap().contains("table inet meshpass"));
+    let added: Vec<&str> =
+        p["diff"].as_array().unwrap().iter().filter(|d| d["op"] == "+").map(|d| d["line"].as_str().unwrap()).collect();
+    assert!(added.iter().any(|l| l.contains("15090, 15021, 5000, 15020")), "{added:?}");
+    assert!(p["istioArgs"]["proposed"].as_array().unwrap().contains(&json!("15090,15021,5000,15020")));
+    assert!(p["istioArgs"]["current"].as_array().unwrap().contains(&json!("15090,15021,15020")));
+    assert_eq!(p["warnings"].as_array().unwrap().len(), 1);
+
+    let bad = e.call(Method::POST, &url, &[], Some(r#"{"inboundPorts":["x"]}"#)).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.json()["errors"][0]["item"], "x");
+    assert_eq!(e.call(Method::POST, &url, &[], Some("nope")).await.status, StatusCode::BAD_REQUEST);
+
+    let ext = e
+        .call(Method::POST, "/api/v1/namespaces/external/workloads/external/passthrough/preview", &[], Some("{}"))
+        .await
+        .json();
+    assert_eq!((ext["current"].as_str(), ext["proposed"].as_str()), (Some(""), Some("")));
+    assert!(ext["warnings"][0].as_str().unwrap().contains("has no sidecar"));
+
+    let k = env_with(FakeBackend::sample().with_kind(BackendKind::Kube, meshpass_api::model::RuleFormat::Iptables));
+    let p = k.call(Method::POST, &url, &[], Some(r#"{"inboundPorts":["5000"]}"#)).await.json();
+    assert_eq!(p["format"], "iptables");
+    assert!(p["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["op"] == "+" && d["line"].as_str().unwrap().contains("--dport 5000")));
+    let s = k.get("/api/v1/session").await.json();
+    assert_eq!((s["backend"].as_str(), s["ruleFormat"].as_str()), (Some("kube"), Some("iptables")));
+    let b = k.get(&format!("{HW}/bypass")).await;
+    assert_eq!((b.status, b.json()["error"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("unsupported")));
+    // Unsupported counters are skipped silently in metrics.
+    let m = k.get("/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.text().contains("meshpass_scrape_errors_total 0"));
+}
+
+#[tokio::test]
+async fn check_errors() {
+    let e = env();
+    let url = format!("{HW}/check");
+    let bad_port = e.call(Method::POST, &url, &[], Some(r#"{"port":1234}"#)).await;
+    assert_eq!(bad_port.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_body = e.call(Method::POST, &url, &[], Some(r#"{"direction":"sideways"}"#)).await;
+    assert_eq!(bad_body.status, StatusCode::BAD_REQUEST);
+    let out = e.call(Method::POST, &url, &[], Some(r#"{"direction":"outbound"}"#)).await;
+    assert_eq!(out.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let ext = e.call(Method::POST, "/api/v1/namespaces/external/workloads/external/check", &[], None).await;
+    assert_eq!(ext.status, StatusCode::UNPROCESSABLE_ENTITY, "external has no Service");
+}
+
+#[tokio::test]
+async fn metrics_text() {
+    let e = env();
+    let rv = e.fake.resource_version(&e.hw());
+    let a = e
+        .call(
+            Method::PUT,
+            &format!("{HW}/passthrough"),
+            &[("if-match", &rv)],
+            Some(r#"{"inboundPorts":["5000"],"restart":true}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    e.wait_op(a.json()["operation"]["id"].as_str().unwrap()).await;
+    e.fake.fail_next(FakeCall::RuleCounters, BackendError::Unavailable("netns gone".into()));
+    let m = e.get("/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.header("content-type").starts_with("text/plain; version=0.0.4"));
+    let t = m.text();
+    for want in [
+        "meshpass_bypassed_packets_total{namespace=\"default\",workload=\"sleep\"",
+        "direction=\"inbound\",rule=\"exclude-inbound-ports\"}",
+        "meshpass_bypassed_bytes_total{",
+        "meshpass_workloads{status=\"Injected\"} 2",
+        "meshpass_workloads{status=\"Uninjected\"} 1",
+        "meshpass_workloads{status=\"Pending restart\"} 0",
+        "meshpass_api_requests_total{method=\"PUT\",route=\"/api/v1/namespaces/{ns}/workloads/{name}/passthrough\",code=\"200\"} 1",
+        "meshpass_passthrough_changes_total{result=\"ok\"} 1",
+        "meshpass_scrape_errors_total 1",
+        "# TYPE meshpass_bypassed_packets_total counter",
+    ] {
+        assert!(t.contains(want), "{want} missing:\n{t}");
+    }
+    // One of the two meshed workloads failed: only the other one has series.
+    assert_eq!(t.lines().filter(|l| l.starts_with("meshpass_bypassed_packets_total")).count(), 1, "{t}");
+}
+
+#[tokio::test]
+async fn openapi_covers_every_route() {
+    let e = env();
+    let doc = e.raw(Method::GET, "/api/v1/openapi.json", &[], None).await.json();
+    let paths = doc["paths"].as_object().unwrap();
+    let table = routes();
+    for spec in &table {
+        let op = &paths.get(spec.path).unwrap_or_else(|| panic!("{} missing", spec.path))
+            [spec.method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{spec:?} missing");
+        let responses = op["responses"].as_object().unwrap();
+        if spec.auth {
+            assert!(responses.contains_key("401"), "{spec:?} lacks 401");
+            assert_ne!(op["security"], json!([]), "{spec:?}");
+        } else {
+            assert_eq!(op["security"], json!([]), "{spec:?}");
+        }
+        // Every path parameter of the template is declared.
+        for p in spec.path.split('/').filter(|s| s.starts_with('{')) {
+            let name = p.trim_matches(|c| c == '{' || c == '}');
+            let declared = op["parameters"].as_array().unwrap().iter().any(|p| {
+                p["name"] == name
+                    || p["$ref"]
+                        .as_str()
+                        .is_some_and(|r| doc["components"]["parameters"][r.rsplit('/').next().unwrap()]["name"] == name)
+            });
+            assert!(declared, "{spec:?}: path parameter {name} not declared");
+        }
+    }
+    // And nothing in the document that the router does not serve.
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            assert!(
+                table.iter().any(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(method)),
+                "{method} {path} documented but not routed"
+            );
+        }
+    }
+    // Every $ref resolves.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let ptr = r.trim_start_matches('#');
+        assert!(doc.pointer(ptr).is_some(), "dangling {r}");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
+
+#[tokio::test]
+async fn client_against_a_real_listener() {
+    let fake = FakeBackend::sample();
+    fake.set_restart_step(Duration::from_millis(5));
+    let fake = Arc::new(fake);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    let server = Server::bind(&cfg, fake.clone()).await.unwrap();
+    let started = server.started().clone();
+    assert!(started.url.starts_with("http://127.0.0.1:") && !started.url.ends_with(":0"));
+    let address = std::fs::read_to_string(dir.path().join("api-address")).unwrap();
+    assert_eq!(address.trim(), started.url);
+    let token = std::fs::read_to_string(dir.path().join("api-token")).unwrap();
+    assert_eq!(started.login_url, format!("{}/?token={}", started.url, token.trim()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let c = Client::from_state_dir(dir.path()).unwrap();
+    let hw = WorkloadRef::new("default", "helloworld-v1");
+    assert_eq!(c.session().await.unwrap().backend, BackendKind::Local);
+    assert_eq!(c.workloads(None, None).await.unwrap().len(), 3);
+    assert_eq!(c.workloads(Some("default"), Some("sle")).await.unwrap()[0].info.workload.name, "sleep");
+    assert!(c.workload(&hw).await.unwrap().info.meshed);
+    let doc = c.get_passthrough(&hw).await.unwrap();
+
+    let bad = PassthroughUpdate::new(Passthrough {
+        inbound_ports: vec!["70000".into(), "abc".into(), "5000".into()],
+        ..Default::default()
+    });
+    match c.put_passthrough(&hw, &bad, Some(&doc.resource_version)).await {
+        Err(ClientError::Api { status: 422, body }) => {
+            assert_eq!(body.errors.len(), 2);
+            assert_eq!(body.errors[0].item, "70000");
+        }
+        other => panic!("{other:?}"),
+    }
+    let good = PassthroughUpdate::new(Passthrough { inbound_ports: vec!["5000".into()], ..Default::default() });
+    match c.put_passthrough(&hw, &good, Some("stale")).await {
+        Err(e) => assert_eq!(e.status(), Some(409)),
+        Ok(d) => panic!("{d:?}"),
+    }
+    match c.put_passthrough(&hw, &good, None).await {
+        Err(e) => assert_eq!(e.status(), Some(428)),
+        Ok(d) => panic!("{d:?}"),
+    }
+    let preview = c.preview(&hw, &good.settings()).await.unwrap();
+    assert!(preview.diff.iter().any(|d| d.op == "+"));
+    let mut restart = good.clone();
+    restart.restart = true;
+    let written = c.put_passthrough(&hw, &restart, Some(&doc.resource_version)).await.unwrap();
+    let op = written.operation.unwrap();
+    let mut lines = Vec::new();
+    let done = c.wait_operation(&op.id, Duration::from_millis(5), |l| lines.push(l.to_string())).await.unwrap();
+    assert_eq!(done.state, OperationState::Succeeded);
+    assert_eq!(lines, done.progress);
+    let report = c
+        .check(&hw, &CheckRequest { direction: Direction::Inbound, port: None, path: None, target: None })
+        .await
+        .unwrap();
+    assert_eq!(report.verdict, Verdict::Passthrough);
+    assert!(c.bypass(&hw).await.unwrap().totals.inbound.packets > 0);
+    let op = c.restart(&hw).await.unwrap();
+    assert_eq!(c.operation(&op.id).await.unwrap().id, op.id);
+    c.wait_operation(&op.id, Duration::from_millis(5), |_| {}).await.unwrap();
+    let rv = c.get_passthrough(&hw).await.unwrap().resource_version;
+    let cleared = c.delete_passthrough(&hw, false, Some(&rv)).await.unwrap();
+    assert!(cleared.annotations.is_empty());
+    let audit = c.audit(10).await.unwrap();
+    assert_eq!(audit[0].action, "passthrough.clear");
+    assert!(audit[0].remote.starts_with("127.0.0.1:"), "{}", audit[0].remote);
+    match c.operation("op-missing").await {
+        Err(ClientError::Api { status: 404, body }) => assert_eq!(body.error, "not_found"),
+        other => panic!("{other:?}"),
+    }
+    let wrong = Client::new(&started.url, "wrong").unwrap();
+    assert_eq!(wrong.session().await.unwrap_err().status(), Some(401));
+    assert!(Client::new("https://x", "t").is_err());
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(!dir.path().join("api-address").exists(), "api-address removed on shutdown");
+    let down = c.session().await.unwrap_err();
+    assert!(matches!(down, ClientError::Connect { .. }), "{down:?}");
+}
+
+#[tokio::test]
+async fn serve_reports_the_login_url_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    cfg.token = Some("fixed-token".into());
+    let (tx, rx) = std::sync::mpsc::channel();
+    cfg.on_started = Some(Arc::new(move |s| tx.send(s.login_url.clone()).unwrap()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(meshpass_api::serve(cfg, Arc::new(FakeBackend::sample()), async {
+        let _ = stopped.await;
+    }));
+    let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)).unwrap()).await.unwrap();
+    assert!(url.ends_with("/?token=fixed-token"), "{url}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("api-token")).unwrap().trim(), "fixed-token");
+    let c = Client::from_state_dir(dir.path()).unwrap();
+    assert_eq!(c.workloads(None, None).await.unwrap().len(), 3);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
