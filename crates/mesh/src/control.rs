@@ -32,6 +32,15 @@ pub struct WorkloadStatus {
     pub pending_restart: bool,
     /// The current pod-template annotations.
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// Running pods that have a sidecar.
+    #[serde(default)]
+    pub injected: u32,
+    /// Names of the Services selecting its pods.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Changes on every change of the Deployment (see [`Client::annotate_if`]).
+    #[serde(default)]
+    pub resource_version: String,
 }
 
 /// A pod.
@@ -123,6 +132,9 @@ pub enum Request {
         remove: Vec<String>,
         /// Re-apply capture rules in place instead of marking pods pending restart.
         live: bool,
+        /// Only write if the Deployment is still at this resource version.
+        #[serde(default)]
+        expect_version: Option<String>,
     },
     /// Tear the mesh down and stop the supervisor.
     Shutdown,
@@ -140,6 +152,17 @@ pub enum Reply {
     Error(String),
     /// Rejected input: one message per bad item (kept apart so clients can exit 2).
     Invalid(Vec<String>),
+    /// The object does not exist.
+    NotFound(String),
+    /// A precondition on the resource version failed.
+    Conflict {
+        /// `namespace/name`.
+        workload: String,
+        /// The version the write was based on.
+        expected: String,
+        /// The current version.
+        actual: String,
+    },
 }
 
 /// A synchronous client of a running supervisor.
@@ -169,6 +192,10 @@ impl Client {
                 Reply::Ok(v) => return Ok(v),
                 Reply::Error(e) => return Err(MeshError::Remote(e)),
                 Reply::Invalid(v) => return Err(MeshError::Invalid(v)),
+                Reply::NotFound(what) => return Err(MeshError::NotFound(what)),
+                Reply::Conflict { workload, expected, actual } => {
+                    return Err(MeshError::Conflict { workload, expected, actual })
+                }
             }
         }
         Err(MeshError::Protocol("the supervisor closed the connection without an answer".into()))
@@ -224,7 +251,30 @@ impl Client {
         remove: Vec<String>,
         live: bool,
     ) -> Result<Vec<String>, MeshError> {
-        self.get(Request::Annotate { namespace: ns.to_string(), name: name.to_string(), set, remove, live })
+        self.annotate_if(ns, name, set, remove, live, None)
+    }
+
+    /// [`Client::annotate`] with a precondition: when `expect_version` is given and the
+    /// Deployment's resource version is another, nothing is written and the answer is
+    /// [`MeshError::Conflict`].
+    pub fn annotate_if(
+        &self,
+        ns: &str,
+        name: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        live: bool,
+        expect_version: Option<&str>,
+    ) -> Result<Vec<String>, MeshError> {
+        let req = Request::Annotate {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            set,
+            remove,
+            live,
+            expect_version: expect_version.map(str::to_string),
+        };
+        self.get(req)
     }
 
     /// Asks the supervisor to tear everything down and exit; returns once it has.

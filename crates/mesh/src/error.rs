@@ -65,6 +65,16 @@ pub enum MeshError {
     /// An object was not found.
     #[error("{0} not found")]
     NotFound(String),
+    /// A write named a resource version the object no longer has.
+    #[error("{workload} changed since version {expected} (now {actual}); nothing was written")]
+    Conflict {
+        /// `namespace/name`.
+        workload: String,
+        /// The version the write was based on.
+        expected: String,
+        /// The current version.
+        actual: String,
+    },
     /// A wait ran out of time.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -11,6 +11,8 @@
 //! - [`control`]: the control socket protocol and the synchronous [`Client`]
 //! - [`sample`]: the sample programs (`meshpass sample helloworld|http|sleep`)
 
+pub mod backend;
+pub mod check;
 pub mod control;
 pub mod error;
 pub mod ipam;
@@ -21,6 +23,7 @@ pub mod runtime;
 pub mod sample;
 pub mod state;
 
+pub use backend::LocalBackend;
 pub use control::{Client, PodStatus, ServiceStatus, WorkloadStatus};
 pub use error::MeshError;
 pub use runtime::{down, run, MeshConfig};

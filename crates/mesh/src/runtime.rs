@@ -638,11 +638,20 @@ impl Mesh {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
         live: bool,
+        expect_version: Option<&str>,
     ) -> Result<Vec<String>, MeshError> {
         let mut inner = self.lock();
         let Some(mut d) = inner.state.deployments.get(&key(ns, name)).cloned() else {
-            return Err(MeshError::Invalid(vec![format!("deployment {ns}/{name} not found")]));
+            return Err(MeshError::NotFound(format!("deployment {ns}/{name}")));
         };
+        let actual = inner.state.version(ns, name);
+        if let Some(expected) = expect_version.filter(|e| *e != actual) {
+            return Err(MeshError::Conflict {
+                workload: key(ns, name),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
         for k in &remove {
             d.template.annotations.remove(k);
         }
@@ -665,7 +674,7 @@ impl Mesh {
     fn apply_deployment(&self, inner: &mut Inner, d: DeploymentSpec, live: bool) -> Result<String, MeshError> {
         let k = key(&d.namespace, &d.name);
         let Some(old) = inner.state.deployments.get(&k).cloned() else {
-            inner.state.deployments.insert(k, d);
+            inner.state.put_deployment(d);
             return Ok("created".to_string());
         };
         if old == d {
@@ -674,7 +683,7 @@ impl Mesh {
         let (old_hash, new_hash) = (old.template.hash(), d.template.hash());
         if old_hash == new_hash {
             let n = d.replicas;
-            inner.state.deployments.insert(k, d);
+            inner.state.put_deployment(d);
             return Ok(format!("configured (scaled to {n})"));
         }
         let pods: Vec<String> = inner
@@ -700,11 +709,11 @@ impl Mesh {
                 p.hash = new_hash.clone();
                 done += 1;
             }
-            inner.state.deployments.insert(k, d);
+            inner.state.put_deployment(d);
             return Ok(format!("configured (capture rules re-applied live in {done} pod(s), no restart)"));
         }
         let (ns, name) = (d.namespace.clone(), d.name.clone());
-        inner.state.deployments.insert(k, d);
+        inner.state.put_deployment(d);
         Ok(format!(
             "configured ({} pod(s) pending restart: meshpass rollout restart deployment/{name} -n {ns})",
             pods.len()
@@ -718,7 +727,10 @@ impl Mesh {
         for o in objects {
             let what = o.describe();
             let found = match &o {
-                Object::Deployment(d) => inner.state.deployments.remove(&key(&d.namespace, &d.name)).is_some(),
+                Object::Deployment(d) => {
+                    inner.state.versions.remove(&key(&d.namespace, &d.name));
+                    inner.state.deployments.remove(&key(&d.namespace, &d.name)).is_some()
+                }
                 Object::Service(s) => match inner.state.services.remove(&key(&s.namespace, &s.name)) {
                     Some(old) => {
                         inner.svc_ipam.release(old.cluster_ip);
@@ -862,6 +874,13 @@ impl Mesh {
             .map(|d| {
                 let meshed = self.meshed_for(&inner, d);
                 let hash = d.template.hash();
+                let services = inner
+                    .state
+                    .services
+                    .values()
+                    .filter(|s| s.spec.namespace == d.namespace && s.spec.selects(&d.template.labels))
+                    .map(|s| s.spec.name.clone())
+                    .collect();
                 let pods: Vec<&Pod> = inner
                     .pods
                     .values()
@@ -876,6 +895,9 @@ impl Mesh {
                     total: d.replicas,
                     pending_restart: pods.iter().any(|p| p.hash != hash || p.meshed != meshed),
                     annotations: d.template.annotations.clone(),
+                    injected: pods.iter().filter(|p| p.meshed).count() as u32,
+                    services,
+                    resource_version: inner.state.version(&d.namespace, &d.name),
                 }
             })
             .collect()
@@ -941,6 +963,8 @@ impl Mesh {
         let to_value = |r: Result<serde_json::Value, MeshError>| match r {
             Ok(v) => Reply::Ok(v),
             Err(MeshError::Invalid(v)) => Reply::Invalid(v),
+            Err(MeshError::NotFound(what)) => Reply::NotFound(what),
+            Err(MeshError::Conflict { workload, expected, actual }) => Reply::Conflict { workload, expected, actual },
             Err(e) => Reply::Error(e.to_string()),
         };
         let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| MeshError::Protocol(e.to_string()));
@@ -966,8 +990,9 @@ impl Mesh {
                 let r = self.rollout(&namespace, &name, &mut progress);
                 to_value(r.map(|()| serde_json::Value::Null))
             }
-            Request::Annotate { namespace, name, set, remove, live } => to_value(
-                self.annotate(&namespace, &name, set, remove, live).and_then(|v| json(serde_json::to_value(v))),
+            Request::Annotate { namespace, name, set, remove, live, expect_version } => to_value(
+                self.annotate(&namespace, &name, set, remove, live, expect_version.as_deref())
+                    .and_then(|v| json(serde_json::to_value(v))),
             ),
             Request::Shutdown => {
                 self.shutdown.store(true, Ordering::SeqCst);

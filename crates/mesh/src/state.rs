@@ -52,6 +52,15 @@ pub struct State {
     /// Network settings of the last `up`.
     #[serde(default)]
     pub net: Option<NetState>,
+    /// The last revision handed out: bumped on every change of a Deployment, like etcd's
+    /// revision behind Kubernetes' `resourceVersion`.
+    #[serde(default)]
+    pub revision: u64,
+    /// Each Deployment's `resourceVersion` (the revision of its last change), by
+    /// `namespace/name`. Writes can name the version they were based on (optimistic
+    /// concurrency), so two editors never silently overwrite each other.
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
 }
 
 /// `namespace/name`, the key of namespaced objects.
@@ -60,6 +69,19 @@ pub fn key(namespace: &str, name: &str) -> String {
 }
 
 impl State {
+    /// Stores a Deployment and gives it a new resource version.
+    pub fn put_deployment(&mut self, d: DeploymentSpec) {
+        let k = key(&d.namespace, &d.name);
+        self.revision += 1;
+        self.versions.insert(k.clone(), self.revision);
+        self.deployments.insert(k, d);
+    }
+
+    /// A Deployment's resource version (`"0"` for one stored before versions existed).
+    pub fn version(&self, namespace: &str, name: &str) -> String {
+        self.versions.get(&key(namespace, name)).copied().unwrap_or(0).to_string()
+    }
+
     /// The path of the state file in `dir`.
     pub fn path(dir: &Path) -> PathBuf {
         dir.join(STATE_FILE)

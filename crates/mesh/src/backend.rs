@@ -1,0 +1,243 @@
+//! The local mesh as a management-plane [`Backend`]: every call goes to the running
+//! supervisor over its control socket ([`Client`]), on tokio's blocking pool because the
+//! client is synchronous and a rollout takes seconds.
+
+use crate::check::{self, PathTaken, Target};
+use crate::runtime::capture_plan;
+use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
+use async_trait::async_trait;
+use meshpass_api::backend::Progress;
+use meshpass_api::model::{
+    CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
+    WorkloadRef,
+};
+use meshpass_api::{Backend, BackendError, BackendKind};
+use meshpass_capture::ir::{Effective, Family};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The local mesh served by `meshpass up` with this state directory.
+#[derive(Clone, Debug)]
+pub struct LocalBackend {
+    state_dir: PathBuf,
+    format: RuleFormat,
+}
+
+impl LocalBackend {
+    /// A backend for the supervisor of `state_dir`, whose pods' rules use `format`.
+    pub fn new(state_dir: impl Into<PathBuf>, format: RuleFormat) -> Self {
+        LocalBackend { state_dir: state_dir.into(), format }
+    }
+
+    /// Runs `f` with a connected client on the blocking pool.
+    async fn with_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Client) -> Result<T, MeshError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || Client::connect(&dir).and_then(f))
+            .await
+            .map_err(|e| BackendError::Failed(format!("mesh call panicked: {e}")))?
+            .map_err(to_backend)
+    }
+}
+
+/// One mapping from the mesh's errors to the API's.
+fn to_backend(e: MeshError) -> BackendError {
+    match e {
+        MeshError::Invalid(v) => BackendError::Invalid(v),
+        MeshError::NotFound(what) => match what.strip_prefix("deployment ").and_then(|w| w.split_once('/')) {
+            Some((ns, name)) => BackendError::NotFound(WorkloadRef::new(ns, name)),
+            None => BackendError::Failed(format!("{what} not found")),
+        },
+        MeshError::Conflict { workload, expected, actual } => {
+            let (ns, name) = workload.split_once('/').unwrap_or(("", workload.as_str()));
+            BackendError::Conflict { workload: WorkloadRef::new(ns, name), expected, actual }
+        }
+        e @ (MeshError::NotRunning { .. } | MeshError::Timeout(_)) => BackendError::Unavailable(e.to_string()),
+        e => BackendError::Failed(e.to_string()),
+    }
+}
+
+fn info(w: WorkloadStatus, services: &[ServiceStatus]) -> WorkloadInfo {
+    let services = services
+        .iter()
+        .filter(|s| s.namespace == w.namespace && w.services.contains(&s.name))
+        .map(|s| ServiceInfo {
+            name: s.name.clone(),
+            cluster_ip: Some(s.cluster_ip.clone()),
+            ports: s.ports.iter().map(|&(port, target_port)| ServicePort { port, target_port }).collect(),
+        })
+        .collect();
+    WorkloadInfo {
+        workload: WorkloadRef::new(w.namespace, w.name),
+        kind: w.kind,
+        meshed: w.meshed,
+        pending_restart: w.pending_restart,
+        ready: w.ready,
+        total: w.total,
+        injected: w.injected,
+        services,
+        annotations: w.annotations,
+        resource_version: w.resource_version,
+    }
+}
+
+fn list(client: &Client, ns: Option<&str>) -> Result<Vec<WorkloadInfo>, MeshError> {
+    let services = client.services(ns)?;
+    let mut out: Vec<WorkloadInfo> = client.workloads(ns)?.into_iter().map(|w| info(w, &services)).collect();
+    out.sort_by(|a, b| a.workload.cmp(&b.workload));
+    Ok(out)
+}
+
+fn get(client: &Client, w: &WorkloadRef) -> Result<WorkloadInfo, MeshError> {
+    list(client, Some(&w.namespace))?
+        .into_iter()
+        .find(|i| i.workload == *w)
+        .ok_or_else(|| MeshError::NotFound(format!("deployment {w}")))
+}
+
+/// The inbound target of a check: the workload's Service (ClusterIP) on the asked port, or on
+/// its first port.
+fn inbound_target(w: &WorkloadInfo, req: &CheckRequest) -> Result<Target, MeshError> {
+    let invalid = |m: String| MeshError::Invalid(vec![m]);
+    let svc = w.services.first().ok_or_else(|| {
+        invalid(format!("workload {} has no Service to call from the node; check outbound instead", w.workload))
+    })?;
+    let ip = svc.cluster_ip.clone().ok_or_else(|| invalid(format!("service {} has no ClusterIP", svc.name)))?;
+    let port = match req.port {
+        Some(p) => w
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(move |sp| (s, sp)))
+            .find(|(_, sp)| sp.port == p || sp.target_port == p)
+            .map(|(_, sp)| sp.port)
+            .ok_or_else(|| invalid(format!("port {p} is not a port of the Services of {}", w.workload)))?,
+        None => svc.ports.first().map(|p| p.port).ok_or_else(|| invalid(format!("service {} has no port", svc.name)))?,
+    };
+    let path = req.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(format!("path {path:?} must start with / and contain no spaces")));
+    }
+    Target::parse(&format!("http://{ip}:{port}{path}"))
+}
+
+/// Every labelled rule of `eff` with counters; rules read back from iptables carry no label,
+/// so they borrow the label of the equal rule in `planned`.
+fn counters(pod: &str, family: Family, eff: &Effective, planned: Option<&Effective>, out: &mut Vec<RuleCounter>) {
+    for (table, chains) in &eff.tables {
+        for (chain, rules) in chains {
+            for r in &rules.rules {
+                let label = r.rule.label.clone().or_else(|| {
+                    let p = planned?.chain(*table, chain.as_str());
+                    p.iter()
+                        .find(|q| q.rule.matches == r.rule.matches && q.rule.target == r.rule.target)
+                        .and_then(|q| q.rule.label.clone())
+                });
+                let (Some(label), Some(c)) = (label, r.counters) else { continue };
+                out.push(RuleCounter {
+                    pod: pod.to_string(),
+                    family: if family == Family::V6 { "ipv6" } else { "ipv4" }.to_string(),
+                    label,
+                    rule: r.text.clone().unwrap_or_else(|| format!("{table:?} {} {:?}", chain.as_str(), r.rule)),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn rule_format(&self) -> RuleFormat {
+        self.format
+    }
+
+    async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {
+        self.with_client(|c| list(&c, None)).await
+    }
+
+    async fn get(&self, workload: &WorkloadRef) -> Result<WorkloadInfo, BackendError> {
+        let w = workload.clone();
+        self.with_client(move |c| get(&c, &w)).await
+    }
+
+    async fn patch_annotations(
+        &self,
+        workload: &WorkloadRef,
+        expected_version: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<WorkloadInfo, BackendError> {
+        let (w, expected) = (workload.clone(), expected_version.to_string());
+        self.with_client(move |c| {
+            c.annotate_if(&w.namespace, &w.name, set, remove, false, Some(&expected))?;
+            get(&c, &w)
+        })
+        .await
+    }
+
+    async fn restart(&self, workload: &WorkloadRef, progress: Progress) -> Result<(), BackendError> {
+        let w = workload.clone();
+        self.with_client(move |c| c.rollout_restart(&w.namespace, &w.name, &mut |line| progress(line.to_string())))
+            .await
+    }
+
+    async fn check(&self, workload: &WorkloadRef, request: &CheckRequest) -> Result<CheckReport, BackendError> {
+        let (w, req) = (workload.clone(), request.clone());
+        self.with_client(move |c| {
+            let outcome = match req.direction {
+                Direction::Inbound => {
+                    let info = get(&c, &w)?;
+                    check::from_node(&c, &inbound_target(&info, &req)?)?
+                }
+                Direction::Outbound => {
+                    let t = req.target.as_deref().ok_or_else(|| {
+                        MeshError::Invalid(vec!["an outbound check needs a target (ADDR:PORT or http://ADDR:PORT/PATH)".into()])
+                    })?;
+                    check::from_pod(&c, &w.namespace, &w.name, &Target::parse(t)?)?
+                }
+            };
+            Ok(CheckReport {
+                direction: req.direction,
+                from: outcome.from,
+                target: outcome.target,
+                verdict: match outcome.path {
+                    PathTaken::Sidecar => Verdict::Sidecar,
+                    PathTaken::Direct => Verdict::Passthrough,
+                },
+                status_line: outcome.response.status_line,
+                headers: outcome.response.headers,
+                evidence: outcome.evidence,
+            })
+        })
+        .await
+    }
+
+    async fn rule_counters(&self, workload: &WorkloadRef) -> Result<Vec<RuleCounter>, BackendError> {
+        let w = workload.clone();
+        self.with_client(move |c| {
+            let info = get(&c, &w)?;
+            let plan = capture_plan(&info.annotations).ok().flatten();
+            let pods = c.pods(Some(&w.namespace))?;
+            let mut out = Vec::new();
+            for pod in pods.iter().filter(|p| p.workload == w.name && p.meshed) {
+                let name = format!("{}/{}", pod.namespace, pod.name);
+                for family in [Family::V4, Family::V6] {
+                    let planned = plan.as_ref().map(|p| p.effective(family));
+                    // A pod that is starting or going away has no rules to read; skip it.
+                    if let Ok(eff) = check::live_rules(&pod.netns, family) {
+                        counters(&name, family, &eff, planned.as_ref(), &mut out);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
