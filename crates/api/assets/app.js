@@ -1,0 +1,1469 @@
+// meshpass web GUI: Mesh Sidecar → Workload, traffic passthrough settings, check effect,
+// bypassed traffic. Plain ES2020 module, no build step, no external resources: served under
+// `Content-Security-Policy: default-src 'self'`, so no inline styles/scripts/handlers anywhere
+// (DOM is built with createElement; styles only through classes and the CSSOM).
+//
+// API contract: crates/api/API.md. Every request is same-origin with the session cookie;
+// PUT/POST/DELETE carry X-CSRF-Token from GET /api/v1/session.
+
+'use strict';
+
+const API = '/api/v1';
+const REFRESH_MS = 5000;
+const OP_POLL_MS = 1000;
+const PREVIEW_DEBOUNCE_MS = 350;
+const SUCCESS_TOAST = 'Traffic passthrough setup successful';
+const INBOUND_HINT = 'Only ports are supported, i.e. ports for external access to workloads within the mesh';
+const OUTBOUND_HINT = 'You can set the port or IP range of the target';
+const ENVOY_HEADERS = ['server', 'x-envoy-upstream-service-time', 'x-envoy-decorator-operation'];
+const ANNOTATION_KEYS = {
+  inboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
+  outboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
+  outboundIpRanges: 'traffic.sidecar.istio.io/excludeOutboundIPRanges',
+  includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
+  includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
+  includeOutboundIpRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
+  interceptionMode: 'sidecar.istio.io/interceptionMode',
+};
+const KEY_TO_FIELD = Object.fromEntries(Object.entries(ANNOTATION_KEYS).map(([f, k]) => [k, f]));
+
+// ---------------------------------------------------------------------------------------------
+// DOM helpers
+
+/** `h('div', {class: 'x', 'data-testid': 't', onclick: fn}, child, 'text', [more])` */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  if (attrs) {
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') el.className = v;
+      else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+      else if (k === 'value' || k === 'checked' || k === 'selected' || k === 'indeterminate') el[k] = v;
+      else if (k === 'text') el.textContent = v;
+      else el.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    if (Array.isArray(c)) append(el, c);
+    else if (c instanceof Node) el.appendChild(c);
+    else el.appendChild(document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const ICONS = {
+  refresh: [['path', { d: 'M20 12a8 8 0 1 1-2.34-5.66' }], ['path', { d: 'M20 4v5h-5' }]],
+  search: [['circle', { cx: 11, cy: 11, r: 6.5 }], ['path', { d: 'M16 16l4.5 4.5' }]],
+  more: [['circle', { cx: 12, cy: 5, r: 1.7, fill: 'currentColor', stroke: 'none' }],
+    ['circle', { cx: 12, cy: 12, r: 1.7, fill: 'currentColor', stroke: 'none' }],
+    ['circle', { cx: 12, cy: 19, r: 1.7, fill: 'currentColor', stroke: 'none' }]],
+  close: [['path', { d: 'M6 6l12 12M18 6L6 18' }]],
+  sidecar: [['path', { d: 'M12 2.5l8.2 4.75v9.5L12 21.5l-8.2-4.75v-9.5z' }], ['circle', { cx: 12, cy: 12, r: 3 }]],
+  lock: [['rect', { x: 5, y: 10.5, width: 14, height: 10, rx: 2 }], ['path', { d: 'M8 10.5V7.5a4 4 0 0 1 8 0v3' }]],
+  warning: [['path', { d: 'M12 3.5l9.5 16.5h-19z' }], ['path', { d: 'M12 10v4.5' }], ['circle', { cx: 12, cy: 17.3, r: 0.6, fill: 'currentColor' }]],
+  check: [['path', { d: 'M5 12.5l4.5 4.5L19 7.5' }]],
+  info: [['circle', { cx: 12, cy: 12, r: 9 }], ['path', { d: 'M12 11v6' }], ['circle', { cx: 12, cy: 7.6, r: 0.6, fill: 'currentColor' }]],
+  error: [['circle', { cx: 12, cy: 12, r: 9 }], ['path', { d: 'M9 9l6 6M15 9l-6 6' }]],
+  settings: [['path', { d: 'M4 7h10M18 7h2M4 17h4M12 17h8' }], ['circle', { cx: 16, cy: 7, r: 2 }], ['circle', { cx: 10, cy: 17, r: 2 }]],
+  pulse: [['path', { d: 'M3 12h4l2.5-6 5 12 2.5-6h4' }]],
+  chart: [['path', { d: 'M4 20V4M4 20h16' }], ['path', { d: 'M8 16v-5M12 16V8M16 16v-3' }]],
+  restart: [['path', { d: 'M4 12a8 8 0 1 0 2.34-5.66' }], ['path', { d: 'M4 4v5h5' }]],
+  chevron: [['path', { d: 'M9 6l6 6-6 6' }]],
+};
+
+function icon(name, cls = '') {
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('class', `icon icon-${name} ${cls}`.trim());
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  svg.setAttribute('fill', 'none');
+  svg.setAttribute('stroke', 'currentColor');
+  svg.setAttribute('stroke-width', '2');
+  svg.setAttribute('stroke-linecap', 'round');
+  svg.setAttribute('stroke-linejoin', 'round');
+  for (const [tag, attrs] of ICONS[name] || []) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    svg.appendChild(node);
+  }
+  return svg;
+}
+
+const enc = encodeURIComponent;
+const wkey = (w) => `${w.namespace}/${w.name}`;
+const tid = (w) => `${w.namespace}-${w.name}`;
+const wpath = (ns, name) => `${API}/namespaces/${enc(ns)}/workloads/${enc(name)}`;
+
+function fmtTime(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleTimeString([], { hour12: false });
+}
+
+function fmtNum(n) {
+  if (n === null || n === undefined) return '—';
+  return Number(n).toLocaleString('en-US');
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return '—';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = Number(n);
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// API client
+
+class ApiError extends Error {
+  constructor(status, body, headers) {
+    super((body && (body.message || body.error)) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+    this.headers = headers;
+  }
+}
+
+const state = {
+  session: null,
+  csrf: null,
+  signedIn: false,
+  workloads: [],
+  loaded: false,
+  search: '',
+  nsFilter: '',
+  statusFilter: '',
+  sort: { key: 'name', dir: 1 },
+  ops: new Map(), // workload key -> Operation (latest)
+  checks: loadChecks(), // workload key -> [result, ...] oldest first
+  lastRender: '',
+  refreshTimer: null,
+  refreshing: false,
+  checkSeq: 0,
+};
+
+async function api(method, path, { body, headers = {}, retry = true } = {}) {
+  const init = { method, credentials: 'same-origin', cache: 'no-store', headers: { Accept: 'application/json', ...headers } };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers['Content-Type'] = 'application/json';
+  }
+  if (method !== 'GET' && method !== 'HEAD' && state.csrf) init.headers['X-CSRF-Token'] = state.csrf;
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, { error: 'network', message: `Cannot reach the meshpass server (${e.message}). Is it still running?` });
+  }
+  const text = await res.text();
+  let data = null;
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = { message: text.slice(0, 500) }; }
+  }
+  if (res.status === 401) {
+    showSignedOut();
+    throw new ApiError(401, data, res.headers);
+  }
+  if (res.status === 403 && data && data.error === 'csrf' && retry) {
+    await loadSession();
+    return api(method, path, { body, headers, retry: false });
+  }
+  if (!res.ok) throw new ApiError(res.status, data, res.headers);
+  return { status: res.status, data, headers: res.headers };
+}
+
+async function loadSession() {
+  const { data } = await api('GET', `${API}/session`);
+  state.session = data || {};
+  state.csrf = state.session.csrfToken || null;
+  state.signedIn = true;
+  const backend = $('#backend-badge');
+  const kind = state.session.backend === 'kube' ? 'Kubernetes' : 'Local mesh';
+  const fmt = state.session.ruleFormat === 'iptables' ? 'iptables' : 'nftables';
+  backend.textContent = `${kind} · ${fmt}`;
+  backend.hidden = false;
+  const who = $('#session-badge');
+  who.textContent = state.session.auth === 'bearer' ? 'Signed in (token)' : 'Signed in';
+  who.hidden = false;
+  return state.session;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Toasts
+
+function toast(message, { type = 'success', timeout = 6000, detail, action } = {}) {
+  const root = $('#toasts');
+  const close = () => { el.classList.add('leaving'); setTimeout(() => el.remove(), 180); };
+  const el = h('div', { class: `toast toast-${type}`, role: type === 'error' ? 'alert' : 'status', 'data-testid': 'toast', 'data-type': type },
+    icon(type === 'error' ? 'error' : type === 'info' ? 'info' : 'check', 'toast-icon'),
+    h('div', { class: 'toast-body' }, h('div', { class: 'toast-msg' }, message), detail ? h('div', { class: 'toast-detail' }, detail) : null,
+      action ? h('button', { type: 'button', class: 'btn btn-link small toast-action', 'data-testid': 'toast-action', onclick: () => { close(); action.run(); } }, action.label) : null),
+    h('button', { type: 'button', class: 'toast-close', 'aria-label': 'Dismiss', 'data-testid': 'toast-close', onclick: close }, icon('close')));
+  root.appendChild(el);
+  if (timeout) setTimeout(close, timeout);
+  return el;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signed-out panel
+
+function showSignedOut() {
+  state.signedIn = false;
+  stopAutoRefresh();
+  closeMenu();
+  closeModal();
+  $('#workloads-card').hidden = true;
+  $('#signed-out').hidden = false;
+  $('#backend-badge').hidden = true;
+  $('#session-badge').hidden = true;
+  state.ops.clear();
+  renderOps();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload list
+
+const STATUS_CLASS = { Injected: 'tag-green', Uninjected: 'tag-grey', 'Pending restart': 'tag-orange' };
+
+function passthroughOf(w) {
+  const p = w.passthrough || {};
+  return {
+    inboundPorts: p.inboundPorts || [],
+    outboundPorts: p.outboundPorts || [],
+    outboundIpRanges: p.outboundIpRanges || [],
+  };
+}
+
+function passthroughCount(w) {
+  const p = passthroughOf(w);
+  return p.inboundPorts.length + p.outboundPorts.length + p.outboundIpRanges.length;
+}
+
+function passthroughText(p) {
+  const parts = [];
+  if (p.inboundPorts && p.inboundPorts.length) parts.push(`In: ${p.inboundPorts.join(', ')}`);
+  if (p.outboundPorts && p.outboundPorts.length) parts.push(`Out ports: ${p.outboundPorts.join(', ')}`);
+  if (p.outboundIpRanges && p.outboundIpRanges.length) parts.push(`Out IPs: ${p.outboundIpRanges.join(', ')}`);
+  return parts.length ? parts.join(' · ') : 'none';
+}
+
+function sortValue(w, key) {
+  switch (key) {
+    case 'namespace': return `${w.namespace}\u0000${w.name}`;
+    case 'status': return `${w.status}\u0000${w.name}`;
+    case 'service': return `${(w.services && w.services[0] && w.services[0].name) || '\uffff'}\u0000${w.name}`;
+    case 'injected': return w.total ? w.injected / w.total + w.total / 1e6 : -1;
+    case 'passthrough': return passthroughCount(w);
+    default: return `${w.name}\u0000${w.namespace}`;
+  }
+}
+
+function visibleWorkloads() {
+  const q = state.search.trim().toLowerCase();
+  const rows = state.workloads.filter((w) =>
+    (!q || w.name.toLowerCase().includes(q))
+    && (!state.nsFilter || w.namespace === state.nsFilter)
+    && (!state.statusFilter || w.status === state.statusFilter));
+  const { key, dir } = state.sort;
+  rows.sort((a, b) => {
+    const va = sortValue(a, key);
+    const vb = sortValue(b, key);
+    if (va < vb) return -dir;
+    if (va > vb) return dir;
+    return wkey(a) < wkey(b) ? -1 : 1;
+  });
+  return rows;
+}
+
+function renderNamespaceFilter() {
+  const sel = $('#filter-namespace');
+  const names = [...new Set(state.workloads.map((w) => w.namespace))].sort();
+  const have = $$('option', sel).slice(1).map((o) => o.value);
+  if (have.join('\n') === names.join('\n')) return;
+  const cur = sel.value;
+  sel.replaceChildren(h('option', { value: '' }, 'All namespaces'), ...names.map((n) => h('option', { value: n }, n)));
+  sel.value = names.includes(cur) ? cur : '';
+  state.nsFilter = sel.value;
+}
+
+function renderList(force = false) {
+  if (!state.loaded) return;
+  const rows = visibleWorkloads();
+  const opsSig = [...state.ops.values()].map((o) => `${o.id}:${o.state}:${(o.progress || []).length}`).join(',');
+  const sig = JSON.stringify([rows, opsSig, state.sort]);
+  if (!force && sig === state.lastRender) return;
+  state.lastRender = sig;
+
+  // Keep keyboard focus on the same row's menu button across re-renders.
+  const active = document.activeElement;
+  const focusKey = active && active.closest && active.closest('tr[data-key]') ? active.closest('tr[data-key]').dataset.key : null;
+
+  const tbody = $('#workload-rows');
+  if (!rows.length) {
+    const msg = state.workloads.length ? 'No workload matches the search or filters.' : 'No workloads.';
+    tbody.replaceChildren(h('tr', { class: 'row-placeholder' }, h('td', { colspan: 7, 'data-testid': 'empty-list' }, msg)));
+  } else {
+    tbody.replaceChildren(...rows.map(renderRow));
+  }
+  $('#table-foot').textContent = `${rows.length} of ${state.workloads.length} workloads`;
+  for (const th of $$('thead th[data-sort]')) {
+    const on = th.dataset.sort === state.sort.key;
+    th.setAttribute('aria-sort', on ? (state.sort.dir > 0 ? 'ascending' : 'descending') : 'none');
+  }
+  if (focusKey) {
+    const btn = rowMenuButton(focusKey);
+    if (btn) btn.focus();
+  }
+}
+
+function renderRow(w) {
+  const key = wkey(w);
+  const op = state.ops.get(key);
+  const running = op && op.state === 'running';
+  const partial = w.meshed && w.total > 0 && w.injected < w.total;
+  const p = passthroughOf(w);
+
+  const services = (w.services || []).length
+    ? (w.services || []).map((s) => h('div', { class: 'svc' },
+      h('span', { class: 'svc-name' }, s.name),
+      (s.ports || []).map((pt) => h('span', { class: 'svc-port', title: `Service port ${pt.port} → container port ${pt.targetPort}` },
+        pt.port === pt.targetPort ? String(pt.port) : `${pt.port}→${pt.targetPort}`))))
+    : h('span', { class: 'muted' }, '—');
+
+  const pt = [];
+  const group = (label, items, cls) => items.length && pt.push(h('div', { class: 'pt-line' },
+    h('span', { class: 'pt-label' }, label), items.map((i) => h('span', { class: `mini-chip ${cls}` }, i))));
+  group('In', p.inboundPorts, 'mc-in');
+  group('Out', p.outboundPorts, 'mc-out');
+  group('IP', p.outboundIpRanges, 'mc-ip');
+
+  return h('tr', { 'data-testid': `workload-row-${tid(w)}`, 'data-key': key, class: running ? 'row-busy' : null },
+    h('td', null, h('div', { class: 'wl-name' }, w.name), h('div', { class: 'muted small' }, w.kind || '')),
+    h('td', null,
+      h('span', { class: `tag ${STATUS_CLASS[w.status] || 'tag-grey'}`, 'data-testid': `status-${tid(w)}` }, w.status),
+      running ? h('span', { class: 'tag tag-blue tag-op', 'data-testid': `op-${tid(w)}`, title: (op.progress || []).slice(-1)[0] || 'Restarting' },
+        h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Restarting') : null,
+      op && op.state === 'failed' ? h('span', { class: 'tag tag-red', 'data-testid': `op-${tid(w)}`, title: op.error || '' }, 'Restart failed') : null),
+    h('td', null, w.namespace),
+    h('td', null, services),
+    h('td', null, h('span', {
+      class: `pods${partial ? ' pods-partial' : ''}`,
+      'data-testid': `pods-${tid(w)}`,
+      title: partial ? `Only ${w.injected} of ${w.total} pods run a sidecar` : `${w.ready} of ${w.total} pods ready`,
+    }, `${w.injected}/${w.total}`)),
+    h('td', { 'data-testid': `passthrough-${tid(w)}` }, pt.length ? pt : h('span', { class: 'muted' }, '—')),
+    h('td', { class: 'col-op' }, h('button', {
+      type: 'button', class: 'btn-icon row-menu', 'data-testid': 'row-menu', 'aria-haspopup': 'menu', 'aria-expanded': 'false',
+      'aria-label': `Operations for ${key}`, title: 'Operations',
+      onclick: (e) => openMenu(e.currentTarget, key),
+    }, icon('more'))));
+}
+
+async function refreshList({ quiet = false } = {}) {
+  if (state.refreshing || !state.signedIn) return;
+  state.refreshing = true;
+  const btn = $('#refresh');
+  btn.classList.add('spinning');
+  try {
+    const { data } = await api('GET', `${API}/workloads`);
+    state.workloads = (data && data.items) || [];
+    state.loaded = true;
+    $('#list-error').hidden = true;
+    $('#updated').textContent = `Updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
+    renderNamespaceFilter();
+    if (!menuState.el) renderList();
+  } catch (e) {
+    if (e.status !== 401) {
+      const el = $('#list-error');
+      el.textContent = `Could not load workloads: ${e.message}`;
+      el.hidden = false;
+      if (!quiet) toast('Could not load workloads', { type: 'error', detail: e.message });
+    }
+  } finally {
+    state.refreshing = false;
+    btn.classList.remove('spinning');
+  }
+}
+
+function startAutoRefresh() {
+  stopAutoRefresh();
+  state.refreshTimer = setInterval(() => {
+    if ($('#auto-refresh').checked && document.visibilityState === 'visible') refreshList({ quiet: true });
+  }, REFRESH_MS);
+}
+
+function stopAutoRefresh() {
+  if (state.refreshTimer) clearInterval(state.refreshTimer);
+  state.refreshTimer = null;
+}
+
+function findWorkload(key) {
+  return state.workloads.find((w) => wkey(w) === key);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row menu
+
+const menuState = { el: null, trigger: null };
+
+function openMenu(trigger, key) {
+  if (menuState.el && menuState.trigger === trigger) { closeMenu(); return; }
+  closeMenu();
+  const w = findWorkload(key);
+  if (!w) return;
+  const uninjected = w.status === 'Uninjected';
+  const item = (label, ic, testid, action, disabledReason) => h('button', {
+    type: 'button', role: 'menuitem', class: 'menu-item', 'data-testid': testid, tabindex: '-1',
+    'aria-disabled': disabledReason ? 'true' : null,
+    title: disabledReason || null,
+    'data-tooltip': disabledReason || null,
+    onclick: () => {
+      if (disabledReason) return;
+      closeMenu(false);
+      // Focus the row's ⋮ button first, so that closing the dialog returns the focus there.
+      const btn = rowMenuButton(key);
+      if (btn) btn.focus();
+      action(w);
+    },
+  }, icon(ic), h('span', null, label));
+
+  const el = h('div', { class: 'menu', role: 'menu', 'data-testid': 'row-menu-popup', 'aria-label': `Operations for ${key}` },
+    item('Traffic passthrough settings', 'settings', 'menu-passthrough', openPassthroughDialog,
+      uninjected ? 'This workload has no sidecar (Uninjected): enable sidecar injection first; passthrough only applies to meshed workloads.' : null),
+    item('Check effect', 'pulse', 'menu-check-effect', openCheckDialog, null),
+    item('Bypassed traffic', 'chart', 'menu-bypass', openBypassDialog, null),
+    h('div', { class: 'menu-sep', role: 'separator' }),
+    item('Restart workload', 'restart', 'menu-restart', confirmRestart, uninjected ? 'Only meshed workloads can be restarted from here.' : null));
+  $('#menu-root').appendChild(el);
+  const r = trigger.getBoundingClientRect();
+  const mw = el.offsetWidth;
+  const mh = el.offsetHeight;
+  let top = r.bottom + 4;
+  if (top + mh > window.innerHeight - 8) top = Math.max(8, r.top - mh - 4);
+  el.style.top = `${top}px`;
+  el.style.left = `${Math.max(8, Math.min(r.right - mw, window.innerWidth - mw - 8))}px`;
+  trigger.setAttribute('aria-expanded', 'true');
+  menuState.el = el;
+  menuState.trigger = trigger;
+  const items = $$('[role="menuitem"]', el);
+  (items.find((i) => i.getAttribute('aria-disabled') !== 'true') || items[0]).focus();
+  el.addEventListener('keydown', (e) => {
+    const idx = items.indexOf(document.activeElement);
+    if (e.key === 'ArrowDown') { e.preventDefault(); items[(idx + 1) % items.length].focus(); }
+    else if (e.key === 'ArrowUp') { e.preventDefault(); items[(idx - 1 + items.length) % items.length].focus(); }
+    else if (e.key === 'Home') { e.preventDefault(); items[0].focus(); }
+    else if (e.key === 'End') { e.preventDefault(); items[items.length - 1].focus(); }
+    else if (e.key === 'Escape') { e.preventDefault(); closeMenu(true); }
+    else if (e.key === 'Tab') closeMenu(false);
+  });
+}
+
+function rowMenuButton(key) {
+  return $(`tr[data-key="${CSS.escape(key)}"] [data-testid="row-menu"]`);
+}
+
+function closeMenu(refocus = false) {
+  if (!menuState.el) return;
+  menuState.el.remove();
+  if (menuState.trigger) {
+    menuState.trigger.setAttribute('aria-expanded', 'false');
+    if (refocus && document.contains(menuState.trigger)) menuState.trigger.focus();
+  }
+  menuState.el = null;
+  menuState.trigger = null;
+  renderList(); // apply any refresh that arrived while the menu was open
+}
+
+// Esc closes the open menu, else the open dialog, wherever the focus is (a button that was just
+// disabled drops the focus to <body>).
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Escape' || e.defaultPrevented) return;
+  if (menuState.el) { e.preventDefault(); closeMenu(true); return; }
+  if (modalState.current) { e.preventDefault(); closeModal(); }
+});
+// Keep the focus inside an open dialog.
+document.addEventListener('focusin', (e) => {
+  const m = modalState.current;
+  if (m && !m.dialog.contains(e.target)) {
+    const f = focusables(m.dialog);
+    (f[0] || m.dialog).focus();
+  }
+});
+
+document.addEventListener('mousedown', (e) => {
+  if (menuState.el && !menuState.el.contains(e.target) && !(menuState.trigger && menuState.trigger.contains(e.target))) closeMenu(false);
+});
+window.addEventListener('resize', () => closeMenu(false));
+window.addEventListener('scroll', () => closeMenu(false), true);
+
+// ---------------------------------------------------------------------------------------------
+// Modal dialogs (one at a time, focus trapped, Esc closes)
+
+const modalState = { current: null };
+
+function openModal({ title, subtitle, testid, size = 'md', body, footer, onClose, closeOnBackdrop = true }) {
+  closeModal();
+  const titleId = `modal-title-${Math.random().toString(36).slice(2, 8)}`;
+  const dialog = h('div', { class: `modal modal-${size}`, role: 'dialog', 'aria-modal': 'true', 'aria-labelledby': titleId, 'data-testid': testid },
+    h('div', { class: 'modal-head' },
+      h('div', null, h('h2', { class: 'modal-title', id: titleId }, title), subtitle ? h('div', { class: 'modal-sub' }, subtitle) : null),
+      h('button', { type: 'button', class: 'btn-icon modal-x', 'aria-label': 'Close', 'data-testid': 'modal-close', onclick: () => closeModal() }, icon('close'))),
+    h('div', { class: 'modal-body' }, body),
+    footer ? h('div', { class: 'modal-foot' }, footer) : null);
+  const backdrop = h('div', { class: 'backdrop', 'data-testid': `${testid}-backdrop` }, dialog);
+  backdrop.addEventListener('mousedown', (e) => { if (e.target === backdrop && closeOnBackdrop) closeModal(); });
+  const restore = document.activeElement;
+  const restoreKey = restore && restore.closest && restore.closest('tr[data-key]') ? restore.closest('tr[data-key]').dataset.key : null;
+  const m = { backdrop, dialog, onClose, restore, restoreKey };
+  dialog.addEventListener('keydown', (e) => {
+    if (e.key !== 'Tab') return;
+    const f = focusables(dialog);
+    if (!f.length) { e.preventDefault(); return; }
+    const first = f[0];
+    const last = f[f.length - 1];
+    if (e.shiftKey && (document.activeElement === first || !dialog.contains(document.activeElement))) { e.preventDefault(); last.focus(); }
+    else if (!e.shiftKey && (document.activeElement === last || !dialog.contains(document.activeElement))) { e.preventDefault(); first.focus(); }
+  });
+  $('#modal-root').appendChild(backdrop);
+  document.body.classList.add('modal-open');
+  modalState.current = m;
+  requestAnimationFrame(() => {
+    const auto = $('[data-autofocus]', dialog) || focusables(dialog).find((x) => !x.classList.contains('modal-x')) || dialog;
+    if (auto === dialog) dialog.setAttribute('tabindex', '-1');
+    auto.focus();
+  });
+  return m;
+}
+
+function focusables(root) {
+  return $$('a[href], button:not([disabled]), input:not([disabled]):not([type="hidden"]), select:not([disabled]), textarea:not([disabled]), summary, [tabindex]:not([tabindex="-1"])', root)
+    .filter((el) => el.offsetParent !== null || el === document.activeElement);
+}
+
+function closeModal() {
+  const m = modalState.current;
+  if (!m) return;
+  modalState.current = null;
+  m.backdrop.remove();
+  document.body.classList.remove('modal-open');
+  if (m.onClose) m.onClose();
+  // The list may have re-rendered meanwhile: fall back to the same row's ⋮ button.
+  const target = m.restore && document.contains(m.restore) ? m.restore : m.restoreKey ? rowMenuButton(m.restoreKey) : null;
+  if (target) target.focus();
+}
+
+function alertBox(type, testid, ...content) {
+  return h('div', { class: `alert alert-${type}`, role: type === 'error' ? 'alert' : 'status', 'data-testid': testid },
+    icon(type === 'error' ? 'error' : type === 'warning' ? 'warning' : 'info', 'alert-icon'), h('div', { class: 'alert-body' }, content));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client-side syntax checks (mirror meshpass-settings' reasons; the server's answer wins)
+
+function checkPort(s) {
+  if (!s || s.length > 5 || !/^[0-9]+$/.test(s)) return false;
+  const n = Number(s);
+  return n >= 1 && n <= 65535 ? n : false;
+}
+
+function validatePortItem(raw) {
+  const s = raw.trim();
+  if (!s) return 'is an empty item (remove the extra comma)';
+  if (s === '*') return 'must be the whole value, not one item of a list';
+  for (const sep of ['-', ':']) {
+    const i = s.indexOf(sep);
+    if (i >= 0) {
+      const a = checkPort(s.slice(0, i).trim());
+      const b = checkPort(s.slice(i + 1).trim());
+      if (a === false || b === false) return 'is not a port (1-65535)';
+      if (sep === ':') return `is not a port range: write ${a}-${b} (Istio rejects the ':' form)`;
+      if (a > b) return `is not a port range: ${a} is greater than ${b}`;
+      return null;
+    }
+  }
+  return checkPort(s) === false ? 'is not a port (1-65535)' : null;
+}
+
+function isIPv4(s) {
+  const parts = s.split('.');
+  return parts.length === 4 && parts.every((p) => /^(0|[1-9][0-9]{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+function isIPv6(s) {
+  if (!s.includes(':') || /[^0-9a-fA-F:.]/.test(s)) return false;
+  try {
+    new URL(`http://[${s}]/`); // the URL parser implements the IPv6 address grammar
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function validateCidrItem(raw) {
+  if (!raw.trim()) return 'is an empty item (remove the extra comma)';
+  if (/\s/.test(raw.trim())) return 'contains whitespace; IP ranges must be written without spaces (Istio rejects them)';
+  const s = raw.trim();
+  const slash = s.indexOf('/');
+  if (slash < 0) return 'is not an IP range: expected ADDRESS/PREFIX, e.g. 10.0.0.0/8 or 2001:db8::/32';
+  const addr = s.slice(0, slash);
+  const len = s.slice(slash + 1);
+  const v4 = isIPv4(addr);
+  const v6 = !v4 && isIPv6(addr);
+  if (!v4 && !v6) return `is not an IP range: "${addr}" is not an IPv4 or IPv6 address`;
+  if (!/^(0|[1-9][0-9]*)$/.test(len)) return `is not an IP range: prefix length "${len}" is not a number (no leading zeros)`;
+  const max = v4 ? 32 : 128;
+  if (Number(len) > max) return `is not an IP range: prefix length ${len} is out of range for ${v4 ? 'IPv4' : 'IPv6'} (0-${max})`;
+  return null;
+}
+
+function validateIncludeValue(raw, kind) {
+  const s = raw.trim();
+  if (s === '' || s === '*') return null;
+  const check = kind === 'cidr' ? validateCidrItem : validatePortItem;
+  const bad = s.split(',').map((i) => [i, check(i)]).filter(([, r]) => r);
+  return bad.length ? bad.map(([i, r]) => `"${i.trim()}" ${r}`).join('; ') : null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chip input: Enter / comma adds a chip, × removes it, Backspace on an empty input removes the last
+
+class ChipInput {
+  constructor({ name, label, ariaLabel, kind, placeholder, onChange }) {
+    this.name = name; // inbound | outbound-ports | outbound-ip-ranges
+    this.kind = kind; // port | cidr
+    this.onChange = onChange;
+    this.chips = []; // {value, client, server}
+    this.fieldError = null;
+    const inputId = `chip-input-${name}`;
+    this.input = h('input', {
+      id: inputId, type: 'text', class: 'chip-text', autocomplete: 'off', spellcheck: 'false',
+      placeholder, 'data-testid': `chip-input-${name}`, 'aria-describedby': `${inputId}-err`, 'aria-label': ariaLabel || label,
+    });
+    this.list = h('span', { class: 'chip-list', role: 'list', 'aria-label': `${ariaLabel || label}: values` });
+    this.box = h('div', { class: 'chip-box', 'data-testid': `chip-box-${name}` }, this.list, this.input);
+    this.typingError = h('div', { class: 'field-error', id: `${inputId}-err`, 'data-testid': `input-error-${name}`, 'aria-live': 'polite', hidden: true });
+    this.el = h('div', { class: 'chip-field' },
+      h('label', { class: 'chip-label', for: inputId }, label), this.box, this.typingError);
+    this.box.addEventListener('mousedown', (e) => { if (e.target === this.box || e.target === this.list) { e.preventDefault(); this.input.focus(); } });
+    this.input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' || e.key === ',') {
+        e.preventDefault();
+        this.commit();
+      } else if (e.key === 'Backspace' && this.input.value === '' && this.chips.length) {
+        e.preventDefault();
+        this.remove(this.chips.length - 1);
+      }
+    });
+    this.input.addEventListener('input', () => {
+      if (this.input.value.includes(',')) {
+        const parts = this.input.value.split(',');
+        this.input.value = parts.pop();
+        this.add(parts);
+      }
+      this.showTypingError();
+    });
+    this.input.addEventListener('paste', (e) => {
+      const text = (e.clipboardData && e.clipboardData.getData('text')) || '';
+      if (/[,\s]/.test(text.trim())) {
+        e.preventDefault();
+        this.add(text.split(/[,\s]+/));
+      }
+    });
+    this.input.addEventListener('blur', () => { if (this.input.value.trim()) this.commit(); });
+  }
+
+  validate(v) {
+    return this.kind === 'cidr' ? validateCidrItem(v) : validatePortItem(v);
+  }
+
+  showTypingError() {
+    const v = this.input.value.trim();
+    const err = v ? this.validate(v) : null;
+    this.typingError.hidden = !err;
+    this.typingError.textContent = err ? `"${v}" ${err}` : '';
+    this.input.setAttribute('aria-invalid', err ? 'true' : 'false');
+  }
+
+  commit() {
+    const v = this.input.value;
+    this.input.value = '';
+    this.showTypingError();
+    if (v.trim()) this.add([v]);
+  }
+
+  add(values) {
+    let changed = false;
+    for (const raw of values) {
+      const value = this.kind === 'cidr' ? raw.trim() : raw.replace(/\s+/g, '');
+      if (!value) continue;
+      const existing = this.chips.findIndex((c) => c.value === value);
+      if (existing >= 0) { this.flash(existing); continue; }
+      this.chips.push({ value, client: this.validate(value), server: null });
+      changed = true;
+    }
+    if (changed) { this.render(); this.onChange(); }
+  }
+
+  remove(i) {
+    this.chips.splice(i, 1);
+    this.render();
+    this.onChange();
+    this.input.focus();
+  }
+
+  flash(i) {
+    const el = this.list.children[i];
+    if (!el) return;
+    el.classList.remove('flash');
+    void el.offsetWidth; // restart the animation
+    el.classList.add('flash');
+  }
+
+  set(values) {
+    this.chips = (values || []).map((value) => ({ value, client: this.validate(value), server: null }));
+    this.fieldError = null;
+    this.input.value = '';
+    this.showTypingError();
+    this.render();
+  }
+
+  values() {
+    return this.chips.map((c) => c.value);
+  }
+
+  /** errors: [{item, reason}] from the server for this field; items that match a chip mark it. */
+  setServerErrors(errors, accepted) {
+    const unmatched = [];
+    for (const c of this.chips) c.server = null;
+    for (const e of errors) {
+      const item = (e.item || '').trim();
+      const c = this.chips.find((x) => x.value === item || x.value.trim() === item);
+      if (c) c.server = e.reason || 'rejected';
+      else unmatched.push(e);
+    }
+    // The server is authoritative: a chip it accepted loses a (stricter) client-side complaint.
+    if (accepted) for (const c of this.chips) if (!c.server && accepted.includes(c.value)) c.clientOverridden = true;
+    this.fieldError = unmatched.length ? unmatched.map((e) => `${e.item ? `"${e.item}" ` : ''}${e.reason}`).join('; ') : null;
+    this.render();
+  }
+
+  errorCount() {
+    return this.chips.filter((c) => c.server || (c.client && !c.clientOverridden)).length + (this.fieldError ? 1 : 0);
+  }
+
+  render() {
+    this.list.replaceChildren(...this.chips.map((c, i) => {
+      const reason = c.server || (c.clientOverridden ? null : c.client);
+      const chip = h('span', {
+        class: `chip${reason ? ' chip-invalid' : ''}`, role: 'listitem',
+        'data-testid': `chip-${this.name}-${c.value}`, 'data-invalid': reason ? 'true' : null,
+        title: reason ? `${c.value} ${reason}` : null,
+      },
+      h('span', { class: 'chip-value' }, c.value),
+      h('button', { type: 'button', class: 'chip-remove', 'data-testid': 'chip-remove', 'aria-label': `Remove ${c.value}`, onclick: () => this.remove(i) }, icon('close')));
+      if (!reason) return chip;
+      return h('span', { class: 'chip-wrap' }, chip,
+        h('span', { class: `chip-reason${c.server ? ' chip-reason-server' : ''}`, 'data-testid': 'chip-error', role: 'note' }, reason));
+    }));
+    let fe = $('.field-error-server', this.el);
+    if (this.fieldError) {
+      if (!fe) { fe = h('div', { class: 'field-error field-error-server', 'data-testid': `field-error-${this.name}` }); this.el.appendChild(fe); }
+      fe.textContent = this.fieldError;
+    } else if (fe) fe.remove();
+    this.box.classList.toggle('chip-box-invalid', this.errorCount() > 0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic passthrough settings dialog
+
+async function openPassthroughDialog(w) {
+  const key = wkey(w);
+  const path = `${wpath(w.namespace, w.name)}/passthrough`;
+  const ctx = { etag: null, doc: null, previewSeq: 0, previewTimer: null, closed: false, adv: {} };
+
+  const errorArea = h('div', { class: 'dialog-errors', 'data-testid': 'dialog-error-area' });
+  const warnArea = h('div', { class: 'dialog-warnings', 'data-testid': 'warnings-area' });
+  const onChange = () => schedulePreview();
+  const inbound = new ChipInput({ name: 'inbound', label: 'Ports', ariaLabel: 'Inbound ports', kind: 'port', placeholder: 'e.g. 5000 or 8000-8100, then Enter', onChange });
+  const outPorts = new ChipInput({ name: 'outbound-ports', label: 'Ports', ariaLabel: 'Outbound ports', kind: 'port', placeholder: 'e.g. 3306, then Enter', onChange });
+  const outRanges = new ChipInput({ name: 'outbound-ip-ranges', label: 'IP ranges', ariaLabel: 'Outbound IP ranges', kind: 'cidr', placeholder: 'e.g. 10.64.24.0/21, then Enter', onChange });
+  const chipFor = { inboundPorts: inbound, outboundPorts: outPorts, outboundIpRanges: outRanges };
+
+  // Advanced: kept exactly as the server returned them unless edited, so a PUT does not wipe them.
+  const advField = (field, label, kind, help) => {
+    const id = `adv-${field}`;
+    const input = h('input', { id, type: 'text', class: 'input mono', autocomplete: 'off', spellcheck: 'false', 'data-testid': id });
+    const err = h('div', { class: 'field-error', 'data-testid': `${id}-error`, hidden: true });
+    const note = h('div', { class: 'field-help' }, help);
+    ctx.adv[field] = { input, err, orig: null, touched: false, kind, note };
+    input.addEventListener('input', () => {
+      ctx.adv[field].touched = true;
+      const msg = validateIncludeValue(input.value, kind);
+      err.hidden = !msg;
+      err.textContent = msg || '';
+      input.setAttribute('aria-invalid', msg ? 'true' : 'false');
+      schedulePreview();
+    });
+    return h('div', { class: 'adv-field' }, h('label', { for: id, class: 'adv-label' }, label, h('code', { class: 'adv-key' }, ANNOTATION_KEYS[field])), input, note, err);
+  };
+  const modeSelect = h('select', { id: 'adv-interceptionMode', class: 'input', 'data-testid': 'adv-interceptionMode' },
+    h('option', { value: '' }, 'Not set (REDIRECT)'), h('option', { value: 'REDIRECT' }, 'REDIRECT'), h('option', { value: 'TPROXY' }, 'TPROXY'), h('option', { value: 'NONE' }, 'NONE'));
+  const modeErr = h('div', { class: 'field-error', 'data-testid': 'adv-interceptionMode-error', hidden: true });
+  ctx.adv.interceptionMode = { input: modeSelect, err: modeErr, orig: null, touched: false, kind: 'mode' };
+  modeSelect.addEventListener('change', () => { ctx.adv.interceptionMode.touched = true; schedulePreview(); });
+  const annotationsView = h('dl', { class: 'annotations', 'data-testid': 'current-annotations' });
+  const advanced = h('details', { class: 'advanced', 'data-testid': 'advanced' },
+    h('summary', { 'data-testid': 'advanced-toggle' }, icon('chevron', 'summary-chevron'), 'Advanced'),
+    h('div', { class: 'advanced-body' },
+      h('p', { class: 'field-help' }, 'The rest of Istio\'s capture settings. They are kept as they are unless you change them here.'),
+      advField('includeInboundPorts', 'Include inbound ports', 'port', 'Inbound ports that are captured: * (all, default), a list, or empty.'),
+      advField('includeOutboundPorts', 'Include outbound ports', 'port', 'Outbound ports that are captured even if their IP range is not.'),
+      advField('includeOutboundIpRanges', 'Include outbound IP ranges', 'cidr', 'Destination CIDRs that are captured: * (all, default) or a list.'),
+      h('div', { class: 'adv-field' }, h('label', { for: 'adv-interceptionMode', class: 'adv-label' }, 'Interception mode', h('code', { class: 'adv-key' }, ANNOTATION_KEYS.interceptionMode)), modeSelect, modeErr),
+      h('div', { class: 'adv-field' }, h('div', { class: 'adv-label' }, 'Current passthrough annotations'), annotationsView)));
+
+  const restart = h('input', { type: 'checkbox', id: 'restart-now', 'data-testid': 'restart-now' });
+  const pendingNote = h('div', { class: 'field-help pending-note', 'data-testid': 'pending-note', hidden: true },
+    'The running pods use older settings (Pending restart): tick Restart now to apply.');
+
+  const preview = {
+    summary: h('span', { class: 'preview-summary', 'data-testid': 'preview-summary' }),
+    onlyChanges: h('input', { type: 'checkbox', id: 'preview-only-changes', checked: true, 'data-testid': 'preview-only-changes' }),
+    status: h('div', { class: 'preview-status muted small', 'data-testid': 'preview-status', 'aria-live': 'polite' }, 'Loading…'),
+    diff: h('div', { class: 'diff', 'data-testid': 'preview-diff', role: 'region', 'aria-label': 'Rule changes', tabindex: '0' }),
+    args: h('details', { class: 'istio-args', 'data-testid': 'preview-istio-args', hidden: true }),
+    last: null,
+  };
+  preview.onlyChanges.addEventListener('change', () => renderDiff());
+
+  const confirmBtn = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'confirm-changes', onclick: () => submit() }, 'Confirm changes');
+  const cancelBtn = h('button', { type: 'button', class: 'btn', 'data-testid': 'cancel', onclick: () => closeModal() }, 'Cancel');
+  const checkBtn = h('button', { type: 'button', class: 'btn btn-link', 'data-testid': 'check-effect', onclick: () => {
+    if (isDirty() && !window.confirm('Discard the unsaved changes and open Check effect?')) return;
+    openCheckDialog(findWorkload(key) || w);
+  } }, icon('pulse'), 'Check effect');
+
+  const form = h('div', { class: 'pt-form' },
+    h('section', { class: 'pt-section', 'aria-labelledby': 'sec-inbound' },
+      h('h3', { id: 'sec-inbound', class: 'pt-section-title' }, h('span', { class: 'dir-badge dir-in', 'aria-hidden': 'true' }, 'IN'), 'Inbound'),
+      h('p', { class: 'pt-hint', 'data-testid': 'hint-inbound' }, INBOUND_HINT),
+      inbound.el),
+    h('section', { class: 'pt-section', 'aria-labelledby': 'sec-outbound' },
+      h('h3', { id: 'sec-outbound', class: 'pt-section-title' }, h('span', { class: 'dir-badge dir-out', 'aria-hidden': 'true' }, 'OUT'), 'Outbound'),
+      h('p', { class: 'pt-hint', 'data-testid': 'hint-outbound' }, OUTBOUND_HINT),
+      outPorts.el, outRanges.el),
+    advanced,
+    h('div', { class: 'restart-row' },
+      h('label', { class: 'checkbox', for: 'restart-now' }, restart, h('span', null, 'Restart now')),
+      h('span', { class: 'field-help' }, 'Without a restart the settings apply when the pods are next recreated.')),
+    pendingNote);
+
+  const previewPane = h('section', { class: 'preview', 'aria-labelledby': 'preview-title', 'data-testid': 'preview' },
+    h('div', { class: 'preview-head' },
+      h('h3', { id: 'preview-title', class: 'pt-section-title' }, 'Preview', h('span', { class: 'muted small preview-format', 'data-testid': 'preview-format' })),
+      preview.summary,
+      h('label', { class: 'toggle small', for: 'preview-only-changes' }, preview.onlyChanges, 'Only changes')),
+    preview.status, preview.diff, preview.args);
+
+  const body = h('div', { class: 'pt-dialog', 'data-testid': 'passthrough-form' },
+    errorArea, warnArea, h('div', { class: 'pt-grid' }, form, previewPane));
+
+  openModal({
+    title: 'Traffic passthrough settings',
+    subtitle: h('span', null, 'Workload ', h('strong', { 'data-testid': 'dialog-workload' }, key)),
+    testid: 'passthrough-dialog', size: 'xl', body, closeOnBackdrop: false,
+    footer: [checkBtn, h('span', { class: 'spacer' }), cancelBtn, confirmBtn],
+    onClose: () => { ctx.closed = true; clearTimeout(ctx.previewTimer); },
+  });
+  const dialog = $('[data-testid="passthrough-dialog"]');
+  dialog.classList.add('loading');
+  confirmBtn.disabled = true;
+
+  function currentSettings() {
+    const s = { inboundPorts: inbound.values(), outboundPorts: outPorts.values(), outboundIpRanges: outRanges.values() };
+    for (const f of ['includeInboundPorts', 'includeOutboundPorts', 'includeOutboundIpRanges', 'interceptionMode']) {
+      const a = ctx.adv[f];
+      if (!a.touched) s[f] = a.orig;
+      else s[f] = a.input.value.trim() === '' ? null : a.input.value.trim();
+    }
+    return s;
+  }
+
+  function isDirty() {
+    if (!ctx.doc) return false;
+    const norm = (x) => JSON.stringify(['inboundPorts', 'outboundPorts', 'outboundIpRanges', 'includeInboundPorts', 'includeOutboundPorts', 'includeOutboundIpRanges', 'interceptionMode']
+      .map((f) => (Array.isArray(x[f]) ? x[f] : x[f] === undefined ? null : x[f])));
+    const pending = Object.values(chipFor).some((ci) => ci.input.value.trim() !== '');
+    return pending || norm(currentSettings()) !== norm({ inboundPorts: [], outboundPorts: [], outboundIpRanges: [], ...(ctx.doc.settings || {}) });
+  }
+
+  function fill(doc) {
+    ctx.doc = doc;
+    const s = doc.settings || {};
+    inbound.set(s.inboundPorts);
+    outPorts.set(s.outboundPorts);
+    outRanges.set(s.outboundIpRanges);
+    for (const f of ['includeInboundPorts', 'includeOutboundPorts', 'includeOutboundIpRanges', 'interceptionMode']) {
+      const a = ctx.adv[f];
+      a.orig = s[f] === undefined ? null : s[f];
+      a.touched = false;
+      a.err.hidden = true;
+      if (f === 'interceptionMode') {
+        if (a.orig && !$$('option', modeSelect).some((o) => o.value === a.orig)) modeSelect.appendChild(h('option', { value: a.orig }, a.orig));
+        modeSelect.value = a.orig || '';
+      } else {
+        a.input.value = a.orig || '';
+        a.input.placeholder = a.orig === '' ? 'set to empty (captures none)' : 'not set (Istio default)';
+      }
+    }
+    if (['includeInboundPorts', 'includeOutboundPorts', 'includeOutboundIpRanges', 'interceptionMode'].some((f) => ctx.adv[f].orig !== null)) advanced.open = true;
+    const ann = Object.entries(doc.annotations || {});
+    annotationsView.replaceChildren(...(ann.length ? ann.flatMap(([k, v]) => [h('dt', null, k), h('dd', null, v)]) : [h('dd', { class: 'muted' }, 'none')]));
+    pendingNote.hidden = doc.status !== 'Pending restart';
+    showWarnings(doc.warnings || []);
+  }
+
+  function showWarnings(list) {
+    warnArea.replaceChildren(...list.map((w0) => alertBox('warning', 'warning', w0)));
+  }
+
+  function showError(...content) {
+    errorArea.replaceChildren(alertBox('error', 'dialog-error', ...content));
+    ctx.errorKind = 'other';
+  }
+
+  function clearError() { errorArea.replaceChildren(); ctx.errorKind = null; }
+
+  function applyServerErrors(errors, sent) {
+    const by = { inboundPorts: [], outboundPorts: [], outboundIpRanges: [] };
+    const other = [];
+    for (const e of errors || []) {
+      const field = e.field || KEY_TO_FIELD[e.key];
+      if (by[field]) by[field].push(e);
+      else if (ctx.adv[field]) {
+        const a = ctx.adv[field];
+        a.err.hidden = false;
+        a.err.textContent = `${e.item ? `"${e.item}" ` : ''}${e.reason}`;
+        advanced.open = true;
+      } else other.push(e);
+    }
+    for (const [f, ci] of Object.entries(chipFor)) ci.setServerErrors(by[f], sent ? sent[f] : null);
+    return other;
+  }
+
+  function clearServerErrors(sent) {
+    for (const [f, ci] of Object.entries(chipFor)) ci.setServerErrors([], sent ? sent[f] : null);
+    for (const a of Object.values(ctx.adv)) if (!a.touched || !validateIncludeValue(a.input.value, a.kind)) { a.err.hidden = true; }
+  }
+
+  function schedulePreview() {
+    if (ctx.errorKind === 'invalid') clearError(); // the marked values changed: their errors are re-checked below
+    clearTimeout(ctx.previewTimer);
+    preview.status.textContent = 'Updating preview…';
+    ctx.previewTimer = setTimeout(runPreview, PREVIEW_DEBOUNCE_MS);
+  }
+
+  async function runPreview() {
+    if (ctx.closed) return;
+    const seq = ++ctx.previewSeq;
+    const sent = currentSettings();
+    try {
+      const { data } = await api('POST', `${path}/preview`, { body: sent });
+      if (seq !== ctx.previewSeq || ctx.closed) return;
+      clearServerErrors(sent);
+      preview.last = data;
+      showWarnings(data.warnings || []);
+      renderDiff();
+    } catch (e) {
+      if (seq !== ctx.previewSeq || ctx.closed) return;
+      if (e.status === 422) {
+        const other = applyServerErrors(e.body.errors, sent);
+        preview.last = null;
+        preview.diff.replaceChildren();
+        preview.summary.textContent = '';
+        preview.status.textContent = `The server rejected ${(e.body.errors || []).length || 'some'} item(s); fix the marked values to see the rules.${other.length ? ` ${other.map((x) => x.reason).join('; ')}` : ''}`;
+        preview.status.classList.add('text-error');
+      } else {
+        preview.status.textContent = `Preview unavailable: ${e.message}`;
+        preview.status.classList.add('text-error');
+      }
+    }
+  }
+
+  function renderDiff() {
+    const data = preview.last;
+    if (!data) return;
+    preview.status.classList.remove('text-error');
+    $('[data-testid="preview-format"]', previewPane).textContent = data.format === 'iptables' ? ' · iptables-restore' : ' · nftables';
+    const lines = data.diff || [];
+    const adds = lines.filter((l) => l.op === '+').length;
+    const dels = lines.filter((l) => l.op === '-').length;
+    preview.summary.replaceChildren(h('span', { class: 'sum-add' }, `+${adds}`), ' ', h('span', { class: 'sum-del' }, `−${dels}`));
+    preview.status.textContent = adds || dels ? 'Rules after Confirm changes (and a restart), compared with the current ones:' : 'No change to the rules.';
+    const only = preview.onlyChanges.checked;
+    const keep = new Array(lines.length).fill(!only);
+    if (only) {
+      lines.forEach((l, i) => {
+        if (l.op !== ' ') for (let j = Math.max(0, i - 2); j <= Math.min(lines.length - 1, i + 2); j += 1) keep[j] = true;
+      });
+    }
+    const out = [];
+    let skipped = 0;
+    const flush = () => { if (skipped) { out.push(h('div', { class: 'diff-line diff-skip' }, `⋯ ${skipped} unchanged line${skipped > 1 ? 's' : ''}`)); skipped = 0; } };
+    lines.forEach((l, i) => {
+      if (!keep[i]) { skipped += 1; return; }
+      flush();
+      const cls = l.op === '+' ? 'diff-add' : l.op === '-' ? 'diff-del' : 'diff-ctx';
+      out.push(h('div', { class: `diff-line ${cls}`, 'data-op': l.op === '+' ? 'add' : l.op === '-' ? 'del' : 'ctx' },
+        h('span', { class: 'diff-op', 'aria-hidden': 'true' }, l.op === '-' ? '−' : l.op), h('span', { class: 'diff-text' }, l.line)));
+    });
+    flush();
+    if (!lines.length) out.push(h('div', { class: 'diff-line diff-skip' }, data.proposed ? 'No rules changed.' : 'No rules (the workload is not meshed).'));
+    preview.diff.replaceChildren(...out);
+    const args = data.istioArgs;
+    if (args && (args.proposed || []).length) {
+      preview.args.hidden = false;
+      preview.args.replaceChildren(h('summary', null, 'istio-iptables arguments'),
+        h('div', { class: 'args-label muted small' }, 'Current'), h('pre', { class: 'args' }, (args.current || []).join(' ') || '—'),
+        h('div', { class: 'args-label muted small' }, 'Proposed'), h('pre', { class: 'args' }, (args.proposed || []).join(' ')));
+    } else preview.args.hidden = true;
+  }
+
+  async function load() {
+    const res = await api('GET', path);
+    ctx.etag = res.headers.get('ETag') || (res.data && res.data.resourceVersion ? `"${res.data.resourceVersion}"` : null);
+    fill(res.data || {});
+    runPreview();
+  }
+
+  async function submit() {
+    for (const ci of Object.values(chipFor)) if (ci.input.value.trim()) ci.commit();
+    clearError();
+    const settings = currentSettings();
+    const body0 = { ...settings, restart: restart.checked };
+    confirmBtn.disabled = true;
+    confirmBtn.classList.add('busy');
+    confirmBtn.textContent = 'Saving…';
+    try {
+      const headers = ctx.etag ? { 'If-Match': ctx.etag } : {};
+      if (!ctx.etag && ctx.doc && ctx.doc.resourceVersion) body0.resourceVersion = ctx.doc.resourceVersion;
+      const res = await api('PUT', path, { body: body0, headers });
+      const doc = res.data || {};
+      closeModal();
+      toast(SUCCESS_TOAST, {
+        detail: `${key}: ${passthroughText(doc.settings || settings)}${doc.operation ? ' — restarting' : doc.status === 'Pending restart' ? ' — pending restart' : ''}`,
+        action: doc.operation ? null : { label: 'Check effect', run: () => openCheckDialog(findWorkload(key) || w) },
+      });
+      if (doc.operation) trackOperation(doc.operation);
+      const wl = findWorkload(key);
+      if (wl) {
+        wl.passthrough = { ...(wl.passthrough || {}), ...(doc.settings || settings) };
+        if (doc.status) wl.status = doc.status;
+        if (doc.resourceVersion) wl.resourceVersion = doc.resourceVersion;
+        renderList();
+      }
+      refreshList({ quiet: true });
+    } catch (e) {
+      if (ctx.closed) return;
+      if (e.status === 409) {
+        showError(h('strong', null, 'The workload changed since this dialog was opened'), ' (someone else saved its settings or it was restarted). Nothing was saved. The current values have been reloaded: review them and confirm again.');
+        try { await load(); } catch (e2) { showError(`The workload changed and could not be reloaded: ${e2.message}`); }
+      } else if (e.status === 422) {
+        const errors = e.body.errors || [];
+        const other = applyServerErrors(errors, settings);
+        showError(h('strong', null, `Not saved: ${errors.length || 'some'} invalid item${errors.length === 1 ? '' : 's'}.`), ' Fix the values marked in red.',
+          other.length || !errors.length ? h('div', { class: 'small' }, other.length ? other.map((x) => `${x.key || x.field}: ${x.item ? `"${x.item}" ` : ''}${x.reason}`).join('; ') : e.message) : null);
+        ctx.errorKind = 'invalid';
+      } else if (e.status === 428) {
+        showError('Not saved: the server needs the version the change is based on (If-Match). Close and reopen the dialog.');
+      } else if (e.status !== 401) {
+        showError(h('strong', null, `Not saved (${e.status || 'network'}):`), ` ${e.message}`);
+      }
+    } finally {
+      if (!ctx.closed) {
+        confirmBtn.disabled = false;
+        confirmBtn.classList.remove('busy');
+        confirmBtn.textContent = 'Confirm changes';
+      }
+    }
+  }
+
+  try {
+    await load();
+    dialog.classList.remove('loading');
+    confirmBtn.disabled = false;
+    if (!ctx.closed) inbound.input.focus();
+  } catch (e) {
+    dialog.classList.remove('loading');
+    if (e.status !== 401) showError(h('strong', null, 'Could not load the current settings:'), ` ${e.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart operations: tracked in the row and in the Operations panel
+
+function trackOperation(op) {
+  const key = `${op.namespace}/${op.name}`;
+  state.ops.set(key, op);
+  renderOps();
+  renderList();
+  if (op.state === 'running') pollOperation(op.id, key);
+  else finishOperation(op, key);
+}
+
+async function pollOperation(id, key) {
+  let failures = 0;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, OP_POLL_MS));
+    const cur = state.ops.get(key);
+    if (!cur || cur.id !== id || !state.signedIn) return;
+    try {
+      const { data } = await api('GET', `${API}/operations/${enc(id)}`);
+      failures = 0;
+      state.ops.set(key, data);
+      renderOps();
+      renderList();
+      if (data.state !== 'running') { finishOperation(data, key); return; }
+    } catch (e) {
+      failures += 1;
+      if (e.status === 404 || failures >= 10) {
+        const lost = { ...cur, state: 'failed', error: `lost track of the operation: ${e.message}` };
+        state.ops.set(key, lost);
+        renderOps();
+        renderList();
+        return;
+      }
+    }
+  }
+}
+
+const OP_KEEP_MS = 90000; // a succeeded restart stays in the panel this long (failed ones until dismissed)
+
+function finishOperation(op, key) {
+  if (op.state === 'succeeded') {
+    setTimeout(() => {
+      const cur = state.ops.get(key);
+      if (cur && cur.id === op.id) { state.ops.delete(key); renderOps(); renderList(); }
+    }, OP_KEEP_MS);
+  }
+  if (op.state === 'succeeded') {
+    toast(`Restart of ${key} completed`, { type: 'info', timeout: 6000,
+      action: { label: 'Check effect', run: () => { const w = findWorkload(key); if (w) openCheckDialog(w); } } });
+  }
+  else toast(`Restart of ${key} failed`, { type: 'error', timeout: 12000, detail: op.error || '' });
+  refreshList({ quiet: true });
+}
+
+function renderOps() {
+  const panel = $('#ops-panel');
+  const ops = [...state.ops.entries()];
+  if (!ops.length) { panel.hidden = true; panel.replaceChildren(); return; }
+  panel.hidden = false;
+  panel.replaceChildren(
+    h('div', { class: 'ops-head' }, h('span', null, 'Operations'),
+      h('button', { type: 'button', class: 'btn-icon small', 'aria-label': 'Clear finished operations', title: 'Clear finished', 'data-testid': 'ops-clear',
+        onclick: () => { for (const [k, o] of state.ops) if (o.state !== 'running') state.ops.delete(k); renderOps(); renderList(); } }, icon('close'))),
+    ...ops.map(([key, op]) => {
+      const [ns, name] = key.split('/');
+      const progress = op.progress || [];
+      const stateCls = op.state === 'succeeded' ? 'tag-green' : op.state === 'failed' ? 'tag-red' : 'tag-blue';
+      const secs = op.startedAt ? Math.max(0, Math.round(((op.finishedAt ? new Date(op.finishedAt) : new Date()) - new Date(op.startedAt)) / 1000)) : null;
+      return h('div', { class: `op op-${op.state}`, 'data-testid': `operation-${ns}-${name}`, 'data-state': op.state, 'data-op-id': op.id },
+        h('div', { class: 'op-title' },
+          op.state === 'running' ? h('span', { class: 'spinner', 'aria-hidden': 'true' }) : null,
+          h('span', null, `Restart ${key}`),
+          h('span', { class: `tag ${stateCls}`, 'data-testid': 'operation-state' }, op.state),
+          secs !== null ? h('span', { class: 'muted small' }, `${secs}s`) : null),
+        h('ol', { class: 'op-progress', 'aria-live': 'polite' }, progress.slice(-5).map((l) => h('li', null, l))),
+        op.error ? h('div', { class: 'op-error', role: 'alert' }, op.error) : null,
+        op.state === 'succeeded' ? h('button', { type: 'button', class: 'btn btn-link small', 'data-testid': 'op-check-effect',
+          onclick: () => { const w = findWorkload(key); if (w) openCheckDialog(w); } }, icon('pulse'), 'Check effect') : null);
+    }));
+}
+
+function confirmRestart(w) {
+  const key = wkey(w);
+  const go = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'confirm-restart', onclick: async () => {
+    go.disabled = true;
+    try {
+      const { data } = await api('POST', `${wpath(w.namespace, w.name)}/restart`);
+      closeModal();
+      trackOperation(data);
+    } catch (e) {
+      go.disabled = false;
+      if (e.status !== 401) toast(`Restart of ${key} failed`, { type: 'error', detail: e.message });
+    }
+  } }, 'Restart');
+  openModal({
+    title: 'Restart workload', testid: 'restart-dialog', size: 'sm',
+    body: h('p', null, 'Rolling restart of ', h('strong', null, key), ': its pods are recreated with the current settings (as ', h('code', null, 'kubectl rollout restart'), ' does).'),
+    footer: [h('span', { class: 'spacer' }), h('button', { type: 'button', class: 'btn', onclick: () => closeModal() }, 'Cancel'), go],
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check effect: Before / After
+
+function loadChecks() {
+  try {
+    const raw = sessionStorage.getItem('meshpass.checks');
+    return new Map(raw ? JSON.parse(raw) : []);
+  } catch {
+    return new Map();
+  }
+}
+
+function saveChecks() {
+  try { sessionStorage.setItem('meshpass.checks', JSON.stringify([...state.checks.entries()])); } catch { /* private mode */ }
+}
+
+const VERDICT = {
+  sidecar: { label: 'Through sidecar', cls: 'verdict-sidecar' },
+  passthrough: { label: 'Passthrough', cls: 'verdict-passthrough' },
+  unknown: { label: 'Unknown', cls: 'verdict-unknown' },
+};
+
+function defaultPath(w) {
+  return /^helloworld/.test(w.name) ? '/hello' : '/';
+}
+
+function openCheckDialog(w) {
+  const key = wkey(w);
+  const ports = [];
+  for (const s of w.services || []) for (const p of s.ports || []) ports.push({ svc: s.name, port: p.port, target: p.targetPort });
+  const dirIn = h('input', { type: 'radio', name: 'check-dir', id: 'check-dir-in', value: 'inbound', checked: true, 'data-testid': 'check-direction-inbound' });
+  const dirOut = h('input', { type: 'radio', name: 'check-dir', id: 'check-dir-out', value: 'outbound', 'data-testid': 'check-direction-outbound' });
+  const portSel = h('select', { id: 'check-port', class: 'input', 'data-testid': 'check-port' },
+    ports.length ? ports.map((p) => h('option', { value: p.port }, `${p.svc}:${p.port}${p.port !== p.target ? ` → ${p.target}` : ''}`)) : h('option', { value: '' }, 'Default (first Service port)'));
+  const pathIn = h('input', { id: 'check-path', class: 'input mono', type: 'text', value: defaultPath(w), 'data-testid': 'check-path' });
+  const targetIn = h('input', { id: 'check-target', class: 'input mono', type: 'text', placeholder: 'ADDR:PORT or http://ADDR:PORT/PATH', 'data-testid': 'check-target' });
+  const inFields = h('div', { class: 'check-fields' },
+    h('div', { class: 'field' }, h('label', { for: 'check-port' }, 'Service port'), portSel),
+    h('div', { class: 'field field-grow' }, h('label', { for: 'check-path' }, 'Path'), pathIn));
+  const outFields = h('div', { class: 'check-fields', hidden: true },
+    h('div', { class: 'field field-grow' }, h('label', { for: 'check-target' }, 'Target (from a pod of the workload)'), targetIn));
+  const sync = () => { inFields.hidden = !dirIn.checked; outFields.hidden = dirIn.checked; };
+  dirIn.addEventListener('change', sync);
+  dirOut.addEventListener('change', sync);
+  const runBtn = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'check-run', 'data-autofocus': true, onclick: () => run() }, icon('pulse'), 'Run check');
+  const results = h('div', { class: 'check-results', 'data-testid': 'check-results', 'aria-live': 'polite' });
+  const explain = h('p', { class: 'field-help' },
+    'Inbound is checked from outside the mesh (the node): through the sidecar the response carries ', h('code', null, 'server: istio-envoy'),
+    ' and ', h('code', null, 'x-envoy-upstream-service-time'), '; with passthrough it carries the application\'s own headers.');
+
+  const body = h('div', { class: 'check-dialog' },
+    h('div', { class: 'check-form' },
+      h('fieldset', { class: 'radio-group' }, h('legend', null, 'Direction'),
+        h('label', { for: 'check-dir-in' }, dirIn, 'Inbound'), h('label', { for: 'check-dir-out' }, dirOut, 'Outbound')),
+      inFields, outFields, runBtn),
+    explain, results);
+
+  openModal({
+    title: 'Check effect', subtitle: h('span', null, 'Workload ', h('strong', null, key)), testid: 'check-dialog', size: 'lg', body,
+    footer: [h('button', { type: 'button', class: 'btn btn-link', 'data-testid': 'check-open-settings', disabled: w.status === 'Uninjected',
+      onclick: () => { const cur = findWorkload(key) || w; openPassthroughDialog(cur); } }, icon('settings'), 'Traffic passthrough settings'),
+    h('span', { class: 'spacer' }), h('button', { type: 'button', class: 'btn', 'data-testid': 'check-close', onclick: () => closeModal() }, 'Close')],
+  });
+  renderResults();
+
+  async function run() {
+    const req = dirIn.checked
+      ? { direction: 'inbound', ...(portSel.value ? { port: Number(portSel.value) } : {}), path: pathIn.value.trim() || '/' }
+      : { direction: 'outbound', target: targetIn.value.trim() };
+    if (req.direction === 'outbound' && !req.target) { targetIn.focus(); targetIn.setAttribute('aria-invalid', 'true'); return; }
+    runBtn.disabled = true;
+    runBtn.classList.add('busy');
+    results.classList.add('running');
+    const cur = findWorkload(key) || w;
+    const entry = { seq: ++state.checkSeq + Date.now(), time: new Date().toISOString(), request: req, settings: passthroughText(passthroughOf(cur)), status: cur.status };
+    try {
+      const { data } = await api('POST', `${wpath(w.namespace, w.name)}/check`, { body: req });
+      entry.report = data;
+    } catch (e) {
+      if (e.status === 401) return;
+      entry.error = `${e.status ? `${e.status} ` : ''}${e.message}`;
+    } finally {
+      const hadFocus = document.activeElement === runBtn || document.activeElement === document.body;
+      runBtn.disabled = false;
+      runBtn.classList.remove('busy');
+      results.classList.remove('running');
+      if (hadFocus && modalState.current) runBtn.focus();
+    }
+    const list = state.checks.get(key) || [];
+    list.push(entry);
+    state.checks.set(key, list.slice(-6));
+    saveChecks();
+    renderResults();
+  }
+
+  function renderResults() {
+    const list = state.checks.get(key) || [];
+    if (!list.length) {
+      results.replaceChildren(h('div', { class: 'check-empty muted' }, 'No check yet. Run one before and after changing the settings to compare.'));
+      return;
+    }
+    const latest = list[list.length - 1];
+    const before = list.length > 1 ? list[list.length - 2] : null;
+    results.replaceChildren(h('div', { class: 'check-grid' },
+      before ? resultCard(before, 'Before', 'check-result-before') : h('div', { class: 'check-card check-card-empty muted', 'data-testid': 'check-result-before' },
+        h('div', { class: 'check-card-label' }, 'Before'), 'No earlier check in this session.'),
+      resultCard(latest, before ? 'After' : 'Latest', 'check-result')));
+  }
+}
+
+function resultCard(entry, label, testid) {
+  const r = entry.report;
+  if (!r) {
+    return h('div', { class: 'check-card check-card-error', 'data-testid': testid, 'data-seq': entry.seq, 'data-verdict': 'error' },
+      h('div', { class: 'check-card-label' }, label, h('span', { class: 'muted small' }, fmtTime(entry.time))),
+      alertBox('error', 'check-error', `The check failed: ${entry.error}`));
+  }
+  const v = VERDICT[r.verdict] || VERDICT.unknown;
+  const headers = r.headers || [];
+  const hmap = new Map(headers.map(([k, val]) => [k.toLowerCase(), val]));
+  return h('div', { class: `check-card ${v.cls}`, 'data-testid': testid, 'data-seq': entry.seq, 'data-verdict': r.verdict },
+    h('div', { class: 'check-card-label' }, label, h('span', { class: 'muted small' }, fmtTime(entry.time))),
+    h('div', { class: 'check-verdict-row' },
+      h('span', { class: `verdict ${v.cls}`, 'data-testid': 'check-verdict', 'data-verdict': r.verdict }, v.label),
+      h('span', { class: 'muted small', title: 'Passthrough settings at the time of the check' }, entry.settings)),
+    h('div', { class: 'check-target mono small' }, h('span', { class: 'muted' }, `from ${r.from}: `), r.target),
+    r.statusLine ? h('div', { class: 'status-line mono', 'data-testid': 'check-status-line' }, r.statusLine) : h('div', { class: 'muted small' }, 'No HTTP response line.'),
+    h('div', { class: 'signals' }, ENVOY_HEADERS.map((name) => {
+      const val = hmap.get(name);
+      const envoyish = name === 'server' ? val === 'istio-envoy' || val === 'envoy' : val !== undefined;
+      return h('div', { class: `signal ${val === undefined ? 'signal-absent' : envoyish ? 'signal-envoy' : 'signal-app'}`, 'data-testid': `check-signal-${name}` },
+        h('code', null, name), h('span', null, val === undefined ? 'absent' : val));
+    })),
+    h('table', { class: 'headers', 'data-testid': 'check-headers' },
+      h('caption', { class: 'visually-hidden' }, 'Response headers'),
+      h('tbody', null, headers.length ? headers.map(([k, val]) => h('tr', {
+        class: ENVOY_HEADERS.includes(k.toLowerCase()) ? 'hl' : null, 'data-testid': `check-header-${k.toLowerCase()}`, 'data-value': val,
+      }, h('th', { scope: 'row' }, k), h('td', null, val))) : h('tr', null, h('td', { class: 'muted' }, 'No headers.')))),
+    (r.evidence || []).length ? h('ul', { class: 'evidence' }, r.evidence.map((e) => h('li', null, e))) : null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bypassed traffic (rule counters)
+
+function openBypassDialog(w) {
+  const key = wkey(w);
+  const content = h('div', { class: 'bypass', 'data-testid': 'bypass-content' }, h('div', { class: 'muted' }, 'Loading…'));
+  const auto = h('input', { type: 'checkbox', id: 'bypass-auto', checked: true, 'data-testid': 'bypass-auto' });
+  let timer = null;
+  let closed = false;
+  const load = async () => {
+    try {
+      const { data } = await api('GET', `${wpath(w.namespace, w.name)}/bypass`);
+      if (closed) return;
+      render(data || {});
+    } catch (e) {
+      if (closed || e.status === 401) return;
+      if (e.status === 501) {
+        content.replaceChildren(alertBox('info', 'bypass-unsupported', h('strong', null, 'Not available on this backend.'),
+          ` Bypassed-traffic counters need the live capture rules, which this backend cannot read (${e.message}). Use "Check effect" instead.`));
+        stop();
+      } else {
+        content.replaceChildren(alertBox('error', 'bypass-error', `Could not read the counters: ${e.message}`));
+      }
+    }
+  };
+  const stop = () => { if (timer) clearInterval(timer); timer = null; auto.checked = false; auto.disabled = true; };
+  const render = (data) => {
+    const t = data.totals || {};
+    const tot = (dir, label) => h('div', { class: 'stat', 'data-testid': `bypass-total-${dir}` },
+      h('div', { class: 'stat-label' }, label),
+      h('div', { class: 'stat-value' }, fmtNum(t[dir] && t[dir].packets), h('span', { class: 'stat-unit' }, ' packets')),
+      h('div', { class: 'muted small' }, fmtBytes(t[dir] && t[dir].bytes)));
+    const items = data.items || [];
+    content.replaceChildren(
+      h('div', { class: 'stats' }, tot('inbound', 'Inbound bypassed'), tot('outbound', 'Outbound bypassed')),
+      items.length ? h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', 'data-testid': 'bypass-table' },
+        h('thead', null, h('tr', null, ['Pod', 'Family', 'Rule', 'Packets', 'Bytes'].map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', null, items.map((i) => h('tr', null,
+          h('td', { class: 'mono small' }, i.pod), h('td', null, i.family),
+          h('td', null, h('div', null, h('span', { class: 'tag tag-blue' }, i.label)), h('code', { class: 'rule small' }, i.rule)),
+          h('td', { class: 'num' }, fmtNum(i.packets)), h('td', { class: 'num' }, fmtBytes(i.bytes)))))))
+        : h('div', { class: 'check-empty muted', 'data-testid': 'bypass-empty' }, 'No passthrough rules in the running pods (no passthrough settings, or a restart is pending).'),
+      h('div', { class: 'muted small' }, `Read ${new Date().toLocaleTimeString([], { hour12: false })}. nat-table rules count the first packet of each connection.`));
+  };
+  auto.addEventListener('change', () => {
+    if (auto.checked && !timer) timer = setInterval(load, 3000);
+    else if (!auto.checked && timer) { clearInterval(timer); timer = null; }
+  });
+  openModal({
+    title: 'Bypassed traffic', subtitle: h('span', null, 'Workload ', h('strong', null, key), ' · packets that matched the passthrough rules'),
+    testid: 'bypass-dialog', size: 'lg', body: content,
+    footer: [h('label', { class: 'toggle small', for: 'bypass-auto' }, auto, 'Auto refresh'), h('span', { class: 'spacer' }),
+      h('button', { type: 'button', class: 'btn', 'data-testid': 'bypass-refresh', onclick: load }, icon('refresh'), 'Refresh'),
+      h('button', { type: 'button', class: 'btn btn-primary', onclick: () => closeModal() }, 'Close')],
+    onClose: () => { closed = true; if (timer) clearInterval(timer); },
+  });
+  timer = setInterval(load, 3000);
+  load();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up
+
+function decorateStatic() {
+  const map = { 'brand-mark': 'sidecar', 'search-icon': 'search', 'icon-refresh': 'refresh', 'nav-icon-sidecar': 'sidecar', 'empty-icon-lock': 'lock' };
+  for (const [cls, name] of Object.entries(map)) for (const el of $$(`.${cls}`)) if (!el.firstChild) el.appendChild(icon(name));
+}
+
+function wireToolbar() {
+  const search = $('#search');
+  search.addEventListener('input', () => { state.search = search.value; renderList(); });
+  $('#filter-status').addEventListener('change', (e) => { state.statusFilter = e.target.value; renderList(); });
+  $('#filter-namespace').addEventListener('change', (e) => { state.nsFilter = e.target.value; renderList(); });
+  $('#refresh').addEventListener('click', () => refreshList());
+  for (const th of $$('thead th[data-sort]')) {
+    $('button', th).addEventListener('click', () => {
+      const k = th.dataset.sort;
+      state.sort = state.sort.key === k ? { key: k, dir: -state.sort.dir } : { key: k, dir: 1 };
+      renderList(true);
+    });
+  }
+  $('#signed-out-retry').addEventListener('click', () => init());
+  document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible' && state.signedIn) refreshList({ quiet: true }); });
+}
+
+async function init() {
+  // A login URL opened on a server that did not redirect: never leave the token in the address bar.
+  if (new URLSearchParams(location.search).has('token')) history.replaceState(null, '', location.pathname + location.hash);
+  try {
+    await loadSession();
+  } catch (e) {
+    if (e.status !== 401) {
+      $('#signed-out').hidden = true;
+      const card = $('#workloads-card');
+      card.hidden = false;
+      const el = $('#list-error');
+      el.textContent = `Could not reach the meshpass API: ${e.message}`;
+      el.hidden = false;
+      setTimeout(init, 5000);
+    }
+    return;
+  }
+  $('#signed-out').hidden = true;
+  $('#workloads-card').hidden = false;
+  await refreshList();
+  startAutoRefresh();
+}
+
+decorateStatic();
+wireToolbar();
+init();
