@@ -1,0 +1,23 @@
+//! meshpass's Kubernetes backend: the management plane (REST API, web GUI, CLI) over a
+//! cluster running Istio, through kube-rs.
+//!
+//! * Workloads are the Deployments, StatefulSets and DaemonSets that Istio's injection
+//!   concerns (namespace `istio-injection=enabled` / `istio.io/rev`, or a pod template that
+//!   sets `sidecar.istio.io/inject`); their sidecar status comes from their pods.
+//! * Writing settings is a JSON merge patch of `spec.template.metadata.annotations` with a
+//!   `resourceVersion` precondition, after validating the resulting annotations as Istio's
+//!   injector does ([`meshpass_settings`]).
+//! * "Restart now" patches `kubectl.kubernetes.io/restartedAt` as `kubectl rollout restart`
+//!   does and watches the rollout as `kubectl rollout status` does.
+//! * "Check effect" calls the workload's Service through the API server's service proxy.
+//! * [`fake`] is an in-memory API server for demos and the GUI end-to-end test.
+
+pub mod backend;
+pub mod check;
+pub mod error;
+pub mod fake;
+pub mod inspect;
+pub mod workload;
+
+pub use backend::KubeBackend;
+pub use error::KubeError;

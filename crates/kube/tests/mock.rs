@@ -1,0 +1,927 @@
+//! [`KubeBackend`] against a scripted fake API server (tower-test's mock service behind a
+//! real `kube::Client`): every request the backend makes is asserted (method, path, query,
+//! content type, exact JSON body) and answered with a body shaped exactly as the Kubernetes
+//! API returns it (lists with `kind`/`apiVersion`/`metadata.resourceVersion`, `Status`
+//! objects for errors, newline-delimited watch events with bookmarks and a 410 `ERROR`).
+
+use http::{Request, Response};
+use kube::client::Body;
+use meshpass_api::model::{CheckRequest, Direction, Verdict, WorkloadRef};
+use meshpass_api::{Backend, BackendError};
+use meshpass_kube::KubeBackend;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tower_test::mock;
+
+/// One expected request and the answer to it.
+struct Exchange {
+    method: &'static str,
+    path: String,
+    query: BTreeMap<String, String>,
+    /// `Some` = the request must carry exactly this JSON body (and the merge-patch type).
+    body: Option<Value>,
+    /// A custom check of the body instead (the restart's timestamp).
+    body_check: Option<fn(&Value)>,
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    answer: String,
+}
+
+fn ex(method: &'static str, path_and_query: &str, status: u16, answer: Value) -> Exchange {
+    let (path, q) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    Exchange {
+        method,
+        path: path.to_string(),
+        query: parse_query(q),
+        body: None,
+        body_check: None,
+        status,
+        headers: vec![("content-type", "application/json")],
+        answer: answer.to_string(),
+    }
+}
+
+fn parse_query(q: &str) -> BTreeMap<String, String> {
+    url_pairs(q).into_iter().collect()
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).expect("hex escape"));
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// A client whose API server plays `script` in order, asserting each request; the handle
+/// resolves when the script is done (and panics with the first mismatch).
+fn scripted(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let task = tokio::spawn(async move {
+        for (i, e) in script.into_iter().enumerate() {
+            let (req, send) = handle
+                .next_request()
+                .await
+                .unwrap_or_else(|| panic!("request #{i} never came: {} {}", e.method, e.path));
+            let what = format!("request #{i} ({} {})", req.method(), req.uri());
+            assert_eq!(req.method().as_str(), e.method, "{what}: method");
+            assert_eq!(req.uri().path(), e.path, "{what}: path");
+            assert_eq!(parse_query(req.uri().query().unwrap_or_default()), e.query, "{what}: query");
+            let ct = req.headers().get("content-type").map(|v| v.to_str().unwrap_or_default().to_string());
+            let body = req.into_body().collect_bytes().await.expect("request body");
+            if let Some(want) = &e.body {
+                assert_eq!(ct.as_deref(), Some("application/merge-patch+json"), "{what}: content-type");
+                let got: Value = serde_json::from_slice(&body).expect("JSON body");
+                assert_eq!(&got, want, "{what}: body");
+            }
+            if let Some(check) = e.body_check {
+                assert_eq!(ct.as_deref(), Some("application/merge-patch+json"), "{what}: content-type");
+                check(&serde_json::from_slice(&body).expect("JSON body"));
+            }
+            if e.body.is_none() && e.body_check.is_none() {
+                assert!(body.is_empty(), "{what}: unexpected body {}", String::from_utf8_lossy(&body));
+            }
+            let mut res = Response::builder().status(e.status);
+            for (k, v) in &e.headers {
+                res = res.header(*k, *v);
+            }
+            send.send_response(res.body(Body::from(e.answer.into_bytes())).expect("response"));
+        }
+    });
+    (kube::Client::new(svc, "default"), task)
+}
+
+fn backend(client: kube::Client) -> KubeBackend {
+    KubeBackend::new(client, Vec::new()).with_rewatch_pause(Duration::from_millis(1))
+}
+
+fn hello() -> WorkloadRef {
+    WorkloadRef::new("default", "helloworld-v1")
+}
+
+// ---- objects shaped as the API server returns them -------------------------------------
+
+fn status(code: u16, reason: &str, message: &str, details: Value) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "details": details, "code": code})
+}
+
+fn namespace(name: &str, labels: Value) -> Value {
+    json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "10",
+        "creationTimestamp": "2026-11-26T08:00:00Z", "labels": labels},
+        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+}
+
+fn deployment(rv: &str, generation: i64, template_ann: Value, status: Value) -> Value {
+    json!({
+        "metadata": {"name": "helloworld-v1", "namespace": "default", "uid": "6a0d5d2e-1f2b-4c3d-9e8f-0a1b2c3d4e5f",
+            "resourceVersion": rv, "generation": generation, "creationTimestamp": "2026-11-26T08:10:00Z",
+            "labels": {"app": "helloworld", "version": "v1"},
+            "annotations": {"deployment.kubernetes.io/revision": "3"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "helloworld", "version": "v1"}},
+            "template": {"metadata": {"labels": {"app": "helloworld", "version": "v1"}, "annotations": template_ann},
+                "spec": {"containers": [{"name": "helloworld", "image": "docker.io/istio/examples-helloworld-v1:1.0",
+                    "ports": [{"name": "http", "containerPort": 5000, "protocol": "TCP"}],
+                    "resources": {}, "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"}],
+                    "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+                    "securityContext": {}, "schedulerName": "default-scheduler"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
+            "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600},
+        "status": status
+    })
+}
+
+fn rolled_out(generation: i64) -> Value {
+    json!({"observedGeneration": generation, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2,
+        "conditions": [{"type": "Available", "status": "True", "lastUpdateTime": "2026-11-26T08:10:05Z",
+            "lastTransitionTime": "2026-11-26T08:10:05Z", "reason": "MinimumReplicasAvailable",
+            "message": "Deployment has minimum availability."},
+            {"type": "Progressing", "status": "True", "lastUpdateTime": "2026-11-26T08:10:05Z",
+            "lastTransitionTime": "2026-11-26T08:10:00Z", "reason": "NewReplicaSetAvailable",
+            "message": "ReplicaSet \"helloworld-v1-7c8d9f6b5d\" has successfully progressed."}]})
+}
+
+fn with_type(mut v: Value, kind: &str) -> Value {
+    v["kind"] = json!(kind);
+    v["apiVersion"] = json!("apps/v1");
+    v
+}
+
+fn list(kind: &str, api_version: &str, rv: &str, items: Vec<Value>) -> Value {
+    json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv}, "items": items})
+}
+
+/// A running pod; `sidecar`: "container", "native" (init container, restartPolicy Always) or "".
+fn pod(name: &str, labels: Value, annotations: Value, sidecar: &str, ready: bool) -> Value {
+    let mut containers = vec![json!({"name": "app", "image": "app:1"})];
+    let mut init = vec![json!({"name": "istio-init", "image": "docker.io/istio/proxyv2:1.28.0"})];
+    match sidecar {
+        "container" => containers.push(json!({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.28.0"})),
+        "native" => init
+            .push(json!({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.28.0", "restartPolicy": "Always"})),
+        _ => {}
+    }
+    json!({
+        "metadata": {"name": name, "generateName": "x-", "namespace": "default", "uid": format!("uid-{name}"),
+            "resourceVersion": "900", "creationTimestamp": "2026-11-26T08:10:01Z", "labels": labels, "annotations": annotations},
+        "spec": {"initContainers": init, "containers": containers, "restartPolicy": "Always", "nodeName": "kind-control-plane"},
+        "status": {"phase": "Running", "podIP": "10.244.0.7", "hostIP": "172.18.0.2", "startTime": "2026-11-26T08:10:01Z",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastProbeTime": null,
+                "lastTransitionTime": "2026-11-26T08:10:05Z"}]}
+    })
+}
+
+fn service(name: &str, selector: Value, port: u16, target: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "800",
+            "creationTimestamp": "2026-11-26T08:10:00Z"},
+        "spec": {"ports": [{"name": "http", "protocol": "TCP", "port": port, "targetPort": target}], "selector": selector,
+            "clusterIP": "10.96.12.34", "clusterIPs": ["10.96.12.34"], "type": "ClusterIP", "sessionAffinity": "None"},
+        "status": {"loadBalancer": {}}})
+}
+
+fn hello_labels() -> Value {
+    json!({"app": "helloworld", "version": "v1", "pod-template-hash": "7c8d9f6b5d"})
+}
+
+/// The three requests `describe` makes after a get or patch of helloworld-v1.
+fn describe_script(pods: Vec<Value>) -> Vec<Exchange> {
+    vec![
+        ex(
+            "GET",
+            "/api/v1/namespaces?fieldSelector=metadata.name%3Ddefault",
+            200,
+            list("NamespaceList", "v1", "1500", vec![namespace("default", json!({"istio-injection": "enabled"}))]),
+        ),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/pods?labelSelector=app%3Dhelloworld%2Cversion%3Dv1",
+            200,
+            list("PodList", "v1", "1500", pods),
+        ),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/services",
+            200,
+            list(
+                "ServiceList",
+                "v1",
+                "1500",
+                vec![service("helloworld", json!({"app": "helloworld"}), 5000, json!("http"))],
+            ),
+        ),
+    ]
+}
+
+const EXCLUDE_IN: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+const EXCLUDE_OUT: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+
+// ---- list ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn list_reads_namespaces_workloads_pods_and_services() {
+    let sts = json!({
+        "metadata": {"name": "db", "namespace": "data", "uid": "u-db", "resourceVersion": "700", "generation": 1},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db", "sidecar.istio.io/inject": "true"}},
+                "spec": {"containers": [{"name": "db", "image": "postgres:17"}]}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "currentReplicas": 1, "updatedReplicas": 1,
+            "currentRevision": "db-5f4b", "updateRevision": "db-5f4b", "collisionCount": 0, "availableReplicas": 1}
+    });
+    let ds = json!({
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system", "uid": "u-kp", "resourceVersion": "60", "generation": 1},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "kube-proxy"}},
+            "template": {"metadata": {"labels": {"k8s-app": "kube-proxy"}},
+                "spec": {"containers": [{"name": "kube-proxy", "image": "registry.k8s.io/kube-proxy:v1.33.1"}]}},
+            "updateStrategy": {"type": "RollingUpdate"}},
+        "status": {"currentNumberScheduled": 1, "numberMisscheduled": 0, "desiredNumberScheduled": 1, "numberReady": 1,
+            "observedGeneration": 1, "updatedNumberScheduled": 1, "numberAvailable": 1}
+    });
+    let template = json!({EXCLUDE_IN: "5000"});
+    let script = vec![
+        ex(
+            "GET",
+            "/api/v1/namespaces",
+            200,
+            list(
+                "NamespaceList",
+                "v1",
+                "1500",
+                vec![
+                    namespace("data", json!({"kubernetes.io/metadata.name": "data"})),
+                    namespace(
+                        "default",
+                        json!({"istio-injection": "enabled", "kubernetes.io/metadata.name": "default"}),
+                    ),
+                    namespace("kube-system", json!({"kubernetes.io/metadata.name": "kube-system"})),
+                ],
+            ),
+        ),
+        ex(
+            "GET",
+            "/apis/apps/v1/deployments",
+            200,
+            list("DeploymentList", "apps/v1", "1500", vec![deployment("1234", 3, template.clone(), rolled_out(3))]),
+        ),
+        ex("GET", "/apis/apps/v1/statefulsets", 200, list("StatefulSetList", "apps/v1", "1500", vec![sts])),
+        ex("GET", "/apis/apps/v1/daemonsets", 200, list("DaemonSetList", "apps/v1", "1500", vec![ds])),
+        // Namespace `data`: the StatefulSet opted in by its template label.
+        ex(
+            "GET",
+            "/api/v1/namespaces/data/pods",
+            200,
+            list(
+                "PodList",
+                "v1",
+                "1500",
+                vec![{
+                    let mut p = pod("db-0", json!({"app": "db"}), json!({}), "native", true);
+                    p["metadata"]["namespace"] = json!("data");
+                    p
+                }],
+            ),
+        ),
+        ex("GET", "/api/v1/namespaces/data/services", 200, list("ServiceList", "v1", "1500", vec![])),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            200,
+            list(
+                "PodList",
+                "v1",
+                "1500",
+                vec![
+                    pod(
+                        "helloworld-v1-7c8d9f6b5d-abcde",
+                        hello_labels(),
+                        json!({EXCLUDE_IN: "5000", "sidecar.istio.io/status": "{}"}),
+                        "container",
+                        true,
+                    ),
+                    // Started from the previous template (no exclusion): the workload is pending restart.
+                    pod(
+                        "helloworld-v1-6b7c8d9f4c-fghij",
+                        hello_labels(),
+                        json!({"sidecar.istio.io/status": "{}"}),
+                        "container",
+                        false,
+                    ),
+                    pod("sleep-5d8f9c7b6-klmno", json!({"app": "sleep"}), json!({}), "container", true),
+                ],
+            ),
+        ),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/services",
+            200,
+            list(
+                "ServiceList",
+                "v1",
+                "1500",
+                vec![
+                    service("helloworld", json!({"app": "helloworld"}), 5000, json!("http")),
+                    service("sleep", json!({"app": "sleep"}), 80, json!(80)),
+                ],
+            ),
+        ),
+    ];
+    let (client, server) = scripted(script);
+    let items = backend(client).list().await.expect("list");
+    server.await.expect("script");
+    let names: Vec<String> = items.iter().map(|w| w.workload.to_string()).collect();
+    assert_eq!(names, ["data/db", "default/helloworld-v1"], "kube-system/kube-proxy is not Istio's concern");
+    let db = &items[0];
+    assert_eq!((db.kind.as_str(), db.meshed, db.injected, db.ready, db.total), ("StatefulSet", true, 1, 1, 1));
+    assert!(!db.pending_restart);
+    let h = &items[1];
+    assert_eq!(h.kind, "Deployment");
+    assert!(h.meshed);
+    assert!(h.pending_restart, "one running pod lacks the template's exclusion");
+    assert_eq!((h.injected, h.ready, h.total), (2, 1, 2));
+    assert_eq!(h.resource_version, "1234");
+    assert_eq!(h.annotations.get(EXCLUDE_IN).map(String::as_str), Some("5000"));
+    assert_eq!(h.services.len(), 1);
+    assert_eq!(h.services[0].name, "helloworld");
+    assert_eq!(h.services[0].cluster_ip.as_deref(), Some("10.96.12.34"));
+    assert_eq!(
+        (h.services[0].ports[0].port, h.services[0].ports[0].target_port),
+        (5000, 5000),
+        "named targetPort resolved"
+    );
+}
+
+#[tokio::test]
+async fn list_forbidden_names_the_permission_and_the_servers_message() {
+    let msg = "deployments.apps is forbidden: User \"system:serviceaccount:meshpass-system:meshpass\" cannot list resource \"deployments\" in API group \"apps\" at the cluster scope";
+    let script = vec![
+        ex(
+            "GET",
+            "/api/v1/namespaces",
+            200,
+            list("NamespaceList", "v1", "1500", vec![namespace("default", json!({"istio-injection": "enabled"}))]),
+        ),
+        ex(
+            "GET",
+            "/apis/apps/v1/deployments",
+            403,
+            status(403, "Forbidden", msg, json!({"group": "apps", "kind": "deployments"})),
+        ),
+    ];
+    let (client, server) = scripted(script);
+    let err = backend(client).list().await.expect_err("forbidden");
+    server.await.expect("script");
+    match err {
+        BackendError::Forbidden(m) => {
+            assert!(m.contains("list deployments.apps"), "{m}");
+            assert!(m.contains(msg), "{m}");
+        }
+        other => panic!("want Forbidden, got {other:?}"),
+    }
+}
+
+// ---- get ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn get_of_a_missing_workload_tries_each_kind_then_is_not_found() {
+    let nf = |plural: &str| {
+        status(
+            404,
+            "NotFound",
+            &format!("{plural}.apps \"nope\" not found"),
+            json!({"name": "nope", "group": "apps", "kind": plural}),
+        )
+    };
+    let script = vec![
+        ex("GET", "/apis/apps/v1/namespaces/default/deployments/nope", 404, nf("deployments")),
+        ex("GET", "/apis/apps/v1/namespaces/default/statefulsets/nope", 404, nf("statefulsets")),
+        ex("GET", "/apis/apps/v1/namespaces/default/daemonsets/nope", 404, nf("daemonsets")),
+    ];
+    let (client, server) = scripted(script);
+    let err = backend(client).get(&WorkloadRef::new("default", "nope")).await.expect_err("missing");
+    server.await.expect("script");
+    assert!(matches!(err, BackendError::NotFound(ref w) if w.name == "nope"), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_unanswered_request_times_out_as_unavailable() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let keep = tokio::spawn(async move {
+        // Take the request and never answer it.
+        let held = handle.next_request().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(held);
+    });
+    let b = KubeBackend::new(kube::Client::new(svc, "default"), Vec::new())
+        .with_request_timeout(Duration::from_millis(100));
+    let err = b.get(&hello()).await.expect_err("timeout");
+    keep.abort();
+    match err {
+        BackendError::Unavailable(m) => assert!(m.contains("did not answer within"), "{m}"),
+        other => panic!("want Unavailable, got {other:?}"),
+    }
+}
+
+// ---- patch ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn patch_sends_a_merge_patch_with_the_resource_version_precondition() {
+    let before = json!({EXCLUDE_OUT: "8080", "prometheus.io/scrape": "true"});
+    let after = json!({EXCLUDE_IN: "5000", "prometheus.io/scrape": "true"});
+    let mut script = vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1234", 3, before, rolled_out(3)), "Deployment"),
+        ),
+        Exchange {
+            body: Some(json!({
+                "metadata": {"resourceVersion": "1234"},
+                "spec": {"template": {"metadata": {"annotations": {EXCLUDE_IN: "5000", EXCLUDE_OUT: null}}}}
+            })),
+            ..ex(
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
+                200,
+                with_type(deployment("1240", 4, after, rolled_out(4)), "Deployment"),
+            )
+        },
+    ];
+    script.extend(describe_script(vec![pod(
+        "helloworld-v1-7c8d9f6b5d-abcde",
+        hello_labels(),
+        json!({EXCLUDE_OUT: "8080", "sidecar.istio.io/status": "{}"}),
+        "container",
+        true,
+    )]));
+    let (client, server) = scripted(script);
+    let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000".to_string())]);
+    let info =
+        backend(client).patch_annotations(&hello(), "1234", set, vec![EXCLUDE_OUT.to_string()]).await.expect("patch");
+    server.await.expect("script");
+    assert_eq!(info.resource_version, "1240");
+    assert!(info.pending_restart, "the running pod still has the old settings");
+    assert_eq!(info.annotations.get(EXCLUDE_IN).map(String::as_str), Some("5000"));
+    assert!(!info.annotations.contains_key(EXCLUDE_OUT));
+    assert_eq!(
+        info.annotations.get("prometheus.io/scrape").map(String::as_str),
+        Some("true"),
+        "other annotations kept"
+    );
+}
+
+#[tokio::test]
+async fn a_409_from_the_precondition_is_a_conflict_naming_both_versions() {
+    let script = vec![
+        ex("GET", "/apis/apps/v1/namespaces/default/deployments/helloworld-v1", 200,
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment")),
+        Exchange {
+            body: Some(json!({"metadata": {"resourceVersion": "1234"},
+                "spec": {"template": {"metadata": {"annotations": {EXCLUDE_IN: "5000"}}}}})),
+            ..ex("PATCH", "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass", 409,
+                status(409, "Conflict",
+                    "Operation cannot be fulfilled on deployments.apps \"helloworld-v1\": the object has been modified; please apply your changes to the latest version and try again",
+                    json!({"name": "helloworld-v1", "group": "apps", "kind": "deployments"})))
+        },
+        ex("GET", "/apis/apps/v1/namespaces/default/deployments/helloworld-v1", 200,
+            with_type(deployment("1237", 3, json!({"x": "y"}), rolled_out(3)), "Deployment")),
+    ];
+    let (client, server) = scripted(script);
+    let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000".to_string())]);
+    let err = backend(client).patch_annotations(&hello(), "1234", set, vec![]).await.expect_err("conflict");
+    server.await.expect("script");
+    match err {
+        BackendError::Conflict { workload, expected, actual } => {
+            assert_eq!(workload, hello());
+            assert_eq!((expected.as_str(), actual.as_str()), ("1234", "1237"));
+        }
+        other => panic!("want Conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_version_is_a_conflict_before_anything_is_written() {
+    let script = vec![ex(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+        200,
+        with_type(deployment("1299", 3, json!({}), rolled_out(3)), "Deployment"),
+    )];
+    let (client, server) = scripted(script);
+    let err = backend(client)
+        .patch_annotations(&hello(), "1234", BTreeMap::new(), vec![EXCLUDE_IN.into()])
+        .await
+        .expect_err("stale");
+    server.await.expect("script");
+    assert!(matches!(err, BackendError::Conflict { ref actual, .. } if actual == "1299"), "{err:?}");
+}
+
+#[tokio::test]
+async fn annotations_istio_would_reject_never_reach_the_cluster() {
+    let script = vec![ex(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+        200,
+        with_type(
+            deployment("1234", 3, json!({"sidecar.istio.io/interceptionMode": "redirect"}), rolled_out(3)),
+            "Deployment",
+        ),
+    )];
+    let (client, server) = scripted(script);
+    let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000,70000".to_string())]);
+    let err = backend(client).patch_annotations(&hello(), "1234", set, vec![]).await.expect_err("invalid");
+    server.await.expect("script");
+    match err {
+        BackendError::Invalid(items) => {
+            assert_eq!(items.len(), 2, "{items:?}");
+            assert!(items.iter().any(|m| m.contains(EXCLUDE_IN) && m.contains("70000")), "{items:?}");
+            assert!(items.iter().any(|m| m.contains("interceptionMode")), "{items:?}");
+        }
+        other => panic!("want Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_422_is_invalid_with_the_servers_message() {
+    let msg = "Deployment.apps \"helloworld-v1\" is invalid: metadata.annotations: Invalid value: \"traffic.sidecar.istio.io/\": name part must be non-empty";
+    let script = vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
+        ),
+        Exchange {
+            body: Some(json!({"metadata": {"resourceVersion": "1234"},
+                "spec": {"template": {"metadata": {"annotations": {"traffic.sidecar.istio.io/": "x"}}}}})),
+            ..ex(
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
+                422,
+                status(
+                    422,
+                    "Invalid",
+                    msg,
+                    json!({"name": "helloworld-v1", "group": "apps", "kind": "Deployment",
+                    "causes": [{"reason": "FieldValueInvalid", "message": "Invalid value: \"traffic.sidecar.istio.io/\": name part must be non-empty", "field": "metadata.annotations"}]}),
+                ),
+            )
+        },
+    ];
+    let (client, server) = scripted(script);
+    let set = BTreeMap::from([("traffic.sidecar.istio.io/".to_string(), "x".to_string())]);
+    let err = backend(client).patch_annotations(&hello(), "1234", set, vec![]).await.expect_err("422");
+    server.await.expect("script");
+    assert!(matches!(err, BackendError::Invalid(ref m) if m[0].contains(msg)), "{err:?}");
+}
+
+// ---- restart + watch -------------------------------------------------------------------------
+
+fn check_restart_body(body: &Value) {
+    let ts = body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no restartedAt in {body}"));
+    assert_eq!(
+        body,
+        &json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": ts}}}}})
+    );
+    let t: k8s_openapi::jiff::Timestamp =
+        ts.parse().unwrap_or_else(|e| panic!("restartedAt {ts:?} is not RFC 3339: {e}"));
+    let age = k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second();
+    assert!((0..60).contains(&age), "restartedAt {ts} is not now");
+    assert!(ts.ends_with('Z') && ts.len() == 20, "whole seconds, UTC, as kubectl writes it: {ts}");
+}
+
+fn watch_body(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+fn watch(rv: &str, timeout: u64, body: String) -> Exchange {
+    Exchange {
+        answer: body,
+        ..ex("GET", &format!(
+            "/apis/apps/v1/namespaces/default/deployments?watch=true&timeoutSeconds={timeout}&fieldSelector=metadata.name%3Dhelloworld-v1&allowWatchBookmarks=true&resourceVersion={rv}"
+        ), 200, json!(null))
+    }
+}
+
+#[tokio::test]
+async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_and_a_410() {
+    let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
+    let progressing = |rv: &str, st: Value| with_type(deployment(rv, 4, restarted.clone(), st), "Deployment");
+    let script = vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
+        ),
+        Exchange {
+            body_check: Some(check_restart_body),
+            // The patch answer: generation 4 not yet observed.
+            ..ex(
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
+                200,
+                progressing("1250", rolled_out(3)),
+            )
+        },
+        // First watch: one step, a bookmark, then the server ends the watch.
+        watch(
+            "1250",
+            290,
+            watch_body(&[
+                json!({"type": "MODIFIED", "object": progressing("1251", json!({"observedGeneration": 4, "replicas": 3,
+                "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2, "unavailableReplicas": 1}))}),
+                json!({"type": "BOOKMARK", "object": {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"resourceVersion": "1260"}}}),
+            ]),
+        ),
+        // Re-watch from the bookmark: too old by now (410 Gone as an ERROR event).
+        watch(
+            "1260",
+            290,
+            watch_body(&[json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": "too old resource version: 1260 (1300)", "reason": "Expired", "code": 410}})]),
+        ),
+        // Re-list, then watch from the list's version.
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments?fieldSelector=metadata.name%3Dhelloworld-v1",
+            200,
+            list(
+                "DeploymentList",
+                "apps/v1",
+                "1310",
+                vec![deployment(
+                    "1305",
+                    4,
+                    restarted.clone(),
+                    json!({"observedGeneration": 4,
+                "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1}),
+                )],
+            ),
+        ),
+        watch("1310", 290, watch_body(&[json!({"type": "MODIFIED", "object": progressing("1320", rolled_out(4))})])),
+    ];
+    let (client, server) = scripted(script);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let progress = Box::new(move |l: String| sink.lock().expect("lines").push(l));
+    backend(client).restart(&hello(), progress).await.expect("restart");
+    server.await.expect("script");
+    let lines = lines.lock().expect("lines").clone();
+    assert_eq!(
+        lines,
+        [
+            "deployment.apps/helloworld-v1 restarted",
+            "Waiting for deployment spec update to be observed...",
+            "Waiting for deployment \"helloworld-v1\" rollout to finish: 1 out of 2 new replicas have been updated...",
+            "Waiting for deployment \"helloworld-v1\" rollout to finish: 1 of 2 updated replicas are available...",
+            "deployment \"helloworld-v1\" successfully rolled out",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_past_its_progress_deadline_fails() {
+    let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
+    let stuck = json!({"observedGeneration": 4, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2,
+        "unavailableReplicas": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"helloworld-v1-5d6c7b8a9f\" has timed out progressing.",
+        "lastUpdateTime": "2026-11-26T10:10:00Z", "lastTransitionTime": "2026-11-26T10:10:00Z"}]});
+    let script = vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
+        ),
+        Exchange {
+            body_check: Some(check_restart_body),
+            ..ex(
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
+                200,
+                with_type(deployment("1250", 4, restarted.clone(), rolled_out(3)), "Deployment"),
+            )
+        },
+        watch(
+            "1250",
+            290,
+            watch_body(&[
+                json!({"type": "MODIFIED", "object": with_type(deployment("1251", 4, restarted, stuck), "Deployment")}),
+            ]),
+        ),
+    ];
+    let (client, server) = scripted(script);
+    let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("deadline");
+    server.await.expect("script");
+    assert!(matches!(err, BackendError::Failed(ref m) if m.contains("exceeded its progress deadline")), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_rollout_that_outlasts_the_timeout_fails_naming_the_last_status() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("get");
+        send.send_response(Response::new(Body::from(
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment").to_string().into_bytes(),
+        )));
+        let (_, send) = handle.next_request().await.expect("patch");
+        send.send_response(Response::new(Body::from(
+            with_type(deployment("1250", 4, json!({}), rolled_out(3)), "Deployment").to_string().into_bytes(),
+        )));
+        // The watch is never answered.
+        let held = handle.next_request().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(held);
+    });
+    let b = backend(kube::Client::new(svc, "default")).with_rollout_timeout(Duration::from_millis(300));
+    let err = b.restart(&hello(), Box::new(|_| {})).await.expect_err("timeout");
+    server.abort();
+    match err {
+        BackendError::Failed(m) => {
+            assert!(m.contains("did not complete within 300ms"), "{m}");
+            assert!(m.contains("Waiting for deployment spec update to be observed"), "{m}");
+        }
+        other => panic!("want Failed, got {other:?}"),
+    }
+}
+
+// ---- check -----------------------------------------------------------------------------------
+
+fn check_script(status_code: u16, headers: Vec<(&'static str, &'static str)>, answer: &str) -> Vec<Exchange> {
+    vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
+        ),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/services",
+            200,
+            list(
+                "ServiceList",
+                "v1",
+                "1500",
+                vec![service("helloworld", json!({"app": "helloworld"}), 5000, json!(5000))],
+            ),
+        ),
+        Exchange {
+            headers,
+            answer: answer.to_string(),
+            ..ex("GET", "/api/v1/namespaces/default/services/helloworld:5000/proxy/hello", status_code, json!(null))
+        },
+    ]
+}
+
+fn inbound(port: Option<u16>) -> CheckRequest {
+    CheckRequest { direction: Direction::Inbound, port, path: Some("/hello".into()), target: None }
+}
+
+#[tokio::test]
+async fn check_through_the_sidecar() {
+    let (client, server) = scripted(check_script(
+        200,
+        vec![
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-length", "60"),
+            ("server", "istio-envoy"),
+            ("x-envoy-upstream-service-time", "3"),
+            ("x-envoy-decorator-operation", "helloworld.default.svc.cluster.local:5000/*"),
+        ],
+        "Hello version: v1, instance: helloworld-v1-7c8d9f6b5d-abcde\n",
+    ));
+    let report = backend(client).check(&hello(), &inbound(Some(5000))).await.expect("check");
+    server.await.expect("script");
+    assert_eq!(report.verdict, Verdict::Sidecar);
+    assert_eq!(report.from, "apiserver proxy");
+    assert_eq!(report.target, "GET /api/v1/namespaces/default/services/helloworld:5000/proxy/hello");
+    assert_eq!(report.status_line.as_deref(), Some("HTTP/1.1 200 OK"));
+    assert!(report.headers.contains(&("server".into(), "istio-envoy".into())));
+    assert!(report.evidence[0].contains("istio-envoy"), "{:?}", report.evidence);
+}
+
+#[tokio::test]
+async fn check_passthrough_shows_the_apps_own_headers() {
+    let (client, server) = scripted(check_script(
+        200,
+        vec![
+            ("server", "Werkzeug/3.1.3 Python/3.12.11"),
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-length", "60"),
+        ],
+        "Hello version: v1, instance: helloworld-v1-7c8d9f6b5d-abcde\n",
+    ));
+    let report = backend(client).check(&hello(), &inbound(None)).await.expect("check");
+    server.await.expect("script");
+    assert_eq!(report.verdict, Verdict::Passthrough);
+    assert!(report.evidence.iter().any(|e| e.contains("Werkzeug")), "{:?}", report.evidence);
+}
+
+#[tokio::test]
+async fn check_forbidden_by_rbac_names_services_proxy() {
+    let msg = "services \"helloworld:5000\" is forbidden: User \"system:serviceaccount:meshpass-system:meshpass\" cannot get resource \"services/proxy\" in API group \"\" in the namespace \"default\"";
+    let body = status(403, "Forbidden", msg, json!({"name": "helloworld:5000", "kind": "services"})).to_string();
+    let (client, server) = scripted(check_script(403, vec![("content-type", "application/json")], &body));
+    let err = backend(client).check(&hello(), &inbound(Some(5000))).await.expect_err("forbidden");
+    server.await.expect("script");
+    match err {
+        BackendError::Forbidden(m) => {
+            assert!(m.contains("`get` on `services/proxy`"), "{m}");
+            assert!(m.contains(msg), "{m}");
+        }
+        other => panic!("want Forbidden, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn outbound_checks_and_rule_counters_are_unsupported_without_calls() {
+    let (client, server) = scripted(vec![]);
+    let b = backend(client);
+    let out =
+        CheckRequest { direction: Direction::Outbound, port: None, path: None, target: Some("10.0.0.1:80".into()) };
+    assert!(matches!(b.check(&hello(), &out).await, Err(BackendError::Unsupported(_))));
+    match b.rule_counters(&hello()).await {
+        Err(BackendError::Unsupported(m)) => {
+            assert!(m.starts_with("rule counters live in the pods' network namespaces"), "{m}")
+        }
+        other => panic!("want Unsupported, got {other:?}"),
+    }
+    server.await.expect("script");
+}
+
+#[tokio::test]
+async fn restricted_namespaces_work_without_permission_to_list_namespaces() {
+    let msg = "namespaces is forbidden: User \"dev\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope";
+    let script = vec![
+        ex("GET", "/api/v1/namespaces", 403, status(403, "Forbidden", msg, json!({"kind": "namespaces"}))),
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments",
+            200,
+            list("DeploymentList", "apps/v1", "1500", vec![deployment("1234", 3, json!({}), rolled_out(3))]),
+        ),
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/statefulsets",
+            200,
+            list("StatefulSetList", "apps/v1", "1500", vec![]),
+        ),
+        ex("GET", "/apis/apps/v1/namespaces/default/daemonsets", 200, list("DaemonSetList", "apps/v1", "1500", vec![])),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            200,
+            list(
+                "PodList",
+                "v1",
+                "1500",
+                vec![pod(
+                    "helloworld-v1-7c8d9f6b5d-abcde",
+                    hello_labels(),
+                    json!({"sidecar.istio.io/status": "{}"}),
+                    "container",
+                    true,
+                )],
+            ),
+        ),
+        ex("GET", "/api/v1/namespaces/default/services", 200, list("ServiceList", "v1", "1500", vec![])),
+    ];
+    let (client, server) = scripted(script);
+    let b = KubeBackend::new(client, vec!["default".into()]);
+    let items = b.list().await.expect("list");
+    server.await.expect("script");
+    assert_eq!(items.len(), 1);
+    assert!(items[0].meshed, "injection read from the pods when the namespace labels are not readable");
+    assert!(!items[0].pending_restart);
+    // Outside the managed namespaces a workload does not exist (and nothing is asked).
+    let (client, server) = scripted(vec![]);
+    let b = KubeBackend::new(client, vec!["default".into()]);
+    assert!(matches!(b.get(&WorkloadRef::new("kube-system", "coredns")).await, Err(BackendError::NotFound(_))));
+    server.await.expect("script");
+}
