@@ -165,7 +165,7 @@ fn schemas() -> Value {
             "type": "object", "additionalProperties": false,
             "properties": {
                 "direction": { "type": "string", "enum": ["inbound", "outbound"], "default": "inbound" },
-                "port": { "type": "integer", "minimum": 0, "maximum": 65535, "nullable": true, "description": "inbound: the Service port (default: the first)" },
+                "port": { "type": "integer", "minimum": 1, "maximum": 65535, "nullable": true, "description": "inbound: the Service port (default: the first)" },
                 "path": { "type": "string", "nullable": true, "description": "inbound: HTTP path (default /)" },
                 "target": { "type": "string", "nullable": true, "description": "outbound: ADDR:PORT or http://ADDR:PORT/PATH" },
             },
@@ -403,7 +403,7 @@ pub fn document() -> Value {
                 "name": { "name": "name", "in": "path", "required": true, "description": "workload name (DNS-1123 subdomain)",
                     "example": "helloworld-v1",
                     "schema": { "type": "string", "maxLength": 253, "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$" } },
-                "ifMatch": { "name": "If-Match", "in": "header", "required": true, "schema": { "type": "string", "pattern": "\\S" },
+                "ifMatch": { "name": "If-Match", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1, "pattern": "\\S" },
                     "description": "`\"RESOURCE_VERSION\"` from the ETag. A PUT may name the version in its body's resourceVersion instead, a DELETE in ?resourceVersion=; with neither the write is refused with 428; when both are given and differ, 409" },
                 "csrf": { "name": "X-CSRF-Token", "in": "header", "required": false, "schema": { "type": "string" },
                     "description": "required with the session cookie (from GET /api/v1/session); not with a bearer token" },

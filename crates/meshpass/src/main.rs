@@ -32,6 +32,12 @@ enum Command {
     Up(Box<cmd::mesh::UpArgs>),
     /// Set or remove a Deployment's pod-template annotations (its passthrough settings).
     Annotate(Box<cmd::mesh::AnnotateArgs>),
+    /// Traffic passthrough settings of a workload, through the management API:
+    /// `get`, `set`, `clear`.
+    Passthrough(Box<cmd::passthrough::Args>),
+    /// Run the management plane (REST API, web GUI, metrics) for the local mesh or, with
+    /// `--kube`, for a Kubernetes cluster running Istio.
+    Serve(Box<cmd::serve::Args>),
     /// Check which path a request took: through the sidecar or directly, with the evidence.
     Check(Box<cmd::check::Args>),
     /// Remove everything the local mesh made (also after a crash); keeps the manifests.
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Command::Explain(a) => cmd::explain::run(*a),
         Command::Up(a) => cmd::mesh::up(*a),
         Command::Check(a) => cmd::check::run(*a),
+        Command::Passthrough(a) => cmd::passthrough::run(*a),
+        Command::Serve(a) => cmd::serve::run(*a),
         Command::Annotate(a) => cmd::mesh::annotate(*a),
         Command::Down(a) => cmd::mesh::down(*a),
         Command::Get(a) => cmd::mesh::get(*a),

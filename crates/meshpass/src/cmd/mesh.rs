@@ -43,6 +43,10 @@ pub struct UpArgs {
     /// Drain period of terminating pods, in seconds.
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Where the management plane (API, web GUI, metrics) listens; `off` to not start it.
+    /// Keep it on loopback: the token travels in every request.
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    api_listen: String,
 }
 
 /// `--state-dir` for the client commands.
@@ -217,7 +221,22 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    meshpass_mesh::run(cfg, shutdown, Box::new(|line: &str| eprintln!("{line}")))?;
+    let api = match a.api_listen.as_str() {
+        "off" | "none" => None,
+        addr => {
+            let listen: std::net::SocketAddr =
+                addr.parse().with_context(|| format!("--api-listen {addr:?}: expected IP:PORT or off"))?;
+            let format = super::serve::rule_format(&a.backend);
+            Some(super::serve::spawn_for_mesh(&a.state_dir, listen, format, Arc::clone(&shutdown)))
+        }
+    };
+    let result = meshpass_mesh::run(cfg, Arc::clone(&shutdown), Box::new(|line: &str| eprintln!("{line}")));
+    // The supervisor can also stop on its own (an error, or a Shutdown request): stop the API too.
+    shutdown.store(true, Ordering::SeqCst);
+    if let Some(api) = api {
+        let _ = api.join();
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,8 +4,10 @@ pub mod check;
 pub mod explain;
 pub mod iptables;
 pub mod mesh;
+pub mod passthrough;
 pub mod proxy;
 pub mod rules;
+pub mod serve;
 
 use meshpass_settings::SettingErrors;
 use std::process::ExitCode;

@@ -34,7 +34,8 @@ impl Mesh {
         let _ = std::fs::remove_file(self.state().join("control.sock"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state().join("up.log"))?;
         let mut cmd = Command::new(BIN);
-        cmd.args(["up", "--drain-seconds", "2", "--netns-prefix", self.prefix]);
+        // A free port per mesh: tests run meshes side by side.
+        cmd.args(["up", "--drain-seconds", "2", "--netns-prefix", self.prefix, "--api-listen", "127.0.0.1:0"]);
         if !self.sample {
             cmd.arg("--no-sample");
         }
@@ -83,6 +84,22 @@ impl Mesh {
             bail!("curl {url} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The management plane's URL and token, once it listens.
+    pub fn api(&self) -> Result<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = std::fs::read_to_string(self.state().join("api-address"));
+            let token = std::fs::read_to_string(self.state().join("api-token"));
+            if let (Ok(u), Ok(t)) = (url, token) {
+                return Ok((u.trim().to_string(), t.trim().to_string()));
+            }
+            if Instant::now() > deadline {
+                bail!("the management plane did not start: {}", std::fs::read_to_string(self.state().join("up.log"))?);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn client(&self) -> Result<meshpass_mesh::Client> {

@@ -1,0 +1,173 @@
+//! `meshpass serve`: the management plane (REST API, web GUI, metrics) over the local mesh of
+//! a running `meshpass up`, or over a Kubernetes cluster with `--kube`. `meshpass up` starts
+//! the same server itself ([`spawn_for_mesh`]).
+
+use anyhow::Context;
+use meshpass_api::model::RuleFormat;
+use meshpass_api::server::StartedHook;
+use meshpass_api::{Backend, ServerConfig, Started};
+use meshpass_mesh::LocalBackend;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `meshpass serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Manage a Kubernetes cluster running Istio (kubeconfig, or the in-cluster service
+    /// account) instead of the local mesh.
+    #[arg(long)]
+    kube: bool,
+    /// Kubeconfig context (with --kube; default: the current context).
+    #[arg(long, requires = "kube")]
+    context: Option<String>,
+    /// Only these namespaces (with --kube; repeatable; default: every namespace with injection).
+    #[arg(short = 'n', long = "namespace", requires = "kube")]
+    namespaces: Vec<String>,
+    /// Where the API and GUI listen. Keep it on loopback unless something in front of it
+    /// terminates TLS: the bearer token travels in every request.
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    listen: SocketAddr,
+    /// State directory: the local mesh's (with its control socket), and where the API token
+    /// (`api-token`, mode 0600) and the audit log (`audit.log`) are kept.
+    #[arg(long, default_value = "/var/lib/meshpass")]
+    state_dir: PathBuf,
+    /// Use this API token instead of the one in `api-token` (for example from a Kubernetes
+    /// Secret); it is written to `api-token` (mode 0600).
+    #[arg(long, env = "MESHPASS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The local mesh's rule backend, for previews (nftables or iptables; as `meshpass up`).
+    #[arg(long, default_value = "nftables", value_parser = ["nftables", "iptables"])]
+    backend: String,
+}
+
+/// Prints the URLs once (the token is in the login URL and nowhere else on the terminal).
+fn announce() -> StartedHook {
+    Arc::new(|s: &Started| {
+        eprintln!("management plane (API, GUI, metrics) listening on {}", s.url);
+        eprintln!("open {} to sign in (token in api-token of the state directory)", s.login_url);
+    })
+}
+
+/// The rule format previews use for the local mesh's backend name.
+pub fn rule_format(backend: &str) -> RuleFormat {
+    if backend.starts_with("iptables") {
+        RuleFormat::Iptables
+    } else {
+        RuleFormat::Nft
+    }
+}
+
+async fn ctrl_c_or_term() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs `meshpass serve` in the foreground until Ctrl-C / SIGTERM.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let backend: Arc<dyn Backend> = if a.kube {
+            let b = meshpass_kube::KubeBackend::connect(a.context.clone(), a.namespaces.clone())
+                .await
+                .context("connecting to the Kubernetes API server")?;
+            Arc::new(b)
+        } else {
+            meshpass_mesh::Client::connect(&a.state_dir)
+                .context("serving the local mesh needs `meshpass up` running (or use --kube)")?;
+            Arc::new(LocalBackend::new(&a.state_dir, rule_format(&a.backend)))
+        };
+        let mut cfg = ServerConfig::new(a.listen, &a.state_dir);
+        cfg.on_started = Some(announce());
+        cfg.token = a.token.clone().filter(|t| !t.is_empty());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = async move {
+            ctrl_c_or_term().await;
+            let _ = tx.send(true);
+        };
+        let mut rx2 = rx.clone();
+        // As in `up`: open browser connections get two seconds after the signal.
+        let grace = async move {
+            let _ = rx2.wait_for(|v| *v).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        tokio::select! {
+            r = meshpass_api::serve(cfg, backend, stop) => r?,
+            () = grace => {}
+        }
+        drop(rx);
+        anyhow::Ok(())
+    })?;
+    // Browsers keep connections open; do not wait for them once told to stop.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the management plane for the local mesh that `meshpass up` is bringing up, on its
+/// own thread and runtime: it waits for the supervisor's control socket, serves until
+/// `shutdown` is set, and reports (not fails) when it cannot listen, since the mesh itself is
+/// still useful from the CLI.
+pub fn spawn_for_mesh(
+    state_dir: &Path,
+    listen: SocketAddr,
+    format: RuleFormat,
+    shutdown: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let dir = state_dir.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return eprintln!("management plane not started: {e}"),
+        };
+        let stopping = {
+            let shutdown = Arc::clone(&shutdown);
+            move || {
+                let shutdown = Arc::clone(&shutdown);
+                async move {
+                    while !shutdown.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        };
+        rt.block_on(async {
+            while meshpass_mesh::Client::connect(&dir).is_err() {
+                if shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut cfg = ServerConfig::new(listen, &dir);
+            cfg.on_started = Some(announce());
+            let backend = Arc::new(LocalBackend::new(&dir, format));
+            // Graceful shutdown waits for open connections, and a browser keeps one open:
+            // give them a moment, then stop anyway (the mesh is being torn down).
+            let grace = async {
+                stopping().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            };
+            tokio::select! {
+                r = meshpass_api::serve(cfg, backend, stopping()) => {
+                    if let Err(e) = r {
+                        eprintln!("management plane stopped: {e}");
+                    }
+                }
+                () = grace => {}
+            }
+        });
+        rt.shutdown_timeout(Duration::from_secs(2));
+    })
+}
