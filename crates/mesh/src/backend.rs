@@ -113,7 +113,9 @@ fn inbound_target(w: &WorkloadInfo, req: &CheckRequest) -> Result<Target, MeshEr
             .find(|(_, sp)| sp.port == p || sp.target_port == p)
             .map(|(_, sp)| sp.port)
             .ok_or_else(|| invalid(format!("port {p} is not a port of the Services of {}", w.workload)))?,
-        None => svc.ports.first().map(|p| p.port).ok_or_else(|| invalid(format!("service {} has no port", svc.name)))?,
+        None => {
+            svc.ports.first().map(|p| p.port).ok_or_else(|| invalid(format!("service {} has no port", svc.name)))?
+        }
     };
     let path = req.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
     if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -198,7 +200,9 @@ impl Backend for LocalBackend {
                 }
                 Direction::Outbound => {
                     let t = req.target.as_deref().ok_or_else(|| {
-                        MeshError::Invalid(vec!["an outbound check needs a target (ADDR:PORT or http://ADDR:PORT/PATH)".into()])
+                        MeshError::Invalid(vec![
+                            "an outbound check needs a target (ADDR:PORT or http://ADDR:PORT/PATH)".into(),
+                        ])
                     })?;
                     check::from_pod(&c, &w.namespace, &w.name, &Target::parse(t)?)?
                 }

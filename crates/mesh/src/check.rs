@@ -170,7 +170,8 @@ pub fn live_rules(netns: &str, family: Family) -> Result<meshpass_capture::ir::E
             Ok(if family == Family::V6 { live.v6 } else { live.v4 })
         }
         None => {
-            let text = linux::iptables::save(Tools::for_backend(Backend::Iptables), family, &runner).map_err(capture)?;
+            let text =
+                linux::iptables::save(Tools::for_backend(Backend::Iptables), family, &runner).map_err(capture)?;
             parse_save(&text).map_err(|e| parse(&e))
         }
     }
@@ -244,7 +245,8 @@ pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Resul
         if let Ok(ip) = pod.ip.parse::<IpAddr>() {
             flow = flow.pod_ip(ip);
         }
-        evidence.push(format!("the sidecar of pod {}/{} has no record of client {}", pod.namespace, pod.name, ex.local));
+        evidence
+            .push(format!("the sidecar of pod {}/{} has no record of client {}", pod.namespace, pod.name, ex.local));
         evidence.push(format!("live rules: {}", rule_evidence(&pod.netns, &flow)?));
         PathTaken::Direct
     };

@@ -646,11 +646,7 @@ impl Mesh {
         };
         let actual = inner.state.version(ns, name);
         if let Some(expected) = expect_version.filter(|e| *e != actual) {
-            return Err(MeshError::Conflict {
-                workload: key(ns, name),
-                expected: expected.to_string(),
-                actual,
-            });
+            return Err(MeshError::Conflict { workload: key(ns, name), expected: expected.to_string(), actual });
         }
         for k in &remove {
             d.template.annotations.remove(k);
