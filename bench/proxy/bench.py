@@ -398,6 +398,7 @@ def main():
     ap.add_argument("--ir-requests", type=int, default=5000,
                     help="requests per callgrind instruction count (0: skip the callgrind phase)")
     ap.add_argument("--ir-conns", default="1,16", help="wrk connections for the callgrind phase")
+    ap.add_argument("--ir-proxies", default="meshpass,haproxy,nginx", help="proxies for the callgrind phase")
     ap.add_argument("--only-ir", action="store_true", help="skip the timed runs (profiling)")
     a = ap.parse_args()
     b = Bench(a)
@@ -441,7 +442,7 @@ def main():
                   f"cpu_s/1k={r['cpu_s_per_1k']:.4f} idle_rss={idle}kB load_rss={r['rss_load_kb']}kB", flush=True)
         if a.ir_requests:
             # Last: it replaces the native proxies with callgrind-run ones.
-            for name in ("meshpass", "haproxy", "nginx"):
+            for name in [x for x in a.ir_proxies.split(",") if x]:
                 for conns in [int(x) for x in a.ir_conns.split(",") if x]:
                     r = b.callgrind_ir(name, conns, a.ir_requests // 5, a.ir_requests)
                     r.update(proxy=name, conns=conns)

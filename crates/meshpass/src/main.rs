@@ -6,6 +6,11 @@
 
 mod cmd;
 
+// The same binary is every pod's sidecar (`meshpass proxy`): mimalloc's thread-local free
+// lists save ~1,450 instructions per proxied request over glibc malloc (bench/proxy/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

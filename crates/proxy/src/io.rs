@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,6 +25,10 @@ pub struct IoStats {
     pub tx: AtomicU64,
     /// Milliseconds since `epoch` of the last successful read or write.
     last_activity_ms: AtomicU64,
+    /// Whether reads and writes stamp `last_activity_ms`. Only an idle watchdog reads the
+    /// stamp, and an HTTP connection has none until it becomes a tunnel; a clock read per
+    /// I/O call is a measurable part of a small request's cost.
+    track_activity: AtomicBool,
 }
 
 impl IoStats {
@@ -35,10 +39,26 @@ impl IoStats {
             rx: AtomicU64::new(0),
             tx: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
+            track_activity: AtomicBool::new(true),
+        }
+    }
+
+    /// Stop (`false`) or resume (`true`) stamping activity; resuming stamps now, so an idle
+    /// watchdog started right after counts from this moment.
+    pub fn track_activity(&self, on: bool) {
+        self.track_activity.store(on, Ordering::Relaxed);
+        if on {
+            self.stamp();
         }
     }
 
     fn touch(&self) {
+        if self.track_activity.load(Ordering::Relaxed) {
+            self.stamp();
+        }
+    }
+
+    fn stamp(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Only store when it changed: avoids dirtying the cache line on every small I/O.
         if self.last_activity_ms.load(Ordering::Relaxed) != ms {

@@ -85,6 +85,7 @@ pub mod pool;
 pub mod record;
 pub mod sniff;
 pub mod tcp;
+pub mod timer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -481,7 +482,12 @@ async fn handle_conn(mut stream: TcpStream, peer: SocketAddr, direction: Directi
                 conn: conn.clone(),
                 server_header,
                 decorator,
+                response_timer: timer::LazyTimer::new(),
+                upstream_noted: std::sync::atomic::AtomicBool::new(false),
             });
+            // Nothing watches an HTTP connection's idle time until it turns into a tunnel
+            // (`http::spawn_tunnel` turns tracking back on): its timeouts are hyper's.
+            conn.stats.track_activity(false);
             let io = Rewind::new(buf.freeze(), Metered::new(stream, conn.stats.clone()));
             http::serve(io, ctx).await;
         }

@@ -127,13 +127,19 @@ impl Pool {
     /// The flag says whether it was reused (a reused connection may have been closed by the
     /// upstream in the meantime, which makes a retry of an unsent request safe).
     pub async fn get(&self, key: PoolKey) -> Result<(Sender, bool), UpstreamError> {
+        self.get_at(key, Instant::now()).await
+    }
+
+    /// [`Pool::get`] with the current time supplied by the caller (who has usually just read
+    /// the clock), for the idle-timeout check.
+    pub async fn get_at(&self, key: PoolKey, now: Instant) -> Result<(Sender, bool), UpstreamError> {
         loop {
             let next = {
                 let mut g = self.lock();
                 g.get_mut(&key).and_then(Vec::pop)
             };
             let Some(mut c) = next else { break };
-            if c.tx.is_closed() || c.since.elapsed() > self.idle_timeout {
+            if c.tx.is_closed() || now.saturating_duration_since(c.since) > self.idle_timeout {
                 continue;
             }
             // Normally immediate: the connection was returned only after its exchange ended.
@@ -174,6 +180,8 @@ impl Pool {
     pub async fn connect(&self, key: PoolKey) -> Result<Sender, UpstreamError> {
         let stream = connect_tcp(key.dst, key.src, self.connect_timeout).await?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            // As on the server side: one flat buffer and one `write` per message.
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake { addr: key.dst, source })?;
