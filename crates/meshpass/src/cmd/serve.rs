@@ -83,7 +83,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let backend: Arc<dyn Backend> = if a.kube {
             let b = meshpass_kube::KubeBackend::connect(a.context.clone(), a.namespaces.clone())
                 .await
-                .context("connecting to the Kubernetes API server")?;
+                // The message already names the cause; anyhow's chain would repeat it.
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             Arc::new(b)
         } else {
             meshpass_mesh::Client::connect(&a.state_dir)
