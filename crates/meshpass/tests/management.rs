@@ -6,7 +6,7 @@
 mod support;
 
 use anyhow::{ensure, Result};
-use meshpass_test_support::privileged;
+use meshpass_test_support::{privileged, tools};
 use std::path::Path;
 use std::process::Command;
 use support::mesh::{Mesh, BIN};
@@ -141,7 +141,10 @@ fn passthrough_through_the_management_plane() -> Result<()> {
     ensure!(back.contains("server: istio-envoy"), "{back}");
 
     // The web GUI in a real browser, against this mesh.
-    browser_flow(&api, &token)?;
+    if tools::browser_ready("management: browser flow") {
+        let artifacts = tools::artifacts_dir(env!("CARGO_TARGET_TMPDIR"), "local-mesh");
+        tools::run_browser_flow(&api, &token, &artifacts).map_err(anyhow::Error::msg)?;
+    }
     let back = lower(&mesh.curl_from_node(&["-I"], &url)?);
     ensure!(back.contains("server: istio-envoy"), "after the browser run: {back}");
 
@@ -149,72 +152,9 @@ fn passthrough_through_the_management_plane() -> Result<()> {
     // checks with generated input, no 5xx and responses as documented. (Writes are fuzzed
     // against the in-memory backend in crates/api/tests/openapi_fuzz.rs: here every generated
     // write would restart a pod.)
-    openapi_fuzz(&api, &token)?;
-    Ok(())
-}
-
-fn openapi_fuzz(api: &str, token: &str) -> Result<()> {
-    let venv = std::env::var("MESHPASS_VENV").unwrap_or_else(|_| "/opt/meshpass-venv".into());
-    if !Path::new(&venv).join("bin/schemathesis").exists() {
-        let msg = format!("OpenAPI fuzz: schemathesis is not installed in {venv} (scripts/setup installs it)");
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set: this is a failure)");
-        }
-        eprintln!("SKIPPED {msg}");
-        return Ok(());
+    if let Some(venv) = tools::schemathesis_venv("management: OpenAPI fuzz") {
+        let reports = Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-local-mesh");
+        tools::run_schemathesis(&api, &token, &venv, &reports, &["--read-only"], 15).map_err(anyhow::Error::msg)?;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out = Command::new(root.join("scripts/schemathesis"))
-        .args(["--read-only", "--no-install"])
-        .current_dir(&root)
-        .env("MESHPASS_URL", api)
-        .env("MESHPASS_TOKEN", token)
-        .env("MESHPASS_VENV", &venv)
-        .env("ST_MAX_EXAMPLES", "15")
-        .env("ST_SEED", "1")
-        .env("ST_REPORT_DIR", tmp.join("schemathesis-local-mesh"))
-        .output()?;
-    println!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success(), "schemathesis against the local mesh found problems (output above)");
-    Ok(())
-}
-
-/// Runs `e2e/passthrough.mjs` against the mesh (skipped outside CI when node, Chromium or
-/// the e2e dependencies are missing; a failure in CI).
-fn browser_flow(api: &str, token: &str) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !node || !Path::new(&chromium).exists() || !root.join("e2e/node_modules/playwright-core").is_dir() {
-        let msg = "browser flow: needs node, Chromium and e2e/node_modules (scripts/setup installs them)";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set: this is a failure)");
-        }
-        eprintln!("SKIPPED {msg}");
-        return Ok(());
-    }
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let artifacts = std::env::var_os("E2E_ARTIFACTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| tmp.parent().unwrap_or(tmp).join("e2e-artifacts"))
-        .join("local-mesh");
-    std::fs::create_dir_all(&artifacts)?;
-    let out = Command::new("node")
-        .arg("e2e/passthrough.mjs")
-        .current_dir(&root)
-        .env("MESHPASS_URL", api)
-        .env("MESHPASS_TOKEN", token)
-        .env("E2E_ARTIFACTS", &artifacts)
-        .env("E2E_WORKLOAD", "default/helloworld-v1")
-        .env("E2E_PORT", "5000")
-        .output()?;
-    println!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("screenshots in {}", artifacts.display());
-    ensure!(
-        out.status.success(),
-        "e2e/passthrough.mjs against the local mesh failed; screenshots in {}",
-        artifacts.display()
-    );
     Ok(())
 }

@@ -3,9 +3,12 @@
 //! Tests that need root and network namespaces call [`privileged`]: they skip (with a
 //! message) only when not root and `CI` is unset, and fail loudly when `CI` is set, so a CI run
 //! can never pass by skipping them. Tests that read Istio's conformance data find it with
-//! [`shared_dir`] (`../shared` beside the checkout, or `MESHPASS_SHARED_DIR`).
+//! [`shared_dir`] (`../shared` beside the checkout, or `MESHPASS_SHARED_DIR`). The browser test
+//! and the OpenAPI fuzzer are run through [`tools`].
 
 use std::path::{Path, PathBuf};
+
+pub mod tools;
 
 /// True when a test needing root and network namespaces can run. Skips (false, with a
 /// message naming `test`) only when not root and `CI` is unset; panics when `CI` is set.
