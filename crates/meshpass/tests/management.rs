@@ -97,6 +97,8 @@ fn passthrough_through_the_management_plane() -> Result<()> {
     ensure!(code == 0, "{err}");
     let list = api_get(&api, &token, "/api/v1/workloads")?;
     ensure!(status(&list, "helloworld-v1") == Some("Pending restart".into()), "{list}");
+    let (code, out, err) = passthrough(&mesh, &["get", "helloworld-v1"])?;
+    ensure!(code == 0 && out.contains("(Pending restart)") && out.contains("outbound ports:      9"), "{out}{err}");
 
     // Inbound 5000 with a restart: the app answers itself (HTTP/1.0, its own Server header).
     let (code, out, err) = passthrough(&mesh, &["set", "helloworld-v1", "--inbound-ports", "5000", "--restart"])?;

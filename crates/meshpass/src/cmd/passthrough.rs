@@ -6,7 +6,7 @@
 //! and writes with `If-Match`, so a concurrent change elsewhere is reported, never lost.
 
 use anyhow::Context;
-use meshpass_api::model::{Passthrough, PassthroughDoc, PassthroughUpdate, WorkloadRef};
+use meshpass_api::model::{Passthrough, PassthroughDoc, PassthroughUpdate, SidecarStatus, WorkloadRef};
 use meshpass_api::{Client, ClientError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,7 +83,12 @@ fn show(doc: &PassthroughDoc, json: bool) -> anyhow::Result<()> {
     }
     let s = &doc.settings;
     let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
-    println!("workload:            {}/{} ({:?})", doc.namespace, doc.name, doc.status);
+    let status = match doc.status {
+        SidecarStatus::Injected => "Injected",
+        SidecarStatus::Uninjected => "Uninjected",
+        SidecarStatus::PendingRestart => "Pending restart",
+    };
+    println!("workload:            {}/{} ({status})", doc.namespace, doc.name);
     println!("inbound ports:       {}", list(&s.inbound_ports));
     println!("outbound ports:      {}", list(&s.outbound_ports));
     println!("outbound IP ranges:  {}", list(&s.outbound_ip_ranges));
