@@ -45,6 +45,13 @@ RUN = "/tmp/meshpass-bench"
 PERF_EVENTS = "task-clock,context-switches,raw_syscalls:sys_enter"
 
 
+def machine_busy_ticks():
+    """Busy CPU ticks of the whole machine (user, nice, system, irq, softirq; not idle, iowait or
+    steal): what every process of a path *and* the kernel's packet processing cost together."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return f[0] + f[1] + f[2] + f[5] + f[6]
+
+
 def sh(*args, check=True, **kw):
     return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
 
@@ -219,15 +226,18 @@ class Bench:
                     rss_max[0] = max(rss_max[0], self.rss_kb(proxy))
         t = threading.Thread(target=sample)
         t.start()
-        t0 = time.monotonic()
+        t0, busy0 = time.monotonic(), machine_busy_ticks()
         out = sh("ip", "netns", "exec", self.client, *cmd).stdout
-        wall = time.monotonic() - t0
+        wall, busy1 = time.monotonic() - t0, machine_busy_ticks()
         stop.set()
         t.join()
         after = self.cpu_ticks(proxy) if proxy else 0
         counters = self.perf_stop(perf) if perf else {}
         r = parse_wrk(out)
         r.update(cmd="ip netns exec <client> " + " ".join(cmd), wall_s=wall, raw=out)
+        if r["requests"]:
+            # Client, app, proxy and kernel together: the one CPU figure that also covers (a)/(b).
+            r["machine_cpu_us_per_req"] = (busy1 - busy0) / TCK / r["requests"] * 1e6
         if proxy and r["requests"]:
             r["cpu_s_per_1k"] = (after - before) / TCK / (r["requests"] / 1000)
             r["cores"] = (after - before) / TCK / wall
@@ -421,7 +431,10 @@ def main():
             b.wrk(port, 16, 2, False, proxy)
         for mode, paced, dur in (("c16", False, a.duration), ("paced1000", True, a.rate_duration)):
             for rep in range(1, a.reps + 1):
-                for name, port, needs_rules, proxy in TARGETS:
+                # Every other rep in reverse order, so a drift of the machine's speed during a
+                # rep does not always favour the same targets.
+                order = TARGETS if rep % 2 else list(reversed(TARGETS))
+                for name, port, needs_rules, proxy in order:
                     (b.rules_on if needs_rules else b.rules_off)()
                     r = b.wrk(port, 16, dur, paced, proxy)
                     r.update(target=name, mode=mode, rep=rep)
@@ -462,8 +475,8 @@ def main():
 def summary(res):
     print("\nSUMMARY (medians over reps)")
     print("| path | req/s @16 conns | p50 @1000 rps | p99 @1000 rps | CPU s / 1000 req (@16 / @1000) "
-          "| syscalls / req @16 | instructions / req (c1 / c16) | RSS idle / load |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| machine CPU µs / req @16 | syscalls / req @16 | instructions / req (c1 / c16) | RSS idle / load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, _, _, proxy in TARGETS:
         c = [r for r in res["runs"] if r["target"] == name and r["mode"] == "c16"]
         p = [r for r in res["runs"] if r["target"] == name and r["mode"] == "paced1000"]
@@ -478,8 +491,10 @@ def summary(res):
         ir = " / ".join(f"{irs[k]:,.0f}" for k in sorted(irs)) if irs else "—"
         rss = (f"{res['idle_rss_kb'].get(proxy, 0) / 1024:.1f} MB / "
                f"{max(r['rss_load_kb'] for r in c + p) / 1024:.1f} MB") if proxy else "—"
+        mach = f"{med(c, 'machine_cpu_us_per_req'):.1f}" if any("machine_cpu_us_per_req" in r for r in c) else "—"
         print(f"| {name} | {med(c, 'rps'):,.0f} | {med(p, 'p50_ms') * 1000:.0f} µs | "
-              f"{med(p, 'p99_ms') * 1000:.0f} µs | {cpu} | {sysc} | {ir} | {rss} |")
+              f"{med(p, 'p99_ms') * 1000:.0f} µs | {cpu} | {mach} | {sysc} | {ir} | {rss} |")
+    paired(res)
     if res["ir"]:
         print("\n| callgrind (user-space instructions / request) | c=1 | c=16 |")
         print("|---|---|---|")
@@ -493,6 +508,26 @@ def summary(res):
             label = "current_thread (0)" if r["workers"] == 0 else str(r["workers"])
             print(f"| {label} | {r['rps']:,.0f} | {r['p99_ms'] * 1000:.0f} µs | {r['cpu_s_per_1k']:.4f} | "
                   f"{r['idle_rss_kb'] / 1024:.1f} MB / {r['rss_load_kb'] / 1024:.1f} MB |")
+
+
+def paired(res):
+    """Per-rep ratios of the two comparisons the targets are about. Targets of one rep run
+    back to back, so a ratio within a rep is far less exposed to the machine's drift (on a
+    shared VM the same run varies by +-30% from minute to minute) than a ratio of medians."""
+    def by_rep(name, key, mode="c16"):
+        return {r["rep"]: r.get(key) for r in res["runs"] if r["target"] == name and r["mode"] == mode}
+    rows = [("meshpass / HAProxy req/s @16", "c-meshpass", "d-haproxy", "rps", "c16"),
+            ("meshpass / HAProxy CPU per req @16", "c-meshpass", "d-haproxy", "task_clock_ms_per_req", "c16"),
+            ("meshpass / HAProxy CPU per req @1000", "c-meshpass", "d-haproxy", "task_clock_ms_per_req", "paced1000"),
+            ("(b) / (a) req/s @16", "b-passthrough", "a-direct", "rps", "c16"),
+            ("(b) / (a) machine CPU per req @16", "b-passthrough", "a-direct", "machine_cpu_us_per_req", "c16")]
+    print("\n| paired ratio (per rep) | median | per rep |")
+    print("|---|---|---|")
+    for label, x, y, key, mode in rows:
+        xs, ys = by_rep(x, key, mode), by_rep(y, key, mode)
+        ratios = [xs[k] / ys[k] for k in sorted(xs) if xs.get(k) and ys.get(k)]
+        if ratios:
+            print(f"| {label} | {statistics.median(ratios):.3f} | " + ", ".join(f"{v:.3f}" for v in ratios) + " |")
 
 
 if __name__ == "__main__":
