@@ -46,10 +46,9 @@ impl LocalBackend {
 fn to_backend(e: MeshError) -> BackendError {
     match e {
         MeshError::Invalid(v) => BackendError::Invalid(v),
-        MeshError::NotFound(what) => match what.strip_prefix("deployment ").and_then(|w| w.split_once('/')) {
-            Some((ns, name)) => BackendError::NotFound(WorkloadRef::new(ns, name)),
-            None => BackendError::Failed(format!("{what} not found")),
-        },
+        MeshError::WorkloadNotFound { namespace, name } => BackendError::NotFound(WorkloadRef::new(namespace, name)),
+        // Only a check names anything else: "a ready pod of workload …", a passing state.
+        e @ MeshError::NotFound(_) => BackendError::Unavailable(e.to_string()),
         MeshError::Conflict { workload, expected, actual } => {
             let (ns, name) = workload.split_once('/').unwrap_or(("", workload.as_str()));
             BackendError::Conflict { workload: WorkloadRef::new(ns, name), expected, actual }
@@ -94,7 +93,7 @@ fn get(client: &Client, w: &WorkloadRef) -> Result<WorkloadInfo, MeshError> {
     list(client, Some(&w.namespace))?
         .into_iter()
         .find(|i| i.workload == *w)
-        .ok_or_else(|| MeshError::NotFound(format!("deployment {w}")))
+        .ok_or_else(|| MeshError::WorkloadNotFound { namespace: w.namespace.clone(), name: w.name.clone() })
 }
 
 /// The inbound target of a check: the workload's Service (ClusterIP) on the asked port, or on
@@ -243,5 +242,33 @@ impl Backend for LocalBackend {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_errors_map_to_api_errors_with_the_workload_named() {
+        let e = to_backend(MeshError::WorkloadNotFound { namespace: "default".into(), name: "hello".into() });
+        assert!(matches!(e, BackendError::NotFound(ref w) if *w == WorkloadRef::new("default", "hello")), "{e:?}");
+        let e = to_backend(MeshError::Conflict {
+            workload: "default/hello".into(),
+            expected: "3".into(),
+            actual: "4".into(),
+        });
+        assert!(
+            matches!(e, BackendError::Conflict { ref workload, ref expected, ref actual }
+                if *workload == WorkloadRef::new("default", "hello") && expected == "3" && actual == "4"),
+            "{e:?}"
+        );
+        let e = to_backend(MeshError::NotFound("a ready pod of workload default/hello".into()));
+        assert!(
+            matches!(e, BackendError::Unavailable(ref m) if m == "a ready pod of workload default/hello not found"),
+            "{e:?}"
+        );
+        let e = to_backend(MeshError::Invalid(vec!["bad port".into()]));
+        assert!(matches!(e, BackendError::Invalid(ref v) if v == &["bad port".to_string()]), "{e:?}");
     }
 }

@@ -204,15 +204,19 @@ pub fn from_node(client: &Client, target: &Target) -> Result<CheckOutcome, MeshE
     let ex = in_netns(&node, || exchange(target))?;
     let mut evidence = Vec::new();
     let mut path = PathTaken::Direct;
-    for pod in client.pods(None)?.into_iter().filter(|p| p.meshed) {
-        if let Some(rec) = sidecar_record(&pod.netns, ex.local).ok().flatten() {
-            evidence.push(format!(
-                "the sidecar of pod {}/{} recorded this connection (inbound, client {}, id {}, {} request(s))",
-                pod.namespace, pod.name, ex.local, rec["id"], rec["requests"]
-            ));
-            path = PathTaken::Sidecar;
-            break;
-        }
+    let meshed: Vec<_> = client.pods(None)?.into_iter().filter(|p| p.meshed).collect();
+    // Any sidecar may have taken the connection (a Service spreads them), so ask all of them,
+    // at once: one after the other, a check took seconds on the sample mesh.
+    let records: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = meshed.iter().map(|pod| s.spawn(move || sidecar_record(&pod.netns, ex.local))).collect();
+        asks.into_iter().map(|h| h.join().ok().and_then(|r| r.ok().flatten())).collect()
+    });
+    if let Some((pod, rec)) = meshed.iter().zip(records).find_map(|(pod, rec)| rec.map(|r| (pod, r))) {
+        evidence.push(format!(
+            "the sidecar of pod {}/{} recorded this connection (inbound, client {}, id {}, {} request(s))",
+            pod.namespace, pod.name, ex.local, rec["id"], rec["requests"]
+        ));
+        path = PathTaken::Sidecar;
     }
     if path == PathTaken::Direct {
         evidence.push(format!("no sidecar recorded a connection from {}", ex.local));

@@ -152,7 +152,14 @@ pub enum Reply {
     Error(String),
     /// Rejected input: one message per bad item (kept apart so clients can exit 2).
     Invalid(Vec<String>),
-    /// The object does not exist.
+    /// The Deployment does not exist.
+    WorkloadNotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Some other object does not exist.
     NotFound(String),
     /// A precondition on the resource version failed.
     Conflict {
@@ -192,6 +199,9 @@ impl Client {
                 Reply::Ok(v) => return Ok(v),
                 Reply::Error(e) => return Err(MeshError::Remote(e)),
                 Reply::Invalid(v) => return Err(MeshError::Invalid(v)),
+                Reply::WorkloadNotFound { namespace, name } => {
+                    return Err(MeshError::WorkloadNotFound { namespace, name })
+                }
                 Reply::NotFound(what) => return Err(MeshError::NotFound(what)),
                 Reply::Conflict { workload, expected, actual } => {
                     return Err(MeshError::Conflict { workload, expected, actual })

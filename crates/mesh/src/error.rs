@@ -62,7 +62,15 @@ pub enum MeshError {
     /// An address range ran out.
     #[error("no free address left in {0}")]
     Exhausted(String),
-    /// An object was not found.
+    /// A Deployment does not exist (kept structured so the API can name it).
+    #[error("deployment {namespace}/{name} not found")]
+    WorkloadNotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Some other object was not found (what it is, in words).
     #[error("{0} not found")]
     NotFound(String),
     /// A write named a resource version the object no longer has.

@@ -642,7 +642,7 @@ impl Mesh {
     ) -> Result<Vec<String>, MeshError> {
         let mut inner = self.lock();
         let Some(mut d) = inner.state.deployments.get(&key(ns, name)).cloned() else {
-            return Err(MeshError::NotFound(format!("deployment {ns}/{name}")));
+            return Err(MeshError::WorkloadNotFound { namespace: ns.to_string(), name: name.to_string() });
         };
         let actual = inner.state.version(ns, name);
         if let Some(expected) = expect_version.filter(|e| *e != actual) {
@@ -768,7 +768,7 @@ impl Mesh {
                 .deployments
                 .get(&dk)
                 .cloned()
-                .ok_or_else(|| MeshError::NotFound(format!("deployment {dk}")))?;
+                .ok_or_else(|| MeshError::WorkloadNotFound { namespace: ns.to_string(), name: name.to_string() })?;
             if !inner.rolling.insert(dk.clone()) {
                 return Err(MeshError::Remote(format!("a rollout of deployment {dk} is already in progress")));
             }
@@ -959,6 +959,7 @@ impl Mesh {
         let to_value = |r: Result<serde_json::Value, MeshError>| match r {
             Ok(v) => Reply::Ok(v),
             Err(MeshError::Invalid(v)) => Reply::Invalid(v),
+            Err(MeshError::WorkloadNotFound { namespace, name }) => Reply::WorkloadNotFound { namespace, name },
             Err(MeshError::NotFound(what)) => Reply::NotFound(what),
             Err(MeshError::Conflict { workload, expected, actual }) => Reply::Conflict { workload, expected, actual },
             Err(e) => Reply::Error(e.to_string()),
