@@ -649,13 +649,26 @@ impl Backend for KubeBackend {
     async fn restart(&self, workload: &WorkloadRef, progress: Progress) -> Result<(), BackendError> {
         let current = self.get_workload(workload).await?;
         let kind = current.kind();
-        let action =
-            Action::new(format!("restart {} {workload}", kind.plural()), format!("patch {}.apps", kind.plural()))
-                .on(workload);
-        let body = restart_patch(&now_rfc3339());
-        let patched =
-            self.patch_workload(kind, &action, workload, &body).await?.map_err(|e| map_kube_error(e, &action))?;
-        progress(format!("{}.apps/{} restarted", kind.as_str().to_ascii_lowercase(), workload.name));
+        let resource = format!("{}.apps/{}", kind.as_str().to_ascii_lowercase(), workload.name);
+        let patched = if let Rollout::Waiting(_) = current.rollout() {
+            // On a cluster the passthrough change itself (a pod-template edit) already made the
+            // controller roll the pods; a `restartedAt` on top would replace them a second time.
+            // Follow the rollout in progress instead.
+            progress(format!(
+                "{resource} is already rolling out its changed pod template; following that rollout instead of \
+                 restarting it again"
+            ));
+            current
+        } else {
+            let action =
+                Action::new(format!("restart {} {workload}", kind.plural()), format!("patch {}.apps", kind.plural()))
+                    .on(workload);
+            let body = restart_patch(&now_rfc3339());
+            let patched =
+                self.patch_workload(kind, &action, workload, &body).await?.map_err(|e| map_kube_error(e, &action))?;
+            progress(format!("{resource} restarted"));
+            patched
+        };
         match kind {
             Kind::Deployment => self.wait_rollout::<Deployment>(workload, patched, &progress).await,
             Kind::StatefulSet => self.wait_rollout::<StatefulSet>(workload, patched, &progress).await,

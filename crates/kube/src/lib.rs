@@ -7,8 +7,10 @@
 //! * Writing settings is a JSON merge patch of `spec.template.metadata.annotations` with a
 //!   `resourceVersion` precondition, after validating the resulting annotations as Istio's
 //!   injector does ([`meshpass_settings`]).
-//! * "Restart now" patches `kubectl.kubernetes.io/restartedAt` as `kubectl rollout restart`
-//!   does and watches the rollout as `kubectl rollout status` does.
+//! * "Restart now" joins the rollout a template change already started (the controller rolls
+//!   the pods on any template edit, so a restart on top would replace them twice); when none
+//!   is under way it patches `kubectl.kubernetes.io/restartedAt` as `kubectl rollout restart`
+//!   does. Either way it watches the rollout as `kubectl rollout status` does.
 //! * "Check effect" calls the workload's Service through the API server's service proxy.
 //! * [`fake`] is an in-memory API server for demos and the GUI end-to-end test.
 

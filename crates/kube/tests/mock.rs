@@ -705,6 +705,47 @@ async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_
 }
 
 #[tokio::test]
+async fn restart_during_the_rollout_of_a_template_change_follows_it_instead_of_rolling_again() {
+    // Right after a passthrough change: generation 4 (the new annotations) not yet observed, so
+    // the Deployment controller is about to roll the pods by itself. No PATCH may be sent.
+    let changed = json!({"traffic.sidecar.istio.io/excludeInboundPorts": "5000"});
+    let script = vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1240", 4, changed.clone(), rolled_out(3)), "Deployment"),
+        ),
+        watch(
+            "1240",
+            290,
+            watch_body(&[
+                json!({"type": "MODIFIED", "object": with_type(deployment("1241", 4, changed.clone(), json!({"observedGeneration": 4,
+                "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2, "unavailableReplicas": 1})), "Deployment")}),
+                json!({"type": "MODIFIED", "object": with_type(deployment("1242", 4, changed, rolled_out(4)), "Deployment")}),
+            ]),
+        ),
+    ];
+    let (client, server) = scripted(script);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let progress = Box::new(move |l: String| sink.lock().expect("lines").push(l));
+    backend(client).restart(&hello(), progress).await.expect("restart");
+    server.await.expect("script (a PATCH would not match it)");
+    let lines = lines.lock().expect("lines").clone();
+    assert_eq!(
+        lines,
+        [
+            "deployment.apps/helloworld-v1 is already rolling out its changed pod template; following that rollout \
+             instead of restarting it again",
+            "Waiting for deployment spec update to be observed...",
+            "Waiting for deployment \"helloworld-v1\" rollout to finish: 1 out of 2 new replicas have been updated...",
+            "deployment \"helloworld-v1\" successfully rolled out",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_rollout_past_its_progress_deadline_fails() {
     let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
     let stuck = json!({"observedGeneration": 4, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2,
