@@ -761,17 +761,37 @@ impl Mesh {
 
     fn rollout(self: &Arc<Self>, ns: &str, name: &str, progress: &mut dyn FnMut(&str)) -> Result<(), MeshError> {
         let dk = key(ns, name);
-        let (old, new) = {
+        let not_found = || MeshError::WorkloadNotFound { namespace: ns.to_string(), name: name.to_string() };
+        // A restart asked for while another one runs (a second click, a second operator) joins
+        // it: it waits for it, and only rolls again if the template changed in the meantime.
+        let wait_deadline = Instant::now() + Duration::from_secs(180);
+        let mut joined = false;
+        let (old, new) = loop {
             let mut inner = self.lock();
-            let dep = inner
-                .state
-                .deployments
-                .get(&dk)
-                .cloned()
-                .ok_or_else(|| MeshError::WorkloadNotFound { namespace: ns.to_string(), name: name.to_string() })?;
-            if !inner.rolling.insert(dk.clone()) {
-                return Err(MeshError::Remote(format!("a rollout of deployment {dk} is already in progress")));
+            let dep = inner.state.deployments.get(&dk).cloned().ok_or_else(not_found)?;
+            if inner.rolling.contains(&dk) {
+                drop(inner);
+                if !joined {
+                    progress(&format!("a rollout of deployment {dk} is already in progress; waiting for it"));
+                    joined = true;
+                }
+                if Instant::now() > wait_deadline || self.shutdown.load(Ordering::SeqCst) {
+                    return Err(MeshError::Timeout(format!("the rollout of deployment {dk} in progress did not end")));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
+            let hash = dep.template.hash();
+            let current = |p: &Pod| p.namespace == ns && p.workload == name && !p.terminating;
+            if joined && inner.pods.values().filter(|p| current(p)).all(|p| p.hash == hash) {
+                drop(inner);
+                progress(&format!(
+                    "deployment {dk} successfully rolled out (by the rollout that was in progress; its pods run the \
+                     current template)"
+                ));
+                return Ok(());
+            }
+            inner.rolling.insert(dk.clone());
             let old: Vec<String> = inner
                 .pods
                 .iter()
@@ -794,7 +814,7 @@ impl Mesh {
                     }
                 }
             }
-            (old, new)
+            break (old, new);
         };
         // New pods must be ready before any old one leaves the endpoints.
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -834,9 +854,9 @@ impl Mesh {
                 }
             }
             self.sync_services(&mut inner);
-            let pods = old.iter().filter_map(|k| inner.pods.remove(k)).collect();
-            inner.rolling.remove(&dk);
-            pods
+            // `rolling` stays set until the old pods are gone, so a restart asked for meanwhile
+            // joins this one rather than rolling pods that just started.
+            old.iter().filter_map(|k| inner.pods.remove(k)).collect()
         };
         progress(&format!("endpoints switched to the new pods of deployment {dk}"));
         // Let connections already DNATed to the old pods arrive before they stop accepting.
@@ -853,6 +873,7 @@ impl Mesh {
                 s.spawn(move || self.teardown(p));
             }
         });
+        self.lock().rolling.remove(&dk);
         for n in names {
             progress(&format!("pod {n} terminated"));
         }

@@ -7,8 +7,9 @@ mod support;
 
 use anyhow::{ensure, Result};
 use meshpass_test_support::{privileged, tools};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use support::mesh::{Mesh, BIN};
 
 const PREFIX: &str = "mpg-";
@@ -141,6 +142,36 @@ fn passthrough_through_the_management_plane() -> Result<()> {
     mesh.wait_ready("default", "helloworld-v1")?;
     let back = lower(&mesh.curl_from_node(&["-I"], &url)?);
     ensure!(back.contains("server: istio-envoy"), "{back}");
+
+    // Two restarts at once (a second click, a second operator): the later one joins the
+    // rollout in progress instead of failing, and the workload ends up complete and serving.
+    let restart = || {
+        let mut c = Command::new(BIN);
+        c.args(["rollout", "restart", "deployment/helloworld-v1", "--state-dir"]).arg(mesh.state());
+        c
+    };
+    let mut first = restart().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // The second starts once the first is rolling (its first progress line).
+    let mut first_out = BufReader::new(first.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut first_text = String::new();
+    first_out.read_line(&mut first_text)?;
+    let second = restart().output()?;
+    first_out.read_to_string(&mut first_text)?;
+    let first = first.wait_with_output()?;
+    let second_text = format!("{}{}", String::from_utf8_lossy(&second.stdout), String::from_utf8_lossy(&second.stderr));
+    let both = format!("{first_text}{}\n---\n{second_text}", String::from_utf8_lossy(&first.stderr));
+    ensure!(first.status.success() && second.status.success(), "{both}");
+    ensure!(
+        first_text.contains("successfully rolled out")
+            && second_text.contains("already in progress; waiting for it")
+            && second_text.contains("by the rollout that was in progress"),
+        "{both}"
+    );
+    mesh.wait_ready("default", "helloworld-v1")?;
+    let w = api_get(&api, &token, "/api/v1/namespaces/default/workloads/helloworld-v1")?;
+    ensure!(w["ready"] == w["total"] && w["pendingRestart"] == false, "{w}");
+    let back = lower(&mesh.curl_from_node(&["-I"], &url)?);
+    ensure!(back.contains("server: istio-envoy"), "after two restarts at once: {back}");
 
     // The web GUI in a real browser, against this mesh.
     if tools::browser_ready("management: browser flow") {
