@@ -10,13 +10,16 @@ wrk from the client namespace:
   (c) meshpass      app :18081, captured: REDIRECT -> meshpass :15006 -> 127.0.0.6 -> app
   (d) haproxy       HAProxy HTTP mode on excluded :18082 -> 127.0.0.1:18080
   (e) nginx         nginx reverse proxy on excluded :18083 -> 127.0.0.1:18080
+  (f) haproxy-redirect  :18084, captured like (c): REDIRECT -> HAProxy :18082 -> app, so the
+                    two proxies compare on the same kernel path
 
 Modes: closed loop 16 connections, and paced ~1000 req/s (16 connections, 16 ms think time).
 Per proxy: CPU seconds per 1000 requests from /proc/PID/stat (utime+stime, all threads and
 worker processes) and, when `perf` is present, from `perf stat` software counters (task-clock
 at ns resolution, syscalls and context switches per request); RSS idle and under load (max of
-samples). Targets are interleaved per rep so drift hits all alike; reported values are medians
-over reps.
+samples). Targets are interleaved per rep, every other rep in reverse order, so drift hits all
+alike; reported values are medians over reps, plus per-rep paired ratios. Every run also
+records the whole machine's busy CPU time per request (/proc/stat).
 
 Load-independent CPU cost (last phase, needs valgrind): each proxy is restarted as a single
 process under callgrind and fed exactly N requests by fixed_client.py (c=1 and c=16); user-space
@@ -60,6 +63,9 @@ def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
     """Istio's standard nat rules (same shape as crates/proxy/tests/netns.rs)."""
     r = ["*nat"] + [f":{c} - [0:0]" for c in ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")]
     r += ["-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN",
+          # (f): HAProxy behind the same REDIRECT as the sidecar, so the proxies compare on
+          # the same kernel path (REDIRECT's NAT costs every packet of the client connection).
+          f"-A ISTIO_INBOUND -p tcp --dport {HAPROXY_REDIRECT_PORT} -j REDIRECT --to-ports 18082",
           "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
           "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
           "-A PREROUTING -p tcp -j ISTIO_INBOUND"]
@@ -78,6 +84,7 @@ def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
     return "\n".join(r)
 
 
+HAPROXY_REDIRECT_PORT = 18084
 RULES = rules([15090, 15021, 15020, 18080, 18082, 18083], [], [])
 
 
@@ -392,6 +399,7 @@ TARGETS = [  # name, port, rules needed, proxy process group
     ("c-meshpass", 18081, True, "meshpass"),
     ("d-haproxy", 18082, True, "haproxy"),
     ("e-nginx", 18083, True, "nginx"),
+    ("f-haproxy-redirect", HAPROXY_REDIRECT_PORT, True, "haproxy"),
 ]
 
 
@@ -519,6 +527,12 @@ def paired(res):
     rows = [("meshpass / HAProxy req/s @16", "c-meshpass", "d-haproxy", "rps", "c16"),
             ("meshpass / HAProxy CPU per req @16", "c-meshpass", "d-haproxy", "task_clock_ms_per_req", "c16"),
             ("meshpass / HAProxy CPU per req @1000", "c-meshpass", "d-haproxy", "task_clock_ms_per_req", "paced1000"),
+            ("meshpass / HAProxy-behind-REDIRECT req/s @16", "c-meshpass", "f-haproxy-redirect", "rps", "c16"),
+            ("meshpass / HAProxy-behind-REDIRECT CPU per req @16", "c-meshpass", "f-haproxy-redirect",
+             "task_clock_ms_per_req", "c16"),
+            ("meshpass / HAProxy-behind-REDIRECT CPU per req @1000", "c-meshpass", "f-haproxy-redirect",
+             "task_clock_ms_per_req", "paced1000"),
+            ("meshpass / HAProxy-behind-REDIRECT p50 @1000", "c-meshpass", "f-haproxy-redirect", "p50_ms", "paced1000"),
             ("(b) / (a) req/s @16", "b-passthrough", "a-direct", "rps", "c16"),
             ("(b) / (a) machine CPU per req @16", "b-passthrough", "a-direct", "machine_cpu_us_per_req", "c16")]
     print("\n| paired ratio (per rep) | median | per rep |")
