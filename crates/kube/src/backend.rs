@@ -650,7 +650,7 @@ impl Backend for KubeBackend {
         let current = self.get_workload(workload).await?;
         let kind = current.kind();
         let resource = format!("{}.apps/{}", kind.as_str().to_ascii_lowercase(), workload.name);
-        let patched = if let Rollout::Waiting(_) = current.rollout() {
+        let patched = if current.template_rollout_pending() {
             // On a cluster the passthrough change itself (a pod-template edit) already made the
             // controller roll the pods; a `restartedAt` on top would replace them a second time.
             // Follow the rollout in progress instead.

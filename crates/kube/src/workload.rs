@@ -180,6 +180,33 @@ impl Workload {
         u32::try_from(n).unwrap_or(0)
     }
 
+    /// Whether the controller is still moving pods to the current template: the latest spec is
+    /// not observed yet, or some pods still run an older revision. Unlike [`Workload::rollout`]
+    /// this is false for a workload that is merely unavailable on its current template (a pod
+    /// crashing, a node down), where a restart is what the operator asks for.
+    pub fn template_rollout_pending(&self) -> bool {
+        let generation = self.meta().generation.unwrap_or(0);
+        match self {
+            Workload::Deployment(d) => {
+                let Some(st) = d.status.as_ref() else { return true };
+                let updated = st.updated_replicas.unwrap_or(0);
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                generation > st.observed_generation.unwrap_or(0) || updated < want || st.replicas.unwrap_or(0) > updated
+            }
+            Workload::StatefulSet(sts) => {
+                let Some(st) = sts.status.as_ref() else { return true };
+                generation > st.observed_generation.unwrap_or(0)
+                    || st.update_revision.as_deref().unwrap_or_default()
+                        != st.current_revision.as_deref().unwrap_or_default()
+            }
+            Workload::DaemonSet(ds) => {
+                let Some(st) = ds.status.as_ref() else { return true };
+                generation > st.observed_generation.unwrap_or(0)
+                    || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled
+            }
+        }
+    }
+
     /// The rollout status, decided exactly as `kubectl rollout status` does
     /// (kubectl's `polymorphichelpers/rollout_status.go`), with its wording.
     pub fn rollout(&self) -> Rollout {
@@ -381,6 +408,50 @@ mod tests {
                 r#"Waiting for deployment "x" rollout to finish: 1 of 2 updated replicas are available..."#.into()
             )
         );
+    }
+
+    #[test]
+    fn a_template_rollout_is_pending_only_while_pods_move_to_the_new_template() {
+        let dep = |generation: i64, status: serde_json::Value| -> Workload {
+            let d: Deployment = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "generation": generation},
+                "spec": {"replicas": 2, "selector": {}, "template": {}},
+                "status": status
+            }))
+            .expect("deployment");
+            d.into()
+        };
+        let done =
+            serde_json::json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2});
+        assert!(!dep(3, done.clone()).template_rollout_pending());
+        // Just patched: the new generation is not observed yet.
+        assert!(dep(4, done).template_rollout_pending());
+        // Observed, one pod still on the old template.
+        let mid =
+            serde_json::json!({"observedGeneration": 4, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2});
+        assert!(dep(4, mid).template_rollout_pending());
+        // All pods on the current template, one of them unavailable: not a template rollout (a
+        // restart is what is asked for), though `kubectl rollout status` would still wait.
+        let sick =
+            serde_json::json!({"observedGeneration": 4, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1});
+        assert!(!dep(4, sick.clone()).template_rollout_pending());
+        assert!(matches!(dep(4, sick).rollout(), Rollout::Waiting(_)));
+
+        let sts = |status: serde_json::Value| -> Workload {
+            let s: StatefulSet = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db", "generation": 2},
+                "spec": {"replicas": 3, "serviceName": "db", "selector": {}, "template": {}},
+                "status": status
+            }))
+            .expect("statefulset");
+            s.into()
+        };
+        assert!(sts(serde_json::json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
+            "currentRevision": "db-1", "updateRevision": "db-2"}))
+        .template_rollout_pending());
+        assert!(!sts(serde_json::json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 2,
+            "currentRevision": "db-2", "updateRevision": "db-2"}))
+        .template_rollout_pending());
     }
 
     #[test]
