@@ -627,6 +627,19 @@ fn watch(rv: &str, timeout: u64, body: String) -> Exchange {
     }
 }
 
+/// Runs a restart of helloworld-v1 against `script` (every exchange must happen, in order) and
+/// returns its progress lines.
+async fn restart_lines(script: Vec<Exchange>) -> Vec<String> {
+    let (client, server) = scripted(script);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let progress = Box::new(move |l: String| sink.lock().expect("lines").push(l));
+    backend(client).restart(&hello(), progress).await.expect("restart");
+    server.await.expect("script");
+    let lines = lines.lock().expect("lines").clone();
+    lines
+}
+
 #[tokio::test]
 async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_and_a_410() {
     let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
@@ -685,13 +698,7 @@ async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_
         ),
         watch("1310", 290, watch_body(&[json!({"type": "MODIFIED", "object": progressing("1320", rolled_out(4))})])),
     ];
-    let (client, server) = scripted(script);
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let progress = Box::new(move |l: String| sink.lock().expect("lines").push(l));
-    backend(client).restart(&hello(), progress).await.expect("restart");
-    server.await.expect("script");
-    let lines = lines.lock().expect("lines").clone();
+    let lines = restart_lines(script).await;
     assert_eq!(
         lines,
         [
@@ -726,13 +733,8 @@ async fn restart_during_the_rollout_of_a_template_change_follows_it_instead_of_r
             ]),
         ),
     ];
-    let (client, server) = scripted(script);
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let progress = Box::new(move |l: String| sink.lock().expect("lines").push(l));
-    backend(client).restart(&hello(), progress).await.expect("restart");
-    server.await.expect("script (a PATCH would not match it)");
-    let lines = lines.lock().expect("lines").clone();
+    // The script has no PATCH: one would not match it and fail the run.
+    let lines = restart_lines(script).await;
     assert_eq!(
         lines,
         [

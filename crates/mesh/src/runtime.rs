@@ -792,12 +792,7 @@ impl Mesh {
                 return Ok(());
             }
             inner.rolling.insert(dk.clone());
-            let old: Vec<String> = inner
-                .pods
-                .iter()
-                .filter(|(_, p)| p.namespace == ns && p.workload == name && !p.terminating)
-                .map(|(k, _)| k.clone())
-                .collect();
+            let old: Vec<String> = inner.pods.iter().filter(|(_, p)| current(p)).map(|(k, _)| k.clone()).collect();
             let mut new = Vec::new();
             for _ in 0..dep.replicas {
                 match self.create_pod(&mut inner, &dep) {
