@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use common::*;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use meshpass_proxy::ProxyConfig;
+use meshpass_proxy::{Proxy, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -63,8 +64,9 @@ async fn slow_upstream_is_504_after_response_timeout() {
     t.abort();
 }
 
-#[tokio::test]
-async fn upstream_reset_mid_body() {
+/// An upstream that answers a 200 with a 100,000-byte body, sends 1,000 bytes of it, waits
+/// `pause` and then resets the connection.
+async fn resetting_upstream(pause: Duration) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let t = tokio::spawn(async move {
@@ -74,18 +76,22 @@ async fn upstream_reset_mid_body() {
             let _ = s.read(&mut buf).await;
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n").await.unwrap();
             s.write_all(&[b'x'; 1000]).await.unwrap();
+            tokio::time::sleep(pause).await;
             // Zero linger: close with RST at once (does not block).
             socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
             drop(s); // RST
         }
     });
-    let p = start_proxy(test_config(), addr).await;
+    (addr, t)
+}
+
+/// Send one request through the proxy and read until the proxy ends the connection: it must
+/// not hang. Returns what the client received.
+async fn read_until_closed(p: &Proxy) -> String {
     let mut s = TcpStream::connect(p.addrs().outbound).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    // Read until the proxy closes or resets the client connection: it must not hang, and the
-    // client must not receive a complete (fake) response.
     tokio::time::timeout(GUARD, async {
         loop {
             match s.read(&mut buf).await {
@@ -96,14 +102,44 @@ async fn upstream_reset_mid_body() {
     })
     .await
     .expect("proxy ends the downstream connection");
-    let text = String::from_utf8_lossy(&got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body() {
+    // The reset comes while the body streams: the client has the head and part of the body,
+    // then the connection ends; it never receives a complete (fake) response.
+    let (addr, t) = resetting_upstream(Duration::from_millis(200)).await;
+    let p = start_proxy(test_config(), addr).await;
+    let text = read_until_closed(&p).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body_len = got.len() - text.find("\r\n\r\n").unwrap() - 4;
+    let body_len = text.len() - text.find("\r\n\r\n").unwrap() - 4;
     assert!(body_len < 100_000, "truncated, not completed");
     eventually("record notes the reset", || {
         p.connections().iter().any(|c| c.state == "closed" && c.outcome.starts_with("upstream_reset_mid_body"))
     })
     .await;
+    t.abort();
+}
+
+#[tokio::test]
+async fn upstream_reset_right_after_the_head() {
+    // The reset can arrive in the same read as the head: then the proxy may not have flushed
+    // the head yet, and the client gets a closed connection with at most a truncated response.
+    let (addr, t) = resetting_upstream(Duration::ZERO).await;
+    let p = start_proxy(test_config(), addr).await;
+    let text = read_until_closed(&p).await;
+    if let Some(head_end) = text.find("\r\n\r\n") {
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.len() - head_end - 4 < 100_000, "truncated, not completed");
+    }
+    eventually("record notes the reset", || {
+        p.connections().iter().any(|c| c.state == "closed" && c.outcome.starts_with("upstream_reset"))
+    })
+    .await;
+    // The proxy stays up: the next request is handled the same way, without hanging.
+    let again = read_until_closed(&p).await;
+    assert!(again.is_empty() || again.starts_with("HTTP/1.1 200"), "{again}");
     t.abort();
 }
 

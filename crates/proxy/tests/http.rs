@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -268,6 +268,39 @@ async fn keep_alive_reuses_one_upstream_connection() {
     }
     assert_eq!(up.seen.requests.lock().unwrap().len(), 25);
     assert_eq!(up.seen.connections.load(Ordering::SeqCst), 1, "upstream saw one connection");
+}
+
+#[tokio::test]
+async fn pooled_connection_closed_by_the_upstream_is_not_used_again() {
+    // An app that closes each keep-alive connection shortly after its answer (as servers do at
+    // their idle timeout), and says when it has.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let t = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            acc.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(s);
+            let _ = closed_tx.send(());
+        }
+    });
+    let p = start_proxy(test_config(), addr).await;
+    for i in 0..3 {
+        let resp = raw_request(p.addrs().outbound, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!((resp.status(), resp.text().as_str()), (200, "ok"), "request {i}");
+        // The pooled connection is closed by the app before the next request takes it: the
+        // proxy must notice and open a new one instead of answering 503.
+        closed_rx.recv().await.unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "one upstream connection per request");
+    t.abort();
 }
 
 #[tokio::test]
