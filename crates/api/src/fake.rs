@@ -247,20 +247,17 @@ fn counters(w: &FakeWorkload) -> Vec<RuleCounter> {
     // The rules every meshed pod has, so that callers see they must filter by label.
     out.push(rule(labels::CAPTURE_INBOUND, "meta l4proto tcp counter redirect to :15006".into(), 12));
     out.push(rule(labels::CAPTURE_OUTBOUND, "meta l4proto tcp counter redirect to :15001".into(), 7));
+    out.push(rule(labels::SIDECAR_PORTS, "tcp dport { 15090, 15021 } counter return".into(), 3));
     let Ok(s) = Settings::from_annotations(&w.running) else {
         return out;
     };
-    // The mesh's own exclusions are part of the real rule too, as the engine compiles it.
-    let mut inbound = vec!["15090".to_string(), "15021".to_string()];
-    if let Some(p) = &s.exclude_inbound_ports {
-        inbound.extend(p.ranges().iter().map(|r| r.to_string()));
+    // As the engine compiles it: the sidecar's own ports (15090, 15021, 15020) have rules of
+    // their own, which are not the operator's passthrough.
+    if let Some(p) = s.exclude_inbound_ports.as_ref().filter(|p| !p.is_empty()) {
+        let list = p.ranges().iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+        let set = if p.ranges().len() > 1 { format!("{{ {list} }}") } else { list };
+        out.push(rule(labels::EXCLUDE_INBOUND_PORTS, format!("tcp dport {set} counter return"), w.bypassed));
     }
-    inbound.push("15020".into());
-    out.push(rule(
-        labels::EXCLUDE_INBOUND_PORTS,
-        format!("tcp dport {{ {} }} counter return", inbound.join(", ")),
-        3 + w.bypassed,
-    ));
     if let Some(p) = s.exclude_outbound_ports.as_ref().filter(|p| !p.is_empty()) {
         let list = p.ranges().iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
         out.push(rule(

@@ -10,13 +10,17 @@ use crate::ir::{
     chains::*, Chain, CtState, Match, Op, OwnerId, OwnerKind, Plan, Position, Proto, Rule, Scope, Table, Target,
     TproxyRoute,
 };
-use meshpass_settings::{InterceptionMode, IpNet, IpRangeSpec, PortRange, PortSpec};
+use meshpass_settings::{InterceptionMode, IpNet, IpRangeSpec, PortRange, PortSet, PortSpec};
 use std::net::IpAddr;
 
 /// Labels attached to rules; they name the nftables sets and appear in `explain`.
 pub mod labels {
-    /// Inbound ports excluded by `excludeInboundPorts` (and the mesh's own ports).
+    /// Inbound ports excluded by `excludeInboundPorts` (and the mesh's own ports when the
+    /// config does not say which they are: `CaptureConfig::sidecar_inbound_ports`).
     pub const EXCLUDE_INBOUND_PORTS: &str = "exclude-inbound-ports";
+    /// The sidecar's own inbound ports (Prometheus, health, status), which the mesh always
+    /// excludes: not the operator's passthrough, so not in its counters.
+    pub const SIDECAR_PORTS: &str = "sidecar-ports";
     /// Inbound ports captured by `includeInboundPorts`.
     pub const INCLUDE_INBOUND_PORTS: &str = "include-inbound-ports";
     /// Inbound capture of everything else.
@@ -102,6 +106,19 @@ fn not_dports(ports: &[u16]) -> Match {
 fn sport(port: u16) -> Match {
     Match::SrcPort { ports: PortRange::single(port).into_iter().collect(), neg: false }
 }
+/// `ports` cut into runs of consecutive entries that are (`true`) or are not in `own`.
+fn exclusion_runs(ports: &PortSet, own: &PortSet) -> Vec<(bool, Vec<PortRange>)> {
+    let mut runs: Vec<(bool, Vec<PortRange>)> = Vec::new();
+    for r in ports.ranges() {
+        let is_own = own.ranges().contains(r);
+        match runs.last_mut() {
+            Some((k, v)) if *k == is_own => v.push(*r),
+            _ => runs.push((is_own, vec![*r])),
+        }
+    }
+    runs
+}
+
 fn dports(ports: &[PortRange]) -> Match {
     Match::DstPort { ports: ports.to_vec(), neg: false }
 }
@@ -405,13 +422,11 @@ fn inbound(b: &mut Builder, cfg: &CaptureConfig, tproxy: bool, lo4: IpNet, lo6: 
     let established = || Match::CtState { states: vec![CtState::Related, CtState::Established] };
     match include {
         PortSpec::Wildcard => {
-            if !cfg.exclude_inbound_ports.is_empty() {
-                b.append(
-                    table,
-                    ISTIO_INBOUND,
-                    rule(vec![tcp(), dports(cfg.exclude_inbound_ports.ranges())], Target::Return)
-                        .labeled(labels::EXCLUDE_INBOUND_PORTS),
-                );
+            // One rule per run of the sidecar's own ports or the operator's, in the flag's
+            // order: iptables gets a rule per port either way, so its output stays Istio's.
+            for (own, ranges) in exclusion_runs(&cfg.exclude_inbound_ports, &cfg.sidecar_inbound_ports) {
+                let label = if own { labels::SIDECAR_PORTS } else { labels::EXCLUDE_INBOUND_PORTS };
+                b.append(table, ISTIO_INBOUND, rule(vec![tcp(), dports(&ranges)], Target::Return).labeled(label));
             }
             if tproxy {
                 b.append(
@@ -590,4 +605,79 @@ fn tproxy_tail(b: &mut Builder, cfg: &CaptureConfig, lo4: IpNet, lo6: IpNet) {
         3,
         rule(vec![tcp(), lo_in(), mark(OUTBOUND_MARK, true)], Target::Return).labeled(labels::APP_LOOPBACK),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InjectorValues;
+    use crate::ir::Family;
+    use crate::render::{iptables, nft};
+    use meshpass_settings::{keys, Settings};
+    use std::collections::BTreeMap;
+
+    fn config(exclude_inbound: &str) -> CaptureConfig {
+        let map = BTreeMap::from([(keys::EXCLUDE_INBOUND_PORTS.to_string(), exclude_inbound.to_string())]);
+        let settings = Settings::from_annotations(&map).expect("valid annotations");
+        CaptureConfig::from_settings(&settings, &InjectorValues::default()).expect("capture enabled")
+    }
+
+    /// (label, ports) of the inbound exclusion rules, in order.
+    fn exclusions(plan: &Plan) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for Op { rule, .. } in &plan.ops {
+            let Some(label) =
+                rule.label.as_deref().filter(|l| [labels::SIDECAR_PORTS, labels::EXCLUDE_INBOUND_PORTS].contains(l))
+            else {
+                continue;
+            };
+            for m in &rule.matches {
+                if let Match::DstPort { ports, .. } = m {
+                    let p: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                    out.push((label.to_string(), p.join(",")));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_sidecar_ports_are_labelled_apart_from_the_operators_exclusions() {
+        let cfg = config("5000,8000-8100");
+        assert_eq!(cfg.exclude_inbound_ports.to_string(), "15090,15021,5000,8000-8100,15020");
+        let plan = compile(&cfg);
+        let s = |l: &str, p: &str| (l.to_string(), p.to_string());
+        assert_eq!(
+            exclusions(&plan),
+            [
+                s("sidecar-ports", "15090,15021"),
+                s("exclude-inbound-ports", "5000,8000-8100"),
+                s("sidecar-ports", "15020")
+            ]
+        );
+        // The nft set of the operator's exclusions holds only their ports.
+        let rendered = nft::render(&plan);
+        assert!(rendered.contains("elements = { 5000, 8000-8100 }"), "{rendered}");
+        assert!(rendered.contains("elements = { 15090, 15021 }"), "{rendered}");
+
+        // iptables gets a rule per port in the flag's order either way: Istio's output exactly.
+        let mut unlabelled = cfg;
+        unlabelled.sidecar_inbound_ports = PortSet::new();
+        let unlabelled_plan = compile(&unlabelled);
+        assert_eq!(exclusions(&unlabelled_plan), [s("exclude-inbound-ports", "15090,15021,5000,8000-8100,15020")]);
+        for family in [Family::V4, Family::V6] {
+            assert_eq!(iptables::render_restore(&plan, family), iptables::render_restore(&unlabelled_plan, family));
+        }
+    }
+
+    #[test]
+    fn a_status_port_the_operator_also_lists_stays_the_sidecars() {
+        // Listed by the operator too: still the sidecar's own (the set keeps one entry).
+        let plan = compile(&config("15020,5000"));
+        let s = |l: &str, p: &str| (l.to_string(), p.to_string());
+        assert_eq!(exclusions(&plan), [s("sidecar-ports", "15090,15021,15020"), s("exclude-inbound-ports", "5000")]);
+        // Nothing of the operator's: no operator rule at all.
+        let plan = compile(&config(""));
+        assert_eq!(exclusions(&plan), [s("sidecar-ports", "15090,15021,15020")]);
+    }
 }

@@ -77,6 +77,13 @@ pub struct CaptureConfig {
     pub include_inbound_ports: PortSpec,
     /// Inbound ports that bypass the sidecar (`-d`), honoured only with `-b '*'`.
     pub exclude_inbound_ports: PortSet,
+    /// The entries of `exclude_inbound_ports` that the mesh excludes for itself rather than the
+    /// operator: the sidecar's Prometheus (15090), health (15021) and status (15020) ports.
+    /// They bypass like the others; only their rules get a label of their own
+    /// ([`crate::compile::labels::SIDECAR_PORTS`]), so that the passthrough counters count the
+    /// operator's ports alone and not every scrape and probe. Empty when not known (a config
+    /// read from istio-iptables flags), and then every exclusion is labelled as the operator's.
+    pub sidecar_inbound_ports: PortSet,
     /// Outbound ports captured whatever the address (`-q`).
     pub include_outbound_ports: PortSet,
     /// Outbound ports that bypass the sidecar, TCP and UDP (`-o`).
@@ -122,6 +129,7 @@ impl Default for CaptureConfig {
             tproxy_route_table: TPROXY_ROUTE_TABLE,
             include_inbound_ports: PortSpec::List(PortSet::new()),
             exclude_inbound_ports: PortSet::new(),
+            sidecar_inbound_ports: PortSet::new(),
             include_outbound_ports: PortSet::new(),
             exclude_outbound_ports: PortSet::new(),
             include_outbound_ip_ranges: IpRangeSpec::List(CidrSet::new()),
@@ -215,11 +223,13 @@ impl CaptureConfig {
         }
         let status_port = s.status_port.unwrap_or(v.status_port);
         let mut exclude_inbound = PortSet::from_ports([PROMETHEUS_PORT, HEALTH_PORT]);
+        let mut sidecar_inbound = exclude_inbound.clone();
         for r in s.exclude_inbound_ports.as_ref().unwrap_or(&v.exclude_inbound_ports) {
             exclude_inbound.insert(*r);
         }
         if let Some(p) = PortRange::single(status_port) {
             exclude_inbound.insert(p);
+            sidecar_inbound.insert(p);
         }
         let (v4, v6): (Vec<_>, Vec<_>) = v.dns_servers.iter().partition(|a| a.is_ipv4());
         Some(Self {
@@ -228,6 +238,7 @@ impl CaptureConfig {
             proxy_gids: vec![OwnerId::numeric(v.proxy_gid.unwrap_or(v.proxy_uid))],
             include_inbound_ports: s.include_inbound_ports.clone().unwrap_or_else(|| v.include_inbound_ports.clone()),
             exclude_inbound_ports: exclude_inbound,
+            sidecar_inbound_ports: sidecar_inbound,
             include_outbound_ports: s
                 .include_outbound_ports
                 .clone()

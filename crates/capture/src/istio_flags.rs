@@ -303,6 +303,8 @@ impl IstioArgs {
             tproxy_route_table,
             include_inbound_ports,
             exclude_inbound_ports,
+            // istio-iptables' flags do not say which exclusions are the mesh's own.
+            sidecar_inbound_ports: PortSet::new(),
             include_outbound_ports,
             exclude_outbound_ports,
             include_outbound_ip_ranges,

@@ -69,9 +69,9 @@ fn injector_defaults() {
             ("app tcp out", out("10.0.0.1", 80), CAPTURED_OUT),
             ("udp is not redirected", out("10.0.0.1", 80).udp(), (Verdict::Passthrough, None, None)),
             ("inbound app port", inb(8080), CAPTURED_IN),
-            ("inbound health", inb(15021), (Verdict::Passthrough, None, Some("exclude-inbound-ports"))),
-            ("inbound prometheus", inb(15090), (Verdict::Passthrough, None, Some("exclude-inbound-ports"))),
-            ("inbound status", inb(15020), (Verdict::Passthrough, None, Some("exclude-inbound-ports"))),
+            ("inbound health", inb(15021), (Verdict::Passthrough, None, Some("sidecar-ports"))),
+            ("inbound prometheus", inb(15090), (Verdict::Passthrough, None, Some("sidecar-ports"))),
+            ("inbound status", inb(15020), (Verdict::Passthrough, None, Some("sidecar-ports"))),
             ("inbound tunnel", inb(15008), (Verdict::Passthrough, None, Some("tunnel-port"))),
             ("inbound udp", inb(8080).udp(), (Verdict::Passthrough, None, None)),
             ("app to localhost", out("127.0.0.1", 8080), (Verdict::Passthrough, None, Some("app-loopback"))),
@@ -271,7 +271,7 @@ fn tproxy_inbound() {
             // §12.6: no 15008 exemption on the mangle path.
             ("tunnel port is tproxied", inb(15008), tp),
             ("excluded", inb(7000), (Verdict::Passthrough, None, Some("exclude-inbound-ports"))),
-            ("health", inb(15021), (Verdict::Passthrough, None, Some("exclude-inbound-ports"))),
+            ("health", inb(15021), (Verdict::Passthrough, None, Some("sidecar-ports"))),
             ("over lo without mark 1338", inb(8080).in_iface("lo"), (Verdict::Passthrough, None, Some("app-loopback"))),
             (
                 "from 127.0.0.6 over lo",
