@@ -35,6 +35,7 @@ Only addresses inside the namespaces it creates are used; everything is removed 
 import argparse
 import json
 import os
+import random
 import re
 import signal
 import statistics
@@ -426,7 +427,15 @@ def main():
     ap.add_argument("--ir-conns", default="1,16", help="wrk connections for the callgrind phase")
     ap.add_argument("--ir-proxies", default="meshpass,haproxy,nginx", help="proxies for the callgrind phase")
     ap.add_argument("--only-ir", action="store_true", help="skip the timed runs (profiling)")
+    ap.add_argument("--targets", default="", help="comma-separated target names to run (default: all), "
+                    "e.g. a-direct,b-passthrough for many short paired rounds of just those two")
     a = ap.parse_args()
+    if a.targets:
+        wanted = a.targets.split(",")
+        unknown = [t for t in wanted if t not in {name for name, *_ in TARGETS}]
+        if unknown:
+            ap.error(f"unknown target(s) {unknown}; known: {[name for name, *_ in TARGETS]}")
+        TARGETS[:] = [t for t in TARGETS if t[0] in wanted]
     b = Bench(a)
     res = {"runs": [], "sweep": [], "idle_rss_kb": {}, "ir": []}
     if a.only_ir:
@@ -543,13 +552,26 @@ def paired(res):
             ("meshpass / HAProxy-behind-REDIRECT p50 @1000", "c-meshpass", "f-haproxy-redirect", "p50_ms", "paced1000"),
             ("(b) / (a) req/s @16", "b-passthrough", "a-direct", "rps", "c16"),
             ("(b) / (a) machine CPU per req @16", "b-passthrough", "a-direct", "machine_cpu_us_per_req", "c16")]
-    print("\n| paired ratio (per rep) | median | per rep |")
-    print("|---|---|---|")
+    print("\n| paired ratio (per rep) | median | 95% CI of the median | per rep |")
+    print("|---|---|---|---|")
     for label, x, y, key, mode in rows:
         xs, ys = by_rep(x, key, mode), by_rep(y, key, mode)
         ratios = [xs[k] / ys[k] for k in sorted(xs) if xs.get(k) and ys.get(k)]
         if ratios:
-            print(f"| {label} | {statistics.median(ratios):.3f} | " + ", ".join(f"{v:.3f}" for v in ratios) + " |")
+            lo, hi = median_ci(ratios)
+            ci = f"{lo:.3f}–{hi:.3f}" if lo is not None else "—"
+            print(f"| {label} | {statistics.median(ratios):.3f} | {ci} | " + ", ".join(f"{v:.3f}" for v in ratios)
+                  + " |")
+
+
+def median_ci(values, rounds=4000):
+    """Percentile-bootstrap 95% confidence interval of the median (fixed seed: the same results
+    print the same interval). None with fewer than 5 values, where it says nothing."""
+    if len(values) < 5:
+        return None, None
+    rng = random.Random(1)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return meds[int(0.025 * rounds)], meds[int(0.975 * rounds) - 1]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Where the passthrough path's extra cost goes: a whole-machine kernel profile of (a) and (b).
+
+(a) and (b) of bench.py hit the same app on the same excluded port; the only difference is that
+(b) has the capture rules installed in the pod's namespace, which registers the netfilter
+conntrack and nat hooks there. This script runs wrk at 16 connections against each, alternating,
+while `perf record -a -e cpu-clock` samples the whole machine (software clock: this VM has no
+hardware counters), and reports per path the busy samples per 1000 requests and the share of them
+in netfilter functions (conntrack, nat, the hook walk), with the top ones.
+
+    sudo python3 bench/proxy/netfilter_profile.py [--rounds 2] [--duration 6]
+
+Needs root, perf, wrk, nginx, haproxy (bench.py's servers are reused as they are), iptables.
+Only addresses inside the namespaces it creates are used; everything is removed at exit.
+"""
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import time
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+# Kernel functions of netfilter proper (not TCP/IP): conntrack, nat, the hook walk, the tables.
+NETFILTER = re.compile(
+    r"^(__)?(nf_|nft_|ipt_|ip6t_|xt_|iptable_|ipv4_conntrack|ipv6_conntrack|ipv4_confirm|hash_conntrack"
+    r"|tcp_in_window|resolve_normal_ct|init_conntrack|get_l4proto|nf_ct_)")
+# Samples of an idle CPU (halted vCPU), which are not work.
+IDLE = {"pv_native_safe_halt", "default_idle", "native_safe_halt", "cpuidle_enter_state", "acpi_safe_halt",
+        "intel_idle", "poll_idle", "default_idle_call"}
+
+
+def profile(data):
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "sym", "--stdio", "-F", "sample,sym"],
+                         capture_output=True, text=True, check=True).stdout
+    busy = nf = 0
+    top = collections.Counter()
+    for line in rep.splitlines():
+        m = re.match(r"\s+(\d+)\s+\[(.)\]\s+(\S+)", line)
+        if not m:
+            continue
+        n, kind, sym = int(m.group(1)), m.group(2), m.group(3)
+        if sym in IDLE:
+            continue
+        busy += n
+        if kind == "k" and NETFILTER.match(sym):
+            nf += n
+            top[sym] += n
+    return busy, nf, top
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--duration", type=int, default=6)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (network namespaces, iptables, perf -a)")
+    b = bench.Bench(types.SimpleNamespace(proxy_bin=None, perf=0, workers=0))
+    runs = []
+    try:
+        b.setup()
+        b.start_servers()
+        for rnd in range(a.rounds):
+            for name, rules in (("a-direct", False), ("b-passthrough", True)):
+                (b.rules_on if rules else b.rules_off)()
+                b.wrk(18080, 16, 1, False, None)  # warm-up
+                data = f"{bench.RUN}/netfilter.{name}.{rnd}.data"
+                rec = subprocess.Popen(["perf", "record", "-a", "-F", "2999", "-e", "cpu-clock", "-o", data],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+                r = b.wrk(18080, 16, a.duration, False, None)
+                rec.send_signal(2)
+                rec.wait()
+                runs.append((name, rnd, r, data))
+                print(f"{name} round {rnd}: {r['rps']:.0f} req/s", flush=True)
+    finally:
+        b.cleanup()
+    print("\n| path | round | req/s @16 | busy samples / 1000 req | netfilter samples / 1000 req | netfilter share of busy | top netfilter functions (samples) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rnd, r, data in runs:
+        busy, nf, top = profile(data)
+        n = r["requests"]
+        tops = ", ".join(f"{k} {v}" for k, v in top.most_common(5)) or "—"
+        print(f"| {name} | {rnd} | {r['rps']:,.0f} | {1000 * busy / n:.1f} | {1000 * nf / n:.2f} | {100 * nf / busy:.1f}% | {tops} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
