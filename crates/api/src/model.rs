@@ -284,6 +284,10 @@ pub struct PassthroughDoc {
 
 /// `PUT …/passthrough`: the [`Passthrough`] fields, plus whether to restart and (instead of
 /// `If-Match`) the version the change is based on.
+///
+/// The fields are repeated rather than `#[serde(flatten)]`ed because serde cannot combine
+/// `flatten` with `deny_unknown_fields`, and a misspelt field must be a 400, not silently
+/// dropped. A unit test keeps the two field lists equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PassthroughUpdate {
@@ -538,4 +542,33 @@ pub struct ErrorBody {
     /// One entry per rejected item (422 only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_update_carries_exactly_the_passthrough_fields() {
+        let all = Passthrough {
+            inbound_ports: vec!["5000".into()],
+            outbound_ports: vec!["3306".into()],
+            outbound_ip_ranges: vec!["198.19.0.0/16".into()],
+            include_inbound_ports: Some("*".into()),
+            include_outbound_ports: Some("443".into()),
+            include_outbound_ip_ranges: Some("*".into()),
+            interception_mode: Some("TPROXY".into()),
+        };
+        // Every field of `Passthrough` is accepted by the update (it denies unknown fields)...
+        let json = serde_json::to_value(&all).unwrap();
+        let update: PassthroughUpdate = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(update.settings(), all);
+        assert_eq!(PassthroughUpdate::new(all.clone()).settings(), all);
+        // ...and the update has no settings field that `Passthrough` lacks.
+        let mut back = serde_json::to_value(&update).unwrap();
+        let obj = back.as_object_mut().unwrap();
+        obj.remove("restart");
+        obj.remove("resourceVersion");
+        assert_eq!(back, json);
+    }
 }
