@@ -61,6 +61,11 @@ pub mod labels {
     pub const TPROXY: &str = "tproxy";
     /// Redirect targets (the listener ports).
     pub const REDIRECT: &str = "redirect";
+    /// Excluded inbound ports taken out of connection tracking
+    /// ([`crate::CaptureConfig::untrack_excluded_inbound`]). The first packet of each such
+    /// connection is counted by a rule labelled [`EXCLUDE_INBOUND_PORTS`] (or
+    /// [`SIDECAR_PORTS`]) instead, since the nat rule never sees it.
+    pub const UNTRACK: &str = "untrack-excluded-inbound";
 }
 
 /// Builder that mirrors istio-iptables' rule builder.
@@ -393,6 +398,9 @@ pub fn compile(cfg: &CaptureConfig) -> Plan {
     if tproxy {
         tproxy_tail(&mut b, cfg, lo4, lo6);
     }
+    if cfg.untrack_excluded_inbound {
+        untrack_excluded_inbound(&mut b, cfg);
+    }
 
     let has_inbound = !matches!(&cfg.include_inbound_ports, PortSpec::List(l) if l.is_empty());
     Plan {
@@ -567,6 +575,47 @@ fn dns_rules(b: &mut Builder, cfg: &CaptureConfig) {
     }
 }
 
+/// meshpass's own addition, after every Istio op so that Istio's rules stay a prefix: raw
+/// `NOTRACK` for both directions of connections to excluded inbound ports, off loopback.
+///
+/// Per direction: arriving packets by destination port in `PREROUTING`, the app's replies by
+/// source port in `OUTPUT` (both must be untracked: a reply conntrack sees without its
+/// request would be picked up mid-stream as a new connection and reach the nat rules). First,
+/// the connection's SYN is counted per run of sidecar or operator ports under the nat rule's
+/// labels, so the passthrough counters still count connections; then every packet.
+/// Exclusions only apply with `includeInboundPorts: "*"`, as in [`inbound`].
+fn untrack_excluded_inbound(b: &mut Builder, cfg: &CaptureConfig) {
+    if cfg.include_inbound_ports != PortSpec::Wildcard || cfg.exclude_inbound_ports.is_empty() {
+        return;
+    }
+    // Virtual interfaces' traffic goes to the outbound listener whatever its port.
+    for iface in &cfg.reroute_virtual_interfaces {
+        b.append(
+            Table::Raw,
+            PREROUTING,
+            rule(vec![in_if(iface.as_str())], Target::Return).labeled(labels::VIRTUAL_INTERFACES),
+        );
+    }
+    let not_lo_in = || Match::InIface { name: "lo".into(), neg: true };
+    let not_lo_out = || Match::OutIface { name: "lo".into(), neg: true };
+    for (own, ranges) in exclusion_runs(&cfg.exclude_inbound_ports, &cfg.sidecar_inbound_ports) {
+        let label = if own { labels::SIDECAR_PORTS } else { labels::EXCLUDE_INBOUND_PORTS };
+        b.append(
+            Table::Raw,
+            PREROUTING,
+            rule(vec![not_lo_in(), tcp(), dports(&ranges), Match::TcpSyn], Target::NoTrack).labeled(label),
+        );
+    }
+    let all = cfg.exclude_inbound_ports.ranges();
+    b.append(
+        Table::Raw,
+        PREROUTING,
+        rule(vec![not_lo_in(), tcp(), dports(all)], Target::NoTrack).labeled(labels::UNTRACK),
+    );
+    let sports = Match::SrcPort { ports: all.to_vec(), neg: false };
+    b.append(Table::Raw, OUTPUT, rule(vec![not_lo_out(), tcp(), sports], Target::NoTrack).labeled(labels::UNTRACK));
+}
+
 fn tproxy_tail(b: &mut Builder, cfg: &CaptureConfig, lo4: IpNet, lo6: IpNet) {
     let m = cfg.tproxy_mark;
     let tp = |r: Rule| r.labeled(labels::TPROXY);
@@ -679,5 +728,66 @@ mod tests {
         // Nothing of the operator's: no operator rule at all.
         let plan = compile(&config(""));
         assert_eq!(exclusions(&plan), [s("sidecar-ports", "15090,15021,15020")]);
+    }
+
+    #[test]
+    fn untracking_appends_raw_rules_after_every_istio_op() {
+        let mut cfg = config("5000,8000-8100");
+        let istio = compile(&cfg);
+        assert!(istio.ops.iter().all(|op| op.table != Table::Raw), "off by default: Istio's rules only");
+        cfg.untrack_excluded_inbound = true;
+        let plan = compile(&cfg);
+        // Istio's rules stay a prefix, so the iptables rendering of the rest is unchanged.
+        assert_eq!(plan.ops[..istio.ops.len()], istio.ops[..]);
+        let added: Vec<String> = plan.ops[istio.ops.len()..]
+            .iter()
+            .map(|op| {
+                format!(
+                    "{} {} {}",
+                    op.chain,
+                    iptables::rule_args(&op.rule).join(" | "),
+                    op.rule.label.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "PREROUTING ! -i lo -p tcp --dport 15090 --tcp-flags FIN,SYN,RST,ACK SYN -j CT --notrack | ! -i lo -p tcp --dport 15021 --tcp-flags FIN,SYN,RST,ACK SYN -j CT --notrack sidecar-ports",
+                "PREROUTING ! -i lo -p tcp --dport 5000 --tcp-flags FIN,SYN,RST,ACK SYN -j CT --notrack | ! -i lo -p tcp --dport 8000:8100 --tcp-flags FIN,SYN,RST,ACK SYN -j CT --notrack exclude-inbound-ports",
+                "PREROUTING ! -i lo -p tcp --dport 15020 --tcp-flags FIN,SYN,RST,ACK SYN -j CT --notrack sidecar-ports",
+                "PREROUTING ! -i lo -p tcp --dport 15090 -j CT --notrack | ! -i lo -p tcp --dport 15021 -j CT --notrack | ! -i lo -p tcp --dport 5000 -j CT --notrack | ! -i lo -p tcp --dport 8000:8100 -j CT --notrack | ! -i lo -p tcp --dport 15020 -j CT --notrack untrack-excluded-inbound",
+                "OUTPUT ! -o lo -p tcp --sport 15090 -j CT --notrack | ! -o lo -p tcp --sport 15021 -j CT --notrack | ! -o lo -p tcp --sport 5000 -j CT --notrack | ! -o lo -p tcp --sport 8000:8100 -j CT --notrack | ! -o lo -p tcp --sport 15020 -j CT --notrack untrack-excluded-inbound",
+            ]
+        );
+        assert!(plan.ops[istio.ops.len()..].iter().all(|op| op.table == Table::Raw && op.scope == Scope::Both));
+        let nft = nft::render(&plan);
+        assert!(nft.contains("notrack"), "{nft}");
+    }
+
+    #[test]
+    fn untracking_needs_a_wildcard_include_and_spares_virtual_interfaces() {
+        let on = |mut c: CaptureConfig| {
+            c.untrack_excluded_inbound = true;
+            compile(&c)
+        };
+        let raw = |p: &Plan| p.ops.iter().filter(|op| op.table == Table::Raw).count();
+        // Exclusions only apply with includeInboundPorts "*": with a list, nothing to untrack.
+        let mut listed = config("5000");
+        listed.include_inbound_ports = PortSpec::List(PortSet::from_ports([8080]));
+        assert_eq!(raw(&on(listed)), 0);
+        // No exclusions at all (not even the sidecar's): nothing either.
+        let mut none = config("");
+        none.exclude_inbound_ports = PortSet::new();
+        none.sidecar_inbound_ports = PortSet::new();
+        assert_eq!(raw(&on(none)), 0);
+        // A rerouted virtual interface goes to the outbound listener whatever the port, so
+        // it returns from raw before any NOTRACK.
+        let mut virt = config("5000");
+        virt.reroute_virtual_interfaces = vec![meshpass_settings::IfaceName::parse("virt0").expect("name")];
+        let plan = on(virt);
+        let first = plan.ops.iter().find(|op| op.table == Table::Raw).expect("raw ops");
+        assert_eq!((first.chain.as_str(), &first.rule.target), (PREROUTING, &Target::Return));
+        assert_eq!(first.rule.label.as_deref(), Some(labels::VIRTUAL_INTERFACES));
     }
 }

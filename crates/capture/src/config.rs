@@ -106,6 +106,19 @@ pub struct CaptureConfig {
     pub dns_servers_v6: Vec<IpAddr>,
     /// Drop conntrack-INVALID packets (`--drop-invalid`).
     pub drop_invalid: bool,
+    /// Let connections to excluded inbound ports skip connection tracking as well as the
+    /// sidecar (raw-table `NOTRACK` rules; meshpass's own, not an istio-iptables flag).
+    ///
+    /// Istio's rules leave excluded traffic tracked: the nat table's REDIRECT turns conntrack
+    /// on for the whole namespace, and every excluded connection then pays for a conntrack
+    /// entry and the nat hooks although nothing rewrites it. Untracked, an excluded port costs
+    /// what it would without a mesh. Only non-loopback traffic is untracked (loopback stays
+    /// exactly as Istio has it), and interfaces of `reroute_virtual_interfaces` are left
+    /// alone. The price: an *outbound* connection whose local port is an excluded inbound
+    /// port is untracked too, so it bypasses the sidecar. The kernel never picks a port that
+    /// a socket listens on as an ephemeral port, so this only happens to an app that binds
+    /// such a port for a connection of its own, or when nothing listens on the port.
+    pub untrack_excluded_inbound: bool,
     /// Emit IPv6 rules (Istio detects this from the pod's address).
     pub enable_ipv6: bool,
     /// Owner-group filter.
@@ -141,6 +154,7 @@ impl Default for CaptureConfig {
             dns_servers_v4: Vec::new(),
             dns_servers_v6: Vec::new(),
             drop_invalid: false,
+            untrack_excluded_inbound: false,
             enable_ipv6: false,
             owner_groups: OwnerGroups::default(),
             ipv4_loopback_cidr: loopback_v4(),
@@ -186,6 +200,9 @@ pub struct InjectorValues {
     pub dns_servers: Vec<IpAddr>,
     /// `INVALID_DROP`.
     pub drop_invalid: bool,
+    /// meshpass's own: excluded inbound ports skip conntrack too
+    /// ([`CaptureConfig::untrack_excluded_inbound`]).
+    pub untrack_excluded_inbound: bool,
 }
 
 impl Default for InjectorValues {
@@ -206,6 +223,7 @@ impl Default for InjectorValues {
             capture_all_dns: false,
             dns_servers: Vec::new(),
             drop_invalid: false,
+            untrack_excluded_inbound: false,
         }
     }
 }
@@ -262,6 +280,7 @@ impl CaptureConfig {
             dns_servers_v4: v4.into_iter().copied().collect(),
             dns_servers_v6: v6.into_iter().copied().collect(),
             drop_invalid: v.drop_invalid,
+            untrack_excluded_inbound: v.untrack_excluded_inbound,
             enable_ipv6: v.enable_ipv6,
             ..Self::default()
         })
@@ -314,6 +333,10 @@ impl CaptureConfig {
         }
         if self.drop_invalid {
             a.push("--drop-invalid".into());
+        }
+        if self.untrack_excluded_inbound {
+            // Not istio-iptables': `meshpass iptables` takes it, istio-iptables would refuse it.
+            a.push("--untrack-excluded-inbound".into());
         }
         a
     }

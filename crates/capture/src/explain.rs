@@ -671,6 +671,8 @@ struct Walk<'a> {
     assume: &'a HashMap<RuleKey, bool>,
     mark: u32,
     ct_mark: u32,
+    /// The first `NOTRACK` rule that matched: the packet is untracked from there on.
+    untracked_by: Option<RuleRef>,
     trace: Vec<Step>,
     /// The last RETURN/ACCEPT executed per table: what let a passthrough connection through.
     let_through: BTreeMap<Table, RuleRef>,
@@ -701,6 +703,7 @@ impl<'a> Walk<'a> {
             assume,
             mark: 0,
             ct_mark: 0,
+            untracked_by: None,
             trace: vec![Step::note(StepKind::Flow, pkt.to_string())],
             let_through: BTreeMap::new(),
         }
@@ -709,6 +712,13 @@ impl<'a> Walk<'a> {
     fn run(mut self) -> (Self, Outcome) {
         let hook = self.hook();
         for table in [Table::Raw, Table::Mangle, Table::Nat] {
+            if table == Table::Nat && self.untracked_by.is_some() {
+                // The nat hooks only act on tracked connections (nf_nat_inet_fn returns
+                // straight away without a conntrack entry): the chain is never walked.
+                let msg = "skipped: an untracked packet is never NATed, so never redirected".to_string();
+                self.trace.push(Step::at(StepKind::Hook, table, &Chain::new(hook), msg));
+                continue;
+            }
             if let TableEnd::Stop(o) = self.table(table, hook) {
                 return (self, o);
             }
@@ -850,6 +860,11 @@ impl<'a> Walk<'a> {
                     let msg = format!("conntrack zone {zone} (no effect on capture)");
                     self.trace.push(Step::rule(StepKind::Match, rref, msg));
                 }
+                Target::NoTrack => {
+                    self.untracked_by.get_or_insert_with(|| rref.clone());
+                    let msg = "NOTRACK: the connection is not tracked, so no nat rule sees it".to_string();
+                    self.trace.push(Step::rule(StepKind::Match, rref, msg));
+                }
             }
         }
     }
@@ -909,8 +924,10 @@ impl<'a> Walk<'a> {
                 }
             }
             Match::Mark { value, neg } => yes((self.mark == *value) != *neg),
-            Match::ConnMark { value } => yes(self.ct_mark == *value),
-            Match::CtState { states } => yes(states.contains(&CtState::New)),
+            Match::ConnMark { value } => yes(self.untracked_by.is_none() && self.ct_mark == *value),
+            // An untracked packet has no conntrack state and no connection mark to match.
+            Match::CtState { states } => yes(self.untracked_by.is_none() && states.contains(&CtState::New)),
+            Match::TcpSyn => yes(self.pkt.proto == Proto::Tcp),
         }
     }
 
@@ -930,7 +947,11 @@ impl<'a> Walk<'a> {
             None => {
                 // nat decides REDIRECT capture, mangle TPROXY capture: a RETURN there is what
                 // let the connection through; raw cannot capture.
-                let by = self.let_through.remove(&Table::Nat).or_else(|| self.let_through.remove(&Table::Mangle));
+                let by = self
+                    .let_through
+                    .remove(&Table::Nat)
+                    .or_else(|| self.let_through.remove(&Table::Mangle))
+                    .or_else(|| self.untracked_by.take());
                 match &by {
                     Some(r) => self.trace.push(Step::rule(
                         StepKind::Verdict,
@@ -969,7 +990,7 @@ impl<'a> Walk<'a> {
 /// by label, so that planned and live (unlabelled) rules credit the same rule.
 fn decider(rule: &Rule, this: RuleRef, stack: &[Frame]) -> RuleRef {
     let selective = rule.matches.iter().any(|m| match m {
-        Match::Family { .. } | Match::Proto { .. } => false,
+        Match::Family { .. } | Match::Proto { .. } | Match::TcpSyn => false,
         Match::SrcNet { neg, .. } | Match::DstNet { neg, .. } => !neg,
         Match::DstPort { neg, .. } | Match::SrcPort { neg, .. } => !neg,
         Match::InIface { neg, .. } | Match::OutIface { neg, .. } => !neg,

@@ -350,6 +350,10 @@ pub enum Match {
         /// States.
         states: Vec<CtState>,
     },
+    /// A TCP packet with SYN set and FIN, RST and ACK clear: the first packet of a
+    /// connection (iptables `--syn`, nft `tcp flags & (fin | syn | rst | ack) == syn`). Used
+    /// where conntrack cannot say "new", because the rule runs before conntrack (raw table).
+    TcpSyn,
 }
 
 /// What a matching rule does.
@@ -397,6 +401,10 @@ pub enum Target {
         /// Zone id.
         zone: u16,
     },
+    /// Do not track the packet (iptables `-j CT --notrack`, nft `notrack`). Like `CtZone` it
+    /// does not end the chain. An untracked packet never reaches the nat table, so nothing
+    /// can redirect it: its connection bypasses the sidecar, and costs no conntrack work.
+    NoTrack,
 }
 
 /// One rule: all matches, then the target.

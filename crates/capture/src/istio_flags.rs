@@ -99,6 +99,9 @@ pub struct IstioArgs {
     pub capture_all_dns: bool,
     /// `--drop-invalid`.
     pub drop_invalid: bool,
+    /// `--untrack-excluded-inbound` (meshpass's own flag, not istio-iptables':
+    /// [`CaptureConfig::untrack_excluded_inbound`]).
+    pub untrack_excluded_inbound: bool,
     /// IPv6 rules (detected from the pod address, or forced with `--ipv6`).
     pub enable_ipv6: bool,
     /// Name servers from resolv.conf.
@@ -316,6 +319,7 @@ impl IstioArgs {
             dns_servers_v4,
             dns_servers_v6,
             drop_invalid: self.drop_invalid,
+            untrack_excluded_inbound: self.untrack_excluded_inbound,
             enable_ipv6: self.enable_ipv6,
             owner_groups,
             ipv4_loopback_cidr,
@@ -355,6 +359,7 @@ impl IstioArgs {
             redirect_dns: b("redirect_dns"),
             capture_all_dns: b("capture_all_dns"),
             drop_invalid: b("drop_invalid"),
+            untrack_excluded_inbound: b("untrack_excluded_inbound"),
             enable_ipv6: b("enable_ipv6"),
             dns_servers: dns,
             owner_groups_include: s("owner_groups_include"),

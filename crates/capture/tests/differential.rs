@@ -10,6 +10,7 @@
 mod common;
 
 use meshpass_capture::explain::{explain_plan, Flow};
+use meshpass_capture::ir::Family;
 use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner, Runner};
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
 use meshpass_settings::Settings;
@@ -222,8 +223,9 @@ fn list(rng: &mut Rng, items: &[&str], max: u64) -> String {
     (0..n).map(|_| *rng.pick(items)).collect::<Vec<_>>().join(",")
 }
 
-/// Random annotations over the capture keys, plus whether IPv6 is on.
-fn generate(rng: &mut Rng) -> (BTreeMap<String, String>, bool) {
+/// Random annotations over the capture keys, plus whether IPv6 is on and whether excluded
+/// inbound ports are untracked.
+fn generate(rng: &mut Rng) -> (BTreeMap<String, String>, bool, bool) {
     use meshpass_settings::keys::*;
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
@@ -257,12 +259,13 @@ fn generate(rng: &mut Rng) -> (BTreeMap<String, String>, bool) {
     if rng.chance(70) {
         put(EXCLUDE_OUTBOUND_IP_RANGES, list(rng, &CIDRS, 4));
     }
-    (m, rng.chance(70))
+    let ipv6 = rng.chance(70);
+    (m, ipv6, rng.chance(50))
 }
 
-fn plan_for(ann: &BTreeMap<String, String>, ipv6: bool) -> Plan {
+fn plan_for(ann: &BTreeMap<String, String>, ipv6: bool, untrack: bool) -> Plan {
     let settings = Settings::from_annotations(ann).expect("generated settings are valid");
-    let values = InjectorValues { enable_ipv6: ipv6, ..InjectorValues::default() };
+    let values = InjectorValues { enable_ipv6: ipv6, untrack_excluded_inbound: untrack, ..InjectorValues::default() };
     let cfg: CaptureConfig = CaptureConfig::from_settings(&settings, &values).expect("not NONE");
     compile(&cfg)
 }
@@ -280,8 +283,8 @@ fn check_backend(backend: Backend, settings_count: usize, seed: u64) {
     let mut connections = 0;
     let mut captured = 0;
     for i in 0..settings_count {
-        let (ann, ipv6) = generate(&mut rng);
-        let plan = plan_for(&ann, ipv6);
+        let (ann, ipv6, untrack) = generate(&mut rng);
+        let plan = plan_for(&ann, ipv6, untrack);
         linux::apply(&plan, backend, &runner).unwrap_or_else(|e| panic!("apply #{i} {ann:?}: {e}"));
 
         // Outbound: each destination and a few ports, plus the pod's own address.
@@ -303,7 +306,7 @@ fn check_backend(backend: Backend, settings_count: usize, seed: u64) {
                 let want = if e.verdict.is_captured() { e.port } else { None };
                 captured += usize::from(want.is_some());
                 if banner == "ERR" || banner == "NONE" || landed(banner) != want {
-                    failures.push(format!("#{i} {backend} outbound uid {uid} -> {dst}:{port}: landed {banner:?}, explain {:?} port {:?}\n   settings {ann:?} ipv6={ipv6}", e.verdict, e.port));
+                    failures.push(format!("#{i} {backend} outbound uid {uid} -> {dst}:{port}: landed {banner:?}, explain {:?} port {:?}\n   settings {ann:?} ipv6={ipv6} untrack={untrack}", e.verdict, e.port));
                 }
             }
         }
@@ -318,7 +321,7 @@ fn check_backend(backend: Backend, settings_count: usize, seed: u64) {
             let want = if e.verdict.is_captured() { e.port } else { None };
             captured += usize::from(want.is_some());
             if banner == "ERR" || landed(banner) != want {
-                failures.push(format!("#{i} {backend} inbound -> {dst}:{port}: landed {banner:?}, explain {:?} port {:?}\n   settings {ann:?} ipv6={ipv6}", e.verdict, e.port));
+                failures.push(format!("#{i} {backend} inbound -> {dst}:{port}: landed {banner:?}, explain {:?} port {:?}\n   settings {ann:?} ipv6={ipv6} untrack={untrack}", e.verdict, e.port));
             }
         }
         if failures.len() > 20 {
@@ -354,4 +357,87 @@ fn nftables_connections_land_where_explain_says() {
         return;
     }
     check_backend(Backend::Nftables, settings_count(), 0x7061_7373_7468_7275);
+}
+
+/// Entries in the namespace's conntrack table.
+fn conntrack_count(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("nf_conntrack_count: {out:?}"))
+}
+
+/// Packets counted by the live rule of raw `PREROUTING` that counts the first packet of
+/// connections to `port` (the one with the SYN match), per family.
+fn syn_counter(backend: Backend, runner: &NetnsRunner, family: Family) -> u64 {
+    use meshpass_capture::ir::{Match, Table};
+    let eff = match backend {
+        Backend::Nftables => {
+            let json = linux::nft::list_json(runner).expect("nft list").expect("table exists");
+            let live = meshpass_capture::parse::nft_json::parse_ruleset(&json).expect("readback");
+            if family == Family::V4 {
+                live.v4
+            } else {
+                live.v6
+            }
+        }
+        _ => {
+            let text =
+                linux::iptables::save(linux::iptables::Tools::for_backend(backend), family, runner).expect("save");
+            meshpass_capture::parse::iptables_save::parse_save(&text).expect("readback")
+        }
+    };
+    let has_5000 =
+        |m: &Match| matches!(m, Match::DstPort { ports, neg: false } if ports.iter().any(|r| r.contains(5000)));
+    eff.chain(Table::Raw, "PREROUTING")
+        .iter()
+        .find(|r| r.rule.matches.contains(&Match::TcpSyn) && r.rule.matches.iter().any(has_5000))
+        .and_then(|r| r.counters)
+        .map(|c| c.packets)
+        .unwrap_or_else(|| panic!("no SYN counting rule for port 5000 in {eff:?}"))
+}
+
+/// `untrack_excluded_inbound` in the kernel: connections to an excluded port (IPv4 and IPv6)
+/// reach the app and leave no conntrack entry, the SYN rule counts them, while a captured
+/// port still lands on the inbound listener (and is tracked, as REDIRECT needs).
+fn check_untracked(backend: Backend) {
+    let topo = Topology::new(if backend == Backend::Nftables { "nftu" } else { "iptu" });
+    let runner = NetnsRunner::new(Netns::Named(topo.pod.clone()));
+    let ann = BTreeMap::from([(meshpass_settings::keys::EXCLUDE_INBOUND_PORTS.to_string(), "5000,8000-8100".into())]);
+    let plan = plan_for(&ann, true, true);
+    linux::apply(&plan, backend, &runner).expect("apply");
+    let (pod4, pod6): (IpAddr, IpAddr) = (POD4.parse().expect("ip"), POD6.parse().expect("ip"));
+    assert_eq!(conntrack_count(&topo.pod), 0, "fresh namespace");
+    let got = inbound(&topo.peer, &[(pod4, 5000), (pod6, 5000), (pod4, 5000)]);
+    assert_eq!(got, ["app:5000"; 3], "{backend}: the excluded port answers directly, both ways untracked");
+    assert_eq!(conntrack_count(&topo.pod), 0, "{backend}: untracked connections leave no conntrack entry");
+    match backend {
+        // One inet rule counts both families.
+        Backend::Nftables => assert_eq!(syn_counter(backend, &runner, Family::V4), 3),
+        _ => {
+            assert_eq!(syn_counter(backend, &runner, Family::V4), 2);
+            assert_eq!(syn_counter(backend, &runner, Family::V6), 1);
+        }
+    }
+    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 443)]);
+    assert_eq!(got, ["capture:15006"; 2], "{backend}: captured ports still go to the sidecar");
+    assert!(conntrack_count(&topo.pod) >= 2, "{backend}: captured connections are tracked");
+    linux::cleanup(backend, false, &runner).expect("cleanup");
+}
+
+#[test]
+fn iptables_untracked_passthrough_leaves_no_conntrack_entries() {
+    if !common::privileged("iptables_untracked_passthrough_leaves_no_conntrack_entries") {
+        return;
+    }
+    check_untracked(Backend::Iptables);
+}
+
+#[test]
+fn nftables_untracked_passthrough_leaves_no_conntrack_entries() {
+    if !common::privileged("nftables_untracked_passthrough_leaves_no_conntrack_entries") {
+        return;
+    }
+    check_untracked(Backend::Nftables);
 }

@@ -240,8 +240,12 @@ fn errors_name_line_and_token() {
         SaveParseError::UnsupportedMatch { line: 4, token: "-m owner --uid-owner 1000-2000".into() }
     );
     assert_eq!(
-        err(&t("-A OUTPUT -p tcp -m tcp --syn -j X")),
-        SaveParseError::UnsupportedMatch { line: 4, token: "-m tcp --syn".into() }
+        err(&t("-A OUTPUT -p tcp -m tcp ! --syn -j X")),
+        SaveParseError::UnsupportedMatch { line: 4, token: "-m tcp ! --syn".into() }
+    );
+    assert_eq!(
+        err(&t("-A OUTPUT -p tcp -m tcp --tcp-flags SYN,ACK SYN -j X")),
+        SaveParseError::UnsupportedMatch { line: 4, token: "-m tcp --tcp-flags SYN,ACK SYN".into() }
     );
     assert_eq!(
         err(&t("-A OUTPUT ! -p tcp -j X")),

@@ -504,3 +504,42 @@ fn json_and_display() {
     assert_eq!(Flow::inbound(80).direction, Direction::Inbound);
     assert_eq!(Flow::inbound(80).proto, Proto::Tcp);
 }
+
+#[test]
+fn untracked_exclusions_bypass_nat_off_loopback_only() {
+    let untracked = |mode: InterceptionMode| {
+        plan_cfg(&[(keys::EXCLUDE_INBOUND_PORTS, "5000")], |c| {
+            c.untrack_excluded_inbound = true;
+            c.mode = mode;
+        })
+    };
+    let p = untracked(InterceptionMode::Redirect);
+    let bypass = (Verdict::Passthrough, None, Some("exclude-inbound-ports"));
+    check(
+        &p,
+        &[
+            ("excluded port", inb(5000), bypass),
+            ("sidecar port", inb(15021), (Verdict::Passthrough, None, Some("sidecar-ports"))),
+            ("captured port", inb(8080), CAPTURED_IN),
+            ("outbound", out("10.1.2.3", 5000), CAPTURED_OUT),
+            // The documented price: a connection of the app's own from an excluded port.
+            (
+                "outbound from an excluded local port",
+                out("10.1.2.3", 80).src_port(5000),
+                (Verdict::Passthrough, None, Some("untrack-excluded-inbound")),
+            ),
+            // Loopback stays tracked, exactly as Istio has it: nat decides.
+            ("excluded port over lo", inb(5000).in_iface("lo"), bypass),
+        ],
+    );
+    let e = explain_plan(&p, &inb(5000));
+    assert_eq!(e.decided_by.as_ref().map(|r| r.table), Some(meshpass_capture::ir::Table::Raw), "{e}");
+    assert!(e.to_string().contains("untracked packet is never NATed"), "{e}");
+    let e = explain_plan(&p, &inb(5000).in_iface("lo"));
+    assert_eq!(e.decided_by.as_ref().map(|r| r.table), Some(meshpass_capture::ir::Table::Nat), "{e}");
+    // TPROXY: the mangle exclusion lets it through as before, and it is untracked too.
+    let p = untracked(InterceptionMode::Tproxy);
+    let tp = (Verdict::Tproxy, Some(15006), Some("capture-inbound"));
+    check(&p, &[("excluded port", inb(5000), bypass), ("captured port", inb(8080), tp)]);
+    assert!(explain_plan(&p, &inb(5000)).to_string().contains("NOTRACK"));
+}

@@ -4,6 +4,7 @@
 
 use crate::check::{self, PathTaken, Target};
 use crate::runtime::capture_plan;
+use crate::state::State;
 use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
 use async_trait::async_trait;
 use meshpass_api::backend::Progress;
@@ -13,6 +14,7 @@ use meshpass_api::model::{
 };
 use meshpass_api::{Backend, BackendError, BackendKind};
 use meshpass_capture::ir::{Effective, Family};
+use meshpass_capture::InjectorValues;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -159,6 +161,16 @@ impl Backend for LocalBackend {
         self.format
     }
 
+    /// Istio's defaults plus the settings of the last `meshpass up` (state.json), which the
+    /// supervisor compiled every pod's rules with.
+    fn injector_values(&self) -> InjectorValues {
+        let net = State::load(&self.state_dir).ok().flatten().and_then(|s| s.net);
+        InjectorValues {
+            untrack_excluded_inbound: net.is_some_and(|n| n.untrack_excluded_inbound),
+            ..InjectorValues::default()
+        }
+    }
+
     async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {
         self.with_client(|c| list(&c, None)).await
     }
@@ -224,9 +236,10 @@ impl Backend for LocalBackend {
 
     async fn rule_counters(&self, workload: &WorkloadRef) -> Result<Vec<RuleCounter>, BackendError> {
         let w = workload.clone();
+        let values = self.injector_values();
         self.with_client(move |c| {
             let info = get(&c, &w)?;
-            let plan = capture_plan(&info.annotations).ok().flatten();
+            let plan = capture_plan(&info.annotations, &values).ok().flatten();
             let pods = c.pods(Some(&w.namespace))?;
             let mut out = Vec::new();
             for pod in pods.iter().filter(|p| p.workload == w.name && p.meshed) {

@@ -67,6 +67,9 @@ pub struct MeshConfig {
     pub app_uid: u32,
     /// How long a terminating pod may drain before SIGKILL.
     pub drain: Duration,
+    /// Excluded inbound ports skip conntrack too
+    /// ([`meshpass_capture::CaptureConfig::untrack_excluded_inbound`]).
+    pub untrack_excluded_inbound: bool,
 }
 
 impl MeshConfig {
@@ -84,7 +87,13 @@ impl MeshConfig {
             meshpass_exe: exe,
             app_uid: 1000,
             drain: Duration::from_secs(5),
+            untrack_excluded_inbound: false,
         }
+    }
+
+    /// The mesh-wide values every pod's rules are compiled with.
+    pub fn injector_values(&self) -> InjectorValues {
+        InjectorValues { untrack_excluded_inbound: self.untrack_excluded_inbound, ..InjectorValues::default() }
     }
 
     fn validate(&self) -> Result<(), MeshError> {
@@ -177,12 +186,16 @@ pub struct Mesh {
     progress: Box<dyn Fn(&str) + Send + Sync>,
 }
 
-/// Parses and validates a pod template's capture annotations into the rules to install
+/// Parses and validates a pod template's capture annotations, with the mesh-wide `values`,
+/// into the rules to install
 /// (`None`: interception mode NONE, no rules). Errors are every bad item, one line each.
-pub fn capture_plan(annotations: &BTreeMap<String, String>) -> Result<Option<Plan>, Vec<String>> {
+pub fn capture_plan(
+    annotations: &BTreeMap<String, String>,
+    values: &InjectorValues,
+) -> Result<Option<Plan>, Vec<String>> {
     let s = Settings::from_annotations(annotations)
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    Ok(CaptureConfig::from_settings(&s, &InjectorValues::default()).map(|c| compile(&c)))
+    Ok(CaptureConfig::from_settings(&s, values).map(|c| compile(&c)))
 }
 
 fn random_suffix() -> String {
@@ -237,7 +250,11 @@ impl Mesh {
     /// Creates one pod of `dep` (namespace, veth, rules, containers started). Returns its key.
     fn create_pod(&self, inner: &mut Inner, dep: &DeploymentSpec) -> Result<String, MeshError> {
         let meshed = self.meshed_for(inner, dep);
-        let plan = if meshed { capture_plan(&dep.template.annotations).map_err(MeshError::Invalid)? } else { None };
+        let plan = if meshed {
+            capture_plan(&dep.template.annotations, &self.cfg.injector_values()).map_err(MeshError::Invalid)?
+        } else {
+            None
+        };
         let hash = dep.template.hash();
         let name = format!("{}-{}-{}", dep.name, hash, random_suffix());
         let netns = format!("{}{}-{}", self.cfg.netns_prefix, dep.namespace, name);
@@ -581,7 +598,7 @@ impl Mesh {
             if let Object::Deployment(d) = o {
                 let meshed = namespaces.get(ns).is_some_and(NamespaceSpec::meshed) && !d.template.opted_out();
                 if meshed {
-                    if let Err(errs) = capture_plan(&d.template.annotations) {
+                    if let Err(errs) = capture_plan(&d.template.annotations, &self.cfg.injector_values()) {
                         errors.extend(errs.into_iter().map(|e| format!("{}: {e}", o.describe())));
                     }
                 }
@@ -654,7 +671,7 @@ impl Mesh {
         d.template.annotations.extend(set);
         let meshed = inner.state.namespaces.get(ns).is_some_and(NamespaceSpec::meshed) && !d.template.opted_out();
         if meshed {
-            if let Err(errs) = capture_plan(&d.template.annotations) {
+            if let Err(errs) = capture_plan(&d.template.annotations, &self.cfg.injector_values()) {
                 return Err(MeshError::Invalid(
                     errs.into_iter().map(|e| format!("deployment {ns}/{name}: {e}")).collect(),
                 ));
@@ -689,7 +706,8 @@ impl Mesh {
             .map(|(k, _)| k.clone())
             .collect();
         if live && old.template.differs_only_in_capture(&d.template) {
-            let plan = capture_plan(&d.template.annotations).map_err(MeshError::Invalid)?;
+            let plan =
+                capture_plan(&d.template.annotations, &self.cfg.injector_values()).map_err(MeshError::Invalid)?;
             let mut done = 0;
             for pk in &pods {
                 let Some(p) = inner.pods.get_mut(pk) else { continue };
@@ -1075,6 +1093,7 @@ pub fn run(
         pod_cidr: cfg.pod_cidr.to_string(),
         service_cidr: cfg.service_cidr.to_string(),
         backend: cfg.backend.to_string(),
+        untrack_excluded_inbound: cfg.untrack_excluded_inbound,
     });
     let mut svc_ipam = Ipam::new(cfg.service_cidr, 0);
     let mut lost = Vec::new();

@@ -35,6 +35,10 @@ pub struct NetState {
     pub service_cidr: String,
     /// Rule backend for the pods' capture rules.
     pub backend: String,
+    /// Whether excluded inbound ports skip conntrack (`meshpass up --untrack-excluded-inbound`);
+    /// the management plane compiles its previews and counter labels with it.
+    #[serde(default)]
+    pub untrack_excluded_inbound: bool,
 }
 
 /// Everything that survives a restart.
@@ -140,6 +144,7 @@ mod tests {
             pod_cidr: "198.18.0.0/16".into(),
             service_cidr: "198.19.0.0/16".into(),
             backend: "nftables".into(),
+            untrack_excluded_inbound: true,
         });
         state.save(dir.path()).expect("save");
         state.save(dir.path()).expect("save again over the old file");

@@ -10,8 +10,8 @@
 //! --save-mark --nfmask … --ctmask …`), and `-m comment` is ignored.
 //!
 //! Anything the rule IR cannot express is an error naming the line and the token — never a
-//! silently different rule. A *match* the IR does not model (`-m statistic …`, `--syn`, a
-//! masked mark) is kept apart while parsing so that, once the IR has a
+//! silently different rule. A *match* the IR does not model (`-m statistic …`, `--tcp-flags
+//! SYN SYN`, a masked mark) is kept apart while parsing so that, once the IR has a
 //! `Match::Unknown { text }`, the rule can be kept and `explain` can report "may match"
 //! instead of failing the whole read-back; until then it is
 //! [`SaveParseError::UnsupportedMatch`].
@@ -557,6 +557,16 @@ fn module_option(
                 _ => unknown(),
             }
         }
+        // `--syn` (restore input) and how iptables-save prints it.
+        ("tcp", "--syn") if vals.is_empty() && !neg => Parsed::Known(Match::TcpSyn),
+        ("tcp", "--tcp-flags") => match vals {
+            [mask, comp]
+                if !neg && tcp_flags(mask) == tcp_flags("FIN,SYN,RST,ACK") && tcp_flags(comp) == tcp_flags("SYN") =>
+            {
+                Parsed::Known(Match::TcpSyn)
+            }
+            _ => unknown(),
+        },
         ("conntrack", "--ctstate") | ("state", "--state") => {
             let states: Option<Vec<CtState>> = one()?.split(',').map(ct_state).collect();
             match states {
@@ -653,6 +663,7 @@ fn parse_target(
                 _ => Err(unsupported()),
             }
         }
+        "CT" if pairs.len() == 1 && pairs[0] == ("--notrack", None) => Ok(Target::NoTrack),
         "CT" if only(&["--zone"]) => {
             let v = get("--zone").ok_or_else(unsupported)?;
             let zone = v.parse::<u16>().map_err(|_| bad(line, "--zone", v, "not a zone id"))?;
@@ -661,6 +672,16 @@ fn parse_target(
         _ if declared.contains(name) && pairs.is_empty() => Ok(Target::Jump { chain: Chain::new(name) }),
         _ => Err(unsupported()),
     }
+}
+
+/// A `--tcp-flags` list as a sorted set of names (`None` for a name iptables does not know),
+/// so that `SYN,ACK` and `ACK,SYN` compare equal.
+fn tcp_flags(list: &str) -> Option<Vec<&str>> {
+    const KNOWN: [&str; 8] = ["SYN", "ACK", "FIN", "RST", "URG", "PSH", "ALL", "NONE"];
+    let mut v: Vec<&str> = list.split(',').map(|f| KNOWN.iter().copied().find(|k| *k == f)).collect::<Option<_>>()?;
+    v.sort_unstable();
+    v.dedup();
+    Some(v)
 }
 
 fn get_flag(pairs: &[(&str, Option<&str>)], flag: &str) -> bool {

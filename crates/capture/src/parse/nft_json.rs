@@ -318,6 +318,22 @@ fn key_of(left: &Value) -> Option<(&str, &str)> {
     None
 }
 
+/// True for the operands of `tcp flags & (fin | syn | rst | ack) == syn`: `and` is
+/// `[tcp flags, [flag names]]` (nft lists the mask as an array of names) and `right` is `syn`.
+fn is_syn_only(and: &Value, right: &Value) -> bool {
+    let Some([flags, mask]) = and.as_array().map(Vec::as_slice) else { return false };
+    if key_of(flags) != Some(("tcp", "flags")) || right.as_str() != Some("syn") {
+        return false;
+    }
+    let mut names: Vec<&str> = match mask {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        Value::String(s) => vec![s.as_str()],
+        _ => return false,
+    };
+    names.sort_unstable();
+    names == ["ack", "fin", "rst", "syn"]
+}
+
 fn parse_match(
     m: &Value,
     sets: &HashMap<String, Vec<Elem>>,
@@ -332,8 +348,16 @@ fn parse_match(
     };
     let left = m.get("left").ok_or_else(|| ctx.unknown(whole))?;
     let right = m.get("right").ok_or_else(|| ctx.unknown(whole))?;
-    let (proto, field) = key_of(left).ok_or_else(|| ctx.unknown(whole))?;
     let mut c = Contribution::default();
+    if let Some(and) = left.get("&") {
+        // `tcp flags & (fin | syn | rst | ack) == syn`, the only masked match the IR has.
+        if !neg && is_syn_only(and, right) {
+            c.matches.push(Match::TcpSyn);
+            return Ok(c);
+        }
+        return Err(ctx.unknown(whole));
+    }
+    let (proto, field) = key_of(left).ok_or_else(|| ctx.unknown(whole))?;
     let single_num = |what: &'static str| -> Result<u64, NftParseError> {
         match rhs_elems(right, sets, ctx)?.as_slice() {
             [Elem::Num(n)] => Ok(*n),
@@ -474,6 +498,9 @@ fn parse_target(stmts: &[&Value], ctx: &Ctx<'_>) -> Result<(Target, Option<Famil
             if let Some(t) = verdict(s) {
                 return Ok((t, None));
             }
+            if s.get("notrack").is_some() {
+                return Ok((Target::NoTrack, None));
+            }
             if let Some(j) = s.get("jump") {
                 let target = j.get("target").and_then(Value::as_str).ok_or_else(|| ctx.unknown(s))?;
                 let (_, chain) = parse_chain_name(target)
@@ -568,7 +595,12 @@ pub fn expr_text(exprs: &[Value]) -> String {
                 } else if let Some(p) = o.get("payload") {
                     format!("{} {}", val(&p["protocol"]), val(&p["field"]))
                 } else if let Some(a) = o.get("&").and_then(Value::as_array) {
-                    a.iter().map(val).collect::<Vec<_>>().join(" & ")
+                    // A mask listed as flag names reads as nft writes it: `(fin | syn)`.
+                    let operand = |v: &Value| match v {
+                        Value::Array(f) => format!("({})", f.iter().map(val).collect::<Vec<_>>().join(" | ")),
+                        v => val(v),
+                    };
+                    a.iter().map(operand).collect::<Vec<_>>().join(" & ")
                 } else if let Some(a) = o.get("|").and_then(Value::as_array) {
                     a.iter().map(val).collect::<Vec<_>>().join(" | ")
                 } else {
@@ -587,6 +619,7 @@ pub fn expr_text(exprs: &[Value]) -> String {
             "match" => {
                 let op = match v.get("op").and_then(Value::as_str) {
                     Some("!=") => "!= ",
+                    _ if v["left"].get("&").is_some() => "== ",
                     _ => "",
                 };
                 let right = &v["right"];
@@ -600,7 +633,7 @@ pub fn expr_text(exprs: &[Value]) -> String {
             "counter" => "counter".to_string(),
             "jump" => format!("jump {}", val(&v["target"])),
             "goto" => format!("goto {}", val(&v["target"])),
-            "return" | "accept" | "drop" => k.clone(),
+            "return" | "accept" | "drop" | "notrack" => k.clone(),
             "redirect" => format!("redirect to :{}", val(&v["port"])),
             "tproxy" => format!("tproxy {} to :{}", val(&v["family"]), val(&v["port"])),
             "mangle" => format!("{} set {}", val(&v["key"]), val(&v["value"])),

@@ -165,6 +165,7 @@ fn match_alternatives(m: &Match) -> Vec<String> {
             let s = states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
             vec![format!("-m conntrack --ctstate {s}")]
         }
+        Match::TcpSyn => vec!["--tcp-flags FIN,SYN,RST,ACK SYN".into()],
     }
 }
 
@@ -183,5 +184,6 @@ fn target_args(t: &Target) -> String {
         Target::ConnMarkSave => "-j CONNMARK --save-mark".into(),
         Target::ConnMarkRestore => "-j CONNMARK --restore-mark".into(),
         Target::CtZone { zone } => format!("-j CT --zone {zone}"),
+        Target::NoTrack => "-j CT --notrack".into(),
     }
 }

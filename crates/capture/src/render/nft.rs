@@ -472,6 +472,7 @@ fn render_rule(table: Table, rule: &Rule, fam: Option<Family>, qualify: bool, se
                 let s: Vec<&str> = states.iter().map(|s| ct_state(*s)).collect();
                 parts.push(format!("ct state {}", s.join(",")));
             }
+            Match::TcpSyn => parts.push("tcp flags & (fin | syn | rst | ack) == syn".to_string()),
         }
     }
     let matches = parts.join(" ");
@@ -489,6 +490,7 @@ fn render_rule(table: Table, rule: &Rule, fam: Option<Family>, qualify: bool, se
         Target::ConnMarkSave => "ct mark set meta mark".to_string(),
         Target::ConnMarkRestore => "meta mark set ct mark".to_string(),
         Target::CtZone { zone } => format!("ct zone set {zone}"),
+        Target::NoTrack => "notrack".to_string(),
     };
     let join = |stmt: &str, comment: Option<&str>| {
         let mut s = String::new();

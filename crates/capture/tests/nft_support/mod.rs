@@ -53,7 +53,20 @@ pub fn sample_plans() -> Vec<(&'static str, Plan)> {
         owner_groups_exclude: s("2000,2001"),
         ..Default::default()
     };
-    [("tproxy-dual", tproxy), ("redirect-v4", redirect_v4)]
+    // meshpass's untracked exclusions beside DNS capture's raw rules and a rerouted interface.
+    let untracked = IstioArgs {
+        proxy_uid: s("1337"),
+        include_inbound_ports: s("*"),
+        exclude_inbound_ports: s("15090,15021,5000,8000-8100,15020"),
+        include_ip_ranges: s("*"),
+        virtual_interfaces: s("virt0"),
+        redirect_dns: true,
+        dns_servers: vec!["127.0.0.53".into()],
+        enable_ipv6: true,
+        untrack_excluded_inbound: true,
+        ..Default::default()
+    };
+    [("tproxy-dual", tproxy), ("redirect-v4", redirect_v4), ("untracked-dual", untracked)]
         .into_iter()
         .map(|(n, a)| (n, compile(&a.to_config().unwrap_or_else(|e| panic!("{n}: {e}")))))
         .collect()

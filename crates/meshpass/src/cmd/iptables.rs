@@ -77,6 +77,10 @@ pub struct Args {
     /// Drop conntrack-INVALID packets [env: DROP_INVALID or INVALID_DROP].
     #[arg(long = "drop-invalid")]
     drop_invalid: bool,
+    /// Excluded inbound ports skip conntrack too: raw NOTRACK rules, off loopback (meshpass
+    /// extension; see the README's "Untracked passthrough") [env: MESHPASS_UNTRACK_EXCLUDED_INBOUND].
+    #[arg(long = "untrack-excluded-inbound")]
+    untrack_excluded_inbound: bool,
     /// IPv6 when any local address is IPv6 [env: DUAL_STACK or ISTIO_DUAL_STACK].
     #[arg(long = "dual-stack")]
     dual_stack: bool,
@@ -187,6 +191,7 @@ fn to_istio_args(a: &Args, env: &dyn Fn(&str) -> Option<String>) -> IstioArgs {
         redirect_dns: a.redirect_dns || truthy(env("REDIRECT_DNS")) || truthy(env("ISTIO_META_DNS_CAPTURE")),
         capture_all_dns: a.capture_all_dns || truthy(env("CAPTURE_ALL_DNS")),
         drop_invalid: a.drop_invalid || truthy(env("DROP_INVALID")) || truthy(env("INVALID_DROP")),
+        untrack_excluded_inbound: a.untrack_excluded_inbound || truthy(env("MESHPASS_UNTRACK_EXCLUDED_INBOUND")),
         enable_ipv6: false,
         dns_servers: Vec::new(),
         owner_groups_include: env("ISTIO_OUTBOUND_OWNER_GROUPS"),

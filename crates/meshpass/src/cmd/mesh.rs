@@ -47,6 +47,11 @@ pub struct UpArgs {
     /// Keep it on loopback: the token travels in every request.
     #[arg(long, default_value = "127.0.0.1:15080")]
     api_listen: String,
+    /// Connections to excluded inbound ports skip connection tracking as well as the sidecar
+    /// (raw NOTRACK rules in every pod, off loopback): passthrough then costs what it would
+    /// without a mesh. See the README's "Untracked passthrough" for the one caveat.
+    #[arg(long)]
+    untrack_excluded_inbound: bool,
 }
 
 /// `--state-dir` for the client commands.
@@ -202,6 +207,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     cfg.service_cidr = Cidr::parse(&a.service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
     cfg.netns_prefix = a.netns_prefix;
     cfg.drain = std::time::Duration::from_secs(a.drain_seconds);
+    cfg.untrack_excluded_inbound = a.untrack_excluded_inbound;
     if let Some(cmd) = a.sidecar_command.filter(|c| !c.trim().is_empty()) {
         cfg.sidecar_argv = cmd.split_whitespace().map(str::to_string).collect();
     }

@@ -46,6 +46,10 @@ pub struct SettingsArgs {
     /// Drop conntrack-INVALID packets (INVALID_DROP).
     #[arg(long)]
     drop_invalid: bool,
+    /// Excluded inbound ports skip connection tracking too (raw NOTRACK rules, off loopback;
+    /// meshpass's own, see the README's "Untracked passthrough").
+    #[arg(long)]
+    untrack_excluded_inbound: bool,
 }
 
 /// Converts a YAML scalar to the string Kubernetes would need it to be.
@@ -111,6 +115,7 @@ impl SettingsArgs {
             capture_all_dns: self.dns_capture && self.dns_servers.is_empty(),
             dns_servers: self.dns_servers.clone(),
             drop_invalid: self.drop_invalid,
+            untrack_excluded_inbound: self.untrack_excluded_inbound,
             ..InjectorValues::default()
         }
     }

@@ -17,12 +17,14 @@ pub struct Mesh {
     pub pod_cidr: &'static str,
     pub svc_cidr: &'static str,
     pub sample: bool,
+    /// More `meshpass up` flags.
+    pub up_args: Vec<&'static str>,
 }
 
 impl Mesh {
     /// A mesh (not started) with its own prefix and address blocks.
     pub fn new(prefix: &'static str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
-        Ok(Mesh { dir: tempfile::tempdir()?, child: None, prefix, pod_cidr, svc_cidr, sample })
+        Ok(Mesh { dir: tempfile::tempdir()?, child: None, prefix, pod_cidr, svc_cidr, sample, up_args: Vec::new() })
     }
 
     pub fn state(&self) -> &Path {
@@ -39,6 +41,7 @@ impl Mesh {
         if !self.sample {
             cmd.arg("--no-sample");
         }
+        cmd.args(&self.up_args);
         let child = cmd
             .args(["--pod-cidr", self.pod_cidr, "--service-cidr", self.svc_cidr, "--state-dir"])
             .arg(self.state())
