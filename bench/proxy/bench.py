@@ -7,6 +7,8 @@ wrk from the client namespace:
 
   (a) direct        app :18080, no rules in the pod
   (b) passthrough   app :18080 with the rules in place (18080 excluded from capture)
+  (b2) untracked    the same, plus the raw-table NOTRACK rules `meshpass rules
+                    --untrack-excluded-inbound` adds, so the excluded port skips conntrack
   (c) meshpass      app :18081, captured: REDIRECT -> meshpass :15006 -> 127.0.0.6 -> app
   (d) haproxy       HAProxy HTTP mode on excluded :18082 -> 127.0.0.1:18080
   (e) nginx         nginx reverse proxy on excluded :18083 -> 127.0.0.1:18080
@@ -88,7 +90,28 @@ def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
 
 
 HAPROXY_REDIRECT_PORT = 18084
-RULES = rules([15090, 15021, 15020, 18080, 18082, 18083], [], [])
+EXCLUDED_INBOUND = [15090, 15021, 15020, 18080, 18082, 18083]
+RULES = rules(EXCLUDED_INBOUND, [], [])
+
+
+def untrack_rules(ports):
+    """The raw-table rules meshpass adds with --untrack-excluded-inbound (its iptables
+    rendering, crates/capture/src/compile.rs `untrack_excluded_inbound`): count each
+    connection's SYN, then untrack both directions off loopback."""
+    own = [p for p in ports if p in (15090, 15021, 15020)]
+    operator = [p for p in ports if p not in own]
+    syn = "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m multiport --dports"
+    lst = lambda ps: ",".join(str(p) for p in ps)
+    r = ["*raw",
+         f"-A PREROUTING {syn} {lst(own)} ! -i lo -j CT --notrack",
+         f"-A PREROUTING {syn} {lst(operator)} ! -i lo -j CT --notrack",
+         f"-A PREROUTING -p tcp -m multiport --dports {lst(ports)} ! -i lo -j CT --notrack",
+         f"-A OUTPUT -p tcp -m multiport --sports {lst(ports)} ! -o lo -j CT --notrack",
+         "COMMIT", ""]
+    return "\n".join(r)
+
+
+UNTRACK_RULES = untrack_rules(EXCLUDED_INBOUND)
 
 
 class Bench:
@@ -111,14 +134,28 @@ class Bench:
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
 
-    def rules_on(self):
+    def rules_on(self, untracked=False):
+        """Istio's nat rules (replacing whatever is there); with `untracked`, also meshpass's
+        raw NOTRACK rules for the excluded ports, else an empty raw table."""
+        self.rules_off()
         subprocess.run(["ip", "netns", "exec", self.pod, "iptables-restore", "--noflush"], input=RULES,
                        text=True, check=True)
+        if untracked:
+            subprocess.run(["ip", "netns", "exec", self.pod, "iptables-restore", "--noflush"],
+                           input=UNTRACK_RULES, text=True, check=True)
+
+    def rules_for(self, needs):
+        """The rule state a target needs: False (none), True (Istio's) or "untracked"."""
+        if needs:
+            self.rules_on(untracked=needs == "untracked")
+        else:
+            self.rules_off()
 
     def rules_off(self):
-        x = ["ip", "netns", "exec", self.pod, "iptables", "-t", "nat"]
-        sh(*x, "-F")
-        sh(*x, "-X")
+        for table in ("nat", "raw"):
+            x = ["ip", "netns", "exec", self.pod, "iptables", "-t", table]
+            sh(*x, "-F")
+            sh(*x, "-X")
 
     def cleanup(self):
         for p in self.children:
@@ -405,6 +442,7 @@ def parse_wrk(out):
 TARGETS = [  # name, port, rules needed, proxy process group
     ("a-direct", 18080, False, None),
     ("b-passthrough", 18080, True, None),
+    ("b2-untracked", 18080, "untracked", None),
     ("c-meshpass", 18081, True, "meshpass"),
     ("d-haproxy", 18082, True, "haproxy"),
     ("e-nginx", 18083, True, "nginx"),
@@ -460,7 +498,7 @@ def main():
                 # rep does not always favour the same targets.
                 order = TARGETS if rep % 2 else list(reversed(TARGETS))
                 for name, port, needs_rules, proxy in order:
-                    (b.rules_on if needs_rules else b.rules_off)()
+                    b.rules_for(needs_rules)
                     r = b.wrk(port, 16, dur, paced, proxy)
                     r.update(target=name, mode=mode, rep=rep)
                     res["runs"].append(r)
@@ -551,7 +589,13 @@ def paired(res):
              "task_clock_ms_per_req", "paced1000"),
             ("meshpass / HAProxy-behind-REDIRECT p50 @1000", "c-meshpass", "f-haproxy-redirect", "p50_ms", "paced1000"),
             ("(b) / (a) req/s @16", "b-passthrough", "a-direct", "rps", "c16"),
-            ("(b) / (a) machine CPU per req @16", "b-passthrough", "a-direct", "machine_cpu_us_per_req", "c16")]
+            ("(b) / (a) machine CPU per req @16", "b-passthrough", "a-direct", "machine_cpu_us_per_req", "c16"),
+            ("(b2) / (a) req/s @16", "b2-untracked", "a-direct", "rps", "c16"),
+            ("(b2) / (a) machine CPU per req @16", "b2-untracked", "a-direct", "machine_cpu_us_per_req", "c16"),
+            ("(b2) / (a) p50 @1000", "b2-untracked", "a-direct", "p50_ms", "paced1000"),
+            ("(b2) / (b) req/s @16", "b2-untracked", "b-passthrough", "rps", "c16"),
+            ("(b2) / (b) machine CPU per req @16", "b2-untracked", "b-passthrough", "machine_cpu_us_per_req", "c16"),
+            ("(b) / (a) p50 @1000", "b-passthrough", "a-direct", "p50_ms", "paced1000")]
     print("\n| paired ratio (per rep) | median | 95% CI of the median | per rep |")
     print("|---|---|---|---|")
     for label, x, y, key, mode in rows:

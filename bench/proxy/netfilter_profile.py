@@ -66,8 +66,8 @@ def main():
         b.setup()
         b.start_servers()
         for rnd in range(a.rounds):
-            for name, rules in (("a-direct", False), ("b-passthrough", True)):
-                (b.rules_on if rules else b.rules_off)()
+            for name, rules in (("a-direct", False), ("b-passthrough", True), ("b2-untracked", "untracked")):
+                b.rules_for(rules)
                 b.wrk(18080, 16, 1, False, None)  # warm-up
                 data = f"{bench.RUN}/netfilter.{name}.{rnd}.data"
                 rec = subprocess.Popen(["perf", "record", "-a", "-F", "2999", "-e", "cpu-clock", "-o", data],

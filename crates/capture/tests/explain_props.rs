@@ -64,6 +64,7 @@ prop_compose! {
         ifaces in (any::<bool>(), any::<bool>()),
         ipv6 in any::<bool>(),
         second_uid in any::<bool>(),
+        untrack in any::<bool>(),
     ) -> CaptureConfig {
         let (exclude_out, include_out, exclude_in, include_in) = ports;
         let mut c = CaptureConfig {
@@ -85,6 +86,7 @@ prop_compose! {
             exclude_interfaces: if ifaces.0 { vec![iface("eth1")] } else { vec![] },
             reroute_virtual_interfaces: if ifaces.1 { vec![iface("virt0")] } else { vec![] },
             enable_ipv6: ipv6,
+            untrack_excluded_inbound: untrack,
             ..CaptureConfig::default()
         };
         if second_uid {

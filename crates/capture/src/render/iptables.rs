@@ -64,6 +64,10 @@ pub fn op_lines(op: &Op) -> Vec<String> {
 /// The rule as iptables arguments (everything after the chain), one string per expanded
 /// element.
 pub fn rule_args(rule: &Rule) -> Vec<String> {
+    // meshpass's own NOTRACK rules (not Istio's, so no line-for-line shape to keep) see every
+    // packet, captured or not: their port lists go into multiport rules, 15 ports per rule,
+    // instead of a rule per port.
+    let multiport = rule.target == Target::NoTrack;
     // Build the cartesian product of list-valued matches; protocols vary fastest.
     let mut combos: Vec<Vec<String>> = vec![Vec::new()];
     let mut proto_alternatives: Option<Vec<String>> = None;
@@ -78,7 +82,11 @@ pub fn rule_args(rule: &Rule) -> Vec<String> {
                 }
             }
             _ => {
-                let alts = match_alternatives(m);
+                let alts = match m {
+                    Match::DstPort { ports, neg: false } if multiport && ports.len() > 1 => multiports(ports, "dports"),
+                    Match::SrcPort { ports, neg: false } if multiport && ports.len() > 1 => multiports(ports, "sports"),
+                    _ => match_alternatives(m),
+                };
                 combos = combos
                     .into_iter()
                     .flat_map(|c| {
@@ -131,6 +139,28 @@ fn port(r: &PortRange) -> String {
     }
 }
 
+/// `-m multiport --dports a,b,c:d` rules covering `ports`: multiport takes 15 port slots per
+/// rule, a range taking two.
+fn multiports(ports: &[PortRange], flag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<String> = Vec::new();
+    let mut slots = 0;
+    for r in ports {
+        let need = if r.is_single() { 1 } else { 2 };
+        if slots + need > 15 {
+            out.push(format!("-m multiport --{flag} {}", chunk.join(",")));
+            chunk.clear();
+            slots = 0;
+        }
+        chunk.push(port(r));
+        slots += need;
+    }
+    if !chunk.is_empty() {
+        out.push(format!("-m multiport --{flag} {}", chunk.join(",")));
+    }
+    out
+}
+
 fn ports_opt(ports: &[PortRange], negated: bool, flag: &str) -> Vec<String> {
     if negated && ports.len() > 1 {
         // A negated list cannot be split into rules; multiport says "none of these".
@@ -165,7 +195,8 @@ fn match_alternatives(m: &Match) -> Vec<String> {
             let s = states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
             vec![format!("-m conntrack --ctstate {s}")]
         }
-        Match::TcpSyn => vec!["--tcp-flags FIN,SYN,RST,ACK SYN".into()],
+        // `-m tcp` spelled out: after a `-m multiport`, a bare `--tcp-flags` reads as its option.
+        Match::TcpSyn => vec!["-m tcp --tcp-flags FIN,SYN,RST,ACK SYN".into()],
     }
 }
 
