@@ -602,6 +602,9 @@ impl Mesh {
                         errors.extend(errs.into_iter().map(|e| format!("{}: {e}", o.describe())));
                     }
                 }
+                if live {
+                    errors.extend(self.live_untrack_change(&inner, d).map(|e| format!("{}: {e}", o.describe())));
+                }
             }
         }
         if !errors.is_empty() {
@@ -677,11 +680,40 @@ impl Mesh {
                 ));
             }
         }
+        if live {
+            if let Some(e) = self.live_untrack_change(&inner, &d) {
+                return Err(MeshError::Invalid(vec![format!("deployment {ns}/{name}: {e}")]));
+            }
+        }
         let verdict = self.apply_deployment(&mut inner, d, live)?;
         inner.state.save(&self.cfg.state_dir)?;
         drop(inner);
         self.reconcile();
         Ok(vec![format!("deployment.apps/{name} -n {ns} {verdict}")])
+    }
+
+    /// Why re-applying `d`'s rules live would break open connections, if it would: with
+    /// untracked exclusions, a port that starts or stops being untracked changes under its
+    /// open connections (the tracked ones lose their NAT, the untracked ones are picked up
+    /// mid-stream and redirected), so they would be reset. A restart has no such window.
+    fn live_untrack_change(&self, inner: &Inner, d: &DeploymentSpec) -> Option<String> {
+        let old = inner.state.deployments.get(&key(&d.namespace, &d.name))?;
+        if !self.cfg.untrack_excluded_inbound || !old.template.differs_only_in_capture(&d.template) {
+            return None;
+        }
+        let values = self.cfg.injector_values();
+        let untracked = |a: &BTreeMap<String, String>| -> Vec<meshpass_capture::ir::Op> {
+            let plan = capture_plan(a, &values).ok().flatten();
+            plan.map(|p| {
+                p.ops.into_iter().filter(|op| op.rule.target == meshpass_capture::ir::Target::NoTrack).collect()
+            })
+            .unwrap_or_default()
+        };
+        (untracked(&old.template.annotations) != untracked(&d.template.annotations)).then(|| {
+            "the mesh untracks excluded inbound ports (--untrack-excluded-inbound), so changing them \
+             live would reset the connections open to those ports; apply without --live and restart"
+                .to_string()
+        })
     }
 
     fn apply_deployment(&self, inner: &mut Inner, d: DeploymentSpec, live: bool) -> Result<String, MeshError> {

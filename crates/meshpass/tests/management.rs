@@ -147,6 +147,28 @@ fn passthrough_through_the_management_plane() -> Result<()> {
     let back = lower(&mesh.curl_from_node(&["-I"], &url)?);
     ensure!(back.contains("server: istio-envoy"), "{back}");
 
+    // With untracked exclusions, a *live* change of the excluded ports would reset the open
+    // connections to them: refused, nothing changed, and a change that leaves them alone is
+    // still applied live.
+    let before = api_get(&api, &token, "/api/v1/namespaces/default/workloads/helloworld-v1/passthrough")?;
+    let refused = mesh.cli(&[
+        "annotate",
+        "--live",
+        "deployment/helloworld-v1",
+        "traffic.sidecar.istio.io/excludeInboundPorts=5000",
+    ])?;
+    let text = String::from_utf8_lossy(&refused.stderr);
+    ensure!(!refused.status.success() && text.contains("apply without --live and restart"), "{text}");
+    let after = api_get(&api, &token, "/api/v1/namespaces/default/workloads/helloworld-v1/passthrough")?;
+    ensure!(before == after, "a refused change changed something: {before} -> {after}");
+    mesh.cli_ok(&[
+        "annotate",
+        "--live",
+        "deployment/helloworld-v1",
+        "traffic.sidecar.istio.io/excludeOutboundPorts=9",
+    ])?;
+    mesh.cli_ok(&["annotate", "--live", "deployment/helloworld-v1", "traffic.sidecar.istio.io/excludeOutboundPorts-"])?;
+
     // Two restarts at once (a second click, a second operator): the later one joins the
     // rollout in progress instead of failing, and the workload ends up complete and serving.
     let restart = || {
