@@ -8,7 +8,12 @@ while `perf record -a -e cpu-clock` samples the whole machine (software clock: t
 hardware counters), and reports per path the busy samples per 1000 requests and the share of them
 in netfilter functions (conntrack, nat, the hook walk), with the top ones.
 
-    sudo python3 bench/proxy/netfilter_profile.py [--rounds 2] [--duration 6]
+It also profiles (b2), (b) with meshpass's untracked-passthrough rules (raw NOTRACK, in their
+iptables rendering). With `--meshpass BIN`, two more paths load the pod's rules as meshpass's
+nftables backend renders them (`meshpass rules --format nft`, one `inet meshpass` table, as in
+the local mesh): (b-nft) Istio's semantics, (b2-nft) with `--untrack-excluded-inbound`.
+
+    sudo python3 bench/proxy/netfilter_profile.py [--rounds 2] [--duration 6] [--meshpass target/release/meshpass]
 
 Needs root, perf, wrk, nginx, haproxy (bench.py's servers are reused as they are), iptables.
 Only addresses inside the namespaces it creates are used; everything is removed at exit.
@@ -57,7 +62,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=int, default=6)
+    ap.add_argument("--meshpass", help="meshpass binary: also profile its nftables rendering (b-nft, b2-nft)")
     a = ap.parse_args()
+    paths = [("a-direct", False), ("b-passthrough", True), ("b2-untracked", "untracked")]
+    nft_rules = {}
+    if a.meshpass:
+        ports = ",".join(str(p) for p in bench.EXCLUDED_INBOUND if p not in (15090, 15021, 15020))
+        for name, extra in (("b-nft", []), ("b2-nft", ["--untrack-excluded-inbound"])):
+            nft_rules[name] = subprocess.run(
+                [a.meshpass, "rules", "-a", f"traffic.sidecar.istio.io/excludeInboundPorts={ports}", "--format", "nft"]
+                + extra, capture_output=True, text=True, check=True).stdout
+            paths.append((name, name))
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces, iptables, perf -a)")
     b = bench.Bench(types.SimpleNamespace(proxy_bin=None, perf=0, workers=0))
@@ -66,8 +81,14 @@ def main():
         b.setup()
         b.start_servers()
         for rnd in range(a.rounds):
-            for name, rules in (("a-direct", False), ("b-passthrough", True), ("b2-untracked", "untracked")):
-                b.rules_for(rules)
+            for name, rules in paths:
+                nft = ["ip", "netns", "exec", b.pod, "nft", "-f", "-"]
+                subprocess.run(nft, input="table inet meshpass\ndelete table inet meshpass\n", text=True, check=True)
+                if rules in nft_rules:
+                    b.rules_off()
+                    subprocess.run(nft, input=nft_rules[rules], text=True, check=True)
+                else:
+                    b.rules_for(rules)
                 b.wrk(18080, 16, 1, False, None)  # warm-up
                 data = f"{bench.RUN}/netfilter.{name}.{rnd}.data"
                 rec = subprocess.Popen(["perf", "record", "-a", "-F", "2999", "-e", "cpu-clock", "-o", data],
