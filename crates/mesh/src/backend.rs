@@ -16,7 +16,7 @@ use meshpass_api::{Backend, BackendError, BackendKind};
 use meshpass_capture::ir::{Effective, Family};
 use meshpass_capture::InjectorValues;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The local mesh served by `meshpass up` with this state directory.
 #[derive(Clone, Debug)]
@@ -125,6 +125,16 @@ fn inbound_target(w: &WorkloadInfo, req: &CheckRequest) -> Result<Target, MeshEr
     Target::parse(&format!("http://{ip}:{port}{path}"))
 }
 
+/// Istio's defaults plus the settings of the last `meshpass up` (state.json), which the
+/// supervisor compiled every pod's rules with. Reads a file: call it off the async threads.
+fn mesh_values(state_dir: &Path) -> InjectorValues {
+    let net = State::load(state_dir).ok().flatten().and_then(|s| s.net);
+    InjectorValues {
+        untrack_excluded_inbound: net.is_some_and(|n| n.untrack_excluded_inbound),
+        ..InjectorValues::default()
+    }
+}
+
 /// Every labelled rule of `eff` with counters; rules read back from iptables carry no label,
 /// so they borrow the label of the equal rule in `planned`.
 fn counters(pod: &str, family: Family, eff: &Effective, planned: Option<&Effective>, out: &mut Vec<RuleCounter>) {
@@ -161,14 +171,8 @@ impl Backend for LocalBackend {
         self.format
     }
 
-    /// Istio's defaults plus the settings of the last `meshpass up` (state.json), which the
-    /// supervisor compiled every pod's rules with.
     fn injector_values(&self) -> InjectorValues {
-        let net = State::load(&self.state_dir).ok().flatten().and_then(|s| s.net);
-        InjectorValues {
-            untrack_excluded_inbound: net.is_some_and(|n| n.untrack_excluded_inbound),
-            ..InjectorValues::default()
-        }
+        mesh_values(&self.state_dir)
     }
 
     async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {
@@ -235,11 +239,10 @@ impl Backend for LocalBackend {
     }
 
     async fn rule_counters(&self, workload: &WorkloadRef) -> Result<Vec<RuleCounter>, BackendError> {
-        let w = workload.clone();
-        let values = self.injector_values();
+        let (w, dir) = (workload.clone(), self.state_dir.clone());
         self.with_client(move |c| {
             let info = get(&c, &w)?;
-            let plan = capture_plan(&info.annotations, &values).ok().flatten();
+            let plan = capture_plan(&info.annotations, &mesh_values(&dir)).ok().flatten();
             let pods = c.pods(Some(&w.namespace))?;
             let mut out = Vec::new();
             for pod in pods.iter().filter(|p| p.workload == w.name && p.meshed) {
