@@ -581,8 +581,8 @@ fn dns_rules(b: &mut Builder, cfg: &CaptureConfig) {
 /// Per direction: arriving packets by destination port in `PREROUTING`, the app's replies by
 /// source port in `OUTPUT` (both must be untracked: a reply conntrack sees without its
 /// request would be picked up mid-stream as a new connection and reach the nat rules). First,
-/// the connection's SYN is counted per run of sidecar or operator ports under the nat rule's
-/// labels, so the passthrough counters still count connections; then every packet.
+/// the connection's SYN is counted, for the sidecar's ports and the operator's, under the nat
+/// rules' labels, so the passthrough counters still count connections; then every packet.
 /// Exclusions only apply with `includeInboundPorts: "*"`, as in [`inbound`].
 ///
 /// Unlike nat rules, which see a connection's first packet only, raw rules see every packet

@@ -110,9 +110,10 @@ pub struct CaptureConfig {
     /// sidecar (raw-table `NOTRACK` rules; meshpass's own, not an istio-iptables flag).
     ///
     /// Istio's rules leave excluded traffic tracked: the nat table's REDIRECT turns conntrack
-    /// on for the whole namespace, and every excluded connection then pays for a conntrack
-    /// entry and the nat hooks although nothing rewrites it. Untracked, an excluded port costs
-    /// what it would without a mesh. Only non-loopback traffic is untracked (loopback stays
+    /// on for the whole namespace, and every excluded connection then takes a conntrack entry
+    /// although nothing rewrites it. Untracked, it takes none. It is not a CPU saving: the raw
+    /// rules see every packet and the hooks stay registered, which costs about what conntrack
+    /// did (bench/proxy/RESULTS.md). Only non-loopback traffic is untracked (loopback stays
     /// exactly as Istio has it), and interfaces of `reroute_virtual_interfaces` are left
     /// alone. The price: an *outbound* connection whose local port is an excluded inbound
     /// port is untracked too, so it bypasses the sidecar. The kernel never picks a port that

@@ -3,7 +3,7 @@
 //! client is synchronous and a rollout takes seconds.
 
 use crate::check::{self, PathTaken, Target};
-use crate::runtime::capture_plan;
+use crate::runtime::{capture_plan, mesh_injector_values};
 use crate::state::State;
 use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
 use async_trait::async_trait;
@@ -129,10 +129,7 @@ fn inbound_target(w: &WorkloadInfo, req: &CheckRequest) -> Result<Target, MeshEr
 /// supervisor compiled every pod's rules with. Reads a file: call it off the async threads.
 fn mesh_values(state_dir: &Path) -> InjectorValues {
     let net = State::load(state_dir).ok().flatten().and_then(|s| s.net);
-    InjectorValues {
-        untrack_excluded_inbound: net.is_some_and(|n| n.untrack_excluded_inbound),
-        ..InjectorValues::default()
-    }
+    mesh_injector_values(net.is_some_and(|n| n.untrack_excluded_inbound))
 }
 
 /// Every labelled rule of `eff` with counters; rules read back from iptables carry no label,

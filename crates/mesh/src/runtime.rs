@@ -93,7 +93,7 @@ impl MeshConfig {
 
     /// The mesh-wide values every pod's rules are compiled with.
     pub fn injector_values(&self) -> InjectorValues {
-        InjectorValues { untrack_excluded_inbound: self.untrack_excluded_inbound, ..InjectorValues::default() }
+        mesh_injector_values(self.untrack_excluded_inbound)
     }
 
     fn validate(&self) -> Result<(), MeshError> {
@@ -184,6 +184,13 @@ pub struct Mesh {
     stopped: AtomicBool,
     connections: AtomicUsize,
     progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// The mesh-wide values of a mesh started with (or without) `--untrack-excluded-inbound`:
+/// Istio's defaults otherwise. The supervisor and the management plane's backend (which
+/// reads the flag back from state.json) both take them from here.
+pub fn mesh_injector_values(untrack_excluded_inbound: bool) -> InjectorValues {
+    InjectorValues { untrack_excluded_inbound, ..InjectorValues::default() }
 }
 
 /// Parses and validates a pod template's capture annotations, with the mesh-wide `values`,
