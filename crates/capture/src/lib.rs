@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod ebpf;
 pub mod explain;
 pub mod ir;
 pub mod istio_flags;

@@ -5,6 +5,7 @@
 //! tested with a scripted fake, and the real thing ([`NetnsRunner`]) is tested in network
 //! namespaces the tests create. Commands are executed directly, never through a shell.
 
+pub mod ebpf;
 pub mod iptables;
 pub mod netns;
 pub mod nft;
@@ -107,6 +108,19 @@ pub enum LinuxError {
     /// The thread that entered a namespace panicked.
     #[error("the thread working inside a network namespace panicked")]
     Panicked,
+    /// A bpf(2) operation failed.
+    #[error(transparent)]
+    Bpf(#[from] meshpass_bpf::BpfError),
+    /// A file that eBPF capture needs could not be used.
+    #[error("{what} {path}: {source}")]
+    EbpfFile {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The live rules could not be understood.
     #[error("cannot read back the live rules: {0}")]
     ReadBack(String),

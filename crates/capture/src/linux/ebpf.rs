@@ -1,0 +1,208 @@
+//! Installing and removing eBPF capture ([`crate::ebpf`]) for one network namespace.
+//!
+//! Objects are pinned under `/sys/fs/bpf/meshpass/ns-<inode>/` (the namespace file's inode),
+//! so they outlive the command that installed them and the sidecar can find its listener map
+//! from inside the namespace without being told where: see [`pin_dir_for_current_netns`].
+//!
+//! Applying is all-or-nothing where it matters: every program is verified before anything is
+//! attached, and a second apply swaps the programs behind the existing links in one step
+//! (`BPF_LINK_UPDATE`), so there is no moment without capture.
+
+use super::{in_netns, LinuxError, Netns, Runner};
+use crate::ebpf::{
+    EbpfPlan, EBPF_OUTBOUND_MARK, EBPF_ROUTE_TABLE, LISTENER_SLOTS, OUTBOUND_SOURCE_V4, OUTBOUND_SOURCE_V6,
+};
+use meshpass_bpf::{Link, Map, MapKind, Prog, ProgKind};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where meshpass pins its objects.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/meshpass";
+/// The listener map's file in a namespace's pin directory.
+pub const LISTENER_MAP: &str = "listeners";
+const LINKS: [&str; 3] = ["sk_lookup", "connect4", "connect6"];
+
+fn file_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LinuxError + 'a {
+    move |source| LinuxError::EbpfFile { what, path: path.to_owned(), source }
+}
+
+fn netns_file(netns: &Netns) -> PathBuf {
+    netns.path().unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"))
+}
+
+/// The pin directory of `netns`.
+pub fn pin_dir(netns: &Netns) -> Result<PathBuf, LinuxError> {
+    let path = netns_file(netns);
+    let meta = std::fs::metadata(&path).map_err(file_err("reading", &path))?;
+    Ok(Path::new(BPFFS_ROOT).join(format!("ns-{}", meta.ino())))
+}
+
+/// The pin directory of the namespace the calling thread is in: how the sidecar finds its
+/// listener map.
+pub fn pin_dir_for_current_netns() -> Result<PathBuf, LinuxError> {
+    pin_dir(&Netns::Path(PathBuf::from("/proc/thread-self/ns/net")))
+}
+
+/// The cookie `bpf_get_netns_cookie` returns for sockets of `netns`.
+pub fn netns_cookie(netns: &Netns) -> Result<u64, LinuxError> {
+    in_netns(netns, || {
+        let sock =
+            std::net::UdpSocket::bind("127.0.0.1:0").map_err(file_err("creating a socket in", &netns_file(netns)))?;
+        meshpass_bpf::netns_cookie(sock.as_fd()).map_err(file_err("reading SO_NETNS_COOKIE in", &netns_file(netns)))
+    })?
+}
+
+/// Mounts a bpf filesystem on /sys/fs/bpf if none is there.
+fn ensure_bpffs() -> Result<(), LinuxError> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").map_err(file_err("reading", Path::new("/proc/self/mounts")))?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf"))
+    {
+        return Ok(());
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .output()
+        .map_err(|source| LinuxError::Spawn { program: "mount".into(), source })?;
+    if !out.status.success() {
+        return Err(LinuxError::Failed {
+            command: "mount -t bpf bpf /sys/fs/bpf".into(),
+            netns: "the host".into(),
+            status: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The first cgroup v2 mount (the unified hierarchy), for callers that have no pod cgroup.
+pub fn cgroup2_root() -> Result<PathBuf, LinuxError> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").map_err(file_err("reading", Path::new("/proc/self/mounts")))?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .ok_or_else(|| LinuxError::EbpfFile {
+            what: "finding a cgroup v2 mount in",
+            path: "/proc/self/mounts".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 file system is mounted"),
+        })
+}
+
+fn families(ipv6: bool) -> &'static [&'static str] {
+    if ipv6 {
+        &["-4", "-6"]
+    } else {
+        &["-4"]
+    }
+}
+
+fn routes(plan: &EbpfPlan, runner: &dyn Runner) -> Result<(), LinuxError> {
+    let (mark, table) = (EBPF_OUTBOUND_MARK.to_string(), EBPF_ROUTE_TABLE.to_string());
+    if plan.ipv6 {
+        let addrs = runner.check("ip", &["-6", "addr", "show", "dev", "lo"], None)?.stdout;
+        if !addrs.contains(&format!("inet6 {OUTBOUND_SOURCE_V6}/128")) {
+            runner.check("ip", &["-6", "addr", "add", &format!("{OUTBOUND_SOURCE_V6}/128"), "dev", "lo"], None)?;
+        }
+    }
+    for fam in families(plan.ipv6) {
+        let rules = runner.check("ip", &[fam, "rule", "show"], None)?.stdout;
+        if !rules.lines().any(|l| l.contains(&format!("lookup {table}"))) {
+            runner.check("ip", &[fam, "rule", "add", "fwmark", &mark, "lookup", &table], None)?;
+        }
+        let (dst, src) = if *fam == "-4" {
+            ("0.0.0.0/0".to_owned(), OUTBOUND_SOURCE_V4.to_string())
+        } else {
+            ("::/0".to_owned(), OUTBOUND_SOURCE_V6.to_string())
+        };
+        runner.check(
+            "ip",
+            &[fam, "route", "replace", "local", &dst, "dev", "lo", "table", &table, "src", &src],
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Installs (or replaces) eBPF capture for `netns`, with the connect hooks on `cgroup`.
+/// `runner` must run in `netns` (it sets up the outbound route).
+pub fn apply(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
+    ensure_bpffs()?;
+    let dir = pin_dir(netns)?;
+    std::fs::create_dir_all(&dir).map_err(file_err("creating", &dir))?;
+    let map_path = dir.join(LISTENER_MAP);
+    let listeners = if map_path.exists() {
+        Map::open_pinned(&map_path)?
+    } else {
+        let m = Map::create(MapKind::SockMap, 4, 8, LISTENER_SLOTS, "mp_listeners")?;
+        m.pin(&map_path)?;
+        m
+    };
+    // Verify every program before attaching anything.
+    let progs = [
+        Prog::load(ProgKind::SkLookup, &plan.sk_lookup, &[&listeners], "mp_sk_lookup")?,
+        Prog::load(ProgKind::Connect4, &plan.connect4, &[], "mp_connect4")?,
+        Prog::load(ProgKind::Connect6, &plan.connect6, &[], "mp_connect6")?,
+    ];
+    routes(plan, runner)?;
+    let ns_path = netns_file(netns);
+    let ns_file = File::open(&ns_path).map_err(file_err("opening", &ns_path))?;
+    let cg_file = File::open(cgroup).map_err(file_err("opening the cgroup", cgroup))?;
+    for (name, prog) in LINKS.iter().zip(&progs) {
+        let path = dir.join(name);
+        if path.exists() {
+            Link::open_pinned(&path)?.update(prog)?;
+        } else {
+            let target = if *name == "sk_lookup" { ns_file.as_fd() } else { cg_file.as_fd() };
+            Link::attach(prog, target)?.pin(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// True when eBPF capture is installed for `netns`.
+pub fn is_installed(netns: &Netns) -> Result<bool, LinuxError> {
+    Ok(pin_dir(netns)?.join(LINKS[0]).exists())
+}
+
+/// Removes eBPF capture from `netns`: links (which detaches the programs), the listener map,
+/// the route and `::7`. Idempotent.
+pub fn remove(netns: &Netns, runner: &dyn Runner) -> Result<(), LinuxError> {
+    let dir = pin_dir(netns)?;
+    for name in LINKS.iter().chain(&[LISTENER_MAP]) {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_err("removing", &path)(e)),
+        }
+    }
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(file_err("removing", &dir)(e)),
+    }
+    let table = EBPF_ROUTE_TABLE.to_string();
+    for fam in ["-4", "-6"] {
+        for _ in 0..16 {
+            let rules = match runner.run("ip", &[fam, "rule", "show"], None) {
+                Ok(o) if o.success() => o.stdout,
+                _ => break,
+            };
+            if !rules.lines().any(|l| l.contains(&format!("lookup {table}"))) {
+                break;
+            }
+            runner.check("ip", &[fam, "rule", "del", "lookup", &table], None)?;
+        }
+        let _ = runner.run("ip", &[fam, "route", "flush", "table", &table], None);
+    }
+    let _ = runner.run("ip", &["-6", "addr", "del", &format!("{OUTBOUND_SOURCE_V6}/128"), "dev", "lo"], None);
+    Ok(())
+}
