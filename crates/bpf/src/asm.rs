@@ -347,7 +347,8 @@ fn disasm(insns: &[Insn], pc: usize, maps: &[MapRef]) -> String {
 }
 
 fn hex_if_big(imm: i32) -> String {
-    if (-1024..=1024).contains(&imm) {
+    // Ports (and small numbers) read better in decimal, addresses in hex.
+    if (-1024..=65535).contains(&imm) {
         imm.to_string()
     } else {
         format!("{:#x}", imm as u32)

@@ -86,6 +86,9 @@ pub struct EbpfPlan {
     pub connect6: Program,
     /// Whether IPv6 is captured (routes, `::7`).
     pub ipv6: bool,
+    /// The sidecar's UID and GID: the listener map's pin is theirs, so the sidecar can
+    /// register its listeners without any file access beyond it.
+    pub proxy_owner: (u32, u32),
 }
 
 impl EbpfPlan {
@@ -140,12 +143,17 @@ pub fn compile_ebpf(cfg: &CaptureConfig, netns_cookie: u64) -> Result<EbpfPlan, 
     }
     let uids = numeric_ids("proxy-uid", &cfg.proxy_uids)?;
     let gids = numeric_ids("proxy-gid", &cfg.proxy_gids)?;
+    let proxy_owner = (
+        uids.first().copied().unwrap_or(crate::config::PROXY_ID),
+        gids.first().or(uids.first()).copied().unwrap_or(crate::config::PROXY_ID),
+    );
     let outbound = Outbound { cfg, uids, gids, netns_cookie };
     Ok(EbpfPlan {
         sk_lookup: sk_lookup(cfg)?,
         connect4: outbound.program(false)?,
         connect6: outbound.program(true)?,
         ipv6: cfg.enable_ipv6,
+        proxy_owner,
     })
 }
 

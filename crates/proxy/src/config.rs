@@ -120,6 +120,10 @@ pub enum InterceptionMode {
     /// `TPROXY`: the listener is transparent and the accepted socket's local address *is* the
     /// original destination.
     Tproxy,
+    /// eBPF capture (`meshpass iptables --ebpf`): as `TPROXY`, both listeners transparent,
+    /// and at start the proxy registers them in the capture's listener map, without which
+    /// captured connections are dropped.
+    Ebpf,
 }
 
 /// One Kubernetes service this workload backs, for the inbound tracing decorator.
@@ -307,7 +311,8 @@ impl ProxyConfig {
             c.interception_mode = match v.to_ascii_uppercase().as_str() {
                 "REDIRECT" => InterceptionMode::Redirect,
                 "TPROXY" => InterceptionMode::Tproxy,
-                _ => return Err("expected REDIRECT or TPROXY".to_owned()),
+                "EBPF" => InterceptionMode::Ebpf,
+                _ => return Err("expected REDIRECT, TPROXY or EBPF".to_owned()),
             };
             Ok(())
         });

@@ -21,6 +21,14 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    /// The listeners could not be registered with eBPF capture.
+    #[error("registering the {listener} listener with eBPF capture (is `meshpass iptables --ebpf` applied in this network namespace?): {reason}")]
+    Ebpf {
+        /// Which listener.
+        listener: &'static str,
+        /// What failed.
+        reason: String,
+    },
     /// A background task panicked or was cancelled.
     #[error("proxy task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

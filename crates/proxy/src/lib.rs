@@ -96,7 +96,7 @@ use std::time::Duration;
 use ::http::HeaderValue;
 use bytes::BytesMut;
 use serde::Serialize;
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -172,7 +172,11 @@ impl Shared {
     /// to 15001/15006 (no redirect) reports itself as its original destination, and
     /// forwarding it would loop forever.
     fn is_self(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
-        if Some(dst) == local {
+        // With REDIRECT a redirected connection's local address is the listener's, so
+        // "destination == local address" means nobody redirected it. With TPROXY and eBPF
+        // capture the local address *is* the destination; only the port test below applies.
+        let local_is_dst = matches!(self.config.interception_mode, InterceptionMode::Tproxy | InterceptionMode::Ebpf);
+        if Some(dst) == local && !local_is_dst {
             return true;
         }
         let own_port = dst.port() == self.bound.outbound.port() || dst.port() == self.bound.inbound.port();
@@ -209,8 +213,9 @@ fn bind(listener: &'static str, addr: SocketAddr, transparent: bool) -> Result<T
         // `[::]` serves IPv4 too (v4-mapped), like Envoy's dual-stack listeners.
         sock.set_only_v6(false).map_err(err)?;
     }
-    if transparent && addr.is_ipv4() {
-        // TPROXY delivers packets addressed to foreign IPs; the socket must accept them.
+    if transparent && (addr.is_ipv4() || !sock.only_v6().unwrap_or(true)) {
+        // TPROXY and eBPF capture deliver connections addressed to foreign IPs; the socket
+        // must accept them (the flag also covers a dual-stack socket's IPv4 connections).
         sock.set_ip_transparent_v4(true).map_err(err)?;
     }
     sock.set_nonblocking(true).map_err(err)?;
@@ -219,13 +224,42 @@ fn bind(listener: &'static str, addr: SocketAddr, transparent: bool) -> Result<T
     TcpListener::from_std(sock.into()).map_err(err)
 }
 
+/// Puts `listener` in eBPF capture's listener map, in the slots of the families it serves (a
+/// dual-stack `[::]` listener serves both). The map entry goes away with the socket.
+fn register_ebpf(listener: &TcpListener, direction: Direction) -> Result<(), ProxyError> {
+    use meshpass_capture::ebpf::ListenerSlot;
+    use std::os::fd::{AsFd, AsRawFd};
+    let name = direction.as_str();
+    let fail = |reason: String| ProxyError::Ebpf { listener: name, reason };
+    let dir = meshpass_capture::linux::ebpf::pin_dir_for_current_netns().map_err(|e| fail(e.to_string()))?;
+    let map = meshpass_bpf::Map::open_pinned(&dir.join(meshpass_capture::linux::ebpf::LISTENER_MAP))
+        .map_err(|e| fail(e.to_string()))?;
+    let sock = SockRef::from(listener);
+    let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let v4 = addr.is_ipv4() || !sock.only_v6().unwrap_or(true);
+    let v6 = addr.is_ipv6();
+    let inbound = direction == Direction::Inbound;
+    let slots = [
+        (v4 && inbound, ListenerSlot::InboundV4),
+        (v4 && !inbound, ListenerSlot::OutboundV4),
+        (v6 && inbound, ListenerSlot::InboundV6),
+        (v6 && !inbound, ListenerSlot::OutboundV6),
+    ];
+    let fd = u64::try_from(listener.as_fd().as_raw_fd()).map_err(|e| fail(e.to_string()))?;
+    for (_, slot) in slots.iter().filter(|(on, _)| *on) {
+        map.update(&(*slot as u32).to_ne_bytes(), &fd.to_ne_bytes()).map_err(|e| fail(e.to_string()))?;
+    }
+    tracing::info!(listener = name, %addr, "registered with eBPF capture");
+    Ok(())
+}
+
 impl Proxy {
     /// Bind every listener and start serving, with the resolver that matches
     /// `config.interception_mode`.
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
         let resolver: Arc<dyn OrigDstResolver> = match config.interception_mode {
             InterceptionMode::Redirect => Arc::new(SoOriginalDst),
-            InterceptionMode::Tproxy => Arc::new(LocalAddr),
+            InterceptionMode::Tproxy | InterceptionMode::Ebpf => Arc::new(LocalAddr),
         };
         Self::start_with_resolver(config, resolver).await
     }
@@ -236,8 +270,13 @@ impl Proxy {
         resolver: Arc<dyn OrigDstResolver>,
     ) -> Result<Self, ProxyError> {
         let tproxy = config.interception_mode == InterceptionMode::Tproxy;
-        let outbound = bind("outbound", config.outbound_addr, false)?;
-        let inbound = bind("inbound", config.inbound_addr, tproxy)?;
+        let ebpf = config.interception_mode == InterceptionMode::Ebpf;
+        let outbound = bind("outbound", config.outbound_addr, ebpf)?;
+        let inbound = bind("inbound", config.inbound_addr, tproxy || ebpf)?;
+        if ebpf {
+            register_ebpf(&inbound, Direction::Inbound)?;
+            register_ebpf(&outbound, Direction::Outbound)?;
+        }
         let admin = config.admin_addr.map(|a| bind("admin", a, false)).transpose()?;
         let readiness = config.readiness_addr.map(|a| bind("readiness", a, false)).transpose()?;
         let prometheus = config.prometheus_addr.map(|a| bind("prometheus", a, false)).transpose()?;

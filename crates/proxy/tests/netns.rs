@@ -132,6 +132,41 @@ fn apply_capture_rules(
     Ok(meshpass_capture::render::nft::render(&plan))
 }
 
+/// The same passthrough settings as [`apply_capture_rules`], installed as eBPF capture
+/// (`sk_lookup` in the namespace, connect hooks on the cgroup v2 root, which the programs
+/// narrow to this namespace).
+fn apply_ebpf_capture(
+    netns: &str,
+    exclude_inbound_ports: &[u16],
+    exclude_outbound_cidrs: &[&str],
+    exclude_outbound_ports: &[u16],
+) -> Result<String> {
+    use meshpass_capture::linux::{ebpf, Netns, NetnsRunner};
+    let args = meshpass_capture::IstioArgs {
+        proxy_uid: Some("1337".into()),
+        include_inbound_ports: Some("*".into()),
+        exclude_inbound_ports: Some(exclude_inbound_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")),
+        include_ip_ranges: Some("*".into()),
+        exclude_ip_ranges: Some(exclude_outbound_cidrs.join(",")),
+        exclude_outbound_ports: Some(exclude_outbound_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")),
+        ..Default::default()
+    };
+    let cfg = args.to_config().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ns = Netns::Named(netns.to_string());
+    let plan = meshpass_capture::ebpf::compile_ebpf(&cfg, ebpf::netns_cookie(&ns)?)?;
+    ebpf::apply(&plan, &ns, &ebpf::cgroup2_root()?, &NetnsRunner::new(ns.clone()))?;
+    Ok(plan.listing())
+}
+
+/// How the pod's traffic reaches the sidecar.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    /// Istio's nat rules (nftables backend), REDIRECT.
+    Rules,
+    /// eBPF capture; the sidecar runs in EBPF mode with NET_ADMIN and BPF.
+    Ebpf,
+}
+
 /// A blocking HTTP app that answers `peer=<source ip>` with its own `Server` header.
 struct App {
     stop: Arc<AtomicBool>,
@@ -186,15 +221,35 @@ impl Drop for App {
 struct ProxyProcess(Child);
 
 impl ProxyProcess {
-    fn start(ns: &str) -> Result<Self> {
+    fn start(ns: &str, capture: Capture) -> Result<Self> {
         let bin = env!("CARGO_BIN_EXE_meshpass-proxy-standalone");
         let child = in_netns(ns, move || {
-            Command::new(bin)
-                .env("MESHPASS_PROXY_SERVICES", "app.default.svc.cluster.local:80/8080")
+            let mut cmd = match capture {
+                Capture::Rules => {
+                    let mut c = Command::new(bin);
+                    c.uid(1337).gid(1337);
+                    c
+                }
+                Capture::Ebpf => {
+                    // As a sidecar container with `capabilities: add: [NET_ADMIN, BPF]`:
+                    // transparent listeners, and the listener map.
+                    let mut c = Command::new("setpriv");
+                    c.args([
+                        "--reuid=1337",
+                        "--regid=1337",
+                        "--clear-groups",
+                        "--inh-caps=+net_admin,+bpf",
+                        "--ambient-caps=+net_admin,+bpf",
+                        "--",
+                        bin,
+                    ])
+                    .env("MESHPASS_PROXY_INTERCEPTION_MODE", "EBPF");
+                    c
+                }
+            };
+            cmd.env("MESHPASS_PROXY_SERVICES", "app.default.svc.cluster.local:80/8080")
                 .env("MESHPASS_PROXY_SNIFF_TIMEOUT", "1s")
                 .env("RUST_LOG", "warn")
-                .uid(1337)
-                .gid(1337)
                 .stdout(Stdio::piped())
                 .spawn()
         })??;
@@ -298,10 +353,22 @@ fn wait_ready(ns: &str) -> Result<()> {
 struct Pod {
     _proxy: ProxyProcess,
     _apps: Vec<App>,
+    _ebpf: Option<EbpfGuard>,
     topo: Topology,
 }
 
-fn setup() -> Result<Pod> {
+/// Removes eBPF capture (its pins) before the namespace goes.
+struct EbpfGuard(String);
+
+impl Drop for EbpfGuard {
+    fn drop(&mut self) {
+        use meshpass_capture::linux::{ebpf, Netns, NetnsRunner};
+        let ns = Netns::Named(self.0.clone());
+        let _ = ebpf::remove(&ns, &NetnsRunner::new(ns.clone()));
+    }
+}
+
+fn setup(capture: Capture) -> Result<Pod> {
     let topo = Topology::new()?;
     let apps = vec![
         App::start(&topo.pod, 8080)?,
@@ -309,7 +376,11 @@ fn setup() -> Result<Pod> {
         App::start(&topo.peer, 9090)?,
         App::start(&topo.peer, 9091)?,
     ];
-    let rules = apply_capture_rules(
+    let apply = match capture {
+        Capture::Rules => apply_capture_rules,
+        Capture::Ebpf => apply_ebpf_capture,
+    };
+    let rules = apply(
         &topo.pod,
         // Istio's injector always excludes 15090, 15021 and 15020; 8081 is the passthrough port.
         &[15090, 15021, 15020, 8081],
@@ -317,9 +388,10 @@ fn setup() -> Result<Pod> {
         &[9091],
     )?;
     eprintln!("applied in {}:\n{rules}", topo.pod);
-    let proxy = ProxyProcess::start(&topo.pod)?;
+    let ebpf = (capture == Capture::Ebpf).then(|| EbpfGuard(topo.pod.clone()));
+    let proxy = ProxyProcess::start(&topo.pod, capture)?;
     wait_ready(&topo.pod)?;
-    Ok(Pod { _proxy: proxy, _apps: apps, topo })
+    Ok(Pod { _proxy: proxy, _apps: apps, _ebpf: ebpf, topo })
 }
 
 #[test]
@@ -327,7 +399,19 @@ fn inbound_captured_and_excluded_ports() -> Result<()> {
     if !privileged() {
         return Ok(());
     }
-    let pod = setup()?;
+    inbound_case(Capture::Rules)
+}
+
+#[test]
+fn ebpf_inbound_captured_and_excluded_ports() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    inbound_case(Capture::Ebpf)
+}
+
+fn inbound_case(capture: Capture) -> Result<()> {
+    let pod = setup(capture)?;
     let (podns, peerns) = (&pod.topo.pod, &pod.topo.peer);
 
     // Captured port: through the sidecar.
@@ -361,7 +445,19 @@ fn outbound_captured_and_excluded_destinations() -> Result<()> {
     if !privileged() {
         return Ok(());
     }
-    let pod = setup()?;
+    outbound_case(Capture::Rules)
+}
+
+#[test]
+fn ebpf_outbound_captured_and_excluded_destinations() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    outbound_case(Capture::Ebpf)
+}
+
+fn outbound_case(capture: Capture) -> Result<()> {
+    let pod = setup(capture)?;
     let podns = &pod.topo.pod;
 
     // Captured: the app (root, not 1337) calls the peer; the sidecar forwards it.

@@ -1,8 +1,9 @@
 //! Installing and removing eBPF capture ([`crate::ebpf`]) for one network namespace.
 //!
-//! Objects are pinned under `/sys/fs/bpf/meshpass/ns-<inode>/` (the namespace file's inode),
-//! so they outlive the command that installed them and the sidecar can find its listener map
-//! from inside the namespace without being told where: see [`pin_dir_for_current_netns`].
+//! Objects are pinned under `/sys/fs/bpf/meshpass/ns-<cookie>/` (the namespace's cookie, which
+//! unlike its inode is never reused while the machine is up), so they outlive the command
+//! that installed them and the sidecar can find its listener map from inside the namespace
+//! without being told where: see [`pin_dir_for_current_netns`].
 //!
 //! Applying is all-or-nothing where it matters: every program is verified before anything is
 //! attached, and a second apply swaps the programs behind the existing links in one step
@@ -15,7 +16,6 @@ use crate::ebpf::{
 use meshpass_bpf::{Link, Map, MapKind, Prog, ProgKind};
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where meshpass pins its objects.
@@ -34,15 +34,20 @@ fn netns_file(netns: &Netns) -> PathBuf {
 
 /// The pin directory of `netns`.
 pub fn pin_dir(netns: &Netns) -> Result<PathBuf, LinuxError> {
-    let path = netns_file(netns);
-    let meta = std::fs::metadata(&path).map_err(file_err("reading", &path))?;
-    Ok(Path::new(BPFFS_ROOT).join(format!("ns-{}", meta.ino())))
+    Ok(pin_dir_of_cookie(netns_cookie(netns)?))
+}
+
+fn pin_dir_of_cookie(cookie: u64) -> PathBuf {
+    Path::new(BPFFS_ROOT).join(format!("ns-{cookie}"))
 }
 
 /// The pin directory of the namespace the calling thread is in: how the sidecar finds its
 /// listener map.
 pub fn pin_dir_for_current_netns() -> Result<PathBuf, LinuxError> {
-    pin_dir(&Netns::Path(PathBuf::from("/proc/thread-self/ns/net")))
+    let path = Path::new("/proc/thread-self/ns/net");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(file_err("creating a socket in", path))?;
+    let cookie = meshpass_bpf::netns_cookie(sock.as_fd()).map_err(file_err("reading SO_NETNS_COOKIE in", path))?;
+    Ok(pin_dir_of_cookie(cookie))
 }
 
 /// The cookie `bpf_get_netns_cookie` returns for sockets of `netns`.
@@ -135,6 +140,17 @@ fn routes(plan: &EbpfPlan, runner: &dyn Runner) -> Result<(), LinuxError> {
 /// `runner` must run in `netns` (it sets up the outbound route).
 pub fn apply(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
     ensure_bpffs()?;
+    let fresh = !is_installed(netns)?;
+    let result = install(plan, netns, cgroup, runner);
+    if result.is_err() && fresh {
+        // Nothing was there before: leave nothing behind (a replacement keeps the old
+        // programs, whose links were never touched unless every program had verified).
+        let _ = remove(netns, runner);
+    }
+    result
+}
+
+fn install(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
     let dir = pin_dir(netns)?;
     std::fs::create_dir_all(&dir).map_err(file_err("creating", &dir))?;
     let map_path = dir.join(LISTENER_MAP);
@@ -145,6 +161,13 @@ pub fn apply(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner)
         m.pin(&map_path)?;
         m
     };
+    let (uid, gid) = plan.proxy_owner;
+    nix::unistd::chown(&map_path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+        .map_err(|e| LinuxError::EbpfFile {
+            what: "handing the listener map to the sidecar:",
+            path: map_path.clone(),
+            source: e.into(),
+        })?;
     // Verify every program before attaching anything.
     let progs = [
         Prog::load(ProgKind::SkLookup, &plan.sk_lookup, &[&listeners], "mp_sk_lookup")?,

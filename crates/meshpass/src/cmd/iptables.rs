@@ -93,6 +93,16 @@ pub struct Args {
     /// Use native nftables (table `inet meshpass`) instead of iptables [env: NATIVE_NFTABLES].
     #[arg(long = "native-nftables")]
     native_nftables: bool,
+    /// Capture with eBPF programs instead of netfilter rules: inbound by `sk_lookup`, outbound
+    /// by connect hooks and a mark route; passthrough traffic then meets no per-packet hook
+    /// (meshpass extension; see the README's "eBPF capture") [env: MESHPASS_EBPF_CAPTURE].
+    #[arg(long = "ebpf")]
+    ebpf: bool,
+    /// With --ebpf: the cgroup v2 directory whose processes' connections are captured
+    /// outbound (default: the cgroup v2 root; the programs ignore sockets of other network
+    /// namespaces) [env: MESHPASS_CGROUP].
+    #[arg(long = "cgroup")]
+    cgroup: Option<String>,
     /// `legacy` or `nft` [env: FORCE_IPTABLES_BINARY].
     #[arg(long = "force-iptables-binary")]
     force_iptables_binary: Option<String>,
@@ -216,9 +226,15 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
         Ok(c) => c,
         Err(errors) => return Ok(invalid(&errors)),
     };
-    let plan = compile(&cfg);
     let dry_run = a.dry_run || truthy(env("DRY_RUN"));
     let native = a.native_nftables || truthy(env("NATIVE_NFTABLES"));
+    if a.ebpf || truthy(env("MESHPASS_EBPF_CAPTURE")) {
+        if native {
+            anyhow::bail!("--ebpf and --native-nftables exclude each other: eBPF capture installs no rules");
+        }
+        return run_ebpf(&a, env, &cfg, dry_run);
+    }
+    let plan = compile(&cfg);
     let backend = if native {
         Backend::Nftables
     } else {
@@ -263,6 +279,54 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
         },
         runner.netns()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_ebpf(
+    a: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    cfg: &meshpass_capture::CaptureConfig,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    use meshpass_capture::linux::ebpf;
+    let netns = a
+        .network_namespace
+        .clone()
+        .or_else(|| env("NETWORK_NAMESPACE"))
+        .map(|n| Netns::parse(&n))
+        .unwrap_or(Netns::Current);
+    let runner = NetnsRunner::new(netns.clone());
+    if a.cleanup_only || truthy(env("CLEANUP_ONLY")) {
+        ebpf::remove(&netns, &runner).context("removing eBPF capture failed")?;
+        eprintln!("meshpass: eBPF capture removed ({netns})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A dry run may have no namespace to ask; the cookie only filters sockets.
+    let cookie = match ebpf::netns_cookie(&netns) {
+        Ok(c) => c,
+        Err(_) if dry_run => 0,
+        Err(e) => return Err(e).context("reading the network namespace's cookie"),
+    };
+    let plan = match meshpass_capture::ebpf::compile_ebpf(cfg, cookie) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}; nothing was applied");
+            return Ok(ExitCode::from(super::EXIT_INVALID));
+        }
+    };
+    if dry_run {
+        print!("{}", plan.listing());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.skip_rule_apply || truthy(env("SKIP_RULE_APPLY")) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cgroup = match a.cgroup.clone().or_else(|| env("MESHPASS_CGROUP")) {
+        Some(c) => std::path::PathBuf::from(c),
+        None => ebpf::cgroup2_root().context("finding the cgroup v2 root for the connect hooks")?,
+    };
+    ebpf::apply(&plan, &netns, &cgroup, &runner).context("applying eBPF capture failed")?;
+    eprintln!("meshpass: eBPF capture applied ({netns}, connect hooks on {})", cgroup.display());
     Ok(ExitCode::SUCCESS)
 }
 
