@@ -145,13 +145,26 @@ class Bench:
                            input=UNTRACK_RULES, text=True, check=True)
 
     def rules_for(self, needs):
-        """The rule state a target needs: False (none), True (Istio's) or "untracked"."""
-        if needs:
+        """The capture a target needs: False (none), True (Istio's rules), "untracked", or
+        "ebpf" (meshpass's eBPF capture with the same exclusions, no netfilter rules)."""
+        if needs == "ebpf":
+            self.rules_off()
+            self.meshpass_cli("-b", "*", "-d", ",".join(str(p) for p in EXCLUDED_INBOUND), "-i", "*", "-u", "1337")
+            self.ebpf_on = True
+        elif needs:
             self.rules_on(untracked=needs == "untracked")
         else:
             self.rules_off()
 
+    def meshpass_cli(self, *args):
+        if not self.a.meshpass:
+            sys.exit("target b3-ebpf needs --meshpass BIN (the meshpass CLI, for `meshpass iptables --ebpf`)")
+        sh(self.a.meshpass, "iptables", "--ebpf", "--network-namespace", self.pod, *args)
+
     def rules_off(self):
+        if getattr(self, "ebpf_on", False):
+            self.meshpass_cli("--cleanup-only")
+            self.ebpf_on = False
         for table in ("nat", "raw"):
             x = ["ip", "netns", "exec", self.pod, "iptables", "-t", table]
             sh(*x, "-F")
@@ -180,6 +193,11 @@ class Bench:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+        if getattr(self, "ebpf_on", False):
+            try:  # unpin eBPF capture before its namespace goes
+                self.meshpass_cli("--cleanup-only")
+            except subprocess.CalledProcessError:
+                pass
         for ns in (self.pod, self.client):
             sh("ip", "netns", "del", ns, check=False)
 
@@ -443,6 +461,7 @@ TARGETS = [  # name, port, rules needed, proxy process group
     ("a-direct", 18080, False, None),
     ("b-passthrough", 18080, True, None),
     ("b2-untracked", 18080, "untracked", None),
+    ("b3-ebpf", 18080, "ebpf", None),
     ("c-meshpass", 18081, True, "meshpass"),
     ("d-haproxy", 18082, True, "haproxy"),
     ("e-nginx", 18083, True, "nginx"),
@@ -453,6 +472,7 @@ TARGETS = [  # name, port, rules needed, proxy process group
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxy-bin", required=True)
+    ap.add_argument("--meshpass", default="", help="meshpass CLI binary, for target b3-ebpf (eBPF capture)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rate-duration", type=int, default=20)
@@ -593,6 +613,10 @@ def paired(res):
             ("(b2) / (a) req/s @16", "b2-untracked", "a-direct", "rps", "c16"),
             ("(b2) / (a) machine CPU per req @16", "b2-untracked", "a-direct", "machine_cpu_us_per_req", "c16"),
             ("(b2) / (a) p50 @1000", "b2-untracked", "a-direct", "p50_ms", "paced1000"),
+            ("(b3) / (a) req/s @16", "b3-ebpf", "a-direct", "rps", "c16"),
+            ("(b3) / (a) machine CPU per req @16", "b3-ebpf", "a-direct", "machine_cpu_us_per_req", "c16"),
+            ("(b3) / (a) p50 @1000", "b3-ebpf", "a-direct", "p50_ms", "paced1000"),
+            ("(b3) / (b) req/s @16", "b3-ebpf", "b-passthrough", "rps", "c16"),
             ("(b2) / (b) req/s @16", "b2-untracked", "b-passthrough", "rps", "c16"),
             ("(b2) / (b) machine CPU per req @16", "b2-untracked", "b-passthrough", "machine_cpu_us_per_req", "c16"),
             ("(b) / (a) p50 @1000", "b-passthrough", "a-direct", "p50_ms", "paced1000")]

@@ -11,7 +11,10 @@ in netfilter functions (conntrack, nat, the hook walk), with the top ones.
 It also profiles (b2), (b) with meshpass's untracked-passthrough rules (raw NOTRACK, in their
 iptables rendering). With `--meshpass BIN`, two more paths load the pod's rules as meshpass's
 nftables backend renders them (`meshpass rules --format nft`, one `inet meshpass` table, as in
-the local mesh): (b-nft) Istio's semantics, (b2-nft) with `--untrack-excluded-inbound`.
+the local mesh): (b-nft) Istio's semantics, (b2-nft) with `--untrack-excluded-inbound`, and
+(b3-ebpf) has meshpass's eBPF capture installed instead of any rule (`meshpass iptables --ebpf`);
+its programs' samples (JIT-compiled `bpf_prog_*`, the `sk_lookup` and cgroup hook runners) are
+counted in a column of their own.
 
     sudo python3 bench/proxy/netfilter_profile.py [--rounds 2] [--duration 6] [--meshpass target/release/meshpass]
 
@@ -34,6 +37,8 @@ import bench  # noqa: E402
 NETFILTER = re.compile(
     r"^(__)?(nf_|nft_|ipt_|ip6t_|xt_|iptable_|ipv4_conntrack|ipv6_conntrack|ipv4_confirm|hash_conntrack"
     r"|tcp_in_window|resolve_normal_ct|init_conntrack|get_l4proto|nf_ct_)")
+# eBPF capture: the JIT-compiled programs and the kernel code that runs them.
+BPF = re.compile(r"^(bpf_prog_|bpf_sk_lookup|bpf_sk_assign|__cgroup_bpf_run|bpf_dispatcher|sk_lookup_)")
 # Samples of an idle CPU (halted vCPU), which are not work.
 IDLE = {"pv_native_safe_halt", "default_idle", "native_safe_halt", "cpuidle_enter_state", "acpi_safe_halt",
         "intel_idle", "poll_idle", "default_idle_call"}
@@ -42,7 +47,7 @@ IDLE = {"pv_native_safe_halt", "default_idle", "native_safe_halt", "cpuidle_ente
 def profile(data):
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "sym", "--stdio", "-F", "sample,sym"],
                          capture_output=True, text=True, check=True).stdout
-    busy = nf = 0
+    busy = nf = bpf = 0
     top = collections.Counter()
     for line in rep.splitlines():
         m = re.match(r"\s+(\d+)\s+\[(.)\]\s+(\S+)", line)
@@ -55,14 +60,18 @@ def profile(data):
         if kind == "k" and NETFILTER.match(sym):
             nf += n
             top[sym] += n
-    return busy, nf, top
+        elif kind == "k" and BPF.match(sym):
+            bpf += n
+            top[sym] += n
+    return busy, nf, bpf, top
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=int, default=6)
-    ap.add_argument("--meshpass", help="meshpass binary: also profile its nftables rendering (b-nft, b2-nft)")
+    ap.add_argument("--meshpass", help="meshpass binary: also profile its nftables rendering (b-nft, b2-nft) "
+                    "and its eBPF capture (b3-ebpf)")
     a = ap.parse_args()
     paths = [("a-direct", False), ("b-passthrough", True), ("b2-untracked", "untracked")]
     nft_rules = {}
@@ -73,9 +82,10 @@ def main():
                 [a.meshpass, "rules", "-a", f"traffic.sidecar.istio.io/excludeInboundPorts={ports}", "--format", "nft"]
                 + extra, capture_output=True, text=True, check=True).stdout
             paths.append((name, name))
+        paths.append(("b3-ebpf", "ebpf"))
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces, iptables, perf -a)")
-    b = bench.Bench(types.SimpleNamespace(proxy_bin=None, perf=0, workers=0))
+    b = bench.Bench(types.SimpleNamespace(proxy_bin=None, perf=0, workers=0, meshpass=a.meshpass))
     runs = []
     try:
         b.setup()
@@ -101,13 +111,14 @@ def main():
                 print(f"{name} round {rnd}: {r['rps']:.0f} req/s", flush=True)
     finally:
         b.cleanup()
-    print("\n| path | round | req/s @16 | busy samples / 1000 req | netfilter samples / 1000 req | netfilter share of busy | top netfilter functions (samples) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| path | round | req/s @16 | busy samples / 1000 req | netfilter samples / 1000 req | netfilter share of busy | eBPF share of busy | top netfilter / eBPF functions (samples) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rnd, r, data in runs:
-        busy, nf, top = profile(data)
+        busy, nf, bpf, top = profile(data)
         n = r["requests"]
         tops = ", ".join(f"{k} {v}" for k, v in top.most_common(5)) or "—"
-        print(f"| {name} | {rnd} | {r['rps']:,.0f} | {1000 * busy / n:.1f} | {1000 * nf / n:.2f} | {100 * nf / busy:.1f}% | {tops} |")
+        print(f"| {name} | {rnd} | {r['rps']:,.0f} | {1000 * busy / n:.1f} | {1000 * nf / n:.2f} | {100 * nf / busy:.1f}% "
+              f"| {100 * bpf / busy:.2f}% | {tops} |")
 
 
 if __name__ == "__main__":

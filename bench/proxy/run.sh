@@ -16,7 +16,9 @@ command -v valgrind >/dev/null || echo "note: no valgrind: pass --ir-requests 0 
 command -v perf >/dev/null || echo "note: no perf: pass --perf 0 (apt-get install -y linux-perf)"
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)"; exit 1; }
 (cd "$ROOT" && cargo build --release -p meshpass-proxy --bin meshpass-proxy-standalone)
+# The CLI only installs capture for (b3); a dev build does.
+(cd "$ROOT" && cargo build -p meshpass --bin meshpass)
 BIN="$CARGO_TARGET_DIR/release/meshpass-proxy-standalone"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  kernel: $(uname -r)  cpus: $(nproc)"
 echo "versions: $(wrk --version 2>&1 | head -1) | $(haproxy -v | head -1) | $(nginx -v 2>&1)"
-exec python3 "$HERE/bench.py" --proxy-bin "$BIN" "$@"
+exec python3 "$HERE/bench.py" --proxy-bin "$BIN" --meshpass "$CARGO_TARGET_DIR/debug/meshpass" "$@"

@@ -471,3 +471,107 @@ impl Outbound<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IstioArgs;
+    use meshpass_settings::IfaceName;
+
+    fn args() -> IstioArgs {
+        IstioArgs {
+            proxy_uid: Some("1337".into()),
+            include_inbound_ports: Some("*".into()),
+            exclude_inbound_ports: Some("15090,15021,15020,5000".into()),
+            include_ip_ranges: Some("*".into()),
+            exclude_ip_ranges: Some("10.0.0.0/8".into()),
+            exclude_outbound_ports: Some("3306".into()),
+            ..Default::default()
+        }
+    }
+
+    fn cfg(a: IstioArgs) -> CaptureConfig {
+        a.to_config().expect("valid")
+    }
+
+    fn setting_of(e: EbpfError) -> &'static str {
+        match e {
+            EbpfError::Unsupported { setting, .. } => setting,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn settings_without_meaning_here_are_refused_by_name() {
+        let iface = |s: &str| IfaceName::parse(s).expect("iface");
+        let mut c = cfg(args());
+        c.reroute_virtual_interfaces = vec![iface("virt0")];
+        assert_eq!(setting_of(compile_ebpf(&c, 1).expect_err("refused")), "kube-virt-interfaces");
+        let mut c = cfg(args());
+        c.exclude_interfaces = vec![iface("eth9")];
+        assert_eq!(setting_of(compile_ebpf(&c, 1).expect_err("refused")), "exclude-interfaces");
+        let c = cfg(IstioArgs { redirect_dns: true, capture_all_dns: true, ..args() });
+        assert_eq!(setting_of(compile_ebpf(&c, 1).expect_err("refused")), "redirect-dns");
+        let c = cfg(IstioArgs { drop_invalid: true, ..args() });
+        assert_eq!(setting_of(compile_ebpf(&c, 1).expect_err("refused")), "drop-invalid");
+        let c = cfg(IstioArgs { untrack_excluded_inbound: true, ..args() });
+        assert_eq!(setting_of(compile_ebpf(&c, 1).expect_err("refused")), "untrack-excluded-inbound");
+        let c = cfg(IstioArgs { owner_groups_exclude: Some("2000".into()), ..args() });
+        assert_eq!(setting_of(compile_ebpf(&c, 1).expect_err("refused")), "outbound owner groups");
+        let c = cfg(IstioArgs { proxy_uid: Some("istio-proxy".into()), ..args() });
+        let e = compile_ebpf(&c, 1).expect_err("refused");
+        assert!(e.to_string().contains("proxy-uid = istio-proxy"), "{e}");
+    }
+
+    #[test]
+    fn same_settings_same_bytes_and_the_cookie_is_in_the_connect_hooks() {
+        let a = compile_ebpf(&cfg(args()), 0x1122_3344_5566_7788).expect("compiles");
+        let b = compile_ebpf(&cfg(args()), 0x1122_3344_5566_7788).expect("compiles");
+        assert_eq!(a, b);
+        assert!(a.connect4.listing().contains("r2 = 0x1122334455667788 ll"), "{}", a.connect4);
+        assert!(a.connect6.listing().contains("r2 = 0x1122334455667788 ll"));
+        assert_eq!(a.sk_lookup.maps.len(), 1, "the listener map, once");
+        assert_eq!(a.proxy_owner, (1337, 1337));
+    }
+
+    #[test]
+    fn excluded_ports_and_ranges_become_compares() {
+        let p = compile_ebpf(&cfg(IstioArgs { exclude_inbound_ports: Some("5000,8000-8100".into()), ..args() }), 1)
+            .expect("compiles");
+        let l = p.sk_lookup.listing();
+        assert!(l.contains("if w7 == 5000 goto"), "{l}");
+        assert!(l.contains("if w7 < 8000 goto") && l.contains("if w7 <= 8100 goto"), "{l}");
+        assert!(l.contains("if w7 == 15008 goto"), "the tunnel port is never captured: {l}");
+        // 10.0.0.0/8 as the connect hook sees it: the first octet, network order loaded
+        // little-endian.
+        let c = p.connect4.listing();
+        assert!(c.contains("w2 &= 255") && c.contains("if w2 == 10 goto"), "{c}");
+        assert!(c.contains("if w7 == 3306 goto"), "{c}");
+    }
+
+    #[test]
+    fn nothing_captured_inbound_means_no_inbound_hand_off() {
+        let p = compile_ebpf(&cfg(IstioArgs { include_inbound_ports: Some(String::new()), ..args() }), 1)
+            .expect("compiles");
+        let l = p.sk_lookup.listing();
+        assert!(!l.contains("*(u32 *)(r10 -4) = 0"), "no inbound slot: {l}");
+        assert!(l.contains("*(u32 *)(r10 -4) = 1"), "outbound still handed off: {l}");
+        // Nothing captured outbound either: the connect hooks never set the mark.
+        let p =
+            compile_ebpf(&cfg(IstioArgs { include_ip_ranges: Some(String::new()), ..args() }), 1).expect("compiles");
+        assert!(!p.connect4.listing().contains("call setsockopt"), "{}", p.connect4);
+    }
+
+    #[test]
+    fn ipv6_is_handled_only_when_enabled() {
+        let v4 = compile_ebpf(&cfg(args()), 1).expect("compiles");
+        let v6 = compile_ebpf(&cfg(IstioArgs { enable_ipv6: true, ..args() }), 1).expect("compiles");
+        assert!(!v4.sk_lookup.listing().contains("= 2\n"), "no IPv6 inbound slot without IPv6");
+        assert!(v6.sk_lookup.listing().contains("*(u32 *)(r10 -4) = 2"), "{}", v6.sk_lookup);
+        assert!(v6.sk_lookup.len() > v4.sk_lookup.len());
+        // IPv4-mapped destinations are IPv4 connections in both.
+        for p in [&v4, &v6] {
+            assert!(p.connect6.listing().contains("if w2 != 0xffff0000 goto"), "{}", p.connect6);
+        }
+    }
+}

@@ -531,3 +531,54 @@ fn nftables_untracked_passthrough_leaves_no_conntrack_entries() {
     }
     check_untracked(Backend::Nftables);
 }
+
+/// eBPF capture's edges: without registered listeners captured connections get no answer
+/// (fail closed) while passthrough still works; registering again restores capture; removing
+/// it leaves every connection direct and nothing pinned or routed behind.
+#[test]
+fn ebpf_fails_closed_without_listeners_and_removes_cleanly() {
+    if !common::privileged("ebpf_fails_closed_without_listeners_and_removes_cleanly") {
+        return;
+    }
+    let topo = Topology::new("bpfc");
+    let netns = Netns::Named(topo.pod.clone());
+    let runner = NetnsRunner::new(netns.clone());
+    let ann = BTreeMap::from([
+        (meshpass_settings::keys::EXCLUDE_INBOUND_PORTS.to_string(), "5000".into()),
+        (meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES.to_string(), "*".into()),
+    ]);
+    let cfg = config_for(&ann, true, false);
+    let plan = compile_ebpf(&cfg, linux::ebpf::netns_cookie(&netns).expect("cookie")).expect("compile");
+    let cgroup = linux::ebpf::cgroup2_root().expect("cgroup v2");
+    // A dropped SYN makes connect(2) retry for two minutes; one retry (about 3 s) is enough.
+    runner.check("sysctl", &["-qw", "net.ipv4.tcp_syn_retries=1"], None).expect("sysctl");
+    linux::ebpf::apply(&plan, &netns, &cgroup, &runner).expect("apply");
+    let (pod4, pod6): (IpAddr, IpAddr) = (POD4.parse().expect("ip"), POD6.parse().expect("ip"));
+    let peer4: IpAddr = PEER4.parse().expect("ip");
+
+    // The listener map starts empty: captured connections are dropped, not delivered around
+    // the sidecar; passthrough is unaffected.
+    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80), (pod4, 5000)]);
+    assert_eq!(got, ["ERR", "ERR", "app:5000"], "fail closed inbound");
+    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["ERR"], "fail closed outbound");
+    assert_eq!(outbound(&topo.pod, PROXY_UID, &[(peer4, 80)]), ["peer:80"], "the proxy's own traffic passes");
+
+    register_listeners(&topo, &netns);
+    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80), (pod4, 5000)]);
+    assert_eq!(got, ["capture:15006", "capture:15006", "app:5000"]);
+    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
+
+    let dir = linux::ebpf::pin_dir(&netns).expect("pin dir");
+    assert!(dir.join("sk_lookup").exists());
+    linux::ebpf::remove(&netns, &runner).expect("remove");
+    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80)]);
+    assert_eq!(got, ["app:9000", "app:80"], "removed: nothing captured");
+    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["peer:80"]);
+    assert!(!dir.exists(), "pins removed");
+    for fam in ["-4", "-6"] {
+        let rules = runner.check("ip", &[fam, "rule", "show"], None).expect("ip rule").stdout;
+        assert!(!rules.contains("lookup 134"), "{fam} rule left behind: {rules}");
+    }
+    // Removing again is fine.
+    linux::ebpf::remove(&netns, &runner).expect("idempotent remove");
+}

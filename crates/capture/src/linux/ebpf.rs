@@ -85,20 +85,33 @@ fn ensure_bpffs() -> Result<(), LinuxError> {
 }
 
 /// The first cgroup v2 mount (the unified hierarchy), for callers that have no pod cgroup.
+/// With none mounted (a cgroup v1-only host), one is mounted on `/run/meshpass/cgroup2`:
+/// every process is in its root until someone moves it.
 pub fn cgroup2_root() -> Result<PathBuf, LinuxError> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").map_err(file_err("reading", Path::new("/proc/self/mounts")))?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .ok_or_else(|| LinuxError::EbpfFile {
-            what: "finding a cgroup v2 mount in",
-            path: "/proc/self/mounts".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 file system is mounted"),
-        })
+    let mounts_path = Path::new("/proc/self/mounts");
+    let mounts = std::fs::read_to_string(mounts_path).map_err(file_err("reading", mounts_path))?;
+    if let Some(p) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    }) {
+        return Ok(p);
+    }
+    let dir = PathBuf::from("/run/meshpass/cgroup2");
+    std::fs::create_dir_all(&dir).map_err(file_err("creating", &dir))?;
+    let out = std::process::Command::new("mount")
+        .args(["-t", "cgroup2", "none"])
+        .arg(&dir)
+        .output()
+        .map_err(|source| LinuxError::Spawn { program: "mount".into(), source })?;
+    if !out.status.success() {
+        return Err(LinuxError::Failed {
+            command: format!("mount -t cgroup2 none {}", dir.display()),
+            netns: "the host".into(),
+            status: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(dir)
 }
 
 fn families(ipv6: bool) -> &'static [&'static str] {
