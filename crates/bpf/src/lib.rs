@@ -229,6 +229,23 @@ fn tail(log: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What a link is attached to, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkTarget {
+    /// A network namespace, by inode; 0 once the namespace is gone (the link is defunct).
+    Netns {
+        /// `netns_ino`.
+        ino: u32,
+    },
+    /// A cgroup v2 directory, by id (its inode number); 0 once the cgroup is gone.
+    Cgroup {
+        /// `cgroup_id`.
+        id: u64,
+    },
+    /// Another kind of link (`enum bpf_link_type`).
+    Other(u32),
+}
+
 /// An attachment of a program to a network namespace or a cgroup. It lasts while a
 /// descriptor or a pin refers to it.
 #[derive(Debug)]
@@ -266,6 +283,21 @@ impl Link {
             op: "pinning",
             path: path.to_owned(),
             source,
+        })
+    }
+
+    /// What the link is attached to.
+    pub fn target(&self) -> Result<LinkTarget, BpfError> {
+        let info = sys::link_info(self.fd.as_fd()).map_err(|source| BpfError::Link {
+            op: "reading",
+            name: self.name.clone(),
+            source,
+        })?;
+        let u32_at = |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+        Ok(match u32_at(0) {
+            3 => LinkTarget::Cgroup { id: u64::from(u32_at(16)) | (u64::from(u32_at(20)) << 32) },
+            5 => LinkTarget::Netns { ino: u32_at(16) },
+            other => LinkTarget::Other(other),
         })
     }
 

@@ -20,6 +20,7 @@ const CMD_MAP_DELETE_ELEM: libc::c_long = 3;
 const CMD_PROG_LOAD: libc::c_long = 5;
 const CMD_OBJ_PIN: libc::c_long = 6;
 const CMD_OBJ_GET: libc::c_long = 7;
+const CMD_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const CMD_LINK_CREATE: libc::c_long = 28;
 const CMD_LINK_UPDATE: libc::c_long = 29;
 
@@ -171,6 +172,15 @@ pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result
     let mut a = Attr::new();
     a.u32(0, link.as_raw_fd() as u32).u32(4, new_prog.as_raw_fd() as u32);
     bpf(CMD_LINK_UPDATE, &mut a).map(drop)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a link: the 48 bytes of `struct bpf_link_info`.
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<[u8; 48]> {
+    let mut info = [0u8; 48];
+    let mut a = Attr::new();
+    a.u32(0, link.as_raw_fd() as u32).u32(4, info.len() as u32).ptr(8, info.as_mut_ptr());
+    bpf(CMD_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info)
 }
 
 /// `SO_NETNS_COOKIE` of a socket: the cookie of the network namespace it was created in.

@@ -582,3 +582,51 @@ fn ebpf_fails_closed_without_listeners_and_removes_cleanly() {
     // Removing again is fine.
     linux::ebpf::remove(&netns, &runner).expect("idempotent remove");
 }
+
+/// Re-applying with another cgroup moves the connect hooks there (processes outside it are
+/// no longer captured), and an apply sweeps away the pins of a namespace that was deleted
+/// without `remove`.
+#[test]
+fn ebpf_follows_the_cgroup_and_sweeps_deleted_namespaces() {
+    if !common::privileged("ebpf_follows_the_cgroup_and_sweeps_deleted_namespaces") {
+        return;
+    }
+    let topo = Topology::new("bpfg");
+    let netns = Netns::Named(topo.pod.clone());
+    let runner = NetnsRunner::new(netns.clone());
+    let ann = BTreeMap::from([(meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES.to_string(), "*".into())]);
+    let plan = compile_ebpf(&config_for(&ann, false, false), linux::ebpf::netns_cookie(&netns).expect("cookie"))
+        .expect("compile");
+    let root = linux::ebpf::cgroup2_root().expect("cgroup v2");
+    let sub = root.join(format!("meshpass-test-{}", std::process::id()));
+    std::fs::create_dir_all(&sub).expect("test cgroup");
+    let peer4: IpAddr = PEER4.parse().expect("ip");
+
+    linux::ebpf::apply(&plan, &netns, &root, &runner).expect("apply on the root");
+    register_listeners(&topo, &netns);
+    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"], "the test runs under the root");
+    linux::ebpf::apply(&plan, &netns, &sub, &runner).expect("apply on a child cgroup");
+    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["peer:80"], "hooks moved off the root");
+    linux::ebpf::apply(&plan, &netns, &root, &runner).expect("back to the root");
+    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
+
+    // A second namespace with capture, deleted behind meshpass's back.
+    let gone = format!("mp-diff-gone-{}", std::process::id());
+    ip(&["netns", "add", &gone]);
+    ip(&["-n", &gone, "link", "set", "lo", "up"]);
+    let gone_ns = Netns::Named(gone.clone());
+    let gone_dir = linux::ebpf::pin_dir(&gone_ns).expect("pin dir");
+    let gone_plan = compile_ebpf(&config_for(&ann, false, false), linux::ebpf::netns_cookie(&gone_ns).expect("cookie"))
+        .expect("compile");
+    linux::ebpf::apply(&gone_plan, &gone_ns, &root, &NetnsRunner::new(gone_ns.clone())).expect("apply");
+    ip(&["netns", "del", &gone]);
+    // The namespace is destroyed asynchronously; then the next apply anywhere sweeps it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gone_dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        linux::ebpf::apply(&plan, &netns, &root, &runner).expect("apply");
+    }
+    assert!(!gone_dir.exists(), "pins of a deleted namespace are swept");
+    linux::ebpf::remove(&netns, &runner).expect("remove");
+    std::fs::remove_dir(&sub).expect("remove the test cgroup");
+}

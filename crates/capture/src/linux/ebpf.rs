@@ -13,9 +13,10 @@ use super::{in_netns, LinuxError, Netns, Runner};
 use crate::ebpf::{
     EbpfPlan, EBPF_OUTBOUND_MARK, EBPF_ROUTE_TABLE, LISTENER_SLOTS, OUTBOUND_SOURCE_V4, OUTBOUND_SOURCE_V6,
 };
-use meshpass_bpf::{Link, Map, MapKind, Prog, ProgKind};
+use meshpass_bpf::{Link, LinkTarget, Map, MapKind, Prog, ProgKind};
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where meshpass pins its objects.
@@ -153,6 +154,7 @@ fn routes(plan: &EbpfPlan, runner: &dyn Runner) -> Result<(), LinuxError> {
 /// `runner` must run in `netns` (it sets up the outbound route).
 pub fn apply(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
     ensure_bpffs()?;
+    sweep_defunct(&pin_dir(netns)?);
     let fresh = !is_installed(netns)?;
     let result = install(plan, netns, cgroup, runner);
     if result.is_err() && fresh {
@@ -191,16 +193,64 @@ fn install(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -
     let ns_path = netns_file(netns);
     let ns_file = File::open(&ns_path).map_err(file_err("opening", &ns_path))?;
     let cg_file = File::open(cgroup).map_err(file_err("opening the cgroup", cgroup))?;
+    let cg_id = cg_file.metadata().map_err(file_err("reading", cgroup))?.ino();
     for (name, prog) in LINKS.iter().zip(&progs) {
         let path = dir.join(name);
-        if path.exists() {
-            Link::open_pinned(&path)?.update(prog)?;
-        } else {
-            let target = if *name == "sk_lookup" { ns_file.as_fd() } else { cg_file.as_fd() };
+        let sk_lookup = *name == "sk_lookup";
+        let target = if sk_lookup { ns_file.as_fd() } else { cg_file.as_fd() };
+        if !path.exists() {
             Link::attach(prog, target)?.pin(&path)?;
+            continue;
+        }
+        let link = Link::open_pinned(&path)?;
+        if sk_lookup || link.target()? == (LinkTarget::Cgroup { id: cg_id }) {
+            link.update(prog)?;
+        } else {
+            // The connect hooks move to another cgroup: attach there first, then replace the
+            // pin (a rename), which drops the old link. Both run for a moment; they agree.
+            // (bpffs refuses names with a dot.)
+            let fresh = dir.join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&fresh);
+            Link::attach(prog, target)?.pin(&fresh)?;
+            std::fs::rename(&fresh, &path).map_err(file_err("replacing", &path))?;
         }
     }
     Ok(())
+}
+
+/// Removes the pins of namespaces that no longer exist (deleted without `remove`): their
+/// links are defunct, and only the pins keep the objects alive.
+fn sweep_defunct(keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(BPFFS_ROOT) else { return };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if dir == keep || !e.file_name().to_string_lossy().starts_with("ns-") {
+            continue;
+        }
+        let defunct = Link::open_pinned(&dir.join(LINKS[0]))
+            .and_then(|l| l.target())
+            .is_ok_and(|t| t == LinkTarget::Netns { ino: 0 });
+        if defunct {
+            tracing::info!(dir = %dir.display(), "removing eBPF capture of a namespace that is gone");
+            let _ = remove_pins(&dir);
+        }
+    }
+}
+
+fn remove_pins(dir: &Path) -> Result<(), LinuxError> {
+    for name in LINKS.iter().chain(&[LISTENER_MAP]) {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_err("removing", &path)(e)),
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(file_err("removing", dir)(e)),
+    }
 }
 
 /// True when eBPF capture is installed for `netns`.
@@ -211,20 +261,7 @@ pub fn is_installed(netns: &Netns) -> Result<bool, LinuxError> {
 /// Removes eBPF capture from `netns`: links (which detaches the programs), the listener map,
 /// the route and `::7`. Idempotent.
 pub fn remove(netns: &Netns, runner: &dyn Runner) -> Result<(), LinuxError> {
-    let dir = pin_dir(netns)?;
-    for name in LINKS.iter().chain(&[LISTENER_MAP]) {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(file_err("removing", &path)(e)),
-        }
-    }
-    match std::fs::remove_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(file_err("removing", &dir)(e)),
-    }
+    remove_pins(&pin_dir(netns)?)?;
     let table = EBPF_ROUTE_TABLE.to_string();
     for fam in ["-4", "-6"] {
         for _ in 0..16 {
