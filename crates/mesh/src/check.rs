@@ -251,7 +251,13 @@ pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Resul
         }
         evidence
             .push(format!("the sidecar of pod {}/{} has no record of client {}", pod.namespace, pod.name, ex.local));
-        evidence.push(format!("live rules: {}", rule_evidence(&pod.netns, &flow)?));
+        let ns = Netns::Named(pod.netns.clone());
+        if meshpass_capture::linux::ebpf::is_installed(&ns).unwrap_or(false) {
+            // No rules to read: the connect hook decided, and did not hand it to the sidecar.
+            evidence.push("eBPF capture is installed in the pod and did not hand this connection to the sidecar (its settings let it pass)".to_string());
+        } else {
+            evidence.push(format!("live rules: {}", rule_evidence(&pod.netns, &flow)?));
+        }
         PathTaken::Direct
     };
     header_evidence(&ex, &mut evidence);

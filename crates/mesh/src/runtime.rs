@@ -70,6 +70,10 @@ pub struct MeshConfig {
     /// Excluded inbound ports skip conntrack too
     /// ([`meshpass_capture::CaptureConfig::untrack_excluded_inbound`]).
     pub untrack_excluded_inbound: bool,
+    /// Capture with eBPF programs instead of netfilter rules ([`meshpass_capture::ebpf`]): the
+    /// same settings, and passthrough traffic meets no per-packet hook. Sidecars then run in
+    /// `EBPF` interception mode with `CAP_NET_ADMIN` and `CAP_BPF`.
+    pub ebpf_capture: bool,
 }
 
 impl MeshConfig {
@@ -88,6 +92,7 @@ impl MeshConfig {
             app_uid: 1000,
             drain: Duration::from_secs(5),
             untrack_excluded_inbound: false,
+            ebpf_capture: false,
         }
     }
 
@@ -105,6 +110,11 @@ impl MeshConfig {
         let mut errors = Vec::new();
         if !ok {
             errors.push(format!("netns prefix `{p}` must be 3-16 of [a-z0-9-] ending in '-'"));
+        }
+        if self.ebpf_capture && self.untrack_excluded_inbound {
+            errors.push(
+                "--ebpf-capture and --untrack-excluded-inbound exclude each other: eBPF capture tracks nothing".into(),
+            );
         }
         if self.pod_cidr.overlaps(self.service_cidr) {
             errors.push(format!("pod CIDR {} overlaps service CIDR {}", self.pod_cidr, self.service_cidr));
@@ -200,9 +210,48 @@ pub fn capture_plan(
     annotations: &BTreeMap<String, String>,
     values: &InjectorValues,
 ) -> Result<Option<Plan>, Vec<String>> {
+    Ok(capture_config(annotations, values)?.map(|c| compile(&c)))
+}
+
+/// The capture configuration of a pod's annotations (`None`: interception mode `NONE`).
+pub fn capture_config(
+    annotations: &BTreeMap<String, String>,
+    values: &InjectorValues,
+) -> Result<Option<CaptureConfig>, Vec<String>> {
     let s = Settings::from_annotations(annotations)
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    Ok(CaptureConfig::from_settings(&s, values).map(|c| compile(&c)))
+    Ok(CaptureConfig::from_settings(&s, values))
+}
+
+/// The eBPF programs of a pod's annotations for the namespace with `cookie` (`None`: no
+/// capture). Errors name the settings eBPF capture cannot honour.
+pub fn ebpf_plan(
+    annotations: &BTreeMap<String, String>,
+    values: &InjectorValues,
+    cookie: u64,
+) -> Result<Option<meshpass_capture::ebpf::EbpfPlan>, Vec<String>> {
+    let Some(cfg) = capture_config(annotations, values)? else { return Ok(None) };
+    meshpass_capture::ebpf::compile_ebpf(&cfg, cookie).map(Some).map_err(|e| vec![e.to_string()])
+}
+
+/// The sidecar's command line under eBPF capture: started as root through `setpriv`, which
+/// drops to UID/GID 1337 keeping only the two capabilities it needs, as a sidecar container
+/// with `capabilities: add: [NET_ADMIN, BPF]`.
+fn ebpf_sidecar_argv(argv: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        "--inh-caps=+net_admin,+bpf",
+        "--ambient-caps=+net_admin,+bpf",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(argv.iter().cloned());
+    v
 }
 
 fn random_suffix() -> String {
@@ -254,10 +303,39 @@ impl Mesh {
         argv
     }
 
+    /// Whether a meshed pod's annotations compile for this mesh's capture (rules, or eBPF
+    /// programs, which refuse a few more settings).
+    fn check_capture(&self, annotations: &BTreeMap<String, String>) -> Result<(), Vec<String>> {
+        let values = self.cfg.injector_values();
+        if self.cfg.ebpf_capture {
+            // The cookie only filters sockets; any value checks the settings.
+            ebpf_plan(annotations, &values, 0).map(drop)
+        } else {
+            capture_plan(annotations, &values).map(drop)
+        }
+    }
+
+    /// Installs (or swaps) eBPF capture for a pod's annotations in its namespace; without
+    /// capture (interception mode `NONE`) removes it.
+    fn apply_ebpf(&self, annotations: &BTreeMap<String, String>, netns: &str, pod: &str) -> Result<(), MeshError> {
+        use meshpass_capture::linux::ebpf;
+        let ns = Netns::Named(netns.to_string());
+        let runner = NetnsRunner::new(ns.clone());
+        let capture = |error| MeshError::Capture { pod: pod.to_string(), error };
+        let cookie = ebpf::netns_cookie(&ns).map_err(capture)?;
+        match ebpf_plan(annotations, &self.cfg.injector_values(), cookie).map_err(MeshError::Invalid)? {
+            Some(plan) => {
+                let cgroup = ebpf::cgroup2_root().map_err(capture)?;
+                ebpf::apply(&plan, &ns, &cgroup, &runner).map_err(capture)
+            }
+            None => ebpf::remove(&ns, &runner).map_err(capture),
+        }
+    }
+
     /// Creates one pod of `dep` (namespace, veth, rules, containers started). Returns its key.
     fn create_pod(&self, inner: &mut Inner, dep: &DeploymentSpec) -> Result<String, MeshError> {
         let meshed = self.meshed_for(inner, dep);
-        let plan = if meshed {
+        let plan = if meshed && !self.cfg.ebpf_capture {
             capture_plan(&dep.template.annotations, &self.cfg.injector_values()).map_err(MeshError::Invalid)?
         } else {
             None
@@ -278,6 +356,13 @@ impl Mesh {
                 let _ = net::netns_del(&netns);
                 inner.pod_ipam.release(ip);
                 return Err(MeshError::Capture { pod: format!("{}/{name}", dep.namespace), error });
+            }
+        }
+        if meshed && self.cfg.ebpf_capture {
+            if let Err(e) = self.apply_ebpf(&dep.template.annotations, &netns, &format!("{}/{name}", dep.namespace)) {
+                let _ = net::netns_del(&netns);
+                inner.pod_ipam.release(ip);
+                return Err(e);
             }
         }
         let logs = self.cfg.state_dir.join("logs").join(&dep.namespace).join(&name);
@@ -328,11 +413,17 @@ impl Mesh {
                 .collect();
             let mut env = base_env;
             env.push(("MESHPASS_PROXY_SERVICES".to_string(), services.join(",")));
-            if let Some(mode) = dep.template.annotations.get("sidecar.istio.io/interceptionMode") {
-                env.push(("MESHPASS_PROXY_INTERCEPTION_MODE".to_string(), mode.clone()));
-            }
             let spec = ContainerSpec { name: SIDECAR_NAME.to_string(), argv: vec![], env: vec![], ports: vec![] };
-            containers.push(container(&spec, self.cfg.sidecar_argv.clone(), env, PROXY_UID, true));
+            if self.cfg.ebpf_capture {
+                env.push(("MESHPASS_PROXY_INTERCEPTION_MODE".to_string(), "EBPF".to_string()));
+                let argv = ebpf_sidecar_argv(&self.cfg.sidecar_argv);
+                containers.push(container(&spec, argv, env, 0, true));
+            } else {
+                if let Some(mode) = dep.template.annotations.get("sidecar.istio.io/interceptionMode") {
+                    env.push(("MESHPASS_PROXY_INTERCEPTION_MODE".to_string(), mode.clone()));
+                }
+                containers.push(container(&spec, self.cfg.sidecar_argv.clone(), env, PROXY_UID, true));
+            }
         }
         let key = key(&dep.namespace, &name);
         let mut pod = Pod {
@@ -422,6 +513,12 @@ impl Mesh {
             }
         });
         process::kill_pids(&net::netns_pids(&pod.netns), Duration::from_millis(500));
+        if pod.meshed && self.cfg.ebpf_capture {
+            let ns = Netns::Named(pod.netns.clone());
+            if let Err(e) = meshpass_capture::linux::ebpf::remove(&ns, &NetnsRunner::new(ns.clone())) {
+                self.say(&format!("pod {}/{}: removing eBPF capture: {e}", pod.namespace, pod.name));
+            }
+        }
         if let Err(e) = net::netns_del(&pod.netns) {
             self.say(&format!("pod {}/{}: {e}", pod.namespace, pod.name));
         }
@@ -605,7 +702,7 @@ impl Mesh {
             if let Object::Deployment(d) = o {
                 let meshed = namespaces.get(ns).is_some_and(NamespaceSpec::meshed) && !d.template.opted_out();
                 if meshed {
-                    if let Err(errs) = capture_plan(&d.template.annotations, &self.cfg.injector_values()) {
+                    if let Err(errs) = self.check_capture(&d.template.annotations) {
                         errors.extend(errs.into_iter().map(|e| format!("{}: {e}", o.describe())));
                     }
                 }
@@ -681,7 +778,7 @@ impl Mesh {
         d.template.annotations.extend(set);
         let meshed = inner.state.namespaces.get(ns).is_some_and(NamespaceSpec::meshed) && !d.template.opted_out();
         if meshed {
-            if let Err(errs) = capture_plan(&d.template.annotations, &self.cfg.injector_values()) {
+            if let Err(errs) = self.check_capture(&d.template.annotations) {
                 return Err(MeshError::Invalid(
                     errs.into_iter().map(|e| format!("deployment {ns}/{name}: {e}")).collect(),
                 ));
@@ -745,12 +842,22 @@ impl Mesh {
             .map(|(k, _)| k.clone())
             .collect();
         if live && old.template.differs_only_in_capture(&d.template) {
-            let plan =
-                capture_plan(&d.template.annotations, &self.cfg.injector_values()).map_err(MeshError::Invalid)?;
+            let plan = if self.cfg.ebpf_capture {
+                None
+            } else {
+                capture_plan(&d.template.annotations, &self.cfg.injector_values()).map_err(MeshError::Invalid)?
+            };
             let mut done = 0;
             for pk in &pods {
                 let Some(p) = inner.pods.get_mut(pk) else { continue };
                 if !p.meshed {
+                    continue;
+                }
+                if self.cfg.ebpf_capture {
+                    // The programs behind the pod's links are swapped in one step.
+                    self.apply_ebpf(&d.template.annotations, &p.netns, pk)?;
+                    p.hash = new_hash.clone();
+                    done += 1;
                     continue;
                 }
                 let runner = NetnsRunner::new(Netns::Named(p.netns.clone()));
@@ -1133,6 +1240,7 @@ pub fn run(
         service_cidr: cfg.service_cidr.to_string(),
         backend: cfg.backend.to_string(),
         untrack_excluded_inbound: cfg.untrack_excluded_inbound,
+        ebpf_capture: cfg.ebpf_capture,
     });
     let mut svc_ipam = Ipam::new(cfg.service_cidr, 0);
     let mut lost = Vec::new();
@@ -1253,6 +1361,11 @@ pub fn sweep(state_dir: &Path, prefix: &str) -> Result<Vec<String>, MeshError> {
         out.push(format!("killed {} process(es)", pids.len()));
     }
     for ns in namespaces {
+        // Pins would outlive the namespace (until the next eBPF apply sweeps them).
+        let n = Netns::Named(ns.clone());
+        if meshpass_capture::linux::ebpf::is_installed(&n).unwrap_or(false) {
+            let _ = meshpass_capture::linux::ebpf::remove(&n, &NetnsRunner::new(n.clone()));
+        }
         net::netns_del(&ns)?;
         out.push(format!("removed network namespace {ns}"));
     }

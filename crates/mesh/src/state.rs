@@ -39,6 +39,9 @@ pub struct NetState {
     /// the management plane compiles its previews and counter labels with it.
     #[serde(default)]
     pub untrack_excluded_inbound: bool,
+    /// Whether pods are captured with eBPF programs (`meshpass up --ebpf-capture`).
+    #[serde(default)]
+    pub ebpf_capture: bool,
 }
 
 /// Everything that survives a restart.
@@ -145,6 +148,7 @@ mod tests {
             service_cidr: "198.19.0.0/16".into(),
             backend: "nftables".into(),
             untrack_excluded_inbound: true,
+            ebpf_capture: false,
         });
         state.save(dir.path()).expect("save");
         state.save(dir.path()).expect("save again over the old file");

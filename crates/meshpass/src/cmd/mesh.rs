@@ -52,6 +52,11 @@ pub struct UpArgs {
     /// without a mesh. See the README's "Untracked passthrough" for the one caveat.
     #[arg(long)]
     untrack_excluded_inbound: bool,
+    /// Capture with eBPF programs instead of netfilter rules: the same passthrough settings,
+    /// and passthrough traffic meets no per-packet hook (sidecars run in EBPF mode with
+    /// NET_ADMIN and BPF). See the README's "eBPF capture".
+    #[arg(long, conflicts_with = "untrack_excluded_inbound")]
+    ebpf_capture: bool,
 }
 
 /// `--state-dir` for the client commands.
@@ -208,6 +213,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     cfg.netns_prefix = a.netns_prefix;
     cfg.drain = std::time::Duration::from_secs(a.drain_seconds);
     cfg.untrack_excluded_inbound = a.untrack_excluded_inbound;
+    cfg.ebpf_capture = a.ebpf_capture;
     if let Some(cmd) = a.sidecar_command.filter(|c| !c.trim().is_empty()) {
         cfg.sidecar_argv = cmd.split_whitespace().map(str::to_string).collect();
     }
