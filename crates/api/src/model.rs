@@ -219,14 +219,14 @@ pub struct CheckReport {
 pub struct RuleCounter {
     /// The pod it was read from.
     pub pod: String,
-    /// `ipv4` or `ipv6`.
+    /// `ipv4` or `ipv6`; `any` for eBPF capture, whose counters serve both.
     pub family: String,
     /// The rule's label (`meshpass_capture::compile::labels`), e.g. `exclude-inbound-ports`.
     pub label: String,
     /// The rule as the kernel lists it.
     pub rule: String,
     /// Packets that matched (nat-table rules see the first packet of each connection, so
-    /// there this counts connections).
+    /// there this counts connections; eBPF capture counts connections).
     pub packets: u64,
     /// Bytes that matched.
     pub bytes: u64,

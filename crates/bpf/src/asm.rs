@@ -189,6 +189,7 @@ const CLASS_JMP32: u8 = 0x06;
 const CLASS_ALU64: u8 = 0x07;
 const MODE_IMM: u8 = 0x00;
 const MODE_MEM: u8 = 0x60;
+const MODE_ATOMIC: u8 = 0xc0;
 const SRC_X: u8 = 0x08;
 const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
@@ -318,6 +319,9 @@ fn disasm(insns: &[Insn], pc: usize, maps: &[MapRef]) -> String {
         }
         CLASS_LDX => format!("r{d} = *({} *)(r{s} {:+})", Size::from_code(i.code).c_type(), i.off),
         CLASS_ST => format!("*({} *)(r{d} {:+}) = {}", Size::from_code(i.code).c_type(), i.off, i.imm),
+        CLASS_STX if i.code & 0xe0 == MODE_ATOMIC && i.imm == 0 => {
+            format!("lock *({} *)(r{d} {:+}) += r{s}", Size::from_code(i.code).c_type(), i.off)
+        }
         CLASS_STX => format!("*({} *)(r{d} {:+}) = r{s}", Size::from_code(i.code).c_type(), i.off),
         CLASS_ALU | CLASS_ALU64 => {
             let w = if class == CLASS_ALU { "w" } else { "r" };
@@ -432,6 +436,11 @@ impl Asm {
     /// `*(size *)(dst + off) = src`.
     pub fn store_reg(&mut self, size: Size, dst: Reg, off: i16, src: Reg) {
         self.push(Insn::new(CLASS_STX | MODE_MEM | size.code(), dst as u8, src as u8, off, 0));
+    }
+
+    /// `lock *(u64 *)(dst + off) += src`: an atomic add, for counters shared by CPUs.
+    pub fn atomic_add64(&mut self, dst: Reg, off: i16, src: Reg) {
+        self.push(Insn::new(CLASS_STX | MODE_ATOMIC | Size::Dw.code(), dst as u8, src as u8, off, 0));
     }
 
     /// `dst = imm64` (two instruction slots).
@@ -571,6 +580,17 @@ mod tests {
             p.listing().lines().collect::<Vec<_>>(),
             ["   0: r1 = map[0]", "   2: r2 = 0x100000002 ll", "   4: r0 = 0", "   5: exit"]
         );
+    }
+
+    #[test]
+    fn atomic_add_encodes_as_bpf_atomic_add() {
+        let mut a = Asm::new();
+        a.atomic_add64(Reg::R0, 8, Reg::R1);
+        a.ret(0);
+        let p = a.finish().expect("assembles");
+        // The kernel's BPF_ATOMIC_OP(BPF_DW, BPF_ADD, BPF_REG_0, BPF_REG_1, 8).
+        assert_eq!(&p.bytes(&[]).expect("no maps")[..8], &[0xdb, 0x10, 8, 0, 0, 0, 0, 0]);
+        assert!(p.listing().starts_with("   0: lock *(u64 *)(r0 +8) += r1\n"), "{}", p.listing());
     }
 
     #[test]

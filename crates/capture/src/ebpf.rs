@@ -57,6 +57,84 @@ pub enum ListenerSlot {
 /// Entries of the listener map.
 pub const LISTENER_SLOTS: u32 = 4;
 
+/// Connection counters the programs keep (an array map, one `u64` per entry), named by the
+/// rule labels of the netfilter backends so the management plane counts both alike. Each
+/// counts connections: `sk_lookup` and the connect hooks run once per connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Handed to the inbound listener (`*` capture).
+    CaptureInbound = 0,
+    /// Passed by an operator-excluded inbound port.
+    ExcludeInboundPorts = 1,
+    /// Passed by one of the sidecar's own ports (15090, 15021, 15020).
+    SidecarPorts = 2,
+    /// Handed to the outbound listener.
+    CaptureOutbound = 3,
+    /// Passed by an excluded outbound port.
+    ExcludeOutboundPorts = 4,
+    /// Passed by an excluded outbound address range.
+    ExcludeOutboundIpRanges = 5,
+    /// Handed to the inbound listener by an include list.
+    IncludeInboundPorts = 6,
+}
+
+impl Counter {
+    /// Every counter, in map order.
+    pub const ALL: [Counter; 7] = [
+        Counter::CaptureInbound,
+        Counter::ExcludeInboundPorts,
+        Counter::SidecarPorts,
+        Counter::CaptureOutbound,
+        Counter::ExcludeOutboundPorts,
+        Counter::ExcludeOutboundIpRanges,
+        Counter::IncludeInboundPorts,
+    ];
+
+    /// The rule label this counter stands for.
+    pub fn label(self) -> &'static str {
+        use crate::compile::labels;
+        match self {
+            Counter::CaptureInbound => labels::CAPTURE_INBOUND,
+            Counter::ExcludeInboundPorts => labels::EXCLUDE_INBOUND_PORTS,
+            Counter::SidecarPorts => labels::SIDECAR_PORTS,
+            Counter::CaptureOutbound => labels::CAPTURE_OUTBOUND,
+            Counter::ExcludeOutboundPorts => labels::EXCLUDE_OUTBOUND_PORTS,
+            Counter::ExcludeOutboundIpRanges => labels::EXCLUDE_OUTBOUND_IP_RANGES,
+            Counter::IncludeInboundPorts => labels::INCLUDE_INBOUND_PORTS,
+        }
+    }
+}
+
+/// Map slots: the `sk_lookup` program uses the listener map (0) and the counters (1); the
+/// connect hooks only the counters (0).
+const SKL_COUNTERS: u32 = 1;
+const CONNECT_COUNTERS: u32 = 0;
+
+/// Adds one to `counter` (clobbers R0–R5 and fp-8).
+fn count(a: &mut Asm, map_slot: u32, counter: Counter) {
+    let skip = a.label();
+    a.store_imm(Size::W, Reg::R10, -8, counter as i32);
+    a.ld_map(Reg::R1, map_slot);
+    a.mov64_reg(Reg::R2, Reg::R10);
+    a.alu64_imm(Alu::Add, Reg::R2, -8);
+    a.call(Helper::MapLookupElem);
+    a.jmp_imm(Cond::Eq, Reg::R0, 0, skip);
+    a.mov64_imm(Reg::R1, 1);
+    a.atomic_add64(Reg::R0, 0, Reg::R1);
+    a.bind(skip);
+}
+
+/// Emits, for each used label, `label: count; goto to`. Place after an exit.
+fn count_blocks(a: &mut Asm, map_slot: u32, blocks: &[(Label, Counter)], to: Label) {
+    for (l, c) in blocks {
+        if a.is_used(*l) {
+            a.bind(*l);
+            count(a, map_slot, *c);
+            a.ja(to);
+        }
+    }
+}
+
 /// A setting that eBPF capture cannot honour.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EbpfError {
@@ -75,7 +153,8 @@ pub enum EbpfError {
     Assemble(#[from] AsmError),
 }
 
-/// Everything to install: three programs and the outbound route.
+/// Everything to install: three programs and the outbound route. The `sk_lookup` program's
+/// map slots are the listener map and the counters; the connect hooks' the counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EbpfPlan {
     /// Inbound and outbound hand-off; map slot 0 is the listener map.
@@ -251,6 +330,7 @@ fn sk_lookup(cfg: &CaptureConfig) -> Result<Program, AsmError> {
     let drop = a.label();
     let assign = a.label();
     let v6 = a.label();
+    let passed = InboundPassed { sidecar: a.label(), excluded: a.label() };
     a.mov64_reg(Reg::R6, Reg::R1);
     a.load(Size::W, Reg::R2, Reg::R6, SKL_PROTOCOL);
     a.jmp32_imm(Cond::Ne, Reg::R2, IPPROTO_TCP, pass);
@@ -275,7 +355,8 @@ fn sk_lookup(cfg: &CaptureConfig) -> Result<Program, AsmError> {
     a.alu32_imm(Alu::And, Reg::R2, 0xff);
     a.jmp32_imm(Cond::Eq, Reg::R2, 127, pass);
     a.jmp32_imm(Cond::Eq, Reg::R8, LO_IFINDEX, pass);
-    if inbound_ports(&mut a, cfg, pass) {
+    if let Some(counter) = inbound_ports(&mut a, cfg, pass, &passed) {
+        count(&mut a, SKL_COUNTERS, counter);
         a.store_imm(Size::W, Reg::R10, -4, ListenerSlot::InboundV4 as i32);
         a.ja(assign);
     }
@@ -300,7 +381,8 @@ fn sk_lookup(cfg: &CaptureConfig) -> Result<Program, AsmError> {
         a.ja(assign);
         a.bind(inbound6);
         a.jmp32_imm(Cond::Eq, Reg::R8, LO_IFINDEX, pass);
-        if inbound_ports(&mut a, cfg, pass) {
+        if let Some(counter) = inbound_ports(&mut a, cfg, pass, &passed) {
+            count(&mut a, SKL_COUNTERS, counter);
             a.store_imm(Size::W, Reg::R10, -4, ListenerSlot::InboundV6 as i32);
             a.ja(assign);
         }
@@ -328,21 +410,37 @@ fn sk_lookup(cfg: &CaptureConfig) -> Result<Program, AsmError> {
     a.ret(SK_PASS);
     a.bind(drop);
     a.ret(SK_DROP);
+    count_blocks(
+        &mut a,
+        SKL_COUNTERS,
+        &[(passed.sidecar, Counter::SidecarPorts), (passed.excluded, Counter::ExcludeInboundPorts)],
+        pass,
+    );
     a.finish()
 }
 
-/// Falls through when the port in R7 is captured inbound, jumps to `pass` otherwise.
-/// Returns false when no port is captured (nothing falls through).
-fn inbound_ports(a: &mut Asm, cfg: &CaptureConfig, pass: Label) -> bool {
+/// Where excluded inbound ports go to be counted before passing.
+struct InboundPassed {
+    sidecar: Label,
+    excluded: Label,
+}
+
+/// Falls through when the port in R7 is captured inbound, jumps elsewhere otherwise (an
+/// excluded port to its counting label in `passed`). Returns the counter of the captured
+/// path, or `None` when no port is captured (nothing falls through).
+fn inbound_ports(a: &mut Asm, cfg: &CaptureConfig, pass: Label, passed: &InboundPassed) -> Option<Counter> {
     match &cfg.include_inbound_ports {
         PortSpec::Wildcard => {
             a.jmp32_imm(Cond::Eq, Reg::R7, u32::from(cfg.inbound_tunnel_port), pass);
-            port_in(a, Reg::R7, &cfg.exclude_inbound_ports, pass);
-            true
+            for r in cfg.exclude_inbound_ports.ranges() {
+                let own = cfg.sidecar_inbound_ports.ranges().contains(r);
+                port_range(a, Reg::R7, *r, if own { passed.sidecar } else { passed.excluded });
+            }
+            Some(Counter::CaptureInbound)
         }
         PortSpec::List(ports) if ports.is_empty() => {
             a.ja(pass);
-            false
+            None
         }
         PortSpec::List(ports) => {
             let hit = a.label();
@@ -350,7 +448,7 @@ fn inbound_ports(a: &mut Asm, cfg: &CaptureConfig, pass: Label) -> bool {
             port_in(a, Reg::R7, ports, hit);
             a.ja(pass);
             a.bind(hit);
-            true
+            Some(Counter::IncludeInboundPorts)
         }
     }
 }
@@ -369,6 +467,7 @@ impl Outbound<'_> {
         let mut a = Asm::new();
         let allow = a.label();
         let capture = a.label();
+        let (ex_port, ex_net) = (a.label(), a.label());
         a.mov64_reg(Reg::R6, Reg::R1);
         a.call(Helper::GetNetnsCookie);
         a.ld_imm64(Reg::R2, self.netns_cookie);
@@ -391,7 +490,7 @@ impl Outbound<'_> {
         a.alu32_imm(Alu::And, Reg::R2, 0xff);
         a.alu32_imm(Alu::Lsh, Reg::R2, 8);
         a.alu32_reg(Alu::Or, Reg::R7, Reg::R2);
-        port_in(&mut a, Reg::R7, &cfg.exclude_outbound_ports, allow);
+        port_in(&mut a, Reg::R7, &cfg.exclude_outbound_ports, ex_port);
 
         let v4 = a.label();
         if v6 {
@@ -405,7 +504,7 @@ impl Outbound<'_> {
             a.ja(v4);
             a.bind(native);
             if cfg.enable_ipv6 {
-                self.v6_checks(&mut a, allow, capture);
+                self.v6_checks(&mut a, allow, ex_net, capture);
             } else {
                 a.ja(allow);
             }
@@ -413,10 +512,11 @@ impl Outbound<'_> {
             a.load(Size::W, Reg::R8, Reg::R6, SA_USER_IP4);
         }
         a.bind(v4);
-        self.v4_checks(&mut a, allow, capture);
+        self.v4_checks(&mut a, allow, ex_net, capture);
 
         if a.is_used(capture) {
             a.bind(capture);
+            count(&mut a, CONNECT_COUNTERS, Counter::CaptureOutbound);
             a.store_imm(Size::W, Reg::R10, -4, EBPF_OUTBOUND_MARK as i32);
             a.mov64_reg(Reg::R1, Reg::R6);
             a.mov64_imm(Reg::R2, SOL_SOCKET);
@@ -428,18 +528,24 @@ impl Outbound<'_> {
         }
         a.bind(allow);
         a.ret(1);
+        count_blocks(
+            &mut a,
+            CONNECT_COUNTERS,
+            &[(ex_port, Counter::ExcludeOutboundPorts), (ex_net, Counter::ExcludeOutboundIpRanges)],
+            allow,
+        );
         a.finish()
     }
 
     /// Istio's outbound order after the owner and excluded-port checks: loopback and excluded
     /// ranges pass, included ports are captured, then included ranges.
-    fn v4_checks(&self, a: &mut Asm, allow: Label, capture: Label) {
+    fn v4_checks(&self, a: &mut Asm, allow: Label, excluded: Label, capture: Label) {
         let cfg = self.cfg;
         a.mov64_reg(Reg::R2, Reg::R8);
         a.alu32_imm(Alu::And, Reg::R2, 0xff);
         a.jmp32_imm(Cond::Eq, Reg::R2, 127, allow);
         for net in cfg.exclude_outbound_ip_ranges.v4() {
-            v4_in(a, Reg::R8, Reg::R2, net, allow);
+            v4_in(a, Reg::R8, Reg::R2, net, excluded);
         }
         port_in(a, Reg::R7, &cfg.include_outbound_ports, capture);
         match &cfg.include_outbound_ip_ranges {
@@ -453,11 +559,11 @@ impl Outbound<'_> {
         }
     }
 
-    fn v6_checks(&self, a: &mut Asm, allow: Label, capture: Label) {
+    fn v6_checks(&self, a: &mut Asm, allow: Label, excluded: Label, capture: Label) {
         let cfg = self.cfg;
         v6_is(a, Reg::R6, SA_USER_IP6, Reg::R2, Ipv6Addr::LOCALHOST, allow);
         for net in cfg.exclude_outbound_ip_ranges.v6() {
-            v6_in(a, Reg::R6, SA_USER_IP6, Reg::R2, net, allow);
+            v6_in(a, Reg::R6, SA_USER_IP6, Reg::R2, net, excluded);
         }
         port_in(a, Reg::R7, &cfg.include_outbound_ports, capture);
         match &cfg.include_outbound_ip_ranges {
@@ -530,7 +636,9 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.connect4.listing().contains("r2 = 0x1122334455667788 ll"), "{}", a.connect4);
         assert!(a.connect6.listing().contains("r2 = 0x1122334455667788 ll"));
-        assert_eq!(a.sk_lookup.maps.len(), 1, "the listener map, once");
+        let slots = |p: &Program| p.maps.iter().map(|m| m.slot).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(slots(&a.sk_lookup), [0, 1].into(), "listener map and counters");
+        assert_eq!(slots(&a.connect4), [0].into(), "counters");
         assert_eq!(a.proxy_owner, (1337, 1337));
     }
 
@@ -560,6 +668,28 @@ mod tests {
         let p =
             compile_ebpf(&cfg(IstioArgs { include_ip_ranges: Some(String::new()), ..args() }), 1).expect("compiles");
         assert!(!p.connect4.listing().contains("call setsockopt"), "{}", p.connect4);
+    }
+
+    #[test]
+    fn passthrough_is_counted_per_kind_of_port() {
+        let p = compile_ebpf(&cfg(args()), 1).expect("compiles");
+        let l = p.sk_lookup.listing();
+        // Counter indices as stored before the map lookup.
+        for c in [Counter::CaptureInbound, Counter::ExcludeInboundPorts] {
+            assert!(l.contains(&format!("*(u32 *)(r10 -8) = {}", c as u32)), "{c:?}: {l}");
+        }
+        assert!(l.contains("lock *(u64 *)(r0 +0) += r1"), "{l}");
+        // Istio's injector config marks 15090/15021/15020 as the sidecar's own.
+        let mut c = cfg(args());
+        c.sidecar_inbound_ports = PortSet::from_ports([15090, 15021, 15020]);
+        let l = compile_ebpf(&c, 1).expect("compiles").sk_lookup.listing();
+        assert!(l.contains(&format!("*(u32 *)(r10 -8) = {}", Counter::SidecarPorts as u32)), "{l}");
+        let c4 = p.connect4.listing();
+        for c in [Counter::CaptureOutbound, Counter::ExcludeOutboundPorts, Counter::ExcludeOutboundIpRanges] {
+            assert!(c4.contains(&format!("*(u32 *)(r10 -8) = {}", c as u32)), "{c:?}: {c4}");
+        }
+        let labels: Vec<_> = Counter::ALL.iter().map(|c| c.label()).collect();
+        assert!(labels.contains(&"exclude-inbound-ports") && labels.contains(&"exclude-outbound-ip-ranges"));
     }
 
     #[test]

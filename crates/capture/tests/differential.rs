@@ -568,6 +568,16 @@ fn ebpf_fails_closed_without_listeners_and_removes_cleanly() {
     assert_eq!(got, ["capture:15006", "capture:15006", "app:5000"]);
     assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
 
+    // Connection counters, by the netfilter backends' rule labels: two connections to the
+    // excluded port, two outbound connect() calls captured (the first one unanswered), and
+    // the inbound captures (SYN retransmissions of the dropped ones count again).
+    let counters: BTreeMap<&str, u64> = linux::ebpf::counters(&netns).expect("counters").into_iter().collect();
+    assert_eq!(counters["exclude-inbound-ports"], 2, "{counters:?}");
+    assert_eq!(counters["capture-outbound"], 2, "{counters:?}");
+    assert!(counters["capture-inbound"] >= 4, "{counters:?}");
+    assert_eq!(counters["sidecar-ports"], 0, "{counters:?}");
+    assert_eq!(counters["exclude-outbound-ports"] + counters["exclude-outbound-ip-ranges"], 0, "{counters:?}");
+
     let dir = linux::ebpf::pin_dir(&netns).expect("pin dir");
     assert!(dir.join("sk_lookup").exists());
     linux::ebpf::remove(&netns, &runner).expect("remove");

@@ -67,6 +67,15 @@ fn local_mesh_with_ebpf_capture() -> Result<()> {
     restart(&mesh, "helloworld-v1")?;
     let r = mesh.curl_from_node(&["-I"], &url)?;
     assert!(is_direct(&r), "expected the app itself:\n{r}");
+    // The management plane's bypass counters come from the programs' connection counters.
+    let (api, token) = mesh.api()?;
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{api}/api/v1/namespaces/default/workloads/helloworld-v1/bypass"))
+        .output()?;
+    let bypass: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("{out:?}"))?;
+    assert!(bypass["totals"]["inbound"]["packets"].as_u64().unwrap_or(0) >= 1, "{bypass}");
+    assert!(bypass.to_string().contains("eBPF capture"), "{bypass}");
     let out = mesh.cli_ok(&["annotate", "--live", "deployment/helloworld-v1", &format!("{EXCLUDE_IN}-")])?;
     assert!(out.contains("re-applied live"), "{out}");
     let r = mesh.curl_from_node(&["-I"], &url)?;

@@ -11,7 +11,7 @@
 
 use super::{in_netns, LinuxError, Netns, Runner};
 use crate::ebpf::{
-    EbpfPlan, EBPF_OUTBOUND_MARK, EBPF_ROUTE_TABLE, LISTENER_SLOTS, OUTBOUND_SOURCE_V4, OUTBOUND_SOURCE_V6,
+    Counter, EbpfPlan, EBPF_OUTBOUND_MARK, EBPF_ROUTE_TABLE, LISTENER_SLOTS, OUTBOUND_SOURCE_V4, OUTBOUND_SOURCE_V6,
 };
 use meshpass_bpf::{Link, LinkTarget, Map, MapKind, Prog, ProgKind};
 use std::fs::File;
@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/meshpass";
 /// The listener map's file in a namespace's pin directory.
 pub const LISTENER_MAP: &str = "listeners";
+/// The connection counters' file.
+pub const COUNTERS_MAP: &str = "counters";
 const LINKS: [&str; 3] = ["sk_lookup", "connect4", "connect6"];
 
 fn file_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LinuxError + 'a {
@@ -183,11 +185,20 @@ fn install(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -
             path: map_path.clone(),
             source: e.into(),
         })?;
+    // Counters survive a re-apply, as the netfilter backends' do.
+    let counters_path = dir.join(COUNTERS_MAP);
+    let counters = if counters_path.exists() {
+        Map::open_pinned(&counters_path)?
+    } else {
+        let m = Map::create(MapKind::Array, 4, 8, Counter::ALL.len() as u32, "mp_counters")?;
+        m.pin(&counters_path)?;
+        m
+    };
     // Verify every program before attaching anything.
     let progs = [
-        Prog::load(ProgKind::SkLookup, &plan.sk_lookup, &[&listeners], "mp_sk_lookup")?,
-        Prog::load(ProgKind::Connect4, &plan.connect4, &[], "mp_connect4")?,
-        Prog::load(ProgKind::Connect6, &plan.connect6, &[], "mp_connect6")?,
+        Prog::load(ProgKind::SkLookup, &plan.sk_lookup, &[&listeners, &counters], "mp_sk_lookup")?,
+        Prog::load(ProgKind::Connect4, &plan.connect4, &[&counters], "mp_connect4")?,
+        Prog::load(ProgKind::Connect6, &plan.connect6, &[&counters], "mp_connect6")?,
     ];
     routes(plan, runner)?;
     let ns_path = netns_file(netns);
@@ -238,7 +249,7 @@ fn sweep_defunct(keep: &Path) {
 }
 
 fn remove_pins(dir: &Path) -> Result<(), LinuxError> {
-    for name in LINKS.iter().chain(&[LISTENER_MAP]) {
+    for name in LINKS.iter().chain(&[LISTENER_MAP, COUNTERS_MAP]) {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -251,6 +262,20 @@ fn remove_pins(dir: &Path) -> Result<(), LinuxError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(file_err("removing", dir)(e)),
     }
+}
+
+/// The connection counters of `netns`'s eBPF capture, by rule label (all zero-valued ones
+/// included).
+pub fn counters(netns: &Netns) -> Result<Vec<(&'static str, u64)>, LinuxError> {
+    let map = Map::open_pinned(&pin_dir(netns)?.join(COUNTERS_MAP))?;
+    Counter::ALL
+        .iter()
+        .map(|c| {
+            let mut v = [0u8; 8];
+            map.lookup(&(*c as u32).to_ne_bytes(), &mut v)?;
+            Ok((c.label(), u64::from_ne_bytes(v)))
+        })
+        .collect()
 }
 
 /// True when eBPF capture is installed for `netns`.
