@@ -104,7 +104,7 @@ use tokio::task::JoinHandle;
 pub use config::{InterceptionMode, ProxyConfig, ServiceBinding};
 pub use error::{ProxyError, UpstreamError};
 pub use metrics::Metrics;
-pub use orig_dst::{Direction, FixedTarget, LocalAddr, OrigDstResolver, SoOriginalDst};
+pub use orig_dst::{Direction, FixedTarget, LocalAddr, OrigDstResolver, SoOriginalDst, TproxyInbound};
 pub use record::ConnectionRecord;
 pub use sniff::Protocol;
 
@@ -259,7 +259,8 @@ impl Proxy {
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
         let resolver: Arc<dyn OrigDstResolver> = match config.interception_mode {
             InterceptionMode::Redirect => Arc::new(SoOriginalDst),
-            InterceptionMode::Tproxy | InterceptionMode::Ebpf => Arc::new(LocalAddr),
+            InterceptionMode::Tproxy => Arc::new(TproxyInbound),
+            InterceptionMode::Ebpf => Arc::new(LocalAddr),
         };
         Self::start_with_resolver(config, resolver).await
     }

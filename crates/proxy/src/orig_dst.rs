@@ -100,6 +100,22 @@ impl OrigDstResolver for LocalAddr {
     }
 }
 
+/// Istio's `TPROXY` mode: only *inbound* connections are delivered by TPROXY (the accepted
+/// socket's local address is the destination); outbound ones are still NAT-redirected to
+/// 15001, so their destination comes from conntrack (`SO_ORIGINAL_DST`), as Envoy's
+/// original-destination listener filter does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TproxyInbound;
+
+impl OrigDstResolver for TproxyInbound {
+    fn original_dst(&self, stream: &TcpStream, direction: Direction) -> Result<SocketAddr, OrigDstError> {
+        match direction {
+            Direction::Inbound => LocalAddr.original_dst(stream, direction),
+            Direction::Outbound => SoOriginalDst.original_dst(stream, direction),
+        }
+    }
+}
+
 /// Test resolver: every connection of a direction "was going" to a fixed address.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FixedTarget {

@@ -113,17 +113,41 @@ fn apply_capture_rules(
     exclude_outbound_cidrs: &[&str],
     exclude_outbound_ports: &[u16],
 ) -> Result<String> {
+    apply_rules(netns, exclude_inbound_ports, exclude_outbound_cidrs, exclude_outbound_ports, None)
+}
+
+/// [`apply_capture_rules`] in Istio's `TPROXY` interception mode (mangle-table TPROXY for
+/// inbound, its mark routes, REDIRECT for outbound).
+fn apply_tproxy_rules(
+    netns: &str,
+    exclude_inbound_ports: &[u16],
+    exclude_outbound_cidrs: &[&str],
+    exclude_outbound_ports: &[u16],
+) -> Result<String> {
+    apply_rules(netns, exclude_inbound_ports, exclude_outbound_cidrs, exclude_outbound_ports, Some("TPROXY"))
+}
+
+fn apply_rules(
+    netns: &str,
+    exclude_inbound_ports: &[u16],
+    exclude_outbound_cidrs: &[&str],
+    exclude_outbound_ports: &[u16],
+    mode: Option<&str>,
+) -> Result<String> {
     use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner};
     use meshpass_settings::{keys, Settings};
     let join = |v: Vec<String>| v.join(",");
-    let ann = std::collections::BTreeMap::from([
+    let ann: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::from([
         (keys::EXCLUDE_INBOUND_PORTS.to_string(), join(exclude_inbound_ports.iter().map(u16::to_string).collect())),
         (
             keys::EXCLUDE_OUTBOUND_IP_RANGES.to_string(),
             join(exclude_outbound_cidrs.iter().map(|c| c.to_string()).collect()),
         ),
         (keys::EXCLUDE_OUTBOUND_PORTS.to_string(), join(exclude_outbound_ports.iter().map(u16::to_string).collect())),
-    ]);
+    ])
+    .into_iter()
+    .chain(mode.map(|m| (keys::INTERCEPTION_MODE.to_string(), m.to_string())))
+    .collect();
     let settings = Settings::from_annotations(&ann).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = meshpass_capture::CaptureConfig::from_settings(&settings, &meshpass_capture::InjectorValues::default())
         .context("interception mode NONE")?;
@@ -165,6 +189,8 @@ enum Capture {
     Rules,
     /// eBPF capture; the sidecar runs in EBPF mode with NET_ADMIN and BPF.
     Ebpf,
+    /// Istio's rules in TPROXY mode; the sidecar runs in TPROXY mode with NET_ADMIN.
+    Tproxy,
 }
 
 /// A blocking HTTP app that answers `peer=<source ip>` with its own `Server` header.
@@ -228,6 +254,21 @@ impl ProxyProcess {
                 Capture::Rules => {
                     let mut c = Command::new(bin);
                     c.uid(1337).gid(1337);
+                    c
+                }
+                Capture::Tproxy => {
+                    // As Istio's TPROXY sidecar: NET_ADMIN for the transparent listener.
+                    let mut c = Command::new("setpriv");
+                    c.args([
+                        "--reuid=1337",
+                        "--regid=1337",
+                        "--clear-groups",
+                        "--inh-caps=+net_admin",
+                        "--ambient-caps=+net_admin",
+                        "--",
+                        bin,
+                    ])
+                    .env("MESHPASS_PROXY_INTERCEPTION_MODE", "TPROXY");
                     c
                 }
                 Capture::Ebpf => {
@@ -379,6 +420,7 @@ fn setup(capture: Capture) -> Result<Pod> {
     let apply = match capture {
         Capture::Rules => apply_capture_rules,
         Capture::Ebpf => apply_ebpf_capture,
+        Capture::Tproxy => apply_tproxy_rules,
     };
     let rules = apply(
         &topo.pod,
@@ -400,6 +442,22 @@ fn inbound_captured_and_excluded_ports() -> Result<()> {
         return Ok(());
     }
     inbound_case(Capture::Rules)
+}
+
+#[test]
+fn tproxy_inbound_captured_and_excluded_ports() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    inbound_case(Capture::Tproxy)
+}
+
+#[test]
+fn tproxy_outbound_captured_and_excluded_destinations() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    outbound_case(Capture::Tproxy)
 }
 
 #[test]
