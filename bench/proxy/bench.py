@@ -14,6 +14,10 @@ wrk from the client namespace:
   (e) nginx         nginx reverse proxy on excluded :18083 -> 127.0.0.1:18080
   (f) haproxy-redirect  :18084, captured like (c): REDIRECT -> HAProxy :18082 -> app, so the
                     two proxies compare on the same kernel path
+  (b3) ebpf         app :18080 with meshpass's eBPF capture instead of rules (needs --meshpass)
+  (c3) meshpass-ebpf  :18081 captured by eBPF capture (sk_lookup) -> a second meshpass in EBPF
+                    mode (listeners :15106/:15101, NET_ADMIN and BPF) -> 127.0.0.6 -> app; no
+                    netfilter on the path, like HAProxy's (d)
 
 Modes: closed loop 16 connections, and paced ~1000 req/s (16 connections, 16 ms think time).
 Per proxy: CPU seconds per 1000 requests from /proc/PID/stat (utime+stime, all threads and
@@ -151,6 +155,9 @@ class Bench:
             self.rules_off()
             self.meshpass_cli("-b", "*", "-d", ",".join(str(p) for p in EXCLUDED_INBOUND), "-i", "*", "-u", "1337")
             self.ebpf_on = True
+            if getattr(self, "want_ebpf_proxy", False):
+                # A fresh install has an empty listener map: the sidecar registers at start.
+                self.start_meshpass_ebpf()
         elif needs:
             self.rules_on(untracked=needs == "untracked")
         else:
@@ -245,6 +252,30 @@ class Bench:
         # ip netns exec and setpriv both exec(), so the child's PID is the proxy's.
         self.procs["meshpass"] = [p.pid]
         self.meshpass_proc = p
+
+    def start_meshpass_ebpf(self):
+        """(c3)'s sidecar: EBPF mode, its own listener ports (the (c) instance keeps 15001/15006),
+        admin endpoints off, UID 1337 with NET_ADMIN and BPF."""
+        for pid in self.procs.pop("meshpass-ebpf", []):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        env = dict(os.environ, MESHPASS_PROXY_WORKER_THREADS=str(self.a.workers), RUST_LOG="warn",
+                   MESHPASS_PROXY_INTERCEPTION_MODE="EBPF", MESHPASS_PROXY_INBOUND_ADDR="0.0.0.0:15106",
+                   MESHPASS_PROXY_OUTBOUND_ADDR="0.0.0.0:15101", MESHPASS_PROXY_ADMIN_ADDR="off",
+                   MESHPASS_PROXY_READINESS_ADDR="off", MESHPASS_PROXY_PROMETHEUS_ADDR="off")
+        # nsenter, not `ip netns exec`: that also remounts /sys, hiding the bpf file system with
+        # the listener map the sidecar registers in.
+        p = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.pod}", "setpriv", "--reuid=1337", "--regid=1337",
+                              "--clear-groups", "--inh-caps=+net_admin,+bpf", "--ambient-caps=+net_admin,+bpf",
+                              self.a.proxy_bin], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = p.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"meshpass (EBPF) did not start: {line!r}")
+        self.children.append(p)
+        self.procs["meshpass-ebpf"] = [p.pid]
 
     def stop_meshpass(self):
         p = self.meshpass_proc
@@ -462,6 +493,7 @@ TARGETS = [  # name, port, rules needed, proxy process group
     ("b-passthrough", 18080, True, None),
     ("b2-untracked", 18080, "untracked", None),
     ("b3-ebpf", 18080, "ebpf", None),
+    ("c3-meshpass-ebpf", 18081, "ebpf", "meshpass-ebpf"),
     ("c-meshpass", 18081, True, "meshpass"),
     ("d-haproxy", 18082, True, "haproxy"),
     ("e-nginx", 18083, True, "nginx"),
@@ -495,6 +527,7 @@ def main():
             ap.error(f"unknown target(s) {unknown}; known: {[name for name, *_ in TARGETS]}")
         TARGETS[:] = [t for t in TARGETS if t[0] in wanted]
     b = Bench(a)
+    b.want_ebpf_proxy = any(t[0] == "c3-meshpass-ebpf" for t in TARGETS)
     res = {"runs": [], "sweep": [], "idle_rss_kb": {}, "ir": []}
     if a.only_ir:
         a.reps, a.worker_sweep = 0, ""
@@ -506,7 +539,8 @@ def main():
         time.sleep(1.0)
         for name in ("meshpass", "haproxy", "nginx"):
             res["idle_rss_kb"][name] = b.rss_kb(name)
-        for name, port, _, _ in TARGETS:
+        for name, port, needs, _ in TARGETS:
+            b.rules_for(needs)
             status, envoy = b.check(port)
             print(f"check {name}: {status} envoy-headers={envoy}", flush=True)
             res.setdefault("checks", {})[name] = [status, envoy]
@@ -613,6 +647,16 @@ def paired(res):
             ("(b2) / (a) req/s @16", "b2-untracked", "a-direct", "rps", "c16"),
             ("(b2) / (a) machine CPU per req @16", "b2-untracked", "a-direct", "machine_cpu_us_per_req", "c16"),
             ("(b2) / (a) p50 @1000", "b2-untracked", "a-direct", "p50_ms", "paced1000"),
+            ("meshpass with eBPF capture (c3) / HAProxy req/s @16", "c3-meshpass-ebpf", "d-haproxy", "rps", "c16"),
+            ("(c3) / HAProxy CPU per req @16", "c3-meshpass-ebpf", "d-haproxy", "task_clock_ms_per_req", "c16"),
+            ("(c3) / HAProxy CPU per req @1000", "c3-meshpass-ebpf", "d-haproxy", "task_clock_ms_per_req", "paced1000"),
+            ("(c3) / HAProxy proxy CPU per req @16 (/proc)", "c3-meshpass-ebpf", "d-haproxy", "cpu_s_per_1k", "c16"),
+            ("(c3) / HAProxy proxy CPU per req @1000 (/proc)", "c3-meshpass-ebpf", "d-haproxy", "cpu_s_per_1k",
+             "paced1000"),
+            ("(c3) / HAProxy machine CPU per req @16", "c3-meshpass-ebpf", "d-haproxy", "machine_cpu_us_per_req", "c16"),
+            ("(c3) / HAProxy p50 @1000", "c3-meshpass-ebpf", "d-haproxy", "p50_ms", "paced1000"),
+            ("(c3) / (c) req/s @16", "c3-meshpass-ebpf", "c-meshpass", "rps", "c16"),
+            ("(c) / HAProxy proxy CPU per req @16 (/proc)", "c-meshpass", "d-haproxy", "cpu_s_per_1k", "c16"),
             ("(b3) / (a) req/s @16", "b3-ebpf", "a-direct", "rps", "c16"),
             ("(b3) / (a) machine CPU per req @16", "b3-ebpf", "a-direct", "machine_cpu_us_per_req", "c16"),
             ("(b3) / (a) p50 @1000", "b3-ebpf", "a-direct", "p50_ms", "paced1000"),

@@ -22,7 +22,7 @@ pub enum ProxyError {
         source: io::Error,
     },
     /// The listeners could not be registered with eBPF capture.
-    #[error("registering the {listener} listener with eBPF capture (is `meshpass iptables --ebpf` applied in this network namespace?): {reason}")]
+    #[error("registering the {listener} listener with eBPF capture (is `meshpass iptables --ebpf` applied in this network namespace, and the bpf file system visible at /sys/fs/bpf? `ip netns exec` remounts /sys and hides it: enter the namespace with `nsenter --net=...`): {reason}")]
     Ebpf {
         /// Which listener.
         listener: &'static str,
