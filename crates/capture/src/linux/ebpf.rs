@@ -249,8 +249,14 @@ fn sweep_defunct(keep: &Path) {
 }
 
 fn remove_pins(dir: &Path) -> Result<(), LinuxError> {
-    for name in LINKS.iter().chain(&[LISTENER_MAP, COUNTERS_MAP]) {
-        let path = dir.join(name);
+    // Every pin in the directory, including a `*_new` link left by an interrupted move.
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(file_err("reading", dir)(e)),
+    };
+    for e in entries.flatten() {
+        let path = e.path();
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
