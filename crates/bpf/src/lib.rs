@@ -152,21 +152,12 @@ impl Map {
 
     /// Opens a map pinned at `path`.
     pub fn open_pinned(path: &Path) -> Result<Self, BpfError> {
-        let fd = sys::obj_get(path).map_err(|source| BpfError::Pin {
-            op: "opening pinned",
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self { fd, name: path.display().to_string() })
+        Ok(Self { fd: get_pinned(path)?, name: path.display().to_string() })
     }
 
     /// Pins the map at `path`.
     pub fn pin(&self, path: &Path) -> Result<(), BpfError> {
-        sys::obj_pin(self.fd.as_fd(), path).map_err(|source| BpfError::Pin {
-            op: "pinning",
-            path: path.to_owned(),
-            source,
-        })
+        pin(self.fd.as_fd(), path)
     }
 
     /// Writes `value` at `key` (creating or replacing).
@@ -269,21 +260,12 @@ impl Link {
 
     /// Opens a link pinned at `path`.
     pub fn open_pinned(path: &Path) -> Result<Self, BpfError> {
-        let fd = sys::obj_get(path).map_err(|source| BpfError::Pin {
-            op: "opening pinned",
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self { fd, name: path.display().to_string() })
+        Ok(Self { fd: get_pinned(path)?, name: path.display().to_string() })
     }
 
     /// Pins the link at `path`, so it outlives this process.
     pub fn pin(&self, path: &Path) -> Result<(), BpfError> {
-        sys::obj_pin(self.fd.as_fd(), path).map_err(|source| BpfError::Pin {
-            op: "pinning",
-            path: path.to_owned(),
-            source,
-        })
+        pin(self.fd.as_fd(), path)
     }
 
     /// What the link is attached to.
@@ -309,6 +291,14 @@ impl Link {
             source,
         })
     }
+}
+
+fn get_pinned(path: &Path) -> Result<OwnedFd, BpfError> {
+    sys::obj_get(path).map_err(|source| BpfError::Pin { op: "opening pinned", path: path.to_owned(), source })
+}
+
+fn pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), BpfError> {
+    sys::obj_pin(fd, path).map_err(|source| BpfError::Pin { op: "pinning", path: path.to_owned(), source })
 }
 
 /// The network-namespace cookie of a socket (what `bpf_get_netns_cookie` returns for

@@ -48,14 +48,7 @@ fn local_mesh_with_ebpf_capture() -> Result<()> {
         mesh.wait_ready("default", w)?;
     }
     mesh.wait_ready("external", "external")?;
-    let svcs: serde_json::Value = serde_json::from_str(&mesh.cli_ok(&["get", "svc", "-o", "json"])?)?;
-    let ip_of = |name: &str| -> Result<String> {
-        svcs.as_array()
-            .and_then(|a| a.iter().find(|s| s["name"] == name))
-            .and_then(|s| s["cluster_ip"].as_str())
-            .map(str::to_string)
-            .with_context(|| format!("service {name} in {svcs}"))
-    };
+    let ip_of = |name: &str| mesh.service_ip(name);
     let url = format!("http://{}:5000/hello", ip_of("helloworld")?);
 
     // Inbound: the sk_lookup program hands port 5000 to the sidecar.

@@ -29,14 +29,7 @@ fn passthrough(mesh: &Mesh, args: &[&str]) -> Result<(i32, String, String)> {
 }
 
 fn helloworld_url(mesh: &Mesh) -> Result<String> {
-    let svcs: serde_json::Value = serde_json::from_str(&mesh.cli_ok(&["get", "svc", "-o", "json"])?)?;
-    let ip = svcs
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == "helloworld"))
-        .and_then(|s| s["cluster_ip"].as_str())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("no helloworld service: {svcs}"))?;
-    Ok(format!("http://{ip}:5000/hello"))
+    Ok(format!("http://{}:5000/hello", mesh.service_ip("helloworld")?))
 }
 
 fn api_get(url: &str, token: &str, path: &str) -> Result<serde_json::Value> {

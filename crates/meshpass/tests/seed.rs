@@ -70,14 +70,7 @@ fn seed_scenario() -> Result<()> {
     let svc = mesh.cli_ok(&["get", "svc"])?;
     let line = svc.lines().find(|l| l.contains("helloworld")).with_context(|| svc.clone())?;
     assert!(line.contains("5000"), "{svc}");
-    let svcs: serde_json::Value = serde_json::from_str(&mesh.cli_ok(&["get", "svc", "-o", "json"])?)?;
-    let ip_of = |name: &str| -> Result<String> {
-        svcs.as_array()
-            .and_then(|a| a.iter().find(|s| s["name"] == name))
-            .and_then(|s| s["cluster_ip"].as_str())
-            .map(str::to_string)
-            .with_context(|| format!("service {name} in {svcs}"))
-    };
+    let ip_of = |name: &str| mesh.service_ip(name);
     let hello_ip = ip_of("helloworld")?;
     assert!(line.contains(&hello_ip), "{svc}");
     let url = format!("http://{hello_ip}:5000/hello");

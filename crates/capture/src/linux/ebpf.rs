@@ -293,20 +293,7 @@ pub fn is_installed(netns: &Netns) -> Result<bool, LinuxError> {
 /// the route and `::7`. Idempotent.
 pub fn remove(netns: &Netns, runner: &dyn Runner) -> Result<(), LinuxError> {
     remove_pins(&pin_dir(netns)?)?;
-    let table = EBPF_ROUTE_TABLE.to_string();
-    for fam in ["-4", "-6"] {
-        for _ in 0..16 {
-            let rules = match runner.run("ip", &[fam, "rule", "show"], None) {
-                Ok(o) if o.success() => o.stdout,
-                _ => break,
-            };
-            if !rules.lines().any(|l| l.contains(&format!("lookup {table}"))) {
-                break;
-            }
-            runner.check("ip", &[fam, "rule", "del", "lookup", &table], None)?;
-        }
-        let _ = runner.run("ip", &[fam, "route", "flush", "table", &table], None);
-    }
+    super::route::remove_table(runner, EBPF_ROUTE_TABLE)?;
     let _ = runner.run("ip", &["-6", "addr", "del", &format!("{OUTBOUND_SOURCE_V6}/128"), "dev", "lo"], None);
     Ok(())
 }

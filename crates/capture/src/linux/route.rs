@@ -40,7 +40,12 @@ pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<(), LinuxError> {
 
 /// Removes the TPROXY policy rules and routes of the default table.
 pub fn cleanup(runner: &dyn Runner) -> Result<(), LinuxError> {
-    let table = TPROXY_ROUTE_TABLE.to_string();
+    remove_table(runner, TPROXY_ROUTE_TABLE)
+}
+
+/// Removes every policy rule that looks up `table`, and the table's routes, both families.
+pub fn remove_table(runner: &dyn Runner, table: u32) -> Result<(), LinuxError> {
+    let table = table.to_string();
     for fam in ["-4", "-6"] {
         // Each `del` removes one matching rule; stop when none is left (bounded).
         for _ in 0..16 {

@@ -255,12 +255,7 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let netns = a
-        .network_namespace
-        .clone()
-        .or_else(|| env("NETWORK_NAMESPACE"))
-        .map(|n| Netns::parse(&n))
-        .unwrap_or(Netns::Current);
+    let netns = target_netns(&a, env);
     let runner = NetnsRunner::new(netns);
     if a.cleanup_only || truthy(env("CLEANUP_ONLY")) {
         linux::cleanup(backend, false, &runner).context("cleanup failed")?;
@@ -282,6 +277,11 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--network-namespace` / `NETWORK_NAMESPACE`, else the current namespace.
+fn target_netns(a: &Args, env: &dyn Fn(&str) -> Option<String>) -> Netns {
+    a.network_namespace.clone().or_else(|| env("NETWORK_NAMESPACE")).map(|n| Netns::parse(&n)).unwrap_or(Netns::Current)
+}
+
 fn run_ebpf(
     a: &Args,
     env: &dyn Fn(&str) -> Option<String>,
@@ -289,12 +289,7 @@ fn run_ebpf(
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
     use meshpass_capture::linux::ebpf;
-    let netns = a
-        .network_namespace
-        .clone()
-        .or_else(|| env("NETWORK_NAMESPACE"))
-        .map(|n| Netns::parse(&n))
-        .unwrap_or(Netns::Current);
+    let netns = target_netns(a, env);
     let runner = NetnsRunner::new(netns.clone());
     if a.cleanup_only || truthy(env("CLEANUP_ONLY")) {
         ebpf::remove(&netns, &runner).context("removing eBPF capture failed")?;

@@ -89,6 +89,16 @@ impl Mesh {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The ClusterIP of service `name` (`meshpass get svc -o json`).
+    pub fn service_ip(&self, name: &str) -> Result<String> {
+        let svcs: serde_json::Value = serde_json::from_str(&self.cli_ok(&["get", "svc", "-o", "json"])?)?;
+        svcs.as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s["cluster_ip"].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("service {name} in {svcs}"))
+    }
+
     /// The management plane's URL and token, once it listens.
     pub fn api(&self) -> Result<(String, String)> {
         let deadline = Instant::now() + Duration::from_secs(30);
