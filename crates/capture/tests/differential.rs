@@ -571,7 +571,8 @@ fn ebpf_fails_closed_without_listeners_and_removes_cleanly() {
     // Connection counters, by the netfilter backends' rule labels: two connections to the
     // excluded port, two outbound connect() calls captured (the first one unanswered), and
     // the inbound captures (SYN retransmissions of the dropped ones count again).
-    let counters: BTreeMap<&str, u64> = linux::ebpf::counters(&netns).expect("counters").into_iter().collect();
+    let counters: BTreeMap<&str, u64> =
+        linux::ebpf::counters(&netns).expect("counters").expect("installed").into_iter().collect();
     assert_eq!(counters["exclude-inbound-ports"], 2, "{counters:?}");
     assert_eq!(counters["capture-outbound"], 2, "{counters:?}");
     assert!(counters["capture-inbound"] >= 4, "{counters:?}");

@@ -245,18 +245,16 @@ impl Backend for LocalBackend {
             for pod in pods.iter().filter(|p| p.workload == w.name && p.meshed) {
                 let name = format!("{}/{}", pod.namespace, pod.name);
                 let ns = meshpass_capture::linux::Netns::Named(pod.netns.clone());
-                if meshpass_capture::linux::ebpf::is_installed(&ns).unwrap_or(false) {
+                if let Ok(Some(counters)) = meshpass_capture::linux::ebpf::counters(&ns) {
                     // eBPF capture keeps one connection counter per label, both families.
-                    if let Ok(counters) = meshpass_capture::linux::ebpf::counters(&ns) {
-                        out.extend(counters.into_iter().map(|(label, n)| RuleCounter {
-                            pod: name.clone(),
-                            family: "any".to_string(),
-                            label: label.to_string(),
-                            rule: format!("eBPF capture: connections counted as {label}"),
-                            packets: n,
-                            bytes: 0,
-                        }));
-                    }
+                    out.extend(counters.into_iter().map(|(label, n)| RuleCounter {
+                        pod: name.clone(),
+                        family: "any".to_string(),
+                        label: label.to_string(),
+                        rule: format!("eBPF capture: connections counted as {label}"),
+                        packets: n,
+                        bytes: 0,
+                    }));
                     continue;
                 }
                 for family in [Family::V4, Family::V6] {

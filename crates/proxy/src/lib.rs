@@ -171,12 +171,11 @@ impl Shared {
     /// Whether `dst` is one of the proxy's own capture listeners: a connection made directly
     /// to 15001/15006 (no redirect) reports itself as its original destination, and
     /// forwarding it would loop forever.
-    fn is_self(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
+    fn is_self(&self, dst: SocketAddr, local: Option<SocketAddr>, direction: Direction) -> bool {
         // With REDIRECT a redirected connection's local address is the listener's, so
-        // "destination == local address" means nobody redirected it. With TPROXY and eBPF
-        // capture the local address *is* the destination; only the port test below applies.
-        let local_is_dst = matches!(self.config.interception_mode, InterceptionMode::Tproxy | InterceptionMode::Ebpf);
-        if Some(dst) == local && !local_is_dst {
+        // "destination == local address" means nobody redirected it. Where the resolver reads
+        // the destination *from* the local address, only the port test below applies.
+        if Some(dst) == local && !self.resolver.local_is_original(direction) {
             return true;
         }
         let own_port = dst.port() == self.bound.outbound.port() || dst.port() == self.bound.inbound.port();
@@ -205,6 +204,12 @@ pub struct Proxy {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// True when a listener bound to `addr` takes IPv4 connections (an IPv4 address, or `[::]`
+/// without `IPV6_V6ONLY`).
+fn serves_v4(sock: &SockRef<'_>, addr: SocketAddr) -> bool {
+    addr.is_ipv4() || !sock.only_v6().unwrap_or(true)
+}
+
 fn bind(listener: &'static str, addr: SocketAddr, transparent: bool) -> Result<TcpListener, ProxyError> {
     let err = |source| ProxyError::Bind { listener, addr, source };
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
@@ -213,7 +218,7 @@ fn bind(listener: &'static str, addr: SocketAddr, transparent: bool) -> Result<T
         // `[::]` serves IPv4 too (v4-mapped), like Envoy's dual-stack listeners.
         sock.set_only_v6(false).map_err(err)?;
     }
-    if transparent && (addr.is_ipv4() || !sock.only_v6().unwrap_or(true)) {
+    if transparent && serves_v4(&SockRef::from(&sock), addr) {
         // TPROXY and eBPF capture deliver connections addressed to foreign IPs; the socket
         // must accept them (the flag also covers a dual-stack socket's IPv4 connections).
         sock.set_ip_transparent_v4(true).map_err(err)?;
@@ -236,7 +241,7 @@ fn register_ebpf(listener: &TcpListener, direction: Direction) -> Result<(), Pro
         .map_err(|e| fail(e.to_string()))?;
     let sock = SockRef::from(listener);
     let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-    let v4 = addr.is_ipv4() || !sock.only_v6().unwrap_or(true);
+    let v4 = serves_v4(&sock, addr);
     let v6 = addr.is_ipv6();
     let inbound = direction == Direction::Inbound;
     let slots = [
@@ -466,7 +471,7 @@ async fn handle_conn(mut stream: TcpStream, peer: SocketAddr, direction: Directi
     let target: Result<SocketAddr, String> = match shared.resolver.original_dst(&stream, direction) {
         Ok(dst) => {
             conn.set_original_dst(Some(dst));
-            if shared.is_self(dst, local) {
+            if shared.is_self(dst, local, direction) {
                 Err(format!("original destination {dst} is this proxy's own listener (connection was not redirected)"))
             } else {
                 Ok(dst)

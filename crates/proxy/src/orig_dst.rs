@@ -59,6 +59,12 @@ pub enum OrigDstError {
 pub trait OrigDstResolver: fmt::Debug + Send + Sync + 'static {
     /// The address the client meant to reach.
     fn original_dst(&self, stream: &TcpStream, direction: Direction) -> Result<SocketAddr, OrigDstError>;
+
+    /// True when the answer is the accepted socket's own local address (TPROXY, eBPF
+    /// capture), so "destination == local address" says nothing about a loop.
+    fn local_is_original(&self, _direction: Direction) -> bool {
+        false
+    }
 }
 
 /// NAT `REDIRECT` mode: `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6).
@@ -98,6 +104,10 @@ impl OrigDstResolver for LocalAddr {
     fn original_dst(&self, stream: &TcpStream, _direction: Direction) -> Result<SocketAddr, OrigDstError> {
         stream.local_addr().map(canonical_addr).map_err(OrigDstError::Socket)
     }
+
+    fn local_is_original(&self, _direction: Direction) -> bool {
+        true
+    }
 }
 
 /// Istio's `TPROXY` mode: only *inbound* connections are delivered by TPROXY (the accepted
@@ -113,6 +123,10 @@ impl OrigDstResolver for TproxyInbound {
             Direction::Inbound => LocalAddr.original_dst(stream, direction),
             Direction::Outbound => SoOriginalDst.original_dst(stream, direction),
         }
+    }
+
+    fn local_is_original(&self, direction: Direction) -> bool {
+        direction == Direction::Inbound
     }
 }
 

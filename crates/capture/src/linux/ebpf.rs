@@ -156,20 +156,21 @@ fn routes(plan: &EbpfPlan, runner: &dyn Runner) -> Result<(), LinuxError> {
 /// `runner` must run in `netns` (it sets up the outbound route).
 pub fn apply(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
     ensure_bpffs()?;
-    sweep_defunct(&pin_dir(netns)?);
-    let fresh = !is_installed(netns)?;
-    let result = install(plan, netns, cgroup, runner);
+    // The cookie (hence the directory) is looked up once: each lookup enters the namespace.
+    let dir = pin_dir(netns)?;
+    sweep_defunct(&dir);
+    let fresh = !dir.join(LINKS[0]).exists();
+    let result = install(plan, netns, &dir, cgroup, runner);
     if result.is_err() && fresh {
         // Nothing was there before: leave nothing behind (a replacement keeps the old
         // programs, whose links were never touched unless every program had verified).
-        let _ = remove(netns, runner);
+        let _ = remove_at(&dir, runner);
     }
     result
 }
 
-fn install(plan: &EbpfPlan, netns: &Netns, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
-    let dir = pin_dir(netns)?;
-    std::fs::create_dir_all(&dir).map_err(file_err("creating", &dir))?;
+fn install(plan: &EbpfPlan, netns: &Netns, dir: &Path, cgroup: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
+    std::fs::create_dir_all(dir).map_err(file_err("creating", dir))?;
     let map_path = dir.join(LISTENER_MAP);
     let listeners = if map_path.exists() {
         Map::open_pinned(&map_path)?
@@ -271,9 +272,13 @@ fn remove_pins(dir: &Path) -> Result<(), LinuxError> {
 }
 
 /// The connection counters of `netns`'s eBPF capture, by rule label (all zero-valued ones
-/// included).
-pub fn counters(netns: &Netns) -> Result<Vec<(&'static str, u64)>, LinuxError> {
-    let map = Map::open_pinned(&pin_dir(netns)?.join(COUNTERS_MAP))?;
+/// included); `None` when eBPF capture is not installed there.
+pub fn counters(netns: &Netns) -> Result<Option<Vec<(&'static str, u64)>>, LinuxError> {
+    let path = pin_dir(netns)?.join(COUNTERS_MAP);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = Map::open_pinned(&path)?;
     Counter::ALL
         .iter()
         .map(|c| {
@@ -281,7 +286,8 @@ pub fn counters(netns: &Netns) -> Result<Vec<(&'static str, u64)>, LinuxError> {
             map.lookup(&(*c as u32).to_ne_bytes(), &mut v)?;
             Ok((c.label(), u64::from_ne_bytes(v)))
         })
-        .collect()
+        .collect::<Result<_, LinuxError>>()
+        .map(Some)
 }
 
 /// True when eBPF capture is installed for `netns`.
@@ -292,7 +298,11 @@ pub fn is_installed(netns: &Netns) -> Result<bool, LinuxError> {
 /// Removes eBPF capture from `netns`: links (which detaches the programs), the listener map,
 /// the route and `::7`. Idempotent.
 pub fn remove(netns: &Netns, runner: &dyn Runner) -> Result<(), LinuxError> {
-    remove_pins(&pin_dir(netns)?)?;
+    remove_at(&pin_dir(netns)?, runner)
+}
+
+fn remove_at(dir: &Path, runner: &dyn Runner) -> Result<(), LinuxError> {
+    remove_pins(dir)?;
     super::route::remove_table(runner, EBPF_ROUTE_TABLE)?;
     let _ = runner.run("ip", &["-6", "addr", "del", &format!("{OUTBOUND_SOURCE_V6}/128"), "dev", "lo"], None);
     Ok(())
