@@ -55,8 +55,10 @@ fn to_backend(e: MeshError) -> BackendError {
             let (ns, name) = workload.split_once('/').unwrap_or(("", workload.as_str()));
             BackendError::Conflict { workload: WorkloadRef::new(ns, name), expected, actual }
         }
-        e @ (MeshError::NotRunning { .. } | MeshError::Timeout(_)) => BackendError::Unavailable(e.to_string()),
-        e => BackendError::Failed(e.to_string()),
+        e @ (MeshError::NotRunning { .. } | MeshError::Timeout(_) | MeshError::ShuttingDown) => {
+            BackendError::Unavailable(e.report())
+        }
+        e => BackendError::Failed(e.report()),
     }
 }
 

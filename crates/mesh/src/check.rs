@@ -11,6 +11,7 @@
 //!   through, with that rule's counter. Headers cannot decide outbound: the client's own sidecar
 //!   would add them.
 
+use crate::error::Cause;
 use crate::{Client, MeshError};
 use meshpass_capture::explain::{explain, Flow};
 use meshpass_capture::ir::Family;
@@ -104,12 +105,12 @@ pub struct CheckOutcome {
 }
 
 fn failed(what: &str) -> impl Fn(std::io::Error) -> MeshError + '_ {
-    move |e| MeshError::Remote(format!("{what}: {e}"))
+    move |source| MeshError::Connection { what: what.to_string(), source }
 }
 
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, MeshError> + Send) -> Result<T, MeshError> {
     linux::in_netns(&Netns::Named(ns.to_string()), f)
-        .map_err(|error| MeshError::Capture { pod: ns.to_string(), error })?
+        .map_err(|source| MeshError::Netns { path: crate::net::netns_path(ns), source })?
 }
 
 /// Connects to `t` (and for HTTP sends one GET with `Connection: close`) from the current
@@ -154,7 +155,7 @@ fn sidecar_record(netns: &str, client: SocketAddr) -> Result<Option<serde_json::
     // Chunked or not, the JSON object is the text between the first '{' and the last '}'.
     let (Some(a), Some(b)) = (json.find('{'), json.rfind('}')) else { return Ok(None) };
     let v: serde_json::Value = serde_json::from_str(&json[a..=b])
-        .map_err(|e| MeshError::Protocol(format!("sidecar /connections is not JSON: {e}")))?;
+        .map_err(|e| MeshError::protocol("sidecar /connections is not JSON")(e.into()))?;
     let want = client.to_string();
     Ok(v["connections"].as_array().and_then(|recs| recs.iter().find(|r| r["client_addr"] == want.as_str()).cloned()))
 }
@@ -162,17 +163,17 @@ fn sidecar_record(netns: &str, client: SocketAddr) -> Result<Option<serde_json::
 /// The live rules of a pod's namespace, for one address family.
 pub fn live_rules(netns: &str, family: Family) -> Result<meshpass_capture::ir::Effective, MeshError> {
     let runner = NetnsRunner::new(Netns::Named(netns.to_string()));
-    let capture = |error| MeshError::Capture { pod: netns.to_string(), error };
-    let parse = |e: &dyn std::fmt::Display| MeshError::Remote(format!("reading the rules of {netns}: {e}"));
+    let capture = |source| MeshError::Capture { pod: netns.to_string(), source };
+    let parse = |e: Cause| MeshError::protocol(format!("reading back the rules of {netns}"))(e);
     match linux::nft::list_json(&runner).map_err(capture)? {
         Some(json) => {
-            let live = parse_ruleset(&json).map_err(|e| parse(&e))?;
+            let live = parse_ruleset(&json).map_err(|e| parse(e.into()))?;
             Ok(if family == Family::V6 { live.v6 } else { live.v4 })
         }
         None => {
             let text =
                 linux::iptables::save(Tools::for_backend(Backend::Iptables), family, &runner).map_err(capture)?;
-            parse_save(&text).map_err(|e| parse(&e))
+            parse_save(&text).map_err(|e| parse(e.into()))
         }
     }
 }

@@ -182,19 +182,21 @@ impl Client {
     /// Connects to the supervisor serving `state_dir` (fails when none is running).
     pub fn connect(state_dir: &Path) -> Result<Client, MeshError> {
         let socket = state_dir.join(SOCKET);
-        UnixStream::connect(&socket).map_err(|error| MeshError::NotRunning { path: socket.clone(), error })?;
+        UnixStream::connect(&socket).map_err(|source| MeshError::NotRunning { path: socket.clone(), source })?;
         Ok(Client { socket })
     }
 
     fn call(&self, req: &Request, progress: &mut dyn FnMut(&str)) -> Result<serde_json::Value, MeshError> {
         let mut stream = UnixStream::connect(&self.socket)
-            .map_err(|error| MeshError::NotRunning { path: self.socket.clone(), error })?;
-        let mut line = serde_json::to_string(req).map_err(|e| MeshError::Protocol(e.to_string()))?;
+            .map_err(|source| MeshError::NotRunning { path: self.socket.clone(), source })?;
+        let mut line = serde_json::to_string(req).map_err(|e| MeshError::protocol("encoding the request")(e.into()))?;
         line.push('\n');
-        stream.write_all(line.as_bytes()).map_err(|e| MeshError::Protocol(format!("sending the request: {e}")))?;
+        stream.write_all(line.as_bytes()).map_err(|e| MeshError::protocol("sending the request")(e.into()))?;
         for line in BufReader::new(stream).lines() {
-            let line = line.map_err(|e| MeshError::Protocol(format!("reading the reply: {e}")))?;
-            match serde_json::from_str::<Reply>(&line).map_err(|e| MeshError::Protocol(format!("{e}: {line}")))? {
+            let line = line.map_err(|e| MeshError::protocol("reading the reply")(e.into()))?;
+            let reply = serde_json::from_str::<Reply>(&line)
+                .map_err(|e| MeshError::protocol(format!("a reply that is not one: {line}"))(e.into()))?;
+            match reply {
                 Reply::Progress(p) => progress(&p),
                 Reply::Ok(v) => return Ok(v),
                 Reply::Error(e) => return Err(MeshError::Remote(e)),
@@ -208,12 +210,12 @@ impl Client {
                 }
             }
         }
-        Err(MeshError::Protocol("the supervisor closed the connection without an answer".into()))
+        Err(MeshError::Protocol { what: "the supervisor closed the connection without an answer".into(), source: None })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MeshError> {
         let v = self.call(&req, &mut |_| {})?;
-        serde_json::from_value(v).map_err(|e| MeshError::Protocol(e.to_string()))
+        serde_json::from_value(v).map_err(|e| MeshError::protocol("an answer of the wrong shape")(e.into()))
     }
 
     /// Workloads, optionally in one namespace.

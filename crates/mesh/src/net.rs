@@ -23,36 +23,27 @@ pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }
 
-/// Runs `program args` in the current namespace; non-zero exit is an error with its stderr.
-pub fn run(program: &str, args: &[&str]) -> Result<String, MeshError> {
-    let out = NetnsRunner::new(Netns::Current)
-        .run(program, args, None)
-        .map_err(|e| MeshError::Command { command: format!("{program} {}", args.join(" ")), stderr: e.to_string() })?;
-    if out.success() {
-        Ok(out.stdout)
-    } else {
-        Err(MeshError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            stderr: out.stderr.trim().to_string(),
-        })
-    }
+/// Runs `program args` in the current namespace while doing `what`; a command that cannot
+/// run or exits non-zero is a [`MeshError::Command`] carrying its stderr.
+pub fn run(what: impl Into<String>, program: &str, args: &[&str]) -> Result<String, MeshError> {
+    NetnsRunner::new(Netns::Current)
+        .check(program, args, None)
+        .map(|out| out.stdout)
+        .map_err(|source| MeshError::Command { what: what.into(), source })
 }
 
-/// Runs `ip -n NETNS args…`.
-fn ip_in(netns: &str, args: &[&str]) -> Result<String, MeshError> {
+/// Runs `ip -n NETNS args…` while doing `what`.
+fn ip_in(what: &str, netns: &str, args: &[&str]) -> Result<String, MeshError> {
     let mut all = vec!["-n", netns];
     all.extend_from_slice(args);
-    run("ip", &all)
+    run(what, "ip", &all)
 }
 
 /// Runs `f` on a thread that has entered the network namespace at `path` (see
 /// [`meshpass_capture::linux::in_netns`]).
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, MeshError> {
-    meshpass_capture::linux::in_netns(&Netns::Path(path.to_path_buf()), f).map_err(|e| MeshError::Io {
-        what: "cannot enter network namespace",
-        path: path.to_path_buf(),
-        error: std::io::Error::other(e.to_string()),
-    })
+    meshpass_capture::linux::in_netns(&Netns::Path(path.to_path_buf()), f)
+        .map_err(|source| MeshError::Netns { path: path.to_path_buf(), source })
 }
 
 /// Names of the existing network namespaces that start with `prefix`.
@@ -69,7 +60,7 @@ pub fn list_netns(prefix: &str) -> Vec<String> {
 
 /// PIDs of the processes living in the named namespace.
 pub fn netns_pids(name: &str) -> Vec<i32> {
-    run("ip", &["netns", "pids", name])
+    run("listing the processes of a namespace", "ip", &["netns", "pids", name])
         .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default()
 }
@@ -79,17 +70,18 @@ pub fn netns_del(name: &str) -> Result<(), MeshError> {
     if !netns_path(name).exists() {
         return Ok(());
     }
-    run("ip", &["netns", "del", name]).map(|_| ())
+    run(format!("removing network namespace {name}"), "ip", &["netns", "del", name]).map(|_| ())
 }
 
 /// Creates the node namespace: gateway address, service route, forwarding on.
 pub fn create_node(name: &str, gateway: Ipv4Addr, service_cidr: &str) -> Result<(), MeshError> {
-    run("ip", &["netns", "add", name])?;
+    let what = format!("creating the node namespace {name}");
+    run(&what, "ip", &["netns", "add", name])?;
     let gw = format!("{gateway}/32");
     let gws = gateway.to_string();
-    ip_in(name, &["link", "set", "lo", "up"])?;
-    ip_in(name, &["addr", "add", &gw, "dev", "lo"])?;
-    ip_in(name, &["route", "add", service_cidr, "dev", "lo", "src", &gws])?;
+    ip_in(&what, name, &["link", "set", "lo", "up"])?;
+    ip_in(&what, name, &["addr", "add", &gw, "dev", "lo"])?;
+    ip_in(&what, name, &["route", "add", service_cidr, "dev", "lo", "src", &gws])?;
     // /proc/sys/net is per network namespace of the *thread* that opens it.
     in_netns(&netns_path(name), || {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
@@ -100,17 +92,19 @@ pub fn create_node(name: &str, gateway: Ipv4Addr, service_cidr: &str) -> Result<
 
 /// Creates a pod namespace wired to the node with a routed veth pair.
 pub fn create_pod(node: &str, pod: &str, veth: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), MeshError> {
-    run("ip", &["netns", "add", pod])?;
+    let what = format!("creating pod namespace {pod}");
+    run(&what, "ip", &["netns", "add", pod])?;
     let result = (|| {
+        let wire = format!("wiring pod namespace {pod} to {node} ({veth}, {ip})");
         let (ip32, ips, gws) = (format!("{ip}/32"), ip.to_string(), gateway.to_string());
-        ip_in(node, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod])?;
-        ip_in(node, &["link", "set", veth, "up"])?;
-        ip_in(node, &["route", "add", &ip32, "dev", veth, "src", &gws])?;
-        ip_in(pod, &["link", "set", "lo", "up"])?;
-        ip_in(pod, &["addr", "add", &ip32, "dev", "eth0"])?;
-        ip_in(pod, &["link", "set", "eth0", "up"])?;
-        ip_in(pod, &["route", "add", &gws, "dev", "eth0", "scope", "link"])?;
-        ip_in(pod, &["route", "add", "default", "via", &gws, "dev", "eth0", "src", &ips])?;
+        ip_in(&wire, node, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod])?;
+        ip_in(&wire, node, &["link", "set", veth, "up"])?;
+        ip_in(&wire, node, &["route", "add", &ip32, "dev", veth, "src", &gws])?;
+        ip_in(&wire, pod, &["link", "set", "lo", "up"])?;
+        ip_in(&wire, pod, &["addr", "add", &ip32, "dev", "eth0"])?;
+        ip_in(&wire, pod, &["link", "set", "eth0", "up"])?;
+        ip_in(&wire, pod, &["route", "add", &gws, "dev", "eth0", "scope", "link"])?;
+        ip_in(&wire, pod, &["route", "add", "default", "via", &gws, "dev", "eth0", "src", &ips])?;
         Ok(())
     })();
     if result.is_err() {
@@ -181,10 +175,10 @@ pub fn render_services(services: &[ServiceNat]) -> String {
 pub fn apply_services(node: &str, services: &[ServiceNat]) -> Result<(), MeshError> {
     let text = render_services(services);
     let runner = NetnsRunner::new(Netns::Named(node.to_string()));
-    runner.check("nft", &["-f", "-"], Some(&text)).map(|_| ()).map_err(|e| MeshError::Command {
-        command: format!("nft -f - (services table in {node})"),
-        stderr: e.to_string(),
-    })
+    runner
+        .check("nft", &["-f", "-"], Some(&text))
+        .map(|_| ())
+        .map_err(|source| MeshError::Command { what: format!("writing the services table in {node}"), source })
 }
 
 #[cfg(test)]

@@ -58,11 +58,7 @@ pub fn spawn(spec: &ProcSpec) -> Result<Child, MeshError> {
         .gid(spec.gid)
         .current_dir("/")
         .process_group(0);
-    in_netns(&spec.netns, move || cmd.spawn())?.map_err(|e| MeshError::Io {
-        what: "cannot start",
-        path: PathBuf::from(program),
-        error: e,
-    })
+    in_netns(&spec.netns, move || cmd.spawn())?.map_err(MeshError::io("cannot start", program))
 }
 
 /// The start time of `pid` (clock ticks since boot, field 22 of /proc/PID/stat).

@@ -321,7 +321,7 @@ impl Mesh {
         use meshpass_capture::linux::ebpf;
         let ns = Netns::Named(netns.to_string());
         let runner = NetnsRunner::new(ns.clone());
-        let capture = |error| MeshError::Capture { pod: pod.to_string(), error };
+        let capture = |source| MeshError::Capture { pod: pod.to_string(), source };
         let cookie = ebpf::netns_cookie(&ns).map_err(capture)?;
         match ebpf_plan(annotations, &self.cfg.injector_values(), cookie).map_err(MeshError::Invalid)? {
             Some(plan) => {
@@ -352,10 +352,10 @@ impl Mesh {
         }
         if let Some(plan) = &plan {
             let runner = NetnsRunner::new(Netns::Named(netns.clone()));
-            if let Err(error) = capture_linux::apply(plan, self.cfg.backend, &runner) {
+            if let Err(source) = capture_linux::apply(plan, self.cfg.backend, &runner) {
                 let _ = net::netns_del(&netns);
                 inner.pod_ipam.release(ip);
-                return Err(MeshError::Capture { pod: format!("{}/{name}", dep.namespace), error });
+                return Err(MeshError::Capture { pod: format!("{}/{name}", dep.namespace), source });
             }
         }
         if meshed && self.cfg.ebpf_capture {
@@ -495,7 +495,7 @@ impl Mesh {
                     c.restarts += 1;
                     c.next_start = now + c.backoff;
                     c.backoff = (c.backoff * 2).min(Duration::from_secs(30));
-                    self.say(&format!("pod {}/{}: cannot start {}: {e}", pod.namespace, pod.name, c.name));
+                    self.say(&format!("pod {}/{}: cannot start {}: {}", pod.namespace, pod.name, c.name, e.report()));
                 }
             }
         }
@@ -520,7 +520,7 @@ impl Mesh {
             }
         }
         if let Err(e) = net::netns_del(&pod.netns) {
-            self.say(&format!("pod {}/{}: {e}", pod.namespace, pod.name));
+            self.say(&format!("pod {}/{}: {}", pod.namespace, pod.name, e.report()));
         }
         for c in &pod.containers {
             let _ = std::fs::remove_file(&c.pidfile);
@@ -569,7 +569,7 @@ impl Mesh {
             }
             Err(e) => {
                 // Retried every pass; reported once per distinct failure.
-                let msg = format!("services table: {e}");
+                let msg = format!("services table: {}", e.report());
                 if inner.services_error.as_deref() != Some(msg.as_str()) {
                     self.say(&msg);
                     inner.services_error = Some(msg);
@@ -619,7 +619,7 @@ impl Mesh {
                 }
                 for _ in have..d.replicas {
                     if let Err(e) = self.create_pod(&mut inner, d) {
-                        self.say(&format!("deployment {dk}: cannot create a pod: {e}"));
+                        self.say(&format!("deployment {dk}: cannot create a pod: {}", e.report()));
                         inner.failing.insert(dk.clone(), Instant::now());
                         break;
                     }
@@ -865,7 +865,7 @@ impl Mesh {
                     Some(plan) => capture_linux::apply(plan, self.cfg.backend, &runner).map(|_| ()),
                     None => capture_linux::cleanup(self.cfg.backend, false, &runner),
                 };
-                result.map_err(|error| MeshError::Capture { pod: pk.clone(), error })?;
+                result.map_err(|source| MeshError::Capture { pod: pk.clone(), source })?;
                 p.hash = new_hash.clone();
                 done += 1;
             }
@@ -1142,9 +1142,11 @@ impl Mesh {
             Err(MeshError::WorkloadNotFound { namespace, name }) => Reply::WorkloadNotFound { namespace, name },
             Err(MeshError::NotFound(what)) => Reply::NotFound(what),
             Err(MeshError::Conflict { workload, expected, actual }) => Reply::Conflict { workload, expected, actual },
-            Err(e) => Reply::Error(e.to_string()),
+            Err(e) => Reply::Error(e.report()),
         };
-        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| MeshError::Protocol(e.to_string()));
+        let json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| MeshError::protocol("encoding the answer")(e.into()))
+        };
         let req: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => return send(&Reply::Error(format!("bad request: {e}"))),

@@ -102,15 +102,14 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(MeshError::io("cannot read", &path)(e)),
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| MeshError::State { path, reason: e.to_string() })
+        serde_json::from_str(&text).map(Some).map_err(|source| MeshError::State { path, source })
     }
 
     /// Saves atomically: write a temporary file, fsync, rename over the old one.
     pub fn save(&self, dir: &Path) -> Result<(), MeshError> {
         let path = Self::path(dir);
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| MeshError::State { path: path.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(self).map_err(|source| MeshError::State { path: path.clone(), source })?;
         let mut f = std::fs::File::create(&tmp).map_err(MeshError::io("cannot create", &tmp))?;
         f.write_all(&json).and_then(|()| f.sync_all()).map_err(MeshError::io("cannot write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(MeshError::io("cannot replace", &path))

@@ -200,7 +200,7 @@ pub struct SampleArgs {
 /// `meshpass up`: the supervisor, in the foreground until Ctrl-C / SIGTERM.
 pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = meshpass_mesh::runtime::require_root() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.report());
         return Ok(ExitCode::from(1));
     }
     let mut cfg = MeshConfig::new(&a.state_dir);
@@ -255,7 +255,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
 /// `meshpass down`.
 pub fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = meshpass_mesh::runtime::require_root() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.report());
         return Ok(ExitCode::from(1));
     }
     for line in meshpass_mesh::down(&a.dir.state_dir)? {
@@ -365,7 +365,7 @@ pub fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.report());
             Ok(ExitCode::from(super::EXIT_INVALID))
         }
     }
