@@ -23,7 +23,15 @@ pub enum BackendKind {
 /// Receives human-readable progress lines of a long operation (a restart).
 pub type Progress = Box<dyn Fn(String) + Send + Sync>;
 
+/// A cause carried by a [`BackendError`]: any error, kept as it is so that its own chain of
+/// sources stays intact.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What can go wrong in a backend. The server maps each variant to one HTTP status.
+///
+/// `Display` says only what the backend was doing; the cause (an I/O error, the API server's
+/// answer, …) is the [`std::error::Error::source`], so that logs and the API's error message
+/// ([`error_chain`]) show each part once.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The workload does not exist (404).
@@ -43,17 +51,82 @@ pub enum BackendError {
     #[error("rejected: {}", .0.join("; "))]
     Invalid(Vec<String>),
     /// The backend may not do this (Kubernetes RBAC) (403).
-    #[error("forbidden: {0}")]
-    Forbidden(String),
+    #[error("forbidden: {context}")]
+    Forbidden {
+        /// What was refused, and which permission it needs.
+        context: String,
+        /// What the mesh or cluster said.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The operation is not available on this backend (501).
     #[error("not supported by this backend: {0}")]
     Unsupported(String),
     /// The mesh or cluster cannot be reached, or timed out (503).
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else, with the reason (500).
-    #[error("{0}")]
-    Failed(String),
+    #[error("backend unavailable: {context}")]
+    Unavailable {
+        /// What was attempted.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Anything else (500).
+    #[error("{context}")]
+    Failed {
+        /// What failed.
+        context: String,
+        /// Why.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl BackendError {
+    /// [`BackendError::Forbidden`] without a further cause.
+    pub fn forbidden(context: impl Into<String>) -> Self {
+        BackendError::Forbidden { context: context.into(), source: None }
+    }
+
+    /// [`BackendError::Unavailable`] without a further cause.
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        BackendError::Unavailable { context: context.into(), source: None }
+    }
+
+    /// [`BackendError::Failed`] without a further cause.
+    pub fn failed(context: impl Into<String>) -> Self {
+        BackendError::Failed { context: context.into(), source: None }
+    }
+
+    /// The same error with `cause` as its source (for the variants that carry one; the
+    /// others are returned unchanged).
+    pub fn caused_by(self, cause: impl Into<BoxError>) -> Self {
+        let cause = Some(cause.into());
+        match self {
+            BackendError::Forbidden { context, .. } => BackendError::Forbidden { context, source: cause },
+            BackendError::Unavailable { context, .. } => BackendError::Unavailable { context, source: cause },
+            BackendError::Failed { context, .. } => BackendError::Failed { context, source: cause },
+            other => other,
+        }
+    }
+
+    /// The whole message: this error's context, then each cause (see [`error_chain`]).
+    pub fn report(&self) -> String {
+        error_chain(self)
+    }
+}
+
+/// `error: cause: cause's cause…`, the way `anyhow` prints `{:#}`: each error of the chain
+/// says only its own part, so joining them says everything once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cur = error.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
 }
 
 /// A mesh the management plane can manage.

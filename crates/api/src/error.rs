@@ -1,7 +1,7 @@
 //! [`ApiError`]: every way a request or the server can fail, each mapped to one HTTP status
 //! and the API's error body (`{"error": CODE, "message": TEXT, "errors": [FieldError]?}`).
 
-use crate::backend::BackendError;
+use crate::backend::{error_chain, BackendError};
 use crate::model::{ErrorBody, FieldError};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -51,8 +51,11 @@ pub enum ApiError {
     /// Anything else (500 `internal`).
     #[error("{0}")]
     Internal(String),
+    /// The backend failed; the status follows the [`BackendError`] variant.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// A file of the state directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -60,7 +63,7 @@ pub enum ApiError {
         source: std::io::Error,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
@@ -87,6 +90,15 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Backend(e) => match e {
+                BackendError::NotFound(_) => StatusCode::NOT_FOUND,
+                BackendError::Conflict { .. } => StatusCode::CONFLICT,
+                BackendError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                BackendError::Forbidden { .. } => StatusCode::FORBIDDEN,
+                BackendError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+                BackendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                BackendError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Internal(_) | ApiError::Io { .. } | ApiError::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +116,15 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Backend(e) => match e {
+                BackendError::NotFound(_) => "not_found",
+                BackendError::Conflict { .. } => "conflict",
+                BackendError::Invalid(_) => "invalid",
+                BackendError::Forbidden { .. } => "forbidden",
+                BackendError::Unsupported(_) => "unsupported",
+                BackendError::Unavailable { .. } => "unavailable",
+                BackendError::Failed { .. } => "internal",
+            },
             ApiError::Internal(_) | ApiError::Io { .. } | ApiError::Bind { .. } => "internal",
         }
     }
@@ -112,26 +133,11 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.code().to_string(),
-            message: self.to_string(),
+            message: error_chain(self),
             errors: match self {
                 ApiError::Invalid { errors, .. } => errors.clone(),
                 _ => Vec::new(),
             },
-        }
-    }
-}
-
-impl From<BackendError> for ApiError {
-    fn from(e: BackendError) -> Self {
-        let msg = e.to_string();
-        match e {
-            BackendError::NotFound(_) => ApiError::NotFound(msg),
-            BackendError::Conflict { .. } => ApiError::Conflict(msg),
-            BackendError::Invalid(_) => ApiError::Invalid { message: msg, errors: Vec::new() },
-            BackendError::Forbidden(_) => ApiError::Forbidden(msg),
-            BackendError::Unsupported(_) => ApiError::Unsupported(msg),
-            BackendError::Unavailable(_) => ApiError::Unavailable(msg),
-            BackendError::Failed(_) => ApiError::Internal(msg),
         }
     }
 }

@@ -580,7 +580,7 @@ async fn apply_change(app: &AppState, caller: &Caller, w: &WorkloadRef, c: Chang
             before: Some(before),
             after: Some(c.settings.clone()),
             restart: c.restart,
-            result: result.as_ref().map_or_else(|e| e.to_string(), |_| "ok".to_string()),
+            result: result.as_ref().map_or_else(|e| e.report(), |_| "ok".to_string()),
         });
         match result {
             Ok(info) => info,
@@ -703,7 +703,7 @@ fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) -> Result<Ope
             before: None,
             after: None,
             restart: true,
-            result: result.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
+            result: result.as_ref().map_or_else(|e| e.report(), |()| "ok".into()),
         });
         app.update_op(&id, |o| {
             o.finished_at = Some(now());
@@ -711,7 +711,7 @@ fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) -> Result<Ope
                 Ok(()) => o.state = OperationState::Succeeded,
                 Err(e) => {
                     o.state = OperationState::Failed;
-                    o.error = Some(e.to_string());
+                    o.error = Some(e.report());
                 }
             }
         });

@@ -230,7 +230,7 @@ async fn workloads_list_filter_sort_and_names() {
     }
     let nowhere = e.get("/api/v1/nothing").await;
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
-    e.fake.fail_next(FakeCall::List, BackendError::Unavailable("cluster down".into()));
+    e.fake.fail_next(FakeCall::List, BackendError::unavailable("cluster down"));
     let down = e.get("/api/v1/workloads").await;
     assert_eq!((down.status, down.json()["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
 }
@@ -321,7 +321,7 @@ async fn rejected_writes_change_nothing() {
 
     // A backend failure on write: mapped, audited, nothing written.
     let rv = e.fake.resource_version(&e.hw());
-    e.fake.fail_next(FakeCall::Patch, BackendError::Forbidden("RBAC says no".into()));
+    e.fake.fail_next(FakeCall::Patch, BackendError::forbidden("RBAC says no"));
     let a =
         e.call(Method::PUT, &url, &[("if-match", &format!("\"{rv}\""))], Some(r#"{"inboundPorts":["5000"]}"#)).await;
     assert_eq!((a.status, a.json()["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
@@ -441,7 +441,7 @@ async fn restart_operations() {
     assert_eq!(done["state"], "succeeded");
     assert_eq!(done["error"], Value::Null);
 
-    e.fake.fail_next(FakeCall::Restart, BackendError::Failed("pods never became ready".into()));
+    e.fake.fail_next(FakeCall::Restart, BackendError::failed("pods never became ready"));
     let op = e.call(Method::POST, &format!("{HW}/restart"), &[], None).await.json();
     let done = e.wait_op(op["id"].as_str().unwrap()).await;
     assert_eq!(done["state"], "failed");
@@ -546,7 +546,7 @@ async fn metrics_text() {
         .await;
     assert_eq!(a.status, StatusCode::OK);
     e.wait_op(a.json()["operation"]["id"].as_str().unwrap()).await;
-    e.fake.fail_next(FakeCall::RuleCounters, BackendError::Unavailable("netns gone".into()));
+    e.fake.fail_next(FakeCall::RuleCounters, BackendError::unavailable("netns gone"));
     let m = e.get("/metrics").await;
     assert_eq!(m.status, StatusCode::OK);
     assert!(m.header("content-type").starts_with("text/plain; version=0.0.4"));

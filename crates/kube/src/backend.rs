@@ -123,11 +123,11 @@ impl KubeBackend {
             .map_err(|source| KubeError::Client { cluster_url: cluster_url.clone(), source })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, client.apiserver_version()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(KubeError::Unreachable { cluster_url, reason: crate::error::chain(&e) }),
+            Ok(Err(e)) => return Err(KubeError::Unreachable { cluster_url, source: crate::error::cause(e) }),
             Err(_) => {
                 return Err(KubeError::Unreachable {
                     cluster_url,
-                    reason: format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
+                    source: format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()).into(),
                 })
             }
         }
@@ -392,7 +392,7 @@ impl KubeBackend {
                     Some(Ok(()))
                 }
                 Rollout::Failed(reason) => {
-                    Some(Err(BackendError::Failed(format!("rollout of {kind} {w} failed: {reason}"))))
+                    Some(Err(BackendError::failed(format!("rollout of {kind} {w} failed: {reason}"))))
                 }
             }
         };
@@ -415,7 +415,7 @@ impl KubeBackend {
             if relist {
                 let list = self.call(&list_action, api.list(&ListParams::default().fields(&fields))).await?;
                 let Some(obj) = list.items.into_iter().next() else {
-                    return Err(BackendError::Failed(format!("{kind} {w} was deleted during its rollout")));
+                    return Err(BackendError::failed(format!("{kind} {w} was deleted during its rollout")));
                 };
                 let wl = Workload::from(obj);
                 rv = list.metadata.resource_version.unwrap_or_else(|| wl.resource_version().to_string());
@@ -458,7 +458,7 @@ impl KubeBackend {
                         }
                     }
                     Some(Ok(WatchEvent::Deleted(_))) => {
-                        return Err(BackendError::Failed(format!("{kind} {w} was deleted during its rollout")));
+                        return Err(BackendError::failed(format!("{kind} {w} was deleted during its rollout")));
                     }
                     Some(Ok(WatchEvent::Bookmark(b))) => {
                         news = true;
@@ -496,7 +496,7 @@ impl KubeBackend {
     }
 
     fn rollout_timed_out(&self, kind: Kind, w: &WorkloadRef, last: &Option<String>) -> BackendError {
-        BackendError::Failed(format!(
+        BackendError::failed(format!(
             "rollout of {kind} {w} did not complete within {:?}{}",
             self.rollout_timeout,
             last.as_deref().map(|l| format!(" (last status: {l})")).unwrap_or_default()

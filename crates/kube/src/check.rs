@@ -3,7 +3,7 @@
 //! from outside the mesh (it has no sidecar), so the response shows whether the pod's sidecar
 //! answered (`server: istio-envoy`, `x-envoy-upstream-service-time`) or the app did.
 
-use crate::error::{map_kube_error, timed_out, Action};
+use crate::error::{map_kube_error, timed_out, Action, ApiServerSaid};
 use kube::core::Status;
 use meshpass_api::model::{CheckReport, CheckRequest, Direction, ServiceInfo, Verdict, WorkloadRef};
 use meshpass_api::BackendError;
@@ -119,18 +119,18 @@ pub(crate) async fn inbound(
     // An error the API server made itself (not the pod's answer) is a `Status` object.
     if !status.is_success() && !from_envoy {
         if let Some(st) = serde_json::from_slice::<Status>(body).ok().filter(|_| is_status_object(body)) {
-            let msg = if st.message.is_empty() { st.reason } else { st.message };
-            return Err(match status.as_u16() {
-                403 => BackendError::Forbidden(format!(
-                    "{}: RBAC forbids it; meshpass's account needs `get` on `services/proxy` in namespace {} (API server: {msg})",
+            let error = match status.as_u16() {
+                403 => BackendError::forbidden(format!(
+                    "{}: RBAC forbids it; meshpass's account needs `get` on `services/proxy` in namespace {}",
                     action.what, w.namespace
                 )),
-                404 => BackendError::Failed(format!("{}: the Service or its port was not found (API server: {msg})", action.what)),
-                code => BackendError::Unavailable(format!(
-                    "{}: the API server could not reach a pod of Service {} ({code}: {msg})",
+                404 => BackendError::failed(format!("{}: the Service or its port was not found", action.what)),
+                code => BackendError::unavailable(format!(
+                    "{}: the API server could not reach a pod of Service {} ({code})",
                     action.what, svc.name
                 )),
-            });
+            };
+            return Err(error.caused_by(ApiServerSaid(Box::new(st))));
         }
     }
     let (verdict, mut evidence) = judge(&headers, target_port);

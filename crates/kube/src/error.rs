@@ -1,8 +1,13 @@
 //! Errors: [`KubeError`] for connecting to a cluster, and the translation of kube-rs errors
 //! (API server `Status` objects, transport failures, timeouts) into the management plane's
 //! [`BackendError`], so that every failure reaches the user as a sentence naming what was
-//! attempted and what the API server said — never as a crash or a silent no-op.
+//! attempted, with what the API server (or the transport) said as its cause — never as a crash
+//! or a silent no-op.
+//!
+//! Every error here says only its own part in `Display` and carries its cause as `source`, so
+//! the whole chain reads once ([`meshpass_api::backend::error_chain`], anyhow's `{:#}`).
 
+use meshpass_api::backend::BoxError;
 use meshpass_api::model::WorkloadRef;
 use meshpass_api::BackendError;
 use std::time::Duration;
@@ -11,7 +16,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     /// The kubeconfig (or the named context in it) could not be loaded.
-    #[error("cannot load kubeconfig{}: {source}", context_suffix(.context))]
+    #[error("cannot load kubeconfig{}", context_suffix(.context))]
     Kubeconfig {
         /// The context asked for (`--context`), when one was.
         context: Option<String>,
@@ -20,14 +25,14 @@ pub enum KubeError {
         source: kube::config::KubeconfigError,
     },
     /// Neither a kubeconfig nor the in-cluster service account environment was found.
-    #[error("no Kubernetes configuration: {source} (set KUBECONFIG, or run in a pod with a service account)")]
+    #[error("no Kubernetes configuration (set KUBECONFIG, or run in a pod with a service account)")]
     Infer {
         /// What kube-rs reported.
         #[source]
         source: kube::config::InferConfigError,
     },
     /// The configuration was read but a client could not be built from it (TLS, auth plugin).
-    #[error("cannot build a Kubernetes client for {cluster_url}: {source}")]
+    #[error("cannot build a Kubernetes client for {cluster_url}")]
     Client {
         /// The API server the configuration names.
         cluster_url: String,
@@ -36,12 +41,13 @@ pub enum KubeError {
         source: kube::Error,
     },
     /// The API server did not answer `GET /version`.
-    #[error("cannot reach the Kubernetes API server at {cluster_url}: {reason}")]
+    #[error("cannot reach the Kubernetes API server at {cluster_url}")]
     Unreachable {
         /// The API server the configuration names.
         cluster_url: String,
         /// Why (connection refused, TLS, timeout, 401 …).
-        reason: String,
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -82,70 +88,88 @@ pub(crate) fn api_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
-/// The API server's own message, or kube-rs's description of a transport error.
-fn server_message(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        kube::Error::Api(status) if !status.reason.is_empty() => status.reason.clone(),
-        kube::Error::Api(status) => format!("HTTP {}", status.code),
-        other => other.to_string(),
+/// What the API server answered, as the cause of a [`BackendError`]: its message (or reason,
+/// or code when it sent neither).
+#[derive(Debug, thiserror::Error)]
+#[error("API server: {}", status_text(.0))]
+pub struct ApiServerSaid(pub Box<kube::core::Status>);
+
+fn status_text(s: &kube::core::Status) -> String {
+    if !s.message.is_empty() {
+        s.message.clone()
+    } else if !s.reason.is_empty() {
+        s.reason.clone()
+    } else {
+        format!("HTTP {}", s.code)
     }
 }
 
-/// Translates a kube-rs error into the variant the API maps to the right HTTP status.
-/// Conflicts (409) are translated by the caller, which knows the versions involved.
+/// The cause a kube-rs error stands for. kube-rs's own messages repeat their source
+/// (`HyperError: <the hyper error>`), so the error kept as the cause is the one inside: the
+/// context of the [`BackendError`] already says what kube-rs's wrapper adds ("cannot reach the
+/// Kubernetes API server", "unexpected answer").
+pub(crate) fn cause(err: kube::Error) -> BoxError {
+    match err {
+        kube::Error::Api(status) => Box::new(ApiServerSaid(status)),
+        kube::Error::HyperError(e) => Box::new(e),
+        kube::Error::Service(e) => e,
+        kube::Error::ReadEvents(e) => Box::new(e),
+        kube::Error::SerdeError(e) => Box::new(e),
+        kube::Error::FromUtf8(e) => Box::new(e),
+        kube::Error::HttpError(e) => Box::new(e),
+        kube::Error::BuildRequest(e) => Box::new(e),
+        kube::Error::Auth(e) => Box::new(e),
+        kube::Error::RustlsTls(e) => Box::new(e),
+        other => Box::new(other),
+    }
+}
+
+/// Translates a kube-rs error into the variant the API maps to the right HTTP status, with
+/// the API server's answer (or the transport's error) as its cause. Conflicts (409) are
+/// translated by the caller, which knows the versions involved.
 pub(crate) fn map_kube_error(err: kube::Error, action: &Action) -> BackendError {
-    let msg = server_message(&err);
-    match api_code(&err) {
-        Some(401) => BackendError::Forbidden(format!(
-            "{}: the API server did not accept meshpass's credentials (401: {msg}); refresh the kubeconfig or the service account token",
-            action.what
+    let what = &action.what;
+    let error = match api_code(&err) {
+        Some(401) => BackendError::forbidden(format!(
+            "{what}: the API server did not accept meshpass's credentials (401); refresh the kubeconfig or the \
+             service account token"
         )),
-        Some(403) => BackendError::Forbidden(format!(
-            "{}: RBAC forbids it; meshpass's account needs `{}` (API server: {msg})",
-            action.what, action.permission
+        Some(403) => BackendError::forbidden(format!(
+            "{what}: RBAC forbids it; meshpass's account needs `{}`",
+            action.permission
         )),
         Some(404) => match &action.workload {
-            Some(w) => BackendError::NotFound(w.clone()),
-            None => BackendError::Failed(format!("{}: not found (API server: {msg})", action.what)),
+            Some(w) => return BackendError::NotFound(w.clone()),
+            None => BackendError::failed(format!("{what}: not found")),
         },
-        Some(409) => BackendError::Failed(format!("{}: conflict (API server: {msg})", action.what)),
-        Some(422) | Some(400) => BackendError::Invalid(vec![format!("{}: the API server rejected it: {msg}", action.what)]),
-        Some(429) => BackendError::Unavailable(format!("{}: the API server is throttling requests (429: {msg})", action.what)),
-        Some(code) if code >= 500 => {
-            BackendError::Unavailable(format!("{}: the API server failed ({code}: {msg})", action.what))
+        Some(409) => BackendError::failed(format!("{what}: conflict")),
+        Some(422) | Some(400) => {
+            // The API server's reason is the item of the refusal: it goes in the list.
+            let said = match &err {
+                kube::Error::Api(s) => status_text(s),
+                other => other.to_string(),
+            };
+            return BackendError::Invalid(vec![format!("{what}: the API server rejected it: {said}")]);
         }
-        Some(code) => BackendError::Failed(format!("{}: the API server answered {code}: {msg}", action.what)),
+        Some(429) => BackendError::unavailable(format!("{what}: the API server is throttling requests (429)")),
+        Some(code) if code >= 500 => BackendError::unavailable(format!("{what}: the API server failed ({code})")),
+        Some(code) => BackendError::failed(format!("{what}: the API server answered {code}")),
         None => match &err {
             kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => {
-                BackendError::Unavailable(format!("{}: cannot reach the Kubernetes API server: {}", action.what, chain(&err)))
+                BackendError::unavailable(format!("{what}: cannot reach the Kubernetes API server"))
             }
             kube::Error::SerdeError(_) => {
-                BackendError::Failed(format!("{}: unexpected answer from the API server: {msg}", action.what))
+                BackendError::failed(format!("{what}: unexpected answer from the API server"))
             }
-            _ => BackendError::Failed(format!("{}: {}", action.what, chain(&err))),
+            _ => BackendError::failed(what.clone()),
         },
-    }
-}
-
-/// The error with its sources, so that "connection refused" under "service error" shows.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
+    };
+    error.caused_by(cause(err))
 }
 
 /// The error for an API call that took longer than the backend waits.
 pub(crate) fn timed_out(action: &Action, after: Duration) -> BackendError {
-    BackendError::Unavailable(format!(
+    BackendError::unavailable(format!(
         "{}: the Kubernetes API server did not answer within {}s",
         action.what,
         after.as_secs()

@@ -46,10 +46,16 @@ async fn an_unreachable_api_server_is_named() {
     for context in [Some("kind-meshpass".to_string()), None] {
         match KubeBackend::from_kubeconfig(kubeconfig(), context, vec!["default".into()]).await {
             Err(e @ KubeError::Unreachable { .. }) => {
-                let msg = e.to_string();
+                assert!(!e.to_string().contains("refused"), "Display says only its own context: {e}");
+                let msg = meshpass_api::backend::error_chain(&e);
                 println!("{msg}");
                 assert!(msg.contains("https://127.0.0.1:1"), "{msg}");
                 assert!(msg.contains("refused"), "the cause is shown: {msg}");
+                // Each part of the chain once: no message repeats its cause's.
+                let parts: Vec<&str> = msg.split(": ").collect();
+                for (i, p) in parts.iter().enumerate() {
+                    assert!(!parts[i + 1..].contains(p), "{p:?} twice in {msg}");
+                }
             }
             other => panic!("want KubeError::Unreachable, got {other:?}"),
         }

@@ -393,7 +393,8 @@ async fn list_forbidden_names_the_permission_and_the_servers_message() {
     let err = backend(client).list().await.expect_err("forbidden");
     server.await.expect("script");
     match err {
-        BackendError::Forbidden(m) => {
+        e @ BackendError::Forbidden { .. } => {
+            let m = e.report();
             assert!(m.contains("list deployments.apps"), "{m}");
             assert!(m.contains(msg), "{m}");
         }
@@ -438,7 +439,7 @@ async fn an_unanswered_request_times_out_as_unavailable() {
     let err = b.get(&hello()).await.expect_err("timeout");
     keep.abort();
     match err {
-        BackendError::Unavailable(m) => assert!(m.contains("did not answer within"), "{m}"),
+        e @ BackendError::Unavailable { .. } => assert!(e.report().contains("did not answer within"), "{e}"),
         other => panic!("want Unavailable, got {other:?}"),
     }
 }
@@ -781,7 +782,8 @@ async fn a_rollout_past_its_progress_deadline_fails() {
     let (client, server) = scripted(script);
     let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("deadline");
     server.await.expect("script");
-    assert!(matches!(err, BackendError::Failed(ref m) if m.contains("exceeded its progress deadline")), "{err:?}");
+    assert!(matches!(err, BackendError::Failed { .. }), "{err:?}");
+    assert!(err.report().contains("exceeded its progress deadline"), "{err}");
 }
 
 #[tokio::test]
@@ -805,7 +807,8 @@ async fn a_rollout_that_outlasts_the_timeout_fails_naming_the_last_status() {
     let err = b.restart(&hello(), Box::new(|_| {})).await.expect_err("timeout");
     server.abort();
     match err {
-        BackendError::Failed(m) => {
+        e @ BackendError::Failed { .. } => {
+            let m = e.report();
             assert!(m.contains("did not complete within 300ms"), "{m}");
             assert!(m.contains("Waiting for deployment spec update to be observed"), "{m}");
         }
@@ -894,7 +897,8 @@ async fn check_forbidden_by_rbac_names_services_proxy() {
     let err = backend(client).check(&hello(), &inbound(Some(5000))).await.expect_err("forbidden");
     server.await.expect("script");
     match err {
-        BackendError::Forbidden(m) => {
+        e @ BackendError::Forbidden { .. } => {
+            let m = e.report();
             assert!(m.contains("`get` on `services/proxy`"), "{m}");
             assert!(m.contains(msg), "{m}");
         }

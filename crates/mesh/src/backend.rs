@@ -39,7 +39,7 @@ impl LocalBackend {
         let dir = self.state_dir.clone();
         tokio::task::spawn_blocking(move || Client::connect(&dir).and_then(f))
             .await
-            .map_err(|e| BackendError::Failed(format!("mesh call panicked: {e}")))?
+            .map_err(|e| BackendError::failed("local mesh call").caused_by(e))?
             .map_err(to_backend)
     }
 }
@@ -50,15 +50,15 @@ fn to_backend(e: MeshError) -> BackendError {
         MeshError::Invalid(v) => BackendError::Invalid(v),
         MeshError::WorkloadNotFound { namespace, name } => BackendError::NotFound(WorkloadRef::new(namespace, name)),
         // Only a check names anything else: "a ready pod of workload …", a passing state.
-        e @ MeshError::NotFound(_) => BackendError::Unavailable(e.to_string()),
+        e @ MeshError::NotFound(_) => BackendError::unavailable("the local mesh").caused_by(e),
         MeshError::Conflict { workload, expected, actual } => {
             let (ns, name) = workload.split_once('/').unwrap_or(("", workload.as_str()));
             BackendError::Conflict { workload: WorkloadRef::new(ns, name), expected, actual }
         }
         e @ (MeshError::NotRunning { .. } | MeshError::Timeout(_) | MeshError::ShuttingDown) => {
-            BackendError::Unavailable(e.report())
+            BackendError::unavailable("the local mesh").caused_by(e)
         }
-        e => BackendError::Failed(e.report()),
+        e => BackendError::failed("the local mesh").caused_by(e),
     }
 }
 
@@ -292,10 +292,8 @@ mod tests {
             "{e:?}"
         );
         let e = to_backend(MeshError::NotFound("a ready pod of workload default/hello".into()));
-        assert!(
-            matches!(e, BackendError::Unavailable(ref m) if m == "a ready pod of workload default/hello not found"),
-            "{e:?}"
-        );
+        assert!(matches!(e, BackendError::Unavailable { .. }), "{e:?}");
+        assert_eq!(e.report(), "backend unavailable: the local mesh: a ready pod of workload default/hello not found");
         let e = to_backend(MeshError::Invalid(vec!["bad port".into()]));
         assert!(matches!(e, BackendError::Invalid(ref v) if v == &["bad port".to_string()]), "{e:?}");
     }

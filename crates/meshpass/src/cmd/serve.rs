@@ -81,10 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let backend: Arc<dyn Backend> = if a.kube {
-            let b = meshpass_kube::KubeBackend::connect(a.context.clone(), a.namespaces.clone())
-                .await
-                // The message already names the cause; anyhow's chain would repeat it.
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let b = meshpass_kube::KubeBackend::connect(a.context.clone(), a.namespaces.clone()).await?;
             Arc::new(b)
         } else {
             meshpass_mesh::Client::connect(&a.state_dir)
