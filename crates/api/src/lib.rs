@@ -8,13 +8,15 @@
 //! so that validation and its messages are the engine's, whatever the backend.
 //!
 //! Start a server with [`server::serve`] (or [`server::Server::bind`] + [`server::Server::run`]);
-//! talk to one with [`client::Client`]; test against [`fake::FakeBackend`].
+//! talk to one with [`client::Client`]; test against `fake::FakeBackend` (an in-memory backend,
+//! compiled only with the `testing` feature, which the crate's own tests and examples enable).
 
 pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fake;
 pub mod metrics;
 pub mod model;

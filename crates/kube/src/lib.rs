@@ -12,11 +12,13 @@
 //!   is under way it patches `kubectl.kubernetes.io/restartedAt` as `kubectl rollout restart`
 //!   does. Either way it watches the rollout as `kubectl rollout status` does.
 //! * "Check effect" calls the workload's Service through the API server's service proxy.
-//! * [`fake`] is an in-memory API server for demos and the GUI end-to-end test.
+//! * `fake` (with the `testing` feature only) is an in-memory API server for demos and the GUI
+//!   end-to-end test.
 
 pub mod backend;
 pub mod check;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fake;
 pub mod inspect;
 pub mod workload;
