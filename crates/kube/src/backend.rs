@@ -13,9 +13,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
+use kube::runtime::watcher;
 use kube::{Client, Config, Resource};
+use meshpass_api::backend::error_chain;
 use meshpass_api::backend::Progress;
 use meshpass_api::model::{CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, WorkloadInfo, WorkloadRef};
 use meshpass_api::{Backend, BackendError, BackendKind};
@@ -33,7 +35,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a restart may take: the default `progressDeadlineSeconds` of a Deployment.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest a single watch request asks to stay open (kube-rs's and client-go's default).
-const WATCH_SECONDS: u64 = 290;
+const WATCH_SECONDS: u32 = 290;
 /// The field manager recorded in `managedFields` for meshpass's writes.
 const FIELD_MANAGER: &str = "meshpass";
 
@@ -146,8 +148,8 @@ impl KubeBackend {
         self
     }
 
-    /// The pause before re-opening a watch that ended without news (default 200 ms; it
-    /// doubles up to 5 s while watches keep ending empty).
+    /// The pause before resuming a rollout's watch whose connection broke (default 200 ms; it
+    /// doubles up to 5 s while connections keep breaking, and starts again with news).
     pub fn with_rewatch_pause(mut self, pause: Duration) -> Self {
         self.rewatch_pause = pause;
         self
@@ -359,9 +361,10 @@ impl KubeBackend {
         })
     }
 
-    /// Watches the workload until its rollout completes (`Ok`) or fails, as
-    /// `kubectl rollout status` does, re-watching when a watch ends and re-listing when the
-    /// API server says the version is gone (410).
+    /// Follows the workload until its rollout completes (`Ok`) or fails, as
+    /// `kubectl rollout status` does, through kube-runtime's watcher: it lists the object,
+    /// watches from there, resumes a watch that ends and re-lists when the API server says the
+    /// version is gone (410). Each new status line goes to `progress`.
     async fn wait_rollout<K: Kindly>(
         &self,
         w: &WorkloadRef,
@@ -371,126 +374,82 @@ impl KubeBackend {
     where
         Workload: From<K>,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
         let kind = initial.kind();
         let deadline = Instant::now() + self.rollout_timeout;
         let mut last_line: Option<String> = None;
-        let emit = |line: String, last: &mut Option<String>| {
-            if last.as_deref() != Some(line.as_str()) {
-                progress(line.clone());
-                *last = Some(line);
-            }
-        };
-        let settle = |wl: &Workload, last: &mut Option<String>| -> Option<Result<(), BackendError>> {
-            match wl.rollout() {
-                Rollout::Waiting(line) => {
-                    emit(line, last);
-                    None
-                }
-                Rollout::Done(line) => {
-                    emit(line, last);
-                    Some(Ok(()))
-                }
+        let mut settle = |wl: &Workload| -> Option<Result<(), BackendError>> {
+            let (line, done) = match wl.rollout() {
+                Rollout::Waiting(line) => (line, None),
+                Rollout::Done(line) => (line, Some(Ok(()))),
                 Rollout::Failed(reason) => {
-                    Some(Err(BackendError::failed(format!("rollout of {kind} {w} failed: {reason}"))))
+                    return Some(Err(BackendError::failed(format!("rollout of {kind} {w} failed: {reason}"))))
                 }
+            };
+            if last_line.as_deref() != Some(line.as_str()) {
+                progress(line.clone());
+                last_line = Some(line);
             }
+            done
         };
-        let mut rv = initial.resource_version().to_string();
-        if let Some(done) = settle(&initial, &mut last_line) {
+        if let Some(done) = settle(&initial) {
             return done;
         }
-        let fields = format!("metadata.name={}", w.name);
-        let watch_action =
-            Action::new(format!("watch {} {w}", kind.plural()), format!("watch {}.apps", kind.plural())).on(w);
-        let list_action =
-            Action::new(format!("list {} {w}", kind.plural()), format!("list {}.apps", kind.plural())).on(w);
-        let mut relist = false;
+        let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", w.name)).timeout(WATCH_SECONDS);
+        let action =
+            Action::new(format!("watch {} {w}", kind.plural()), format!("list and watch {}.apps", kind.plural())).on(w);
+        let deleted = || BackendError::failed(format!("{kind} {w} was deleted during its rollout"));
+        let mut events = std::pin::pin!(watcher::watcher(api, config));
+        // Whether the object was in the current (re-)list: absent from it means deleted.
+        let mut listed = false;
         let mut pause = self.rewatch_pause;
         loop {
-            let now = Instant::now();
-            if now >= deadline {
+            let Ok(next) = tokio::time::timeout_at(deadline, events.next()).await else {
                 return Err(self.rollout_timed_out(kind, w, &last_line));
-            }
-            if relist {
-                let list = self.call(&list_action, api.list(&ListParams::default().fields(&fields))).await?;
-                let Some(obj) = list.items.into_iter().next() else {
-                    return Err(BackendError::failed(format!("{kind} {w} was deleted during its rollout")));
-                };
-                let wl = Workload::from(obj);
-                rv = list.metadata.resource_version.unwrap_or_else(|| wl.resource_version().to_string());
-                if let Some(done) = settle(&wl, &mut last_line) {
-                    return done;
-                }
-                relist = false;
-            }
-            let secs = (deadline - now).as_secs().clamp(1, WATCH_SECONDS);
-            let wp = WatchParams::default().fields(&fields).timeout(u32::try_from(secs).unwrap_or(290));
-            let open_by = (now + self.request_timeout).min(deadline);
-            let opened = match tokio::time::timeout_at(open_by, api.watch(&wp, &rv)).await {
-                Ok(r) => r,
-                Err(_) if open_by >= deadline => return Err(self.rollout_timed_out(kind, w, &last_line)),
-                Err(_) => return Err(timed_out(&watch_action, self.request_timeout)),
             };
-            let mut stream = match opened {
-                Ok(s) => s.boxed(),
-                Err(e) if api_code(&e) == Some(410) => {
-                    relist = true;
+            let error = match next {
+                // The watcher's stream does not end; should it, the rollout cannot be followed.
+                None => return Err(BackendError::failed(format!("the watch of {kind} {w} ended"))),
+                Some(Ok(event)) => {
+                    pause = self.rewatch_pause;
+                    match event {
+                        watcher::Event::Init => listed = false,
+                        watcher::Event::InitDone if !listed => return Err(deleted()),
+                        watcher::Event::InitDone => {}
+                        watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
+                            listed = true;
+                            if let Some(done) = settle(&Workload::from(obj)) {
+                                return done;
+                            }
+                        }
+                        watcher::Event::Delete(_) => return Err(deleted()),
+                    }
                     continue;
                 }
-                Err(e) => return Err(map_kube_error(e, &watch_action)),
+                Some(Err(e)) => e,
             };
-            let mut news = false;
-            loop {
-                let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
-                    return Err(self.rollout_timed_out(kind, w, &last_line));
-                };
-                match next {
-                    // The watch ended (its timeout, or the connection closed): resume from
-                    // the last version seen.
-                    None => break,
-                    Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
-                        news = true;
-                        let wl = Workload::from(obj);
-                        rv = wl.resource_version().to_string();
-                        if let Some(done) = settle(&wl, &mut last_line) {
-                            return done;
-                        }
-                    }
-                    Some(Ok(WatchEvent::Deleted(_))) => {
-                        return Err(BackendError::failed(format!("{kind} {w} was deleted during its rollout")));
-                    }
-                    Some(Ok(WatchEvent::Bookmark(b))) => {
-                        news = true;
-                        rv = b.metadata.resource_version;
-                    }
-                    Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
-                        tracing::debug!("watch of {w}: {} (410 Gone); re-listing", status.message);
-                        relist = true;
-                        break;
-                    }
-                    Some(Ok(WatchEvent::Error(status))) => {
-                        return Err(map_kube_error(kube::Error::Api(status), &watch_action));
-                    }
-                    Some(Err(e)) if api_code(&e) == Some(410) => {
-                        relist = true;
-                        break;
-                    }
-                    Some(Err(
-                        e @ (kube::Error::ReadEvents(_) | kube::Error::HyperError(_) | kube::Error::Service(_)),
-                    )) => {
-                        tracing::warn!("watch of {w} broke ({e}); re-watching");
-                        break;
-                    }
-                    Some(Err(e)) => return Err(map_kube_error(e, &watch_action)),
+            match error {
+                // The version is too old: the watcher re-lists on its own.
+                watcher::Error::WatchError(status) if status.code == 410 => {
+                    tracing::debug!("watch of {w}: {} (410 Gone); re-listing", status.message);
+                    continue;
                 }
-            }
-            if news {
-                pause = self.rewatch_pause;
-            } else {
-                // A watch that ends at once, again and again, must not spin on the API server.
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                watcher::Error::WatchError(status) => return Err(map_kube_error(kube::Error::Api(status), &action)),
+                watcher::Error::InitialListFailed(e)
+                | watcher::Error::WatchStartFailed(e)
+                | watcher::Error::WatchFailed(e) => match e {
+                    e if api_code(&e) == Some(410) => continue,
+                    e @ (kube::Error::ReadEvents(_) | kube::Error::HyperError(_) | kube::Error::Service(_)) => {
+                        // A broken connection: the watcher resumes; do not spin on the API server.
+                        tracing::warn!("watch of {w} broke ({}); re-watching", error_chain(&e));
+                        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                    e => return Err(map_kube_error(e, &action)),
+                },
+                e @ watcher::Error::NoResourceVersion => {
+                    return Err(BackendError::failed(format!("cannot watch {kind} {w}")).caused_by(e))
+                }
             }
         }
     }

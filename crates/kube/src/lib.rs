@@ -10,7 +10,8 @@
 //! * "Restart now" joins the rollout a template change already started (the controller rolls
 //!   the pods on any template edit, so a restart on top would replace them twice); when none
 //!   is under way it patches `kubectl.kubernetes.io/restartedAt` as `kubectl rollout restart`
-//!   does. Either way it watches the rollout as `kubectl rollout status` does.
+//!   does. Either way it follows the rollout as `kubectl rollout status` does, through
+//!   kube-runtime's watcher (list, watch, resume, re-list on 410).
 //! * "Check effect" calls the workload's Service through the API server's service proxy.
 //! * `fake` (with the `testing` feature only) is an in-memory API server for demos and the GUI
 //!   end-to-end test.

@@ -628,6 +628,16 @@ fn watch(rv: &str, timeout: u64, body: String) -> Exchange {
     }
 }
 
+/// The watcher's (re-)list of the one Deployment: its state at `rv`.
+fn relist(rv: &str, object: Value) -> Exchange {
+    ex(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments?fieldSelector=metadata.name%3Dhelloworld-v1&limit=500",
+        200,
+        list("DeploymentList", "apps/v1", rv, vec![object]),
+    )
+}
+
 /// Runs a restart of helloworld-v1 against `script` (every exchange must happen, in order) and
 /// returns its progress lines.
 async fn restart_lines(script: Vec<Exchange>) -> Vec<String> {
@@ -662,6 +672,8 @@ async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_
                 progressing("1250", rolled_out(3)),
             )
         },
+        // The watcher lists the object first, then watches from the list's version.
+        relist("1250", deployment("1250", 4, restarted.clone(), rolled_out(3))),
         // First watch: one step, a bookmark, then the server ends the watch.
         watch(
             "1250",
@@ -680,21 +692,14 @@ async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_
             "status": "Failure", "message": "too old resource version: 1260 (1300)", "reason": "Expired", "code": 410}})]),
         ),
         // Re-list, then watch from the list's version.
-        ex(
-            "GET",
-            "/apis/apps/v1/namespaces/default/deployments?fieldSelector=metadata.name%3Dhelloworld-v1",
-            200,
-            list(
-                "DeploymentList",
-                "apps/v1",
-                "1310",
-                vec![deployment(
-                    "1305",
-                    4,
-                    restarted.clone(),
-                    json!({"observedGeneration": 4,
-                "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1}),
-                )],
+        relist(
+            "1310",
+            deployment(
+                "1305",
+                4,
+                restarted.clone(),
+                json!({"observedGeneration": 4,
+            "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1}),
             ),
         ),
         watch("1310", 290, watch_body(&[json!({"type": "MODIFIED", "object": progressing("1320", rolled_out(4))})])),
@@ -724,6 +729,7 @@ async fn restart_during_the_rollout_of_a_template_change_follows_it_instead_of_r
             200,
             with_type(deployment("1240", 4, changed.clone(), rolled_out(3)), "Deployment"),
         ),
+        relist("1240", deployment("1240", 4, changed.clone(), rolled_out(3))),
         watch(
             "1240",
             290,
@@ -771,6 +777,7 @@ async fn a_rollout_past_its_progress_deadline_fails() {
                 with_type(deployment("1250", 4, restarted.clone(), rolled_out(3)), "Deployment"),
             )
         },
+        relist("1250", deployment("1250", 4, restarted.clone(), rolled_out(3))),
         watch(
             "1250",
             290,
@@ -786,6 +793,102 @@ async fn a_rollout_past_its_progress_deadline_fails() {
     assert!(err.report().contains("exceeded its progress deadline"), "{err}");
 }
 
+/// GET and PATCH of a restart whose pods have not rolled yet (generation 4 not observed).
+fn restart_start() -> Vec<Exchange> {
+    let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
+    vec![
+        ex(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
+            200,
+            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
+        ),
+        Exchange {
+            body_check: Some(check_restart_body),
+            ..ex(
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
+                200,
+                with_type(deployment("1250", 4, restarted, rolled_out(3)), "Deployment"),
+            )
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_rollout_whose_watch_rbac_forbids_names_the_permission() {
+    let msg = "deployments.apps is forbidden: User \"system:serviceaccount:meshpass-system:meshpass\" cannot list resource \"deployments\" in API group \"apps\" in the namespace \"default\"";
+    let mut script = restart_start();
+    script.push(ex(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments?fieldSelector=metadata.name%3Dhelloworld-v1&limit=500",
+        403,
+        status(403, "Forbidden", msg, json!({"group": "apps", "kind": "deployments"})),
+    ));
+    let (client, server) = scripted(script);
+    let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("forbidden");
+    server.await.expect("script");
+    assert!(matches!(err, BackendError::Forbidden { .. }), "{err:?}");
+    let m = err.report();
+    assert!(m.contains("list and watch deployments.apps") && m.contains(msg), "{m}");
+}
+
+#[tokio::test]
+async fn a_workload_deleted_during_its_rollout_fails() {
+    let mut script = restart_start();
+    script.push(ex(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments?fieldSelector=metadata.name%3Dhelloworld-v1&limit=500",
+        200,
+        list("DeploymentList", "apps/v1", "1300", vec![]),
+    ));
+    let (client, server) = scripted(script);
+    let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("deleted");
+    server.await.expect("script");
+    assert_eq!(err.report(), "Deployment default/helloworld-v1 was deleted during its rollout");
+}
+
+#[tokio::test]
+async fn a_broken_watch_connection_is_resumed() {
+    let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let script = restart_start();
+    let server = tokio::spawn(async move {
+        for e in script {
+            let (_, send) = handle.next_request().await.expect("request");
+            send.send_response(Response::new(Body::from(e.answer.into_bytes())));
+        }
+        let (req, send) = handle.next_request().await.expect("list");
+        assert!(req.uri().query().unwrap_or_default().contains("limit=500"), "{}", req.uri());
+        send.send_response(Response::new(Body::from(
+            list("DeploymentList", "apps/v1", "1250", vec![deployment("1250", 4, restarted.clone(), rolled_out(3))])
+                .to_string()
+                .into_bytes(),
+        )));
+        // The first watch fails in transport (connection reset), the second one brings the news.
+        let (req, send) = handle.next_request().await.expect("watch");
+        assert!(req.uri().query().unwrap_or_default().contains("watch=true"), "{}", req.uri());
+        send.send_error(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer"));
+        let (req, send) = handle.next_request().await.expect("watch again");
+        assert!(req.uri().query().unwrap_or_default().contains("resourceVersion=1250"), "{}", req.uri());
+        send.send_response(Response::new(Body::from(
+            watch_body(&[json!({"type": "MODIFIED", "object": with_type(deployment("1260", 4, restarted, rolled_out(4)), "Deployment")})])
+                .into_bytes(),
+        )));
+    });
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    backend(kube::Client::new(svc, "default"))
+        .restart(&hello(), Box::new(move |l: String| sink.lock().expect("lines").push(l)))
+        .await
+        .expect("restart");
+    server.await.expect("server");
+    assert_eq!(
+        lines.lock().expect("lines").last().map(String::as_str),
+        Some("deployment \"helloworld-v1\" successfully rolled out")
+    );
+}
+
 #[tokio::test]
 async fn a_rollout_that_outlasts_the_timeout_fails_naming_the_last_status() {
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -798,7 +901,7 @@ async fn a_rollout_that_outlasts_the_timeout_fails_naming_the_last_status() {
         send.send_response(Response::new(Body::from(
             with_type(deployment("1250", 4, json!({}), rolled_out(3)), "Deployment").to_string().into_bytes(),
         )));
-        // The watch is never answered.
+        // The watcher's list is never answered.
         let held = handle.next_request().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(held);
