@@ -18,12 +18,16 @@ pub mod error;
 pub mod ipam;
 pub mod manifest;
 pub mod net;
+pub mod output;
 pub mod process;
 pub mod runtime;
 pub mod sample;
 pub mod state;
+pub mod stop;
 
 pub use backend::LocalBackend;
 pub use control::{Client, PodStatus, ServiceStatus, WorkloadStatus};
 pub use error::MeshError;
+pub use output::Output;
 pub use runtime::{down, run, MeshConfig};
+pub use stop::Stop;

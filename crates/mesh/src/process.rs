@@ -4,13 +4,14 @@
 //! pidfile that identifies them by PID *and* start time, so a reused PID is never killed.
 
 use crate::net::in_netns;
+use crate::stop::Stop;
 use crate::MeshError;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How to start one process.
 #[derive(Clone, Debug)]
@@ -95,8 +96,9 @@ pub fn signal_group(pid: i32, sig: Signal) {
     }
 }
 
-/// SIGTERM, wait up to `grace` for exit, then SIGKILL; reaps the child.
-pub fn terminate(child: &mut Child, grace: Duration) {
+/// SIGTERM to the child's process group, wait up to `grace` for it to exit (less once `stop`
+/// is hurried), then SIGKILL to the group; reaps the child.
+pub fn terminate(child: &mut Child, grace: Duration, stop: &Stop) {
     let Ok(pid) = i32::try_from(child.id()) else { return };
     if matches!(child.try_wait(), Ok(Some(_))) {
         // The leader is gone but its group may not be.
@@ -104,38 +106,26 @@ pub fn terminate(child: &mut Child, grace: Duration) {
         return;
     }
     signal_group(pid, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            signal_group(pid, Signal::SIGKILL);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    stop.wait_until(grace, || matches!(child.try_wait(), Ok(Some(_))));
     signal_group(pid, Signal::SIGKILL);
     let _ = child.wait();
 }
 
-/// Kills (TERM, then KILL after `grace`) processes that are not our children (found through
-/// pidfiles or `ip netns pids`), waiting until they are gone.
-pub fn kill_pids(pids: &[i32], grace: Duration) {
+/// Kills (TERM, then KILL after `grace`, or at once when `stop` is hurried) processes that are
+/// not our children (found through pidfiles or `ip netns pids`), waiting until they are gone.
+pub fn kill_pids(pids: &[i32], grace: Duration, stop: &Stop) {
     let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
     for &pid in pids {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && pids.iter().any(|&p| alive(p)) {
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    stop.wait_until(grace, || !pids.iter().any(|&p| alive(p)));
     for &pid in pids {
         if alive(pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && pids.iter().any(|&p| alive(p)) {
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    // SIGKILL cannot be ignored: this wait is short even when hurried, and not cut.
+    Stop::new().wait_until(Duration::from_secs(5), || !pids.iter().any(|&p| alive(p)));
 }
 
 fn is_zombie(pid: i32) -> bool {

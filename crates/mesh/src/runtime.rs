@@ -13,6 +13,7 @@ use crate::manifest::{self, ContainerSpec, DeploymentSpec, NamespaceSpec, Object
 use crate::net::{self, ServiceNat};
 use crate::process::{self, ProcSpec};
 use crate::state::{key, NetState, State, StoredService};
+use crate::stop::Stop;
 use crate::{Client, MeshError};
 use meshpass_capture::linux::{self as capture_linux, Backend, Netns, NetnsRunner};
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
@@ -190,7 +191,7 @@ struct Inner {
 pub struct Mesh {
     cfg: MeshConfig,
     inner: Mutex<Inner>,
-    shutdown: Arc<AtomicBool>,
+    stop: Stop,
     stopped: AtomicBool,
     connections: AtomicUsize,
     progress: Box<dyn Fn(&str) + Send + Sync>,
@@ -508,11 +509,11 @@ impl Mesh {
         std::thread::scope(|s| {
             for c in &mut pod.containers {
                 if let Some(child) = c.child.as_mut() {
-                    s.spawn(move || process::terminate(child, grace));
+                    s.spawn(move || process::terminate(child, grace, &self.stop));
                 }
             }
         });
-        process::kill_pids(&net::netns_pids(&pod.netns), Duration::from_millis(500));
+        process::kill_pids(&net::netns_pids(&pod.netns), Duration::from_millis(500), &self.stop);
         if pod.meshed && self.cfg.ebpf_capture {
             let ns = Netns::Named(pod.netns.clone());
             if let Err(e) = meshpass_capture::linux::ebpf::remove(&ns, &NetnsRunner::new(ns.clone())) {
@@ -939,7 +940,7 @@ impl Mesh {
                     progress(&format!("a rollout of deployment {dk} is already in progress; waiting for it"));
                     joined = true;
                 }
-                if Instant::now() > wait_deadline || self.shutdown.load(Ordering::SeqCst) {
+                if Instant::now() > wait_deadline || self.stop.requested() {
                     return Err(MeshError::Timeout(format!("the rollout of deployment {dk} in progress did not end")));
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -991,7 +992,7 @@ impl Mesh {
             if ready.len() == new.len() {
                 break;
             }
-            if Instant::now() > deadline || self.shutdown.load(Ordering::SeqCst) {
+            if Instant::now() > deadline || self.stop.requested() {
                 let pods: Vec<Pod> = {
                     let mut inner = self.lock();
                     inner.rolling.remove(&dk);
@@ -1174,7 +1175,7 @@ impl Mesh {
                     .and_then(|v| json(serde_json::to_value(v))),
             ),
             Request::Shutdown => {
-                self.shutdown.store(true, Ordering::SeqCst);
+                self.stop.request();
                 while !self.stopped.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -1188,7 +1189,7 @@ impl Mesh {
         if listener.set_nonblocking(true).is_err() {
             return;
         }
-        while !self.shutdown.load(Ordering::SeqCst) {
+        while !self.stop.requested() {
             match listener.accept() {
                 Ok((stream, _)) => {
                     let me = Arc::clone(self);
@@ -1204,14 +1205,11 @@ impl Mesh {
     }
 }
 
-/// Runs the mesh in the foreground until `shutdown` is set (by a signal handler, or by a
-/// `Shutdown` request on the control socket), then tears everything down. `progress` receives
-/// human-readable lines ("pod default/helloworld-… ready").
-pub fn run(
-    cfg: MeshConfig,
-    shutdown: Arc<AtomicBool>,
-    progress: Box<dyn Fn(&str) + Send + Sync>,
-) -> Result<(), MeshError> {
+/// Runs the mesh in the foreground until `stop` is requested (by a signal handler, or by a
+/// `Shutdown` request on the control socket), then tears everything down — also after an
+/// error or a panic of the supervisor's loop. `progress` receives human-readable lines ("pod
+/// default/helloworld-… ready"); it must not block or panic (see [`crate::output::Output`]).
+pub fn run(cfg: MeshConfig, stop: Stop, progress: Box<dyn Fn(&str) + Send + Sync>) -> Result<(), MeshError> {
     require_root()?;
     cfg.validate()?;
     let dir = cfg.state_dir.clone();
@@ -1233,9 +1231,6 @@ pub fn run(
             progress(&format!("cleaning up a previous run: {line}"));
         }
     }
-    let node = cfg.node_netns();
-    progress(&format!("creating node namespace {node} (gateway {}, services {})", cfg.gateway(), cfg.service_cidr));
-    net::create_node(&node, cfg.gateway(), &cfg.service_cidr.to_string())?;
     state.net = Some(NetState {
         netns_prefix: cfg.netns_prefix.clone(),
         pod_cidr: cfg.pod_cidr.to_string(),
@@ -1258,7 +1253,14 @@ pub fn run(
         }
     }
     let install_sample = cfg.sample && !state.sample_installed;
+    // Saved before anything is created, so that `meshpass down` after a crash knows the prefix.
     state.save(&dir)?;
+    let node = cfg.node_netns();
+    progress(&format!("creating node namespace {node} (gateway {}, services {})", cfg.gateway(), cfg.service_cidr));
+    if let Err(e) = net::create_node(&node, cfg.gateway(), &cfg.service_cidr.to_string()) {
+        let _ = net::netns_del(&node);
+        return Err(e);
+    }
     let mesh = Arc::new(Mesh {
         inner: Mutex::new(Inner {
             state,
@@ -1272,23 +1274,29 @@ pub fn run(
             failing: BTreeMap::new(),
         }),
         cfg,
-        shutdown,
+        stop,
         stopped: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         progress,
     });
-    let result = serve_until_shutdown(&mesh, install_sample);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_until_shutdown(&mesh, install_sample)))
+        .unwrap_or_else(|_| Err(MeshError::Remote("the supervisor's loop panicked; the mesh was torn down".into())));
     // Teardown happens whatever went wrong above.
+    mesh.stop.request();
     let pods: Vec<Pod> = std::mem::take(&mut mesh.lock().pods).into_values().collect();
     mesh.say(&format!("stopping {} pod(s)", pods.len()));
-    std::thread::scope(|s| {
-        for p in pods {
-            let m = &mesh;
-            s.spawn(move || m.teardown(p));
-        }
-    });
-    for line in sweep(&dir, &mesh.cfg.netns_prefix).unwrap_or_default() {
-        mesh.say(&line);
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::scope(|s| {
+            for p in pods {
+                let m = &mesh;
+                s.spawn(move || m.teardown(p));
+            }
+        })
+    }));
+    // Whatever the pods' teardown missed (a pod still being created, a rollout's old pods).
+    match sweep_with(&dir, &mesh.cfg.netns_prefix, &mesh.stop) {
+        Ok(lines) => lines.iter().for_each(|l| mesh.say(l)),
+        Err(e) => mesh.say(&format!("cleaning up: {}", e.report())),
     }
     let _ = std::fs::remove_file(dir.join(SOCKET));
     let _ = std::fs::remove_file(dir.join(SUPERVISOR_PIDFILE));
@@ -1325,7 +1333,7 @@ fn serve_until_shutdown(mesh: &Arc<Mesh>, install_sample: bool) -> Result<(), Me
         std::thread::spawn(move || me.serve(listener))
     };
     mesh.say(&format!("control socket {} ready", sock.display()));
-    while !mesh.shutdown.load(Ordering::SeqCst) {
+    while !mesh.stop.requested() {
         mesh.reconcile();
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1337,6 +1345,11 @@ fn serve_until_shutdown(mesh: &Arc<Mesh>, install_sample: bool) -> Result<(), Me
 /// pidfiles or living in its namespaces, then the namespaces. Only names starting with
 /// `prefix` are touched. Returns what was removed.
 pub fn sweep(state_dir: &Path, prefix: &str) -> Result<Vec<String>, MeshError> {
+    sweep_with(state_dir, prefix, &Stop::new())
+}
+
+/// [`sweep`], its waits cut short once `stop` is hurried.
+fn sweep_with(state_dir: &Path, prefix: &str, stop: &Stop) -> Result<Vec<String>, MeshError> {
     if prefix.len() < 3 {
         return Err(MeshError::Invalid(vec![format!("refusing to sweep with the short prefix `{prefix}`")]));
     }
@@ -1359,7 +1372,7 @@ pub fn sweep(state_dir: &Path, prefix: &str) -> Result<Vec<String>, MeshError> {
     pids.dedup();
     pids.retain(|&p| p != std::process::id() as i32);
     if !pids.is_empty() {
-        process::kill_pids(&pids, Duration::from_secs(2));
+        process::kill_pids(&pids, Duration::from_secs(2), stop);
         out.push(format!("killed {} process(es)", pids.len()));
     }
     for ns in namespaces {
@@ -1387,7 +1400,7 @@ pub fn down(state_dir: &Path) -> Result<Vec<String>, MeshError> {
         }
     }
     if let Some(pid) = process::live_pid(&state_dir.join(SUPERVISOR_PIDFILE)) {
-        process::kill_pids(&[pid], Duration::from_secs(5));
+        process::kill_pids(&[pid], Duration::from_secs(5), &Stop::new());
         out.push(format!("killed supervisor {pid}"));
     }
     let prefix = State::load(state_dir)?

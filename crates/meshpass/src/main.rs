@@ -12,6 +12,7 @@ mod cmd;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::process::ExitCode;
 
 /// Sidecar traffic passthrough: which traffic skips the sidecar, per workload.
@@ -96,7 +97,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!: it panics when stderr is closed (the reader of a pipe went away).
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -9,6 +9,7 @@ use super::{CmdOutput, LinuxError, Runner};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -90,7 +91,10 @@ impl NetnsRunner {
 
 fn spawn(program: &str, args: &[&str], stdin: Option<&str>) -> Result<CmdOutput, LinuxError> {
     let spawn_err = |source| LinuxError::Spawn { program: program.to_string(), source };
+    // In a process group of its own: a Ctrl-C meant for meshpass (a supervisor tearing the mesh
+    // down, say) must not kill an `ip netns del` or an `nft -f` half-way.
     let mut child = Command::new(program)
+        .process_group(0)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

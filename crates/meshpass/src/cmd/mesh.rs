@@ -6,13 +6,12 @@ use anyhow::{bail, Context};
 use meshpass_capture::linux::Backend;
 use meshpass_mesh::ipam::Cidr;
 use meshpass_mesh::sample::SampleApp;
-use meshpass_mesh::{Client, MeshConfig};
+use meshpass_mesh::{Client, MeshConfig, Output, Stop};
 use nix::sys::signal::{SigSet, Signal};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/meshpass";
 
@@ -197,10 +196,37 @@ pub struct SampleArgs {
     server: String,
 }
 
-/// `meshpass up`: the supervisor, in the foreground until Ctrl-C / SIGTERM.
+/// `meshpass up`: the supervisor, in the foreground until Ctrl-C / SIGTERM / SIGHUP.
+///
+/// Stopping is unconditional: the first signal starts the teardown (pods drained), a second
+/// one cuts its waits short, and nothing the supervisor prints can stop it — its output goes
+/// through [`Output`], which drops what a closed or full stdout/stderr cannot take.
 pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    // Signals first, before any thread exists: every thread spawned from here on inherits the
+    // mask, so SIGINT/SIGTERM/SIGHUP reach only the waiting thread below and can never end the
+    // process by their default action half-way through a teardown. SIGPIPE is blocked too (Rust
+    // already ignores it): a write to a closed pipe must fail with EPIPE, never kill. Children
+    // start with a clean mask and default SIGPIPE (std resets both before exec).
+    let mut stopping = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stopping.add(sig);
+    }
+    let mut blocked = stopping;
+    blocked.add(Signal::SIGPIPE);
+    blocked.thread_block().context("blocking SIGINT/SIGTERM/SIGHUP/SIGPIPE")?;
+    let out = Output::stderr();
+    let code = supervise(a, stopping, &out);
+    if let Err(e) = &code {
+        out.line(&format!("error: {e:#}"));
+    }
+    // The last lines get a moment; a stream nobody reads must not keep the process alive.
+    out.flush(Duration::from_secs(2));
+    Ok(code.unwrap_or(ExitCode::from(1)))
+}
+
+fn supervise(a: UpArgs, signals: SigSet, out: &Output) -> anyhow::Result<ExitCode> {
     if let Err(e) = meshpass_mesh::runtime::require_root() {
-        eprintln!("error: {}", e.report());
+        out.line(&format!("error: {}", e.report()));
         return Ok(ExitCode::from(1));
     }
     let mut cfg = MeshConfig::new(&a.state_dir);
@@ -211,44 +237,52 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     cfg.pod_cidr = Cidr::parse(&a.pod_cidr).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
     cfg.service_cidr = Cidr::parse(&a.service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
     cfg.netns_prefix = a.netns_prefix;
-    cfg.drain = std::time::Duration::from_secs(a.drain_seconds);
+    cfg.drain = Duration::from_secs(a.drain_seconds);
     cfg.untrack_excluded_inbound = a.untrack_excluded_inbound;
     cfg.ebpf_capture = a.ebpf_capture;
     if let Some(cmd) = a.sidecar_command.filter(|c| !c.trim().is_empty()) {
         cfg.sidecar_argv = cmd.split_whitespace().map(str::to_string).collect();
     }
-    // Signals are taken synchronously by one thread; every other thread (and, through std's
-    // spawn, every child) runs with them unblocked... children get a clean mask from std.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let listen = match a.api_listen.as_str() {
+        "off" | "none" => None,
+        addr => Some(
+            addr.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--api-listen {addr:?}: expected IP:PORT or off"))?,
+        ),
+    };
+    let stop = Stop::new();
     {
-        let shutdown = Arc::clone(&shutdown);
+        let (stop, out) = (stop.clone(), out.clone());
         std::thread::spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                eprintln!("{sig}: tearing the mesh down…");
-                shutdown.store(true, Ordering::SeqCst);
+            let mut seen = 0;
+            while let Ok(sig) = signals.wait() {
+                seen += 1;
+                if seen == 1 {
+                    out.line(&format!("{sig}: tearing the mesh down… (again to stop without draining)"));
+                    stop.request();
+                } else {
+                    out.line(&format!("{sig}: tearing the mesh down now, without draining"));
+                    stop.hurry();
+                }
             }
         });
     }
-    let api = match a.api_listen.as_str() {
-        "off" | "none" => None,
-        addr => {
-            let listen: std::net::SocketAddr =
-                addr.parse().with_context(|| format!("--api-listen {addr:?}: expected IP:PORT or off"))?;
-            let format = super::serve::rule_format(&a.backend);
-            Some(super::serve::spawn_for_mesh(&a.state_dir, listen, format, Arc::clone(&shutdown)))
-        }
-    };
-    let result = meshpass_mesh::run(cfg, Arc::clone(&shutdown), Box::new(|line: &str| eprintln!("{line}")));
+    let api = listen.map(|listen| {
+        let format = super::serve::rule_format(&a.backend);
+        super::serve::spawn_for_mesh(&a.state_dir, listen, format, stop.clone(), out.clone())
+    });
+    let progress = out.clone();
+    let result = meshpass_mesh::run(cfg, stop.clone(), Box::new(move |line: &str| progress.line(line)));
     // The supervisor can also stop on its own (an error, or a Shutdown request): stop the API too.
-    shutdown.store(true, Ordering::SeqCst);
+    stop.request();
     if let Some(api) = api {
-        let _ = api.join();
+        // It stops within a few seconds (open connections get two); never wait on it for long.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !api.is_finished() && std::time::Instant::now() < deadline && !stop.hurried() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    result?;
+    result.map_err(|e| anyhow::anyhow!(e.report()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,11 +6,10 @@ use anyhow::Context;
 use meshpass_api::model::RuleFormat;
 use meshpass_api::server::StartedHook;
 use meshpass_api::{Backend, ServerConfig, Started};
-use meshpass_mesh::LocalBackend;
+use meshpass_mesh::{LocalBackend, Output, Stop};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,11 +43,12 @@ pub struct Args {
     backend: String,
 }
 
-/// Prints the URLs once (the token is in the login URL and nowhere else on the terminal).
-fn announce() -> StartedHook {
-    Arc::new(|s: &Started| {
-        eprintln!("management plane (API, GUI, metrics) listening on {}", s.url);
-        eprintln!("open {} to sign in (token in api-token of the state directory)", s.login_url);
+/// Prints the URLs once (the token is in the login URL and nowhere else on the terminal),
+/// through `out`, which never blocks or panics on a closed or full stream.
+fn announce(out: Output) -> StartedHook {
+    Arc::new(move |s: &Started| {
+        out.line(&format!("management plane (API, GUI, metrics) listening on {}", s.url));
+        out.line(&format!("open {} to sign in (token in api-token of the state directory)", s.login_url));
     })
 }
 
@@ -89,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             Arc::new(LocalBackend::new(&a.state_dir, rule_format(&a.backend)))
         };
         let mut cfg = ServerConfig::new(a.listen, &a.state_dir);
-        cfg.on_started = Some(announce());
+        cfg.on_started = Some(announce(Output::stderr()));
         cfg.token = a.token.clone().filter(|t| !t.is_empty());
         let (tx, rx) = tokio::sync::watch::channel(false);
         let stop = async move {
@@ -115,27 +115,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts the management plane for the local mesh that `meshpass up` is bringing up, on its
-/// own thread and runtime: it waits for the supervisor's control socket, serves until
-/// `shutdown` is set, and reports (not fails) when it cannot listen, since the mesh itself is
-/// still useful from the CLI.
+/// own thread and runtime: it waits for the supervisor's control socket, serves until `stop`
+/// is requested, and reports (not fails) through `out` when it cannot listen, since the mesh
+/// itself is still useful from the CLI.
 pub fn spawn_for_mesh(
     state_dir: &Path,
     listen: SocketAddr,
     format: RuleFormat,
-    shutdown: Arc<AtomicBool>,
+    stop: Stop,
+    out: Output,
 ) -> std::thread::JoinHandle<()> {
     let dir = state_dir.to_path_buf();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
             Ok(rt) => rt,
-            Err(e) => return eprintln!("management plane not started: {e}"),
+            Err(e) => return out.line(&format!("management plane not started: {e}")),
         };
         let stopping = {
-            let shutdown = Arc::clone(&shutdown);
+            let stop = stop.clone();
             move || {
-                let shutdown = Arc::clone(&shutdown);
+                let stop = stop.clone();
                 async move {
-                    while !shutdown.load(Ordering::SeqCst) {
+                    while !stop.requested() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -143,13 +144,13 @@ pub fn spawn_for_mesh(
         };
         rt.block_on(async {
             while meshpass_mesh::Client::connect(&dir).is_err() {
-                if shutdown.load(Ordering::SeqCst) {
+                if stop.requested() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let mut cfg = ServerConfig::new(listen, &dir);
-            cfg.on_started = Some(announce());
+            cfg.on_started = Some(announce(out.clone()));
             let backend = Arc::new(LocalBackend::new(&dir, format));
             // Graceful shutdown waits for open connections, and a browser keeps one open:
             // give them a moment, then stop anyway (the mesh is being torn down).
@@ -160,7 +161,7 @@ pub fn spawn_for_mesh(
             tokio::select! {
                 r = meshpass_api::serve(cfg, backend, stopping()) => {
                     if let Err(e) = r {
-                        eprintln!("management plane stopped: {e}");
+                        out.line(&format!("management plane stopped: {e}"));
                     }
                 }
                 () = grace => {}

@@ -19,12 +19,23 @@ pub struct Mesh {
     pub sample: bool,
     /// More `meshpass up` flags.
     pub up_args: Vec<&'static str>,
+    /// `--drain-seconds`.
+    pub drain_seconds: &'static str,
 }
 
 impl Mesh {
     /// A mesh (not started) with its own prefix and address blocks.
     pub fn new(prefix: &'static str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
-        Ok(Mesh { dir: tempfile::tempdir()?, child: None, prefix, pod_cidr, svc_cidr, sample, up_args: Vec::new() })
+        Ok(Mesh {
+            dir: tempfile::tempdir()?,
+            child: None,
+            prefix,
+            pod_cidr,
+            svc_cidr,
+            sample,
+            up_args: Vec::new(),
+            drain_seconds: "2",
+        })
     }
 
     pub fn state(&self) -> &Path {
@@ -33,11 +44,27 @@ impl Mesh {
 
     /// Starts `meshpass up` and waits for its control socket.
     pub fn up(&mut self) -> Result<()> {
-        let _ = std::fs::remove_file(self.state().join("control.sock"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state().join("up.log"))?;
+        self.up_with(Stdio::from(log.try_clone()?), Stdio::from(log))
+    }
+
+    /// Starts `meshpass up` with its stdout and stderr where the caller says, in a process
+    /// group of its own (as a shell's job: a signal to the group does not reach the test), and
+    /// waits for its control socket.
+    pub fn up_with(&mut self, stdout: Stdio, stderr: Stdio) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let _ = std::fs::remove_file(self.state().join("control.sock"));
         let mut cmd = Command::new(BIN);
         // A free port per mesh: tests run meshes side by side.
-        cmd.args(["up", "--drain-seconds", "2", "--netns-prefix", self.prefix, "--api-listen", "127.0.0.1:0"]);
+        cmd.args([
+            "up",
+            "--drain-seconds",
+            self.drain_seconds,
+            "--netns-prefix",
+            self.prefix,
+            "--api-listen",
+            "127.0.0.1:0",
+        ]);
         if !self.sample {
             cmd.arg("--no-sample");
         }
@@ -46,18 +73,27 @@ impl Mesh {
             .args(["--pod-cidr", self.pod_cidr, "--service-cidr", self.svc_cidr, "--state-dir"])
             .arg(self.state())
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
             .spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.state().join("control.sock").exists() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("supervisor exited ({status}): {}", self.log());
+            }
             if Instant::now() > deadline {
-                bail!("supervisor did not start: {}", std::fs::read_to_string(self.state().join("up.log"))?);
+                bail!("supervisor did not start: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// What the supervisor printed, when it printed to `up.log`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state().join("up.log")).unwrap_or_default()
     }
 
     /// Runs `meshpass ARGS --state-dir DIR`.
@@ -109,7 +145,7 @@ impl Mesh {
                 return Ok((u.trim().to_string(), t.trim().to_string()));
             }
             if Instant::now() > deadline {
-                bail!("the management plane did not start: {}", std::fs::read_to_string(self.state().join("up.log"))?);
+                bail!("the management plane did not start: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
