@@ -3,7 +3,7 @@
 //! client is synchronous and a rollout takes seconds.
 
 use crate::check::{self, PathTaken, Target};
-use crate::runtime::{capture_plan, mesh_injector_values};
+use crate::plan::capture::{capture_plan, mesh_injector_values};
 use crate::state::State;
 use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
 use async_trait::async_trait;

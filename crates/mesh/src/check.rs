@@ -110,7 +110,7 @@ fn failed(what: &str) -> impl Fn(std::io::Error) -> MeshError + '_ {
 
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, MeshError> + Send) -> Result<T, MeshError> {
     linux::in_netns(&Netns::Named(ns.to_string()), f)
-        .map_err(|source| MeshError::Netns { path: crate::net::netns_path(ns), source })?
+        .map_err(|source| MeshError::Netns { path: crate::effect::net::netns_path(ns), source })?
 }
 
 /// Connects to `t` (and for HTTP sends one GET with `Connection: close`) from the current

@@ -4,7 +4,8 @@
 //!
 //! Skips without root unless `CI` is set. Own prefix and addresses; a Drop guard sweeps.
 
-use meshpass_mesh::net::{self, ServiceNat};
+use meshpass_mesh::effect::net;
+use meshpass_mesh::plan::services::ServiceNat;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -15,7 +16,7 @@ struct Guard(tempfile::TempDir);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = meshpass_mesh::runtime::sweep(self.0.path(), PREFIX);
+        let _ = meshpass_mesh::effect::sweep::sweep(self.0.path(), PREFIX);
     }
 }
 
@@ -66,7 +67,7 @@ fn routed_pods_and_service_dnat_from_node_and_pod() -> anyhow::Result<()> {
     net::apply_services(&node, &svc(vec![]))?;
     assert!(fetch_in(&node, to).is_err());
 
-    let removed = meshpass_mesh::runtime::sweep(guard.0.path(), PREFIX)?;
+    let removed = meshpass_mesh::effect::sweep::sweep(guard.0.path(), PREFIX)?;
     assert_eq!(removed.iter().filter(|l| l.contains("removed network namespace")).count(), 3, "{removed:?}");
     assert!(net::list_netns(PREFIX).is_empty());
     Ok(())

@@ -225,7 +225,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn supervise(a: UpArgs, signals: SigSet, out: &Output) -> anyhow::Result<ExitCode> {
-    if let Err(e) = meshpass_mesh::runtime::require_root() {
+    if let Err(e) = meshpass_mesh::supervisor::require_root() {
         out.line(&format!("error: {}", e.report()));
         return Ok(ExitCode::from(1));
     }
@@ -288,7 +288,7 @@ fn supervise(a: UpArgs, signals: SigSet, out: &Output) -> anyhow::Result<ExitCod
 
 /// `meshpass down`.
 pub fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
-    if let Err(e) = meshpass_mesh::runtime::require_root() {
+    if let Err(e) = meshpass_mesh::supervisor::require_root() {
         eprintln!("error: {}", e.report());
         return Ok(ExitCode::from(1));
     }
@@ -497,8 +497,9 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid).env("HOME", "/tmp");
     }
-    let status = meshpass_mesh::net::in_netns(&meshpass_mesh::net::netns_path(&netns), move || cmd.status())?
-        .with_context(|| format!("cannot run {program}"))?;
+    let status =
+        meshpass_mesh::effect::net::in_netns(&meshpass_mesh::effect::net::netns_path(&netns), move || cmd.status())?
+            .with_context(|| format!("cannot run {program}"))?;
     Ok(ExitCode::from(status.code().map_or(128 + 9, |c| c.clamp(0, 255)) as u8))
 }
 

@@ -10,6 +10,7 @@
 //! uplink: nothing leaves the machine. Every packet between pods or from the node to a pod
 //! crosses the node's netfilter, so the service DNAT (and its reverse on replies) always applies.
 
+use crate::plan::services::ServiceNat;
 use crate::MeshError;
 use meshpass_capture::linux::{Netns, NetnsRunner, Runner};
 use std::net::Ipv4Addr;
@@ -112,17 +113,6 @@ pub fn create_pod(node: &str, pod: &str, veth: &str, ip: Ipv4Addr, gateway: Ipv4
         let _ = netns_del(pod);
     }
     result
-}
-
-/// One service as the DNAT table sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceNat {
-    /// ClusterIP.
-    pub cluster_ip: Ipv4Addr,
-    /// `(port, target_port)` pairs.
-    pub ports: Vec<(u16, u16)>,
-    /// Ready endpoints.
-    pub endpoints: Vec<Ipv4Addr>,
 }
 
 /// Renders the whole services table as one `nft -f` transaction that replaces the previous

@@ -3,7 +3,7 @@
 //! their own (so a signal reaches whatever they fork), output appended to a log file, and a
 //! pidfile that identifies them by PID *and* start time, so a reused PID is never killed.
 
-use crate::net::in_netns;
+use super::net::in_netns;
 use crate::stop::Stop;
 use crate::MeshError;
 use nix::sys::signal::{killpg, Signal};

@@ -1,0 +1,453 @@
+//! Changes to the desired state: `apply`, `annotate` and `delete`. Each is decided on a copy
+//! of the desired state and either fails as a whole — every problem named, nothing changed —
+//! or yields the new state, the kubectl-like lines to answer, and the capture rules to
+//! re-apply in place when the change is `--live`. Pure: the supervisor carries the live
+//! re-applies out (undoing them if one fails), saves the state, and only then commits it.
+//!
+//! A template change marks the Deployment's pods *pending restart* (as DCE does) until a
+//! rollout restart; a `--live` change that touches only capture annotations re-applies the
+//! rules of its meshed pods in place instead.
+
+use super::capture;
+use super::pod::meshed;
+use super::world::{Phase, PodKey, WorkloadKey, World};
+use crate::config::MeshConfig;
+use crate::ipam::Ipam;
+use crate::manifest::{DeploymentSpec, NamespaceSpec, Object};
+use crate::state::{key, State, StoredService};
+use crate::MeshError;
+use std::collections::BTreeMap;
+
+/// The desired state being changed: the state file's content and the ClusterIP allocator.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// What `meshpass apply` stored.
+    pub state: State,
+    /// ClusterIPs in use.
+    pub cluster_ips: Ipam,
+}
+
+/// Capture rules to re-apply in place in running pods (`--live`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    /// The Deployment.
+    pub workload: WorkloadKey,
+    /// Its meshed running pods.
+    pub pods: Vec<PodKey>,
+    /// The new annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The annotations the pods run with now (to undo a partial re-apply).
+    pub previous: BTreeMap<String, String>,
+    /// The new template's hash, which the pods carry once re-applied.
+    pub hash: String,
+}
+
+/// What a change does besides the new desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// One line per object (`deployment.apps/hello -n default configured (…)`).
+    pub lines: Vec<String>,
+    /// Live re-applies to carry out before the change counts.
+    pub live: Vec<Live>,
+}
+
+/// `meshpass apply`: validates every object first (namespaces exist, capture annotations
+/// compile for this mesh, a `--live` change is safe), then stores them.
+pub fn apply(
+    d: &mut Desired,
+    world: &World,
+    objects: Vec<Object>,
+    live: bool,
+    cfg: &MeshConfig,
+) -> Result<Outcome, MeshError> {
+    let mut namespaces = d.state.namespaces.clone();
+    for o in &objects {
+        if let Object::Namespace(n) = o {
+            namespaces.insert(n.name.clone(), n.clone());
+        }
+    }
+    let mut errors = Vec::new();
+    for o in &objects {
+        let ns = match o {
+            Object::Namespace(_) => continue,
+            Object::Deployment(dep) => &dep.namespace,
+            Object::Service(s) => &s.namespace,
+        };
+        if !namespaces.contains_key(ns) && ns != "default" {
+            errors.push(format!(
+                "{}: namespace `{ns}` not found (apply its Namespace first or in the same file)",
+                o.describe()
+            ));
+            continue;
+        }
+        if let Object::Deployment(dep) = o {
+            if meshed(&namespaces, dep) {
+                if let Err(errs) = capture::check(&dep.template.annotations, cfg) {
+                    errors.extend(errs.into_iter().map(|e| format!("{}: {e}", o.describe())));
+                }
+            }
+            if live {
+                let old = d.state.deployments.get(&key(&dep.namespace, &dep.name));
+                let why = old.and_then(|old| capture::live_untrack_change(old, dep, cfg));
+                errors.extend(why.map(|e| format!("{}: {e}", o.describe())));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(MeshError::Invalid(errors));
+    }
+    d.state
+        .namespaces
+        .entry("default".to_string())
+        .or_insert_with(|| NamespaceSpec { name: "default".to_string(), labels: BTreeMap::new() });
+    let mut out = Outcome::default();
+    for o in objects {
+        let what = o.describe();
+        let verdict = match o {
+            Object::Namespace(n) => match d.state.namespaces.insert(n.name.clone(), n.clone()) {
+                Some(old) if old == n => "unchanged".to_string(),
+                Some(_) => "configured".to_string(),
+                None => "created".to_string(),
+            },
+            Object::Service(s) => {
+                let k = key(&s.namespace, &s.name);
+                match d.state.services.get(&k).cloned() {
+                    Some(old) if old.spec == s => "unchanged".to_string(),
+                    Some(old) => {
+                        d.state.services.insert(k, StoredService { spec: s, cluster_ip: old.cluster_ip });
+                        "configured".to_string()
+                    }
+                    None => {
+                        let cluster_ip = d.cluster_ips.allocate()?;
+                        d.state.services.insert(k, StoredService { spec: s, cluster_ip });
+                        format!("created (ClusterIP {cluster_ip})")
+                    }
+                }
+            }
+            Object::Deployment(dep) => deployment(d, world, dep, live, &mut out),
+        };
+        out.lines.push(format!("{what} {verdict}"));
+    }
+    Ok(out)
+}
+
+/// `meshpass annotate`: sets and removes pod-template annotations of a Deployment, with the
+/// same validation and the same outcome (pending restart, or live re-apply) as applying the
+/// edited manifest. With `expect_version`, nothing is written unless the Deployment is still
+/// at that resource version.
+#[allow(clippy::too_many_arguments)]
+pub fn annotate(
+    d: &mut Desired,
+    world: &World,
+    ns: &str,
+    name: &str,
+    set: BTreeMap<String, String>,
+    remove: Vec<String>,
+    live: bool,
+    expect_version: Option<&str>,
+    cfg: &MeshConfig,
+) -> Result<Outcome, MeshError> {
+    let Some(old) = d.state.deployments.get(&key(ns, name)) else {
+        return Err(MeshError::WorkloadNotFound { namespace: ns.to_string(), name: name.to_string() });
+    };
+    let actual = d.state.version(ns, name);
+    if let Some(expected) = expect_version.filter(|e| *e != actual) {
+        return Err(MeshError::Conflict { workload: key(ns, name), expected: expected.to_string(), actual });
+    }
+    let mut dep = old.clone();
+    for k in &remove {
+        dep.template.annotations.remove(k);
+    }
+    dep.template.annotations.extend(set);
+    let invalid = |errs: Vec<String>| {
+        MeshError::Invalid(errs.into_iter().map(|e| format!("deployment {ns}/{name}: {e}")).collect())
+    };
+    if meshed(&d.state.namespaces, &dep) {
+        capture::check(&dep.template.annotations, cfg).map_err(invalid)?;
+    }
+    if live {
+        if let Some(why) = capture::live_untrack_change(old, &dep, cfg) {
+            return Err(invalid(vec![why]));
+        }
+    }
+    let mut out = Outcome::default();
+    let verdict = deployment(d, world, dep, live, &mut out);
+    out.lines.push(format!("deployment.apps/{name} -n {ns} {verdict}"));
+    Ok(out)
+}
+
+/// Stores one (validated) Deployment; the verdict says what happens to its pods.
+fn deployment(d: &mut Desired, world: &World, dep: DeploymentSpec, live: bool, out: &mut Outcome) -> String {
+    let k = key(&dep.namespace, &dep.name);
+    let Some(old) = d.state.deployments.get(&k).cloned() else {
+        d.state.put_deployment(dep);
+        return "created".to_string();
+    };
+    if old == dep {
+        return "unchanged".to_string();
+    }
+    let hash = dep.template.hash();
+    if old.template.hash() == hash {
+        let n = dep.replicas;
+        d.state.put_deployment(dep);
+        return format!("configured (scaled to {n})");
+    }
+    let wk = WorkloadKey::new(&dep.namespace, &dep.name);
+    let running: Vec<&super::world::Pod> = world.pods_of(&wk, Phase::Running).collect();
+    if live && old.template.differs_only_in_capture(&dep.template) {
+        let pods: Vec<PodKey> = running.iter().filter(|p| p.meshed).map(|p| p.key.clone()).collect();
+        let n = pods.len();
+        if n > 0 {
+            out.live.push(Live {
+                workload: wk,
+                pods,
+                annotations: dep.template.annotations.clone(),
+                previous: old.template.annotations,
+                hash,
+            });
+        }
+        d.state.put_deployment(dep);
+        return format!("configured (capture rules re-applied live in {n} pod(s), no restart)");
+    }
+    let (ns, name, n) = (dep.namespace.clone(), dep.name.clone(), running.len());
+    d.state.put_deployment(dep);
+    format!("configured ({n} pod(s) pending restart: meshpass rollout restart deployment/{name} -n {ns})")
+}
+
+/// `meshpass delete`: removes the objects named (a Namespace with everything in it; the
+/// `default` namespace is kept). Their pods go with the next reconcile.
+pub fn delete(d: &mut Desired, objects: Vec<Object>) -> Outcome {
+    let mut out = Outcome::default();
+    for o in objects {
+        let what = o.describe();
+        let found = match &o {
+            Object::Deployment(dep) => {
+                d.state.versions.remove(&key(&dep.namespace, &dep.name));
+                d.state.deployments.remove(&key(&dep.namespace, &dep.name)).is_some()
+            }
+            Object::Service(s) => match d.state.services.remove(&key(&s.namespace, &s.name)) {
+                Some(old) => {
+                    d.cluster_ips.release(old.cluster_ip);
+                    true
+                }
+                None => false,
+            },
+            Object::Namespace(n) if n.name == "default" => {
+                out.lines.push(format!("{what} kept (the default namespace cannot be deleted)"));
+                continue;
+            }
+            Object::Namespace(n) => {
+                let prefix = format!("{}/", n.name);
+                d.state.deployments.retain(|k, _| !k.starts_with(&prefix));
+                d.state.versions.retain(|k, _| !k.starts_with(&prefix));
+                let services: Vec<String> =
+                    d.state.services.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                for s in services {
+                    if let Some(old) = d.state.services.remove(&s) {
+                        d.cluster_ips.release(old.cluster_ip);
+                    }
+                }
+                d.state.namespaces.remove(&n.name).is_some()
+            }
+        };
+        out.lines.push(format!("{what} {}", if found { "deleted" } else { "not found" }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::Cidr;
+    use crate::manifest::parse;
+    use crate::plan::testing::{cfg, pod};
+
+    const EXCLUDE_IN: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+
+    const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: shop}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 80, targetPort: 5000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers:
+      - name: hello
+        command: [meshpass, sample, helloworld]
+        ports: [{containerPort: 5000}]
+"#;
+
+    fn desired() -> Desired {
+        let cidr = Cidr::parse("198.19.0.0/24").expect("cidr");
+        Desired { state: State::default(), cluster_ips: Ipam::new(cidr, 0) }
+    }
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        parse(yaml).expect("manifest")
+    }
+
+    /// The app applied, with its two pods running (meshed) from the applied template.
+    fn running_app() -> (Desired, World) {
+        let mut d = desired();
+        apply(&mut d, &World::default(), objects(APP), false, &cfg()).expect("apply");
+        let hash = d.state.deployments["shop/hello"].template.hash();
+        let mut world = World::default();
+        pod(&mut world, "shop", "hello", &hash, 2);
+        pod(&mut world, "shop", "hello", &hash, 3);
+        (d, world)
+    }
+
+    #[test]
+    fn a_first_apply_creates_everything_and_allocates_a_cluster_ip() {
+        let mut d = desired();
+        let out = apply(&mut d, &World::default(), objects(APP), false, &cfg()).expect("apply");
+        assert_eq!(
+            out.lines,
+            vec![
+                "namespace/shop created",
+                "service/hello -n shop created (ClusterIP 198.19.0.1)",
+                "deployment.apps/hello -n shop created",
+            ]
+        );
+        assert!(d.state.namespaces.contains_key("default"), "the default namespace always exists");
+        assert_eq!(d.state.version("shop", "hello"), "1");
+        let again = apply(&mut d, &World::default(), objects(APP), false, &cfg()).expect("apply");
+        assert!(again.lines.iter().all(|l| l.ends_with("unchanged")), "{:?}", again.lines);
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_nothing_is_stored() {
+        let mut d = desired();
+        let bad = APP
+            .replace("metadata: {name: shop, labels: {istio-injection: enabled}}", "metadata: {name: elsewhere}")
+            .replace(
+                "metadata: {labels: {app: hello}}",
+                "metadata:\n      labels: {app: hello}\n      annotations: {traffic.sidecar.istio.io/excludeInboundPorts: \"99999,abc\"}",
+            );
+        let err = apply(&mut d, &World::default(), objects(&bad), false, &cfg()).expect_err("invalid");
+        let MeshError::Invalid(errors) = err else { panic!("{err}") };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| e.contains("namespace `shop` not found")), "{errors:?}");
+        let mut d = desired();
+        let bad = APP.replace(
+            "metadata: {labels: {app: hello}}",
+            "metadata:\n      labels: {app: hello}\n      annotations: {traffic.sidecar.istio.io/excludeInboundPorts: \"99999,abc\"}",
+        );
+        let Err(MeshError::Invalid(errors)) = apply(&mut d, &World::default(), objects(&bad), false, &cfg()) else {
+            panic!("invalid")
+        };
+        assert!(errors.iter().any(|e| e.contains("99999")) && errors.iter().any(|e| e.contains("abc")), "{errors:?}");
+        assert_eq!(d.state, State::default(), "nothing stored");
+    }
+
+    #[test]
+    fn a_changed_template_marks_the_running_pods_pending_restart() {
+        let (mut d, world) = running_app();
+        let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000".to_string())]);
+        let out = annotate(&mut d, &world, "shop", "hello", set, vec![], false, None, &cfg()).expect("annotate");
+        assert_eq!(
+            out.lines,
+            vec!["deployment.apps/hello -n shop configured (2 pod(s) pending restart: meshpass rollout restart deployment/hello -n shop)"]
+        );
+        assert!(out.live.is_empty());
+        assert_eq!(
+            d.state.deployments["shop/hello"].template.annotations.get(EXCLUDE_IN).map(String::as_str),
+            Some("5000")
+        );
+        assert_eq!(d.state.version("shop", "hello"), "2", "a new resource version");
+    }
+
+    #[test]
+    fn a_live_capture_change_re_applies_the_rules_of_the_meshed_pods_in_place() {
+        let (mut d, world) = running_app();
+        let old = d.state.deployments["shop/hello"].template.annotations.clone();
+        let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000".to_string())]);
+        let out = annotate(&mut d, &world, "shop", "hello", set, vec![], true, None, &cfg()).expect("annotate");
+        assert_eq!(
+            out.lines,
+            vec!["deployment.apps/hello -n shop configured (capture rules re-applied live in 2 pod(s), no restart)"]
+        );
+        let [live] = out.live.as_slice() else { panic!("{:?}", out.live) };
+        assert_eq!(live.pods, world.pods.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(live.previous, old);
+        assert_eq!(live.hash, d.state.deployments["shop/hello"].template.hash());
+    }
+
+    #[test]
+    fn a_live_change_that_is_not_only_capture_still_needs_a_restart() {
+        let (mut d, world) = running_app();
+        let set = BTreeMap::from([("sidecar.istio.io/inject".to_string(), "false".to_string())]);
+        let out = annotate(&mut d, &world, "shop", "hello", set, vec![], true, None, &cfg()).expect("annotate");
+        assert!(out.live.is_empty() && out.lines[0].contains("pending restart"), "{out:?}");
+    }
+
+    #[test]
+    fn scaling_is_configured_without_a_restart() {
+        let (mut d, world) = running_app();
+        let out =
+            apply(&mut d, &world, objects(&APP.replace("replicas: 2", "replicas: 3")), false, &cfg()).expect("apply");
+        assert_eq!(out.lines[2], "deployment.apps/hello -n shop configured (scaled to 3)");
+    }
+
+    #[test]
+    fn annotate_names_a_missing_workload_and_refuses_a_stale_version() {
+        let (mut d, world) = running_app();
+        let err = annotate(&mut d, &world, "shop", "nope", BTreeMap::new(), vec![], false, None, &cfg())
+            .expect_err("missing");
+        assert!(matches!(err, MeshError::WorkloadNotFound { ref name, .. } if name == "nope"), "{err}");
+        let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000".to_string())]);
+        let before = d.state.clone();
+        let err = annotate(&mut d, &world, "shop", "hello", set, vec![], false, Some("0"), &cfg()).expect_err("stale");
+        assert!(
+            matches!(err, MeshError::Conflict { ref expected, ref actual, .. } if expected == "0" && actual == "1")
+        );
+        assert_eq!(d.state, before);
+    }
+
+    #[test]
+    fn annotate_refuses_bad_values_and_unsafe_live_changes_by_name() {
+        let (mut d, world) = running_app();
+        let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "70000".to_string())]);
+        let Err(MeshError::Invalid(e)) = annotate(&mut d, &world, "shop", "hello", set, vec![], false, None, &cfg())
+        else {
+            panic!("invalid")
+        };
+        assert!(e[0].starts_with("deployment shop/hello: ") && e[0].contains("70000"), "{e:?}");
+        let mut untracking = cfg();
+        untracking.untrack_excluded_inbound = true;
+        let set = BTreeMap::from([(EXCLUDE_IN.to_string(), "5000".to_string())]);
+        let Err(MeshError::Invalid(e)) =
+            annotate(&mut d, &world, "shop", "hello", set, vec![], true, None, &untracking)
+        else {
+            panic!("refused")
+        };
+        assert!(e[0].contains("apply without --live and restart"), "{e:?}");
+    }
+
+    #[test]
+    fn deleting_a_namespace_takes_its_objects_and_frees_their_cluster_ips() {
+        let (mut d, _) = running_app();
+        let out = delete(&mut d, objects("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"));
+        assert_eq!(out.lines, vec!["namespace/shop deleted"]);
+        assert!(d.state.deployments.is_empty() && d.state.services.is_empty() && d.state.versions.is_empty());
+        assert_eq!(d.cluster_ips.allocate().expect("free").to_string(), "198.19.0.2", "next-fit, but .1 is free again");
+        let out = delete(&mut d, objects("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n"));
+        assert!(out.lines[0].contains("kept"), "{out:?}");
+        let out = delete(&mut d, objects(APP));
+        assert!(out.lines.iter().all(|l| l.ends_with("not found")), "{out:?}");
+    }
+}
