@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod error;
+pub mod files;
 pub mod rotation;
 pub mod spiffe;
 pub mod store;
@@ -16,6 +17,7 @@ pub mod tls;
 
 pub use ca::{spiffe_id_of, MeshCa, WorkloadCert, CA_VALIDITY, DEFAULT_WORKLOAD_TTL};
 pub use error::IdentityError;
+pub use files::Credentials;
 pub use rotation::{Action, Rotation};
 pub use spiffe::{SpiffeId, SpiffeIdError, TRUST_DOMAIN};
 pub use tls::{alpn, client_config, describe, peer_identity, server_config, CertSlot, IdentityMismatch, Rejection};

@@ -34,8 +34,8 @@ pub fn load_or_create(dir: &Path, now: SystemTime, validity: Duration) -> Result
             fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
             // Key first: a crash between the two writes leaves a key without a certificate,
             // which the next start reports instead of silently issuing from a new CA.
-            write_atomic(&key_path, ca.key_pem().as_bytes(), 0o600)?;
-            write_atomic(&cert_path, ca.cert_pem().as_bytes(), 0o644)?;
+            write_atomic(&key_path, ca.key_pem().as_bytes(), 0o600, None)?;
+            write_atomic(&cert_path, ca.cert_pem().as_bytes(), 0o644, None)?;
             Ok((ca, true))
         }
         (cert, _) => Err(IdentityError::Invalid {
@@ -54,8 +54,8 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 /// Writes `data` to `path` with `mode` from the first byte on (never briefly world-readable),
-/// through a temporary file renamed into place.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
+/// through a temporary file renamed into place, owned by `owner` (uid, gid) when given.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), IdentityError> {
     let tmp: PathBuf = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f =
@@ -63,5 +63,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
     f.write_all(data).and_then(|()| f.sync_all()).map_err(io("cannot write", &tmp))?;
     // The umask may have narrowed `mode`; make it exact.
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io("cannot write", &tmp))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io("cannot change the owner of", &tmp))?;
+    }
     fs::rename(&tmp, path).map_err(io("cannot write", path))
 }

@@ -92,15 +92,24 @@ impl CertSlot {
         Ok(Arc::new(CertSlot { current: RwLock::new(certified(cert)?) }))
     }
 
+    /// A slot holding an already assembled key (e.g. [`crate::files::Credentials::key`]).
+    pub fn from_key(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(CertSlot { current: RwLock::new(key) })
+    }
+
     /// Replaces the certificate for every handshake from now on.
     pub fn rotate(&self, cert: &WorkloadCert) -> Result<(), IdentityError> {
-        let next = certified(cert)?;
+        self.set(certified(cert)?);
+        Ok(())
+    }
+
+    /// Replaces the certificate and key for every handshake from now on.
+    pub fn set(&self, next: Arc<CertifiedKey>) {
         match self.current.write() {
             Ok(mut g) => *g = next,
             // A writer that panicked left a whole `Arc` behind; replace it all the same.
             Err(poisoned) => *poisoned.into_inner() = next,
         }
-        Ok(())
     }
 
     /// The certificate new handshakes present.

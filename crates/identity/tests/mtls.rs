@@ -262,3 +262,35 @@ fn a_key_that_is_not_the_cas_is_refused() {
     let e = MeshCa::from_pem(&leaf.cert_pem(), &leaf.key_pem()).err().unwrap();
     assert!(e.to_string().contains("not a CA certificate"), "{e}");
 }
+
+#[test]
+fn credential_files_are_checked_before_use() {
+    use meshpass_identity::files;
+    let ca = MeshCa::generate(SystemTime::now(), HOUR * 24).unwrap();
+    let other = MeshCa::generate(SystemTime::now(), HOUR * 24).unwrap();
+    let sleep = id("default", "sleep");
+    let a = ca.issue(&sleep, SystemTime::now(), HOUR).unwrap();
+    let b = ca.issue(&sleep, SystemTime::now(), HOUR).unwrap();
+    let ok = files::parse(a.cert_pem().as_bytes(), a.key_pem().as_bytes(), ca.cert_pem().as_bytes()).unwrap();
+    assert_eq!(ok.identity, sleep);
+    let e = files::parse(a.cert_pem().as_bytes(), b.key_pem().as_bytes(), ca.cert_pem().as_bytes()).unwrap_err();
+    assert_eq!(e.to_string(), "key.pem is not valid: the key does not belong to the certificate in cert-chain.pem");
+    let e = files::parse(a.cert_pem().as_bytes(), a.key_pem().as_bytes(), other.cert_pem().as_bytes()).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "the certificate of spiffe://cluster.local/ns/default/sa/sleep is not issued by the CA in root-cert.pem"
+        ),
+        "{e}"
+    );
+    let e = files::parse(b"", a.key_pem().as_bytes(), ca.cert_pem().as_bytes()).unwrap_err();
+    assert_eq!(e.to_string(), "cert-chain.pem is not valid: it holds no certificate");
+    // An expired certificate still loads (the caller reports it): a sidecar keeps a certificate.
+    let old = ca.issue_window(&sleep, SystemTime::now() - HOUR * 3, SystemTime::now() - HOUR).unwrap();
+    assert!(files::parse(old.cert_pem().as_bytes(), old.key_pem().as_bytes(), ca.cert_pem().as_bytes()).is_ok());
+    // Written and read back, the key private to its owner.
+    let dir = tempfile::tempdir().unwrap();
+    files::write_dir(dir.path(), &a, ca.cert_pem(), None).unwrap();
+    let mode = std::fs::metadata(dir.path().join(files::KEY_FILE)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(files::read_dir(dir.path()).unwrap().identity, sleep);
+}

@@ -81,6 +81,16 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     })
 }
 
+/// What the mesh told this sidecar, and its identity.
+fn mesh_dump(shared: &Shared) -> serde_json::Value {
+    let cfg = shared.mesh.config();
+    let tls = shared.mesh.tls.as_ref().map(|t| {
+        let expires = t.not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        serde_json::json!({ "identity": t.identity().to_string(), "certificate_expires_unix": expires })
+    });
+    serde_json::json!({ "config": cfg.source, "tls": tls })
+}
+
 fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
@@ -105,12 +115,17 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
         "/stats/prometheus" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            shared.metrics.render(),
+            {
+                let mut text = shared.metrics.render();
+                shared.mesh.metrics.render(&mut text);
+                text
+            },
         ),
         "/config_dump" => json(&serde_json::json!({
             "config": &shared.config,
             "bound": &shared.bound,
             "pool_idle_connections": shared.pool.idle_count(),
+            "mesh": mesh_dump(shared),
         })),
         "/connections" => {
             let dir = query_param(req, "direction");

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::mesh::MeshSettings;
+
 /// Default outbound capture port (Istio `ISTIO_REDIRECT` → 15001).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 /// Default inbound capture port (Istio `ISTIO_IN_REDIRECT` → 15006).
@@ -107,6 +109,10 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_POOL_IDLE_TIMEOUT,
     ENV_CONNECTION_LOG_CAPACITY,
     ENV_WORKER_THREADS,
+    crate::mesh::ENV_MESH_CONFIG,
+    crate::mesh::ENV_CERT_DIR,
+    crate::mesh::ENV_RELOAD_INTERVAL,
+    crate::mesh::ENV_TLS_HANDSHAKE_TIMEOUT,
 ];
 
 /// How redirected connections reach the proxy, which decides how the original destination is
@@ -224,6 +230,8 @@ pub struct ProxyConfig {
     /// runtime gave the most requests per CPU second: no cross-thread wake-ups, and a sidecar
     /// should not compete with its app for cores (bench/proxy/RESULTS.md).
     pub worker_threads: usize,
+    /// The mesh config and credential files ([`crate::mesh`]).
+    pub mesh: MeshSettings,
 }
 
 impl Default for ProxyConfig {
@@ -256,6 +264,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(60),
             connection_log_capacity: 1024,
             worker_threads: 0,
+            mesh: MeshSettings::default(),
         }
     }
 }
@@ -377,6 +386,9 @@ impl ProxyConfig {
         });
         field(ENV_CONNECTION_LOG_CAPACITY, &mut |v| set(&mut c.connection_log_capacity, v.parse()));
         field(ENV_WORKER_THREADS, &mut |v| set(&mut c.worker_threads, v.parse()));
+        let (mesh, mesh_errs) = MeshSettings::from_env(get);
+        c.mesh = mesh;
+        errs.extend(mesh_errs);
         if errs.is_empty() {
             Ok(c)
         } else {

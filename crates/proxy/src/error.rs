@@ -32,6 +32,9 @@ pub enum ProxyError {
     /// A background task panicked or was cancelled.
     #[error("proxy task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The mesh config or the workload credentials cannot be used.
+    #[error("cannot start with the mesh's files")]
+    Mesh(#[from] crate::mesh::MeshLoadError),
     /// Setting up the process (runtime, signal handlers) failed.
     #[error("{what}: {source}")]
     Setup {
@@ -100,6 +103,20 @@ pub enum UpstreamError {
         /// The configured limit.
         timeout: Duration,
     },
+    /// The TLS handshake with the upstream failed or its certificate was refused.
+    #[error("TLS handshake with {addr} failed: {failure}")]
+    Tls {
+        /// Destination.
+        addr: SocketAddr,
+        /// Why, classified.
+        failure: crate::tls::TlsFailure,
+    },
+    /// The mesh lists the Service but none of its endpoints.
+    #[error("no healthy upstream: {service} has no ready endpoint")]
+    NoHealthyUpstream {
+        /// `NS/NAME`.
+        service: String,
+    },
 }
 
 impl UpstreamError {
@@ -124,6 +141,8 @@ impl UpstreamError {
             UpstreamError::Handshake { .. } => "handshake",
             UpstreamError::Reset { .. } => "upstream_reset",
             UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
+            UpstreamError::Tls { .. } => "tls_handshake",
+            UpstreamError::NoHealthyUpstream { .. } => "no_healthy_upstream",
         }
     }
 }

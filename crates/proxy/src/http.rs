@@ -200,9 +200,10 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
 
                 let pool = &ctx.shared.pool;
                 let (mut tx, mut reused) = or_break!('forward, pool.get_at(key, start).await);
-                if !ctx.upstream_noted.swap(true, Ordering::Relaxed) {
-                    // The target is fixed per connection: one lock for the record, not one per request.
-                    ctx.conn.set_upstream(key.dst);
+                if !reused || !ctx.upstream_noted.swap(true, Ordering::Relaxed) {
+                    // Only a new upstream connection can go elsewhere (another endpoint): one
+                    // lock for the record per upstream connection, not one per request.
+                    ctx.conn.set_upstream_info(tx.info());
                 }
                 // A pooled connection is ready at once, so the request goes out now: the clock read at
                 // the start of `handle` serves (microseconds apart, the header has millisecond units).
@@ -552,7 +553,8 @@ fn uuid_text(hi: u64, lo: u64) -> [u8; 36] {
 pub(crate) fn upstream_key(shared: &Shared, direction: Direction, orig: SocketAddr) -> PoolKey {
     let cfg = &shared.config;
     match direction {
-        Direction::Outbound => PoolKey { dst: orig, src: None },
+        // Routed through the mesh config when the proxy opens the upstream connection.
+        Direction::Outbound => PoolKey { dst: orig, src: None, mesh: Some(shared.mesh.generation()) },
         Direction::Inbound => {
             let ip = cfg.inbound_upstream_override.unwrap_or(orig.ip());
             let dst = SocketAddr::new(ip, orig.port());
@@ -561,7 +563,7 @@ pub(crate) fn upstream_key(shared: &Shared, direction: Direction, orig: SocketAd
             } else {
                 cfg.inbound_source_v6.map(Into::into)
             };
-            PoolKey { dst, src }
+            PoolKey { dst, src, mesh: None }
         }
     }
 }

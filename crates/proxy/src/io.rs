@@ -180,6 +180,11 @@ impl<T> Rewind<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Self { prefix, inner }
     }
+
+    /// The wrapped I/O object.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {

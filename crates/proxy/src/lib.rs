@@ -19,6 +19,14 @@
 //! whose clients stay silent past the sniff timeout — is forwarded as opaque TCP with
 //! half-close ([`tcp`]).
 //!
+//! With the mesh's files ([`mesh`]) the sidecar speaks Istio mutual TLS ([`tls`]): inbound
+//! ports are STRICT, PERMISSIVE or DISABLE as `PeerAuthentication` resolves them (mesh
+//! traffic recognised by its ALPN, as Envoy's `tls_inspector`), outbound connections to a
+//! Service go to its endpoints with mutual TLS to those that have a sidecar and plaintext to
+//! the others (auto mTLS, or what a `DestinationRule` says), peers verified against the mesh
+//! CA and their SPIFFE identities, which `/connections` records. Certificates and config are
+//! reloaded from their files without dropping connections.
+//!
 //! Failures map to Envoy's statuses with a short text body: upstream refused / reset before
 //! headers → 503, no response headers within the response timeout → 504, a request hyper
 //! cannot parse → 400 (431 for oversized heads; these two are produced by hyper and have an
@@ -70,6 +78,10 @@
 //! | `MESHPASS_PROXY_POOL_IDLE_TIMEOUT` | `60s` | idle upstream connection lifetime |
 //! | `MESHPASS_PROXY_CONNECTION_LOG_CAPACITY` | `1024` | finished connections kept for `/connections` |
 //! | `MESHPASS_PROXY_WORKER_THREADS` | `0` | runtime threads for [`build_runtime`] (`0`: current-thread) |
+//! | `MESHPASS_PROXY_MESH_CONFIG` | unset | the mesh config file: inbound mTLS modes, Services and endpoints ([`mesh_config`]) |
+//! | `MESHPASS_PROXY_CERT_DIR` | unset | `cert-chain.pem`, `key.pem`, `root-cert.pem`: mutual TLS ([`tls`]) |
+//! | `MESHPASS_PROXY_RELOAD_INTERVAL` | `1s` | how often those files are checked for changes |
+//! | `MESHPASS_PROXY_TLS_HANDSHAKE_TIMEOUT` | `10s` | TLS handshake limit (and, under STRICT, the wait for a ClientHello) |
 //!
 //! Durations take `ms`, `s`, `m` or `h` suffixes. The names are `pub const`s in [`config`].
 
@@ -79,6 +91,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod io;
+pub mod mesh;
+pub mod mesh_config;
 pub mod metrics;
 pub mod orig_dst;
 pub mod pool;
@@ -86,6 +100,7 @@ pub mod record;
 pub mod sniff;
 pub mod tcp;
 pub mod timer;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -112,6 +127,7 @@ use crate::http::HttpCtx;
 use crate::io::{Metered, Rewind};
 use crate::metrics::Rejection;
 use crate::record::ConnectionLog;
+use crate::tls::Downstream;
 
 /// Lifecycle phase, broadcast to every task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,6 +176,8 @@ pub struct Shared {
     pub log: Arc<ConnectionLog>,
     /// Upstream HTTP connection pool.
     pub pool: Arc<pool::Pool>,
+    /// What the mesh said: routes, inbound mTLS modes, credentials.
+    pub mesh: Arc<mesh::Mesh>,
     resolver: Arc<dyn OrigDstResolver>,
     drain: watch::Receiver<Phase>,
     active: AtomicUsize,
@@ -296,6 +314,7 @@ impl Proxy {
             readiness: readiness.as_ref().and_then(|l| l.local_addr().ok()),
             prometheus: prometheus.as_ref().and_then(|l| l.local_addr().ok()),
         };
+        let mesh = Arc::new(mesh::Mesh::load(&config.mesh)?);
         let (phase, drain) = watch::channel(Phase::Running);
         let header = |v: &Option<String>| v.as_deref().and_then(|s| HeaderValue::from_str(s).ok());
         let shared = Arc::new(Shared {
@@ -306,7 +325,9 @@ impl Proxy {
                 config.pool_max_idle_per_upstream,
                 config.pool_idle_timeout,
                 config.connect_timeout,
+                mesh.clone(),
             )),
+            mesh: mesh.clone(),
             resolver,
             drain,
             active: AtomicUsize::new(0),
@@ -327,6 +348,7 @@ impl Proxy {
                 tasks.push(tokio::spawn(admin::serve(l, port, shared.clone())));
             }
         }
+        tasks.push(tokio::spawn(mesh.watch(shared.drain.clone())));
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {
             let every = (sweeper.config.pool_idle_timeout / 2).max(Duration::from_millis(100));
@@ -463,7 +485,7 @@ async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Sh
     }
 }
 
-async fn handle_conn(mut stream: TcpStream, peer: SocketAddr, direction: Direction, slot: Slot) {
+async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, slot: Slot) {
     let shared = &slot.0;
     let _ = stream.set_nodelay(true);
     let conn = shared.log.open(direction, orig_dst::canonical_addr(peer), shared.metrics.clone());
@@ -484,14 +506,57 @@ async fn handle_conn(mut stream: TcpStream, peer: SocketAddr, direction: Directi
         conn.set_outcome(format!("no_original_dst: {why}"));
     }
 
-    let mut buf = BytesMut::new();
     let mut drain = shared.drain.clone();
-    let proto = tokio::select! {
-        r = sniff::sniff(&mut stream, &mut buf, shared.config.sniff_timeout, &conn.stats) => r,
-        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
-            conn.set_outcome("drain_timeout");
-            return;
+    // Inbound mutual TLS, as the port's PeerAuthentication mode says (`tls`): the protocol
+    // handling below sees the decrypted stream.
+    let (mut stream, mut buf, alpn_proto) = match (direction, &target) {
+        (Direction::Inbound, Ok(dst)) => {
+            let mode = shared.mesh.inbound_mode(dst.port());
+            let timeouts = tls::InboundTimeouts {
+                first_bytes: shared.config.sniff_timeout,
+                handshake: shared.config.mesh.handshake_timeout,
+            };
+            let accepted = tokio::select! {
+                a = tls::accept_inbound(shared.mesh.tls.as_deref(), mode, stream, peer, dst.port(), timeouts) => a,
+                _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
+                    conn.set_outcome("drain_timeout");
+                    return;
+                }
+            };
+            match accepted {
+                tls::Accepted::Plain(s, b) => {
+                    conn.stats.add_rx(b.len());
+                    (Downstream::Plain(s), b, None)
+                }
+                tls::Accepted::Mutual(s, info) => {
+                    // The client sidecar's ALPN says what it proxies, as Istio's filter chains
+                    // match it: HTTP/1.1 needs no sniffing, Istio's TCP values mean opaque TCP.
+                    let proto = match info.alpn.as_deref() {
+                        Some("http/1.1") => Some(Protocol::Http),
+                        Some("istio-peer-exchange" | "istio") => Some(Protocol::Tcp),
+                        _ => None,
+                    };
+                    conn.set_tls(info);
+                    (Downstream::Tls(s), BytesMut::new(), proto)
+                }
+                tls::Accepted::Refused(f) => {
+                    conn.set_outcome(format!("tls_refused: {}: {}", f.reason, f.message));
+                    return;
+                }
+            }
         }
+        _ => (Downstream::Plain(stream), BytesMut::new(), None),
+    };
+
+    let proto = match alpn_proto {
+        Some(p) => Ok(Some(p)),
+        None => tokio::select! {
+            r = sniff::sniff(&mut stream, &mut buf, shared.config.sniff_timeout, &conn.stats) => r,
+            _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
+                conn.set_outcome("drain_timeout");
+                return;
+            }
+        },
     };
     let proto = match proto {
         Ok(Some(p)) => p,
@@ -542,20 +607,22 @@ async fn handle_conn(mut stream: TcpStream, peer: SocketAddr, direction: Directi
                 return;
             };
             let key = http::upstream_key(shared, direction, dst);
-            conn.set_upstream(key.dst);
             let up = tokio::select! {
-                r = pool::connect_tcp(key.dst, key.src, shared.config.connect_timeout) => r,
+                r = shared.pool.connect_upstream(key, tls::AppProtocol::Tcp) => r,
                 _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
                     conn.set_outcome("drain_timeout");
                     return;
                 }
             };
             match up {
-                Ok(up) => tcp::forward(stream, buf.freeze(), up, &conn, shared.config.idle_timeout, drain).await,
+                Ok((up, info)) => {
+                    conn.set_upstream_info(&info);
+                    tcp::forward_io(stream, buf.freeze(), up, &conn, shared.config.idle_timeout, drain).await
+                }
                 Err(e) => {
                     conn.set_outcome(e.kind());
                     // Reset the client so it sees a failure, as Envoy does for TCP proxies.
-                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
                 }
             }
         }

@@ -1,6 +1,11 @@
 //! Upstream connections: TCP connect (with the inbound source address), and a keep-alive pool
 //! of HTTP/1 client connections per (destination, source) pair.
 //!
+//! An outbound destination the mesh knows (a Service's ClusterIP and port) is routed when a
+//! connection is opened: each new upstream connection goes to the Service's next endpoint,
+//! with the TLS the mesh says that endpoint gets ([`crate::mesh::Route`]). Keys carry the
+//! mesh config's generation, so after a change new connections follow the new config.
+//!
 //! A connection goes back to the pool only after *both* the request body was fully sent and
 //! the response body fully received (see [`crate::body`]); anything else (early response,
 //! client gone mid-body, upstream `Connection: close`) drops it, which closes it. That keeps a
@@ -13,25 +18,67 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::error::UpstreamError;
+use crate::mesh::{Mesh, Route};
+use crate::tls::{AppProtocol, TlsInfo, Upstream};
 
 /// Pool key: where to connect and from which source address.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct PoolKey {
-    /// Destination.
+    /// Destination: the address to connect to, or with `mesh` the original destination the
+    /// mesh config routes.
     pub dst: SocketAddr,
     /// Source address to bind (inbound: 127.0.0.6 / ::6), or `None`.
     pub src: Option<IpAddr>,
+    /// `Some(generation of the mesh config)` when `dst` is routed through the mesh config.
+    pub mesh: Option<u64>,
 }
 
-/// The sending half of a pooled HTTP/1 connection.
-pub type Sender = SendRequest<RequestBody>;
+/// Where an upstream connection went and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UpstreamInfo {
+    /// The address connected to (an endpoint, when the mesh routed it).
+    pub addr: SocketAddr,
+    /// The TLS originated, if any.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The sending half of a pooled HTTP/1 connection, and where that connection goes.
+#[derive(Debug)]
+pub struct Sender {
+    tx: SendRequest<RequestBody>,
+    info: Arc<UpstreamInfo>,
+}
+
+impl Sender {
+    /// Where the connection goes, and its TLS.
+    pub fn info(&self) -> &Arc<UpstreamInfo> {
+        &self.info
+    }
+}
+
+impl Deref for Sender {
+    type Target = SendRequest<RequestBody>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
 
 #[derive(Debug)]
 struct IdleConn {
@@ -106,16 +153,18 @@ pub struct Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    mesh: Arc<Mesh>,
 }
 
 impl Pool {
-    /// An empty pool.
-    pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Self {
+    /// An empty pool; routes and TLS for mesh destinations come from `mesh`.
+    pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration, mesh: Arc<Mesh>) -> Self {
         Self {
             idle: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
             max_idle,
             idle_timeout,
             connect_timeout,
+            mesh,
         }
     }
 
@@ -176,15 +225,47 @@ impl Pool {
         self.lock().values().map(Vec::len).sum()
     }
 
+    /// Opens a connection for `key` carrying `proto`: routed and with TLS as the mesh says
+    /// for a mesh destination, else plaintext to `key.dst`.
+    pub async fn connect_upstream(
+        &self,
+        key: PoolKey,
+        proto: AppProtocol,
+    ) -> Result<(Upstream, Arc<UpstreamInfo>), UpstreamError> {
+        let (dst, origin) = match key.mesh.map(|_| self.mesh.route(key.dst)) {
+            None | Some(Route::Passthrough) => (key.dst, None),
+            Some(Route::Endpoint { dst, origin }) => (dst, origin),
+            Some(Route::NoEndpoint { service }) => return Err(UpstreamError::NoHealthyUpstream { service }),
+        };
+        let tcp = connect_tcp(dst, key.src, self.connect_timeout).await?;
+        let Some(origin) = origin.and_then(|id| self.mesh.origins.get(id)) else {
+            return Ok((Upstream::Plain(tcp), Arc::new(UpstreamInfo { addr: dst, tls: None })));
+        };
+        let Some(tls) = &self.mesh.tls else {
+            // The mesh config was refused at load time if it asked for TLS without credentials.
+            return Ok((Upstream::Plain(tcp), Arc::new(UpstreamInfo { addr: dst, tls: None })));
+        };
+        match tls.connect(&origin, proto, tcp, self.connect_timeout).await {
+            Ok((s, info)) => Ok((Upstream::Tls(Box::new(s)), Arc::new(UpstreamInfo { addr: dst, tls: Some(info) }))),
+            Err(failure) => {
+                tracing::warn!(
+                    upstream = %dst, reason = failure.reason.as_str(), error = %failure.message,
+                    "outbound TLS handshake failed"
+                );
+                Err(UpstreamError::Tls { addr: dst, failure })
+            }
+        }
+    }
+
     /// Open a new HTTP/1 client connection; its driver runs as its own task.
     pub async fn connect(&self, key: PoolKey) -> Result<Sender, UpstreamError> {
-        let stream = connect_tcp(key.dst, key.src, self.connect_timeout).await?;
+        let (stream, info) = self.connect_upstream(key, AppProtocol::Http1).await?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             // As on the server side: one flat buffer and one `write` per message.
             .writev(false)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake { addr: key.dst, source })?;
+            .map_err(|source| UpstreamError::Handshake { addr: info.addr, source })?;
         tokio::spawn(async move {
             // Errors here (upstream reset, ...) also surface on the request/response that was
             // in flight, where they are classified; this is just the driver.
@@ -192,7 +273,7 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream connection ended with error");
             }
         });
-        Ok(tx)
+        Ok(Sender { tx, info })
     }
 }
 

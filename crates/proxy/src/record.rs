@@ -16,7 +16,9 @@ use serde::Serialize;
 use crate::io::IoStats;
 use crate::metrics::Metrics;
 use crate::orig_dst::Direction;
+use crate::pool::UpstreamInfo;
 use crate::sniff::Protocol;
+use crate::tls::TlsInfo;
 
 /// One connection as reported by `/connections`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -49,6 +51,12 @@ pub struct ConnectionRecord {
     pub bytes_sent: u64,
     /// Lifetime in milliseconds (so far, for open connections).
     pub duration_ms: u64,
+    /// The mutual TLS the proxy terminated on this connection (inbound), with the client's
+    /// identity; `null` for plaintext.
+    pub tls: Option<TlsInfo>,
+    /// The TLS the proxy originated towards the upstream, with the server's identity; `null`
+    /// for plaintext.
+    pub upstream_tls: Option<TlsInfo>,
 }
 
 /// Live state of one connection, shared by its tasks.
@@ -68,6 +76,8 @@ pub struct ConnInfo {
     last_status: AtomicU16,
     requests: AtomicU64,
     outcome: Mutex<Option<String>>,
+    tls: Mutex<Option<TlsInfo>>,
+    upstream_tls: Mutex<Option<TlsInfo>>,
     /// Byte counters of the downstream socket.
     pub stats: Arc<IoStats>,
 }
@@ -86,6 +96,17 @@ impl ConnInfo {
     /// Set where the proxy connected.
     pub fn set_upstream(&self, a: SocketAddr) {
         *lock(&self.upstream_addr) = Some(a);
+    }
+
+    /// Set where the proxy connected and the TLS it originated there.
+    pub fn set_upstream_info(&self, u: &UpstreamInfo) {
+        *lock(&self.upstream_addr) = Some(u.addr);
+        *lock(&self.upstream_tls) = u.tls.clone();
+    }
+
+    /// Set the mutual TLS terminated on the downstream connection.
+    pub fn set_tls(&self, t: TlsInfo) {
+        *lock(&self.tls) = Some(t);
     }
 
     /// Set the detected protocol.
@@ -143,6 +164,8 @@ impl ConnInfo {
             bytes_received: rx,
             bytes_sent: tx,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            tls: lock(&self.tls).clone(),
+            upstream_tls: lock(&self.upstream_tls).clone(),
         }
     }
 }
@@ -186,6 +209,8 @@ impl ConnectionLog {
             last_status: AtomicU16::new(0),
             requests: AtomicU64::new(0),
             outcome: Mutex::new(None),
+            tls: Mutex::new(None),
+            upstream_tls: Mutex::new(None),
             stats: Arc::new(IoStats::new()),
         });
         lock(&self.open).insert(info.id, info.clone());

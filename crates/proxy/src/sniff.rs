@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::io::IoStats;
 
@@ -88,7 +87,7 @@ fn plausible_http(buf: &[u8]) -> bool {
 /// `None` means the client closed without sending a byte (a port scan, a health check, a
 /// client that gave up): there is nothing to forward, so no upstream connection is opened.
 pub async fn sniff(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     timeout: Duration,
     stats: &IoStats,

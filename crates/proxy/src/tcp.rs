@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use socket2::SockRef;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::io::{idle_watchdog, IoStats};
 use crate::record::ConnHandle;
+use crate::tls::{Downstream, Upstream};
 use crate::Phase;
 
 const BUF: usize = 16 * 1024;
@@ -79,6 +80,67 @@ pub(crate) async fn forward(
         // end of stream.
         let _ = SockRef::from(&down).set_linger(Some(Duration::ZERO));
         let _ = SockRef::from(&up).set_linger(Some(Duration::ZERO));
+        conn.set_outcome(o);
+    }
+}
+
+/// Copy one direction of a TLS (or mixed) connection until EOF, then half-close the writer.
+async fn pipe_io<R, W>(mut r: R, mut w: W, count: impl Fn(usize)) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            match w.shutdown().await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) => return Err(e),
+            }
+            return Ok(());
+        }
+        count(n);
+        w.write_all(&buf[..n]).await?;
+    }
+}
+
+/// [`forward`] for connections where either side may be TLS; plaintext on both sides takes
+/// the socket-level path.
+pub(crate) async fn forward_io(
+    down: Downstream,
+    prefix: Bytes,
+    up: Upstream,
+    conn: &ConnHandle,
+    idle: Duration,
+    mut drain: tokio::sync::watch::Receiver<Phase>,
+) {
+    let (mut down, mut up) = match (down, up) {
+        (Downstream::Plain(d), Upstream::Plain(u)) => return forward(d, prefix, u, conn, idle, drain).await,
+        pair => pair,
+    };
+    let stats: &IoStats = &conn.stats;
+    let result = async {
+        if !prefix.is_empty() {
+            up.write_all(&prefix).await?;
+        }
+        let (dr, dw) = tokio::io::split(&mut down);
+        let (ur, uw) = tokio::io::split(&mut up);
+        tokio::try_join!(pipe_io(dr, uw, |n| stats.add_rx(n)), pipe_io(ur, dw, |n| stats.add_tx(n))).map(|_| ())
+    };
+    let outcome = tokio::select! {
+        r = result => match r {
+            Ok(()) => None,
+            Err(e) => Some(format!("tcp_error: {e}")),
+        },
+        _ = idle_watchdog(conn.stats.clone(), idle) => Some("idle_timeout".to_owned()),
+        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => Some("drain_timeout".to_owned()),
+    };
+    if let Some(o) = outcome {
+        let _ = SockRef::from(down.tcp()).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(up.tcp()).set_linger(Some(Duration::ZERO));
         conn.set_outcome(o);
     }
 }

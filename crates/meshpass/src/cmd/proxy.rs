@@ -30,6 +30,14 @@ pub struct Args {
     /// REDIRECT or TPROXY [env: MESHPASS_PROXY_INTERCEPTION_MODE].
     #[arg(long)]
     mode: Option<String>,
+    /// The mesh config file: inbound mTLS modes, Services, endpoints and their TLS; reloaded
+    /// when it changes [env: MESHPASS_PROXY_MESH_CONFIG].
+    #[arg(long)]
+    mesh_config: Option<String>,
+    /// Directory with cert-chain.pem, key.pem and root-cert.pem (mutual TLS); reloaded when
+    /// they change [env: MESHPASS_PROXY_CERT_DIR].
+    #[arg(long)]
+    cert_dir: Option<String>,
 }
 
 const ENV_HELP: &str = "Environment (flags win):
@@ -59,6 +67,10 @@ const ENV_HELP: &str = "Environment (flags win):
   MESHPASS_PROXY_POOL_IDLE_TIMEOUT    60s             idle upstream connection lifetime
   MESHPASS_PROXY_CONNECTION_LOG_CAPACITY 1024         finished connections kept for /connections
   MESHPASS_PROXY_WORKER_THREADS       0               runtime threads (0: current-thread)
+  MESHPASS_PROXY_MESH_CONFIG                          mesh config file (inbound mTLS modes, Services, endpoints)
+  MESHPASS_PROXY_CERT_DIR                             cert-chain.pem, key.pem, root-cert.pem (mutual TLS)
+  MESHPASS_PROXY_RELOAD_INTERVAL      1s              how often those files are checked for changes
+  MESHPASS_PROXY_TLS_HANDSHAKE_TIMEOUT 10s            TLS handshake limit (and the wait for a ClientHello under STRICT)
 Durations take ms, s, m or h suffixes.";
 
 /// Runs the sidecar until SIGTERM/SIGINT.
@@ -74,6 +86,8 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
         (&a.admin, "MESHPASS_PROXY_ADMIN_ADDR"),
         (&a.services, "MESHPASS_PROXY_SERVICES"),
         (&a.mode, "MESHPASS_PROXY_INTERCEPTION_MODE"),
+        (&a.mesh_config, meshpass_proxy::mesh::ENV_MESH_CONFIG),
+        (&a.cert_dir, meshpass_proxy::mesh::ENV_CERT_DIR),
     ] {
         if let Some(v) = flag {
             overrides.insert(var, v.clone());
