@@ -117,7 +117,10 @@ impl Body for ResponseBody {
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        conn.set_outcome(format!("upstream_reset_mid_body: {e}"));
+                        conn.set_outcome(crate::outcome::Outcome::new(
+                            crate::outcome::Flag::UpstreamConnectionTermination,
+                            format!("upstream_reset_mid_body: {e}"),
+                        ));
                         checkin.take();
                     }
                     _ => {}

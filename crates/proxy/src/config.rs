@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::mesh::MeshSettings;
+use crate::protocol::PortProtocols;
 
 /// Default outbound capture port (Istio `ISTIO_REDIRECT` → 15001).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
@@ -57,8 +58,8 @@ pub const ENV_ENVOY_DEBUG_HEADERS: &str = "MESHPASS_PROXY_ENVOY_DEBUG_HEADERS";
 pub const ENV_SNIFF_TIMEOUT: &str = "MESHPASS_PROXY_SNIFF_TIMEOUT";
 /// Upstream TCP connect timeout (default `10s`, Istio's `connectTimeout`).
 pub const ENV_CONNECT_TIMEOUT: &str = "MESHPASS_PROXY_CONNECT_TIMEOUT";
-/// Time allowed for the upstream's response headers (default `15s`; `0` disables, as Istio's
-/// default route timeout does).
+/// Time allowed for the upstream's response headers (default `0`: disabled, as Istio's default
+/// route timeout).
 pub const ENV_RESPONSE_TIMEOUT: &str = "MESHPASS_PROXY_RESPONSE_TIMEOUT";
 /// Time allowed for a client to send a complete request head (default `30s`).
 pub const ENV_HEADER_READ_TIMEOUT: &str = "MESHPASS_PROXY_HEADER_READ_TIMEOUT";
@@ -80,6 +81,16 @@ pub const ENV_POOL_IDLE_TIMEOUT: &str = "MESHPASS_PROXY_POOL_IDLE_TIMEOUT";
 pub const ENV_CONNECTION_LOG_CAPACITY: &str = "MESHPASS_PROXY_CONNECTION_LOG_CAPACITY";
 /// Tokio worker threads for [`crate::build_runtime`] (default 0 = current-thread runtime).
 pub const ENV_WORKER_THREADS: &str = "MESHPASS_PROXY_WORKER_THREADS";
+/// Inbound port protocols, `PORT=NAME[/APPPROTOCOL],...` keyed by the port the app listens on
+/// (see [`crate::protocol`]). Ports not listed are sniffed.
+pub const ENV_INBOUND_PORTS: &str = "MESHPASS_PROXY_INBOUND_PORTS";
+/// Outbound port protocols, `PORT=NAME[/APPPROTOCOL],...` keyed by the Service port.
+pub const ENV_OUTBOUND_PORTS: &str = "MESHPASS_PROXY_OUTBOUND_PORTS";
+/// `true` accepts HTTP/1.0 requests (Istio's `ISTIO_META_HTTP10=1`); default `false`: they get
+/// 426, as from Istio's sidecar.
+pub const ENV_HTTP10: &str = "MESHPASS_PROXY_HTTP10";
+/// Access log: `off` (default, as Istio's default profile), `stdout` or `stderr`.
+pub const ENV_ACCESS_LOG: &str = "MESHPASS_PROXY_ACCESS_LOG";
 
 /// Every environment variable [`ProxyConfig::from_env`] reads, for documentation and `--help`.
 pub const ALL_ENV_VARS: &[&str] = &[
@@ -113,7 +124,23 @@ pub const ALL_ENV_VARS: &[&str] = &[
     crate::mesh::ENV_CERT_DIR,
     crate::mesh::ENV_RELOAD_INTERVAL,
     crate::mesh::ENV_TLS_HANDSHAKE_TIMEOUT,
+    ENV_INBOUND_PORTS,
+    ENV_OUTBOUND_PORTS,
+    ENV_HTTP10,
+    ENV_ACCESS_LOG,
 ];
+
+/// Where the access log goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// No access log (Istio's default profile).
+    Off,
+    /// One line per request / TCP connection on standard output.
+    Stdout,
+    /// The same on standard error.
+    Stderr,
+}
 
 /// How redirected connections reach the proxy, which decides how the original destination is
 /// recovered.
@@ -194,8 +221,8 @@ pub struct ProxyConfig {
     /// Upstream TCP connect timeout; expiry answers HTTP with 503. Default 10 s.
     #[serde(with = "ms")]
     pub connect_timeout: Duration,
-    /// Time allowed for the upstream's response headers; expiry answers 504. `None` disables.
-    /// Default 15 s.
+    /// Time allowed for the upstream's response headers; expiry answers 504. `None` (default)
+    /// disables it, as Istio sets `timeout: 0s` on its routes.
     #[serde(with = "opt_ms")]
     pub response_timeout: Option<Duration>,
     /// Time allowed for a client to deliver a full request head; the connection is closed
@@ -232,6 +259,14 @@ pub struct ProxyConfig {
     pub worker_threads: usize,
     /// The mesh config and credential files ([`crate::mesh`]).
     pub mesh: MeshSettings,
+    /// Inbound port protocols (by the app's port); unlisted ports are sniffed.
+    pub inbound_ports: PortProtocols,
+    /// Outbound port protocols (by the Service port); unlisted ports are sniffed.
+    pub outbound_ports: PortProtocols,
+    /// Accept HTTP/1.0 requests (Istio's `HTTP10` switch). Default `false`: 426.
+    pub accept_http_10: bool,
+    /// Access log destination. Default off.
+    pub access_log: AccessLog,
 }
 
 impl Default for ProxyConfig {
@@ -253,7 +288,7 @@ impl Default for ProxyConfig {
             envoy_debug_headers: true,
             sniff_timeout: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
-            response_timeout: Some(Duration::from_secs(15)),
+            response_timeout: None,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(5),
@@ -265,6 +300,10 @@ impl Default for ProxyConfig {
             connection_log_capacity: 1024,
             worker_threads: 0,
             mesh: MeshSettings::default(),
+            inbound_ports: PortProtocols::default(),
+            outbound_ports: PortProtocols::default(),
+            accept_http_10: false,
+            access_log: AccessLog::Off,
         }
     }
 }
@@ -386,6 +425,27 @@ impl ProxyConfig {
         });
         field(ENV_CONNECTION_LOG_CAPACITY, &mut |v| set(&mut c.connection_log_capacity, v.parse()));
         field(ENV_WORKER_THREADS, &mut |v| set(&mut c.worker_threads, v.parse()));
+        field(ENV_INBOUND_PORTS, &mut |v| {
+            c.inbound_ports = PortProtocols::parse(v)?;
+            Ok(())
+        });
+        field(ENV_OUTBOUND_PORTS, &mut |v| {
+            c.outbound_ports = PortProtocols::parse(v)?;
+            Ok(())
+        });
+        field(ENV_HTTP10, &mut |v| {
+            c.accept_http_10 = parse_bool(v)?;
+            Ok(())
+        });
+        field(ENV_ACCESS_LOG, &mut |v| {
+            c.access_log = match v.to_ascii_lowercase().as_str() {
+                "off" | "" => AccessLog::Off,
+                "stdout" | "/dev/stdout" => AccessLog::Stdout,
+                "stderr" | "/dev/stderr" => AccessLog::Stderr,
+                _ => return Err("expected off, stdout or stderr".to_owned()),
+            };
+            Ok(())
+        });
         let (mesh, mesh_errs) = MeshSettings::from_env(get);
         c.mesh = mesh;
         errs.extend(mesh_errs);
@@ -393,6 +453,23 @@ impl ProxyConfig {
             Ok(c)
         } else {
             Err(ConfigErrors(errs))
+        }
+    }
+
+    /// The port protocols of `direction`.
+    pub fn ports(&self, direction: crate::orig_dst::Direction) -> &PortProtocols {
+        match direction {
+            crate::orig_dst::Direction::Inbound => &self.inbound_ports,
+            crate::orig_dst::Direction::Outbound => &self.outbound_ports,
+        }
+    }
+
+    /// The HTTP/1 framing limits in force.
+    pub fn h1_limits(&self) -> crate::h1::Limits {
+        crate::h1::Limits {
+            max_head_bytes: self.max_request_header_bytes,
+            max_headers: self.max_headers,
+            accept_http_10: self.accept_http_10,
         }
     }
 

@@ -129,6 +129,23 @@ impl UpstreamError {
         }
     }
 
+    /// The typed outcome: Envoy's flag (`UF` for failed connects, `UC` for resets, `UT` for
+    /// the response timeout) and who caused it (a source address that cannot be bound is the
+    /// proxy's own problem).
+    pub fn outcome(&self) -> crate::outcome::Outcome {
+        use crate::outcome::{Flag, Outcome, Source};
+        let flag = match self {
+            UpstreamError::Reset { .. } => Flag::UpstreamConnectionTermination,
+            UpstreamError::ResponseTimeout { .. } => Flag::UpstreamRequestTimeout,
+            _ => Flag::UpstreamConnectionFailure,
+        };
+        let o = Outcome::new(flag, self.kind());
+        match self {
+            UpstreamError::BindSource { .. } => o.with_source(Source::Local),
+            _ => o,
+        }
+    }
+
     /// Short reason for logs, the connection record and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -39,7 +39,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::{Checkin, RequestBody, ResponseBody};
 use crate::error::UpstreamError;
+use crate::gate::GateState;
 use crate::orig_dst::Direction;
+use crate::outcome::{Flag, Outcome};
 use crate::pool::PoolKey;
 use crate::record::ConnHandle;
 use crate::timer::{ConnTimer, LazyTimer};
@@ -69,6 +71,8 @@ pub(crate) struct HttpCtx {
     pub response_timer: LazyTimer,
     /// Whether the connection record has its upstream address yet.
     pub upstream_noted: AtomicBool,
+    /// What the HTTP/1 gate in front of hyper found ([`crate::gate`]).
+    pub gate: Arc<GateState>,
 }
 
 /// Serve one downstream HTTP/1 connection until it closes, drains or is forced down.
@@ -91,6 +95,9 @@ where
         // request with both sides flattened).
         .writev(false)
         .header_read_timeout(cfg.header_read_timeout)
+        // The gate ends the stream hyper reads at a refused request: hyper must still answer
+        // the requests before it (then the gate writes the refusal).
+        .half_close(true)
         .max_buf_size(cfg.max_request_header_bytes.max(8192))
         .max_headers(cfg.max_headers)
         .serve_connection(TokioIo::new(io), svc)
@@ -106,21 +113,33 @@ where
                 conn.as_mut().graceful_shutdown();
             }
             _ = crate::phase_reached(&mut force, |p| p >= Phase::Force), if draining => {
-                ctx.conn.set_outcome("drain_timeout");
+                ctx.conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
                 return;
             }
         }
     };
+    if let Some(r) = ctx.gate.rejected() {
+        // The gate wrote Envoy's reply during hyper's shutdown; count it like a response.
+        let flag = if r.is_protocol_error() { Flag::DownstreamProtocolError } else { Flag::NoRoute };
+        let m = ctx.shared.metrics.dir(ctx.direction);
+        m.request();
+        m.response(r.status, std::time::Duration::ZERO);
+        ctx.conn.add_request();
+        ctx.conn.set_status(r.status);
+        let outcome = Outcome::new(flag, r.details);
+        ctx.shared.access_log.local(ctx.direction, r.status, &outcome);
+        ctx.conn.set_outcome(outcome);
+    }
     if let Err(e) = res {
-        let what = if e.is_timeout() {
-            "header_read_timeout".to_owned()
+        let outcome = if e.is_timeout() {
+            Outcome::new(Flag::StreamIdleTimeout, "header_read_timeout").with_source(crate::outcome::Source::Downstream)
         } else if e.is_parse() || e.is_parse_too_large() {
-            format!("bad_request: {e}")
+            Outcome::new(Flag::DownstreamProtocolError, format!("bad_request: {e}"))
         } else {
-            format!("connection_error: {e}")
+            Outcome::new(Flag::DownstreamConnectionTermination, format!("connection_error: {e}"))
         };
         tracing::debug!(conn = ctx.conn.id, error = %e, "downstream connection ended");
-        ctx.conn.set_outcome(what);
+        ctx.conn.set_outcome(outcome);
     }
 }
 
@@ -144,27 +163,55 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
     let m = ctx.shared.metrics.dir(ctx.direction);
     m.request();
     ctx.conn.add_request();
-    let resp = match &ctx.target {
-        Err(why) => {
+    // Kept for the access log (the request itself moves upstream).
+    let log = ctx.shared.access_log.enabled().then(|| crate::access_log::RequestLine::of(&req));
+    let mut failure: Option<Outcome> = None;
+    let mut req = req;
+    let target_refused = prepare_target(&mut req);
+    let resp = match (&ctx.target, target_refused) {
+        (_, Some((status, details, close))) => {
+            failure = Some(Outcome::new(Flag::DownstreamProtocolError, details));
+            let mut r = empty_reply(ctx, status);
+            if close {
+                r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        }
+        (Err(why), None) => {
+            failure = Some(Outcome::new(Flag::NoRoute, format!("no_original_dst: {why}")));
             let mut r =
                 local_reply(ctx, StatusCode::BAD_GATEWAY, format!("meshpass: no original destination: {why}\n"));
             r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             r
         }
-        Ok(key) => {
+        (Ok(key), None) => {
             // The forwarding is written inline (not an `async fn` awaited here): a nested
             // future is moved as a whole into its parent's state, several times per request.
             let key = *key;
-            let mut req = req;
             let forwarded: Result<(Response<ResponseBody>, Instant), UpstreamError> = 'forward: {
                 let cfg = &ctx.shared.config;
                 let scan = Scan::of(req.headers());
-                let upgrade = scan.is_upgrade();
+                let method = req.method().clone();
+                // The gate let through only WebSocket upgrades and `h2c` offers; the latter is
+                // served as plain HTTP/1.1 (Envoy drops it), its headers stripped below.
+                let upgrade = scan.is_upgrade() && is_websocket(req.headers());
                 let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
                 // Edited in place: `into_parts` / `from_parts` would move the whole head twice.
                 let headers = req.headers_mut();
                 strip_scanned(headers, &scan, upgrade);
+                if scan.has(HAS_INTERNAL) {
+                    strip_internal(headers);
+                }
+                // A client's decorator names the tracing span instead of the route's; Envoy
+                // takes it off the request and then sends none back.
+                let client_decorator =
+                    scan.has(HAS_DECORATOR) && headers.remove(&X_ENVOY_DECORATOR_OPERATION).is_some();
+                if !req_has_body_framing(&scan, headers) && !bodiless_method(&method) {
+                    // Envoy's HTTP/1 codec announces an empty body explicitly (RFC 9110 §8.6)
+                    // except for methods that never carry one.
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+                }
                 if scan.has(HAS_EXPECT)
                     && headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
                 {
@@ -248,7 +295,12 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 let headers = resp.headers_mut();
                 let scan = Scan::of(headers);
                 strip_scanned(headers, &scan, switching);
-                decorate_response(ctx, headers, Some(service_ms));
+                if scan.has(HOP_TE) {
+                    headers.remove(TE);
+                }
+                // No service time on a 101: the exchange goes on as a tunnel.
+                let service_ms = (!switching).then_some(service_ms);
+                decorate_response(ctx, headers, service_ms, !client_decorator);
                 *resp.version_mut() = Version::HTTP_11;
 
                 let resp = match (downstream_upgrade, upstream_upgrade) {
@@ -256,6 +308,22 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                         drop(tx);
                         spawn_tunnel(ctx, down, up);
                         resp.map(|_| ResponseBody::empty())
+                    }
+                    (Some(_), None) => {
+                        // The upstream refused the upgrade: as Envoy, pass its status and
+                        // headers without the body, and close (the gate passes everything
+                        // after an upgrade request through unchecked).
+                        drop(tx);
+                        let mut resp = resp.map(|_| ResponseBody::empty());
+                        let h = resp.headers_mut();
+                        h.remove(TRANSFER_ENCODING);
+                        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+                        h.insert(CONNECTION, HeaderValue::from_static("close"));
+                        failure = Some(
+                            Outcome::new(Flag::UpstreamProtocolError, "websocket_handshake_unsuccessful")
+                                .with_source(crate::outcome::Source::Upstream),
+                        );
+                        resp
                     }
                     _ => resp.map(|inner| ResponseBody::Upstream {
                         inner,
@@ -270,9 +338,16 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                     done_at = Some(at);
                     r
                 }
+                Err(_) if ctx.gate.body_error.load(Ordering::Acquire) => {
+                    // The request body was malformed (the gate cut it): the client's fault.
+                    failure = Some(Outcome::new(Flag::DownstreamProtocolError, "http1.codec_error"));
+                    let mut r = local_reply(ctx, StatusCode::BAD_REQUEST, "Bad Request".to_owned());
+                    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    r
+                }
                 Err(e) => {
                     tracing::debug!(conn = ctx.conn.id, error = %e, "upstream failure");
-                    ctx.conn.set_outcome(e.kind());
+                    failure = Some(e.outcome());
                     let body = match &e {
                         UpstreamError::ResponseTimeout { .. } => "upstream request timeout\n".to_owned(),
                         _ => format!(
@@ -286,9 +361,90 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
         }
     };
     let code = resp.status().as_u16();
-    m.response(code, done_at.unwrap_or_else(Instant::now).saturating_duration_since(start));
+    let elapsed = done_at.unwrap_or_else(Instant::now).saturating_duration_since(start);
+    m.response(code, elapsed);
     ctx.conn.set_status(code);
+    if let Some(line) = log {
+        ctx.shared.access_log.request(
+            ctx.direction,
+            &line,
+            code,
+            failure.as_ref(),
+            elapsed,
+            ctx.target.as_ref().ok().map(|k| k.dst),
+        );
+    }
+    if let Some(o) = failure {
+        ctx.conn.set_outcome(o);
+    }
     Ok(resp)
+}
+
+/// Request-target handling that needs the parsed URI (the gate checked the bytes): an
+/// absolute-form target becomes origin-form with its authority as `Host`, as Envoy forwards
+/// it; `OPTIONS *` is refused as Envoy's router refuses it; the path is normalised as Istio
+/// configures Envoy (`normalize_path`, escaped slashes kept). `Some((status, details, close))`
+/// refuses the request.
+fn prepare_target(req: &mut Request<Incoming>) -> Option<(StatusCode, &'static str, bool)> {
+    let uri = req.uri();
+    if uri.authority().is_some() {
+        let authority = uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned());
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        *req.uri_mut() = match pq.parse() {
+            Ok(u) => u,
+            Err(_) => return Some((StatusCode::BAD_REQUEST, "path_normalization_failed", true)),
+        };
+    } else if uri.path() == "*" {
+        return Some((StatusCode::NOT_FOUND, "absolute_path_rejected", false));
+    }
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if crate::path::needs_normalizing(pq) {
+        let Some(normal) = crate::path::normalize(pq) else {
+            return Some((StatusCode::BAD_REQUEST, "path_normalization_failed", true));
+        };
+        match normal.parse() {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => return Some((StatusCode::BAD_REQUEST, "path_normalization_failed", true)),
+        }
+    }
+    None
+}
+
+fn is_websocket(h: &HeaderMap) -> bool {
+    h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Request headers Envoy's connection manager removes from requests of a client that is not
+/// internal (a sidecar's clients never are: Istio sets `use_remote_address: false` and, since
+/// Envoy 1.33, no internal address ranges): the router's control headers, and
+/// `x-forwarded-client-cert` of a plaintext client (`APPEND_FORWARD` / `SANITIZE` without a
+/// client certificate).
+const INTERNAL_REQUEST_HEADERS: [&str; 16] = [
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-stream-duration-ms",
+    "x-forwarded-client-cert",
+];
+
+fn strip_internal(h: &mut HeaderMap) {
+    for n in INTERNAL_REQUEST_HEADERS {
+        h.remove(n);
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +465,8 @@ const HOP_OTHER_FIXED: u16 = HOP_TE | HOP_TRAILER | HOP_TRANSFER_ENCODING | HOP_
 const HAS_EXPECT: u16 = 128;
 const HAS_REQUEST_ID: u16 = 256;
 const HAS_FORWARDED_PROTO: u16 = 512;
+const HAS_INTERNAL: u16 = 1024;
+const HAS_DECORATOR: u16 = 2048;
 
 fn header_bit(n: &HeaderName) -> u16 {
     // `as_str` of a standard name is a table lookup and every name is lower case, so a match
@@ -326,6 +484,10 @@ fn header_bit(n: &HeaderName) -> u16 {
         16 if s == "proxy-connection" => HOP_PROXY_CONNECTION,
         17 if s == "transfer-encoding" => HOP_TRANSFER_ENCODING,
         17 if s == "x-forwarded-proto" => HAS_FORWARDED_PROTO,
+        27 if s == "x-envoy-decorator-operation" => HAS_DECORATOR,
+        _ if (s.starts_with("x-envoy-") || s == "x-forwarded-client-cert") && INTERNAL_REQUEST_HEADERS.contains(&s) => {
+            HAS_INTERNAL
+        }
         _ => 0,
     }
 }
@@ -392,7 +554,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// [`strip_hop_by_hop`] with the scan of `h` already done: only the names present are
 /// removed (a hashed `remove` per absent name cost more than the rest of this).
 fn strip_scanned(h: &mut HeaderMap, s: &Scan, keep_upgrade: bool) {
-    if s.has(HOP_CONNECTION) {
+    // While upgrading, a plain `Connection: upgrade` goes on as it came (Envoy keeps the
+    // sender's spelling); anything longer is cut down to the one token.
+    let plain_upgrade = keep_upgrade && !s.conn_named && h.get_all(CONNECTION).iter().count() == 1;
+    if s.has(HOP_CONNECTION) && !plain_upgrade {
         if s.conn_named {
             // Names listed in `Connection`; `keep-alive` and `upgrade` are handled with the
             // fixed names below, so the common `Connection: keep-alive` never gets here.
@@ -412,16 +577,28 @@ fn strip_scanned(h: &mut HeaderMap, s: &Scan, keep_upgrade: bool) {
         h.remove(CONNECTION);
     }
     if keep_upgrade {
-        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if !plain_upgrade {
+            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
     } else if s.has(HOP_UPGRADE) {
         h.remove(UPGRADE);
     }
     if s.has(HOP_OTHER_FIXED) {
         h.remove(&KEEP_ALIVE);
         h.remove(&PROXY_CONNECTION);
-        h.remove(TE);
         h.remove(TRAILER);
         h.remove(TRANSFER_ENCODING);
+        if s.has(HOP_TE) {
+            // Envoy keeps `te: trailers` (gRPC needs it) and drops any other TE value.
+            let trailers = h
+                .get_all(TE)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+            h.remove(TE);
+            if trailers {
+                h.insert(TE, HeaderValue::from_static("trailers"));
+            }
+        }
     }
 }
 
@@ -435,7 +612,7 @@ fn spawn_tunnel(ctx: &HttpCtx, down: hyper::upgrade::OnUpgrade, up: hyper::upgra
         let (d, u) = match (d, u) {
             (Ok(d), Ok(u)) => (d, u),
             (Err(e), _) | (_, Err(e)) => {
-                conn.set_outcome(format!("upgrade_failed: {e}"));
+                conn.set_outcome(Outcome::new(Flag::UpstreamConnectionTermination, format!("upgrade_failed: {e}")));
                 return;
             }
         };
@@ -446,17 +623,21 @@ fn spawn_tunnel(ctx: &HttpCtx, down: hyper::upgrade::OnUpgrade, up: hyper::upgra
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut d, &mut u) => {
                 if let Err(e) = r {
-                    conn.set_outcome(format!("tunnel_error: {e}"));
+                    conn.set_outcome(Outcome::new(Flag::DownstreamConnectionTermination, format!("tunnel_error: {e}")));
                 }
             }
-            _ = crate::io::idle_watchdog(conn.stats.clone(), idle) => conn.set_outcome("idle_timeout"),
-            _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => conn.set_outcome("drain_timeout"),
+            _ = crate::io::idle_watchdog(conn.stats.clone(), idle) => {
+                conn.set_outcome(Outcome::new(Flag::StreamIdleTimeout, "idle_timeout"));
+            }
+            _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
+                conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
+            }
         }
         // `conn` drops here: the record closes when the tunnel ends, not at the 101.
     });
 }
 
-fn decorate_response(ctx: &HttpCtx, h: &mut HeaderMap, service_ms: Option<u128>) {
+fn decorate_response(ctx: &HttpCtx, h: &mut HeaderMap, service_ms: Option<u128>, decorator: bool) {
     if let Some(s) = &ctx.server_header {
         h.insert(SERVER, s.clone());
     }
@@ -465,9 +646,22 @@ fn decorate_response(ctx: &HttpCtx, h: &mut HeaderMap, service_ms: Option<u128>)
             h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), service_time_value(ms));
         }
     }
-    if let Some(d) = &ctx.decorator {
+    if let Some(d) = ctx.decorator.as_ref().filter(|_| decorator) {
         h.insert(X_ENVOY_DECORATOR_OPERATION.clone(), d.clone());
     }
+}
+
+/// Whether the request says how its body is framed (`Content-Length` or chunked).
+fn req_has_body_framing(scan: &Scan, h: &HeaderMap) -> bool {
+    scan.has(HOP_TRANSFER_ENCODING) || h.contains_key(CONTENT_LENGTH)
+}
+
+/// Methods Envoy sends without `content-length: 0` when they have no body.
+fn bodiless_method(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::TRACE | http::Method::CONNECT
+    )
 }
 
 /// `x-envoy-upstream-service-time` value: the usual small values come from a table built once
@@ -481,6 +675,19 @@ fn service_time_value(ms: u128) -> HeaderValue {
     }
 }
 
+/// A proxy-generated response with an empty body (Envoy's router and connection-manager
+/// refusals: 404 for `OPTIONS *`, 400 for a path it cannot normalise).
+fn empty_reply(ctx: &HttpCtx, status: StatusCode) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::empty());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Some(s) = &ctx.server_header {
+        h.insert(SERVER, s.clone());
+    }
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
 /// A proxy-generated response: short text body saying why, Envoy-style headers.
 fn local_reply(ctx: &HttpCtx, status: StatusCode, body: String) -> Response<ResponseBody> {
     let body = Bytes::from(body);
@@ -491,6 +698,10 @@ fn local_reply(ctx: &HttpCtx, status: StatusCode, body: String) -> Response<Resp
     h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     if let Some(s) = &ctx.server_header {
         h.insert(SERVER, s.clone());
+    }
+    // These replies come after routing, so they carry the route's decorator as Envoy's do.
+    if let Some(d) = &ctx.decorator {
+        h.insert(X_ENVOY_DECORATOR_OPERATION.clone(), d.clone());
     }
     *r.body_mut() = ResponseBody::local(body);
     r
@@ -608,6 +819,11 @@ mod tests {
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "Upgrade", "a plain upgrade keeps its spelling");
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade, x-a"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
     }
 

@@ -12,12 +12,19 @@
 //!
 //! Each connection's original destination comes from `SO_ORIGINAL_DST` (REDIRECT) or the
 //! local address (TPROXY) — see [`orig_dst`]. A connection whose original destination is the
-//! proxy itself (a direct connection to 15001/15006) is refused, never looped. The first bytes
-//! are sniffed ([`sniff`]): HTTP/1.x is proxied at L7 with hyper ([`mod@http`]), with Envoy's
-//! headers (`server: istio-envoy`, `x-envoy-upstream-service-time`,
-//! `x-envoy-decorator-operation`, ...); anything else — including server-first protocols,
-//! whose clients stay silent past the sniff timeout — is forwarded as opaque TCP with
-//! half-close ([`tcp`]).
+//! proxy itself (a direct connection to 15001/15006) is refused, never looped.
+//!
+//! The destination port's declared protocol decides what happens next ([`protocol`], Istio's
+//! port naming): HTTP ports are served at L7, TCP-family ports forwarded as opaque TCP with
+//! half-close ([`tcp`]), undeclared ports sniffed first ([`sniff`]). At L7 every request
+//! passes a strict HTTP/1 gate ([`gate`], [`h1`]) that refuses what Envoy refuses, with
+//! Envoy's statuses and local replies, before hyper ([`mod@http`]) forwards it with Envoy's
+//! header handling (`server: istio-envoy`, `x-envoy-upstream-service-time`,
+//! `x-envoy-decorator-operation`, sanitised internal headers, normalised paths — [`path`]).
+//!
+//! The connection layer is built from I/O wrappers (see `handle_conn`): the gate over the
+//! replayed sniff bytes over byte counting over the socket; a TLS stream belongs between the
+//! counting and the socket, before protocol handling.
 //!
 //! With the mesh's files ([`mesh`]) the sidecar speaks Istio mutual TLS ([`tls`]): inbound
 //! ports are STRICT, PERMISSIVE or DISABLE as `PeerAuthentication` resolves them (mesh
@@ -27,11 +34,11 @@
 //! CA and their SPIFFE identities, which `/connections` records. Certificates and config are
 //! reloaded from their files without dropping connections.
 //!
-//! Failures map to Envoy's statuses with a short text body: upstream refused / reset before
-//! headers → 503, no response headers within the response timeout → 504, a request hyper
-//! cannot parse → 400 (431 for oversized heads; these two are produced by hyper and have an
-//! empty body). Nothing waits forever: connect, header-read, response and idle timeouts, a
-//! connection limit, and a graceful drain on shutdown.
+//! Failures map to Envoy's statuses with a short text body (upstream refused / reset before
+//! headers → 503, response timeout → 504) and to a typed [`Outcome`] — Envoy's response flag
+//! and who caused it — that feeds the connection record, the metrics and the access log
+//! ([`access_log`]). Nothing waits forever: connect, header-read, response and idle timeouts,
+//! a connection limit, and a graceful drain on shutdown.
 //!
 //! ## Using it
 //!
@@ -67,7 +74,7 @@
 //! | `MESHPASS_PROXY_ENVOY_DEBUG_HEADERS` | `true` | `x-envoy-upstream-service-time`, `x-envoy-attempt-count` |
 //! | `MESHPASS_PROXY_SNIFF_TIMEOUT` | `200ms` | silent clients become opaque TCP after this |
 //! | `MESHPASS_PROXY_CONNECT_TIMEOUT` | `10s` | upstream connect timeout (→ 503) |
-//! | `MESHPASS_PROXY_RESPONSE_TIMEOUT` | `15s` | upstream response-headers timeout (→ 504; `0` disables) |
+//! | `MESHPASS_PROXY_RESPONSE_TIMEOUT` | `0` | upstream response-headers timeout (→ 504; `0`: none, as Istio) |
 //! | `MESHPASS_PROXY_HEADER_READ_TIMEOUT` | `30s` | client request-head timeout (also bounds keep-alive idle gaps) |
 //! | `MESHPASS_PROXY_IDLE_TIMEOUT` | `1h` | close connections idle this long |
 //! | `MESHPASS_PROXY_DRAIN_TIMEOUT` | `5s` | in-flight grace period on shutdown |
@@ -82,20 +89,30 @@
 //! | `MESHPASS_PROXY_CERT_DIR` | unset | `cert-chain.pem`, `key.pem`, `root-cert.pem`: mutual TLS ([`tls`]) |
 //! | `MESHPASS_PROXY_RELOAD_INTERVAL` | `1s` | how often those files are checked for changes |
 //! | `MESHPASS_PROXY_TLS_HANDSHAKE_TIMEOUT` | `10s` | TLS handshake limit (and, under STRICT, the wait for a ClientHello) |
+//! | `MESHPASS_PROXY_INBOUND_PORTS` | empty | `PORT=NAME[/APPPROTOCOL],...` by app port; unlisted ports are sniffed |
+//! | `MESHPASS_PROXY_OUTBOUND_PORTS` | empty | the same by Service port |
+//! | `MESHPASS_PROXY_HTTP10` | `false` | accept HTTP/1.0 requests (Istio's `ISTIO_META_HTTP10`) |
+//! | `MESHPASS_PROXY_ACCESS_LOG` | `off` | `stdout` / `stderr`: one line per request |
 //!
 //! Durations take `ms`, `s`, `m` or `h` suffixes. The names are `pub const`s in [`config`].
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod gate;
+pub mod h1;
 pub mod http;
 pub mod io;
 pub mod mesh;
 pub mod mesh_config;
 pub mod metrics;
 pub mod orig_dst;
+pub mod outcome;
+pub mod path;
 pub mod pool;
+pub mod protocol;
 pub mod record;
 pub mod sniff;
 pub mod tcp;
@@ -120,9 +137,12 @@ pub use config::{InterceptionMode, ProxyConfig, ServiceBinding};
 pub use error::{ProxyError, UpstreamError};
 pub use metrics::Metrics;
 pub use orig_dst::{Direction, FixedTarget, LocalAddr, OrigDstResolver, SoOriginalDst, TproxyInbound};
+pub use outcome::{Flag, Outcome, Source};
+pub use protocol::{Handling, PortProtocol, PortProtocols};
 pub use record::ConnectionRecord;
 pub use sniff::Protocol;
 
+use crate::gate::{Gate, GateState};
 use crate::http::HttpCtx;
 use crate::io::{Metered, Rewind};
 use crate::metrics::Rejection;
@@ -178,6 +198,8 @@ pub struct Shared {
     pub pool: Arc<pool::Pool>,
     /// What the mesh said: routes, inbound mTLS modes, credentials.
     pub mesh: Arc<mesh::Mesh>,
+    /// The access log.
+    pub access_log: access_log::AccessLogger,
     resolver: Arc<dyn OrigDstResolver>,
     drain: watch::Receiver<Phase>,
     active: AtomicUsize,
@@ -329,6 +351,7 @@ impl Proxy {
             )),
             mesh: mesh.clone(),
             resolver,
+            access_log: access_log::AccessLogger::new(config.access_log),
             drain,
             active: AtomicUsize::new(0),
             server_inbound: header(&config.inbound_server_header),
@@ -503,7 +526,7 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
     };
     if let Err(why) = &target {
         shared.metrics.dir(direction).rejected(Rejection::NoOriginalDst);
-        conn.set_outcome(format!("no_original_dst: {why}"));
+        conn.set_outcome(Outcome::new(Flag::NoRoute, format!("no_original_dst: {why}")));
     }
 
     let mut drain = shared.drain.clone();
@@ -519,7 +542,7 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
             let accepted = tokio::select! {
                 a = tls::accept_inbound(shared.mesh.tls.as_deref(), mode, stream, peer, dst.port(), timeouts) => a,
                 _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
-                    conn.set_outcome("drain_timeout");
+                    conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
                     return;
                 }
             };
@@ -540,7 +563,10 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                     (Downstream::Tls(s), BytesMut::new(), proto)
                 }
                 tls::Accepted::Refused(f) => {
-                    conn.set_outcome(format!("tls_refused: {}: {}", f.reason, f.message));
+                    conn.set_outcome(Outcome::new(
+                        Flag::DownstreamProtocolError,
+                        format!("tls_refused: {}: {}", f.reason, f.message),
+                    ));
                     return;
                 }
             }
@@ -548,25 +574,38 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
         _ => (Downstream::Plain(stream), BytesMut::new(), None),
     };
 
-    let proto = match alpn_proto {
-        Some(p) => Ok(Some(p)),
-        None => tokio::select! {
-            r = sniff::sniff(&mut stream, &mut buf, shared.config.sniff_timeout, &conn.stats) => r,
-            _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
-                conn.set_outcome("drain_timeout");
-                return;
-            }
-        },
+    // Protocol selection as Istio's listeners do it: a declared port is served as declared
+    // (no sniffing: a malformed request on an HTTP port gets an HTTP error, and server-first
+    // TCP protocols do not wait), an undeclared one is sniffed.
+    let handling = match &target {
+        Ok(dst) => shared.config.ports(direction).get(dst.port()).handling(),
+        Err(_) => Handling::Sniff,
     };
-    let proto = match proto {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            conn.set_outcome("client_closed_before_data");
-            return;
-        }
-        Err(e) => {
-            conn.set_outcome(format!("client_error: {e}"));
-            return;
+    let proto = match (alpn_proto, handling) {
+        // A peer sidecar said what it proxies (mutual TLS ALPN).
+        (Some(p), _) => p,
+        (None, Handling::Http1Upstream | Handling::Http2Upstream) => Protocol::Http,
+        (None, Handling::Tcp) => Protocol::Tcp,
+        (None, Handling::Sniff) => {
+            let http10 = shared.config.accept_http_10;
+            let sniffed = tokio::select! {
+                r = sniff::sniff(&mut stream, &mut buf, shared.config.sniff_timeout, http10, &conn.stats) => r,
+                _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
+                    conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
+                    return;
+                }
+            };
+            match sniffed {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    conn.set_outcome(Outcome::new(Flag::DownstreamConnectionTermination, "client_closed_before_data"));
+                    return;
+                }
+                Err(e) => {
+                    conn.set_outcome(Outcome::new(Flag::DownstreamConnectionTermination, format!("client_error: {e}")));
+                    return;
+                }
+            }
         }
     };
     conn.set_protocol(proto);
@@ -585,6 +624,9 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                 Direction::Outbound => (shared.server_outbound.clone(), None),
             };
             let key = target.map(|dst| http::upstream_key(shared, direction, dst));
+            let gate = Arc::new(GateState::default());
+            let limits = shared.config.h1_limits();
+            let gate_server = server_header.clone();
             let ctx = Arc::new(HttpCtx {
                 shared: shared.clone(),
                 direction,
@@ -594,11 +636,16 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                 decorator,
                 response_timer: timer::LazyTimer::new(),
                 upstream_noted: std::sync::atomic::AtomicBool::new(false),
+                gate: gate.clone(),
             });
             // Nothing watches an HTTP connection's idle time until it turns into a tunnel
             // (`http::spawn_tunnel` turns tracking back on): its timeouts are hyper's.
             conn.stats.track_activity(false);
+            // The layers, outermost first: the HTTP/1 gate (checks every request before hyper
+            // sees it), the bytes the sniffer already read, byte counting, the socket. A TLS
+            // stream, when there is one, belongs between the counting and the socket.
             let io = Rewind::new(buf.freeze(), Metered::new(stream, conn.stats.clone()));
+            let io = Gate::new(io, limits, gate_server, gate);
             http::serve(io, ctx).await;
         }
         Protocol::Tcp => {
@@ -610,7 +657,7 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
             let up = tokio::select! {
                 r = shared.pool.connect_upstream(key, tls::AppProtocol::Tcp) => r,
                 _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
-                    conn.set_outcome("drain_timeout");
+                    conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
                     return;
                 }
             };
@@ -620,7 +667,7 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                     tcp::forward_io(stream, buf.freeze(), up, &conn, shared.config.idle_timeout, drain).await
                 }
                 Err(e) => {
-                    conn.set_outcome(e.kind());
+                    conn.set_outcome(e.outcome());
                     // Reset the client so it sees a failure, as Envoy does for TCP proxies.
                     let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
                 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::orig_dst::Direction;
+use crate::outcome::{Flag, Outcome, Source};
 use crate::sniff::Protocol;
 
 /// Upper bounds (milliseconds) of the request-duration histogram; Istio's
@@ -39,6 +40,8 @@ pub struct DirectionMetrics {
     active: AtomicI64,
     overflow: AtomicU64,
     no_orig_dst: AtomicU64,
+    /// Failed connections, by flag then source.
+    outcomes: [[AtomicU64; 3]; Flag::ALL.len()],
 }
 
 impl DirectionMetrics {
@@ -57,6 +60,7 @@ impl DirectionMetrics {
             active: AtomicI64::new(0),
             overflow: AtomicU64::new(0),
             no_orig_dst: AtomicU64::new(0),
+            outcomes: Default::default(),
         }
     }
 
@@ -96,6 +100,16 @@ impl DirectionMetrics {
             Some(Protocol::Tcp) => self.conns_tcp.fetch_add(1, Ordering::Relaxed),
             None => 0,
         };
+    }
+
+    /// A connection ended with a failure.
+    pub fn outcome(&self, o: &Outcome) {
+        self.outcomes[o.flag.index()][source_index(o.source)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures counted so far with `flag` caused by `source`.
+    pub fn outcomes(&self, flag: Flag, source: Source) -> u64 {
+        self.outcomes[flag.index()][source_index(source)].load(Ordering::Relaxed)
     }
 
     /// A connection was refused.
@@ -248,7 +262,37 @@ impl Metrics {
                 load(&m.no_orig_dst)
             );
         }
+        header(
+            &mut o,
+            "meshpass_proxy_failed_connections_total",
+            "counter",
+            "Closed downstream connections that ended in a failure, by Envoy response flag and by who caused it.",
+        );
+        for (d, m) in &dirs {
+            for f in Flag::ALL {
+                for s in SOURCES {
+                    let v = load(&m.outcomes[f.index()][source_index(s)]);
+                    if v > 0 {
+                        let _ = writeln!(
+                            o,
+                            "meshpass_proxy_failed_connections_total{{direction=\"{d}\",response_flags=\"{f}\",source=\"{}\"}} {v}",
+                            s.as_str()
+                        );
+                    }
+                }
+            }
+        }
         o
+    }
+}
+
+const SOURCES: [Source; 3] = [Source::Downstream, Source::Upstream, Source::Local];
+
+fn source_index(s: Source) -> usize {
+    match s {
+        Source::Downstream => 0,
+        Source::Upstream => 1,
+        Source::Local => 2,
     }
 }
 

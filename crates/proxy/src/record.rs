@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::io::IoStats;
 use crate::metrics::Metrics;
 use crate::orig_dst::Direction;
+use crate::outcome::{Outcome, Source};
 use crate::pool::UpstreamInfo;
 use crate::sniff::Protocol;
 use crate::tls::TlsInfo;
@@ -43,8 +44,12 @@ pub struct ConnectionRecord {
     pub last_status: u16,
     /// HTTP requests on this connection.
     pub requests: u64,
-    /// How it ended: `ok`, or an error summary.
+    /// How it ended: `ok`, or the failure's detail (e.g. `connection_refused`).
     pub outcome: String,
+    /// Envoy's response flag for the failure (`UF`, `DPE`, ...), `-` when none.
+    pub response_flags: &'static str,
+    /// Who caused the failure, if any.
+    pub error_source: Option<Source>,
     /// Bytes received from the client.
     pub bytes_received: u64,
     /// Bytes sent to the client.
@@ -75,7 +80,7 @@ pub struct ConnInfo {
     protocol: AtomicU8,
     last_status: AtomicU16,
     requests: AtomicU64,
-    outcome: Mutex<Option<String>>,
+    outcome: Mutex<Option<Outcome>>,
     tls: Mutex<Option<TlsInfo>>,
     upstream_tls: Mutex<Option<TlsInfo>>,
     /// Byte counters of the downstream socket.
@@ -139,16 +144,23 @@ impl ConnInfo {
         self.last_status.store(code, Ordering::Relaxed);
     }
 
-    /// Record how the connection ended; the first error wins over a later `ok`.
-    pub fn set_outcome(&self, o: impl Into<String>) {
+    /// Record how the connection failed; the first failure wins, and counts in the metrics
+    /// (labelled by flag and source) when the connection closes.
+    pub fn set_outcome(&self, o: Outcome) {
         let mut g = lock(&self.outcome);
         if g.is_none() {
-            *g = Some(o.into());
+            *g = Some(o);
         }
+    }
+
+    /// The recorded failure, if any.
+    pub fn outcome(&self) -> Option<Outcome> {
+        lock(&self.outcome).clone()
     }
 
     fn snapshot(&self, state: &'static str) -> ConnectionRecord {
         let (rx, tx) = self.stats.bytes();
+        let outcome = lock(&self.outcome).clone();
         ConnectionRecord {
             id: self.id,
             state,
@@ -160,7 +172,12 @@ impl ConnInfo {
             protocol: self.protocol(),
             last_status: self.last_status.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
-            outcome: lock(&self.outcome).clone().unwrap_or_else(|| if state == "open" { "" } else { "ok" }.to_owned()),
+            outcome: outcome
+                .as_ref()
+                .map(|o| o.detail.to_string())
+                .unwrap_or_else(|| if state == "open" { "" } else { "ok" }.to_owned()),
+            response_flags: outcome.as_ref().map_or("-", |o| o.flag.as_str()),
+            error_source: outcome.as_ref().map(|o| o.source),
             bytes_received: rx,
             bytes_sent: tx,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -265,7 +282,11 @@ impl std::ops::Deref for ConnHandle {
 impl Drop for HandleInner {
     fn drop(&mut self) {
         let (rx, tx) = self.info.stats.bytes();
-        self.metrics.dir(self.info.direction).conn_closed(self.info.protocol(), rx, tx);
+        let m = self.metrics.dir(self.info.direction);
+        m.conn_closed(self.info.protocol(), rx, tx);
+        if let Some(o) = lock(&self.info.outcome).as_ref() {
+            m.outcome(o);
+        }
         self.log.close(&self.info);
     }
 }

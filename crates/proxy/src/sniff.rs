@@ -49,7 +49,7 @@ pub const MAX_SNIFF: usize = 8 * 1024;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-fn classify(buf: &[u8]) -> Verdict {
+fn classify(buf: &[u8], http10: bool) -> Verdict {
     if buf.is_empty() {
         return Verdict::NeedMore;
     }
@@ -71,15 +71,18 @@ fn classify(buf: &[u8]) -> Verdict {
         return if buf.len() >= MAX_SNIFF { Verdict::Http } else { Verdict::NeedMore };
     };
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
-    match line.len().checked_sub(9) {
-        Some(i) if line[i..].starts_with(b" HTTP/1.") && line[i + 8].is_ascii_digit() => Verdict::Http,
+    // As Istio's listeners match Envoy's HTTP inspector: HTTP/1.1, and HTTP/1.0 only when it
+    // is accepted at all (otherwise the connection is better passed on as TCP than refused).
+    match line.len().checked_sub(9).map(|i| &line[i..]) {
+        Some(b" HTTP/1.1") => Verdict::Http,
+        Some(b" HTTP/1.0") if http10 => Verdict::Http,
         _ => Verdict::Tcp,
     }
 }
 
 /// Whether an incomplete prefix could still become an HTTP request line.
-fn plausible_http(buf: &[u8]) -> bool {
-    !buf.is_empty() && classify(buf) != Verdict::Tcp && !H2_PREFACE.starts_with(buf)
+fn plausible_http(buf: &[u8], http10: bool) -> bool {
+    !buf.is_empty() && classify(buf, http10) != Verdict::Tcp && !H2_PREFACE.starts_with(buf)
 }
 
 /// Read from `stream` into `buf` until the protocol is known, the client closes, or `timeout`
@@ -90,11 +93,12 @@ pub async fn sniff(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     timeout: Duration,
+    http10: bool,
     stats: &IoStats,
 ) -> std::io::Result<Option<Protocol>> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match classify(buf) {
+        match classify(buf, http10) {
             Verdict::Http => return Ok(Some(Protocol::Http)),
             Verdict::Tcp => return Ok(Some(Protocol::Tcp)),
             Verdict::NeedMore => {}
@@ -102,7 +106,7 @@ pub async fn sniff(
         buf.reserve(1024);
         match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             // Silence: server-first protocol, or a slow HTTP client we still recognise.
-            Err(_elapsed) => return Ok(Some(if plausible_http(buf) { Protocol::Http } else { Protocol::Tcp })),
+            Err(_elapsed) => return Ok(Some(if plausible_http(buf, http10) { Protocol::Http } else { Protocol::Tcp })),
             Ok(Ok(0)) if buf.is_empty() => return Ok(None),
             // Client half-closed after sending something inconclusive: forward as TCP so the
             // upstream still sees exactly what was sent.
@@ -117,22 +121,32 @@ pub async fn sniff(
 mod tests {
     use super::*;
 
+    fn classify_(b: &[u8]) -> Verdict {
+        classify(b, false)
+    }
+
+    fn plausible_(b: &[u8]) -> bool {
+        plausible_http(b, false)
+    }
+
     #[test]
     fn classifies() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n"), Verdict::Http);
-        assert_eq!(classify(b"POST /x HTTP/1.0\n"), Verdict::Http);
-        assert_eq!(classify(b"PROPFIND /x HTTP/1.1\r\n"), Verdict::Http);
-        assert_eq!(classify(b"GE"), Verdict::NeedMore);
-        assert_eq!(classify(b"GET /very/long"), Verdict::NeedMore);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Verdict::Tcp);
-        assert_eq!(classify(b"PRI"), Verdict::NeedMore);
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::Tcp);
-        assert_eq!(classify(b"SET a b\r\n"), Verdict::Tcp);
-        assert_eq!(classify(b"get / HTTP/1.1\r\n"), Verdict::Tcp);
-        assert_eq!(classify(b"GET /\r\n"), Verdict::Tcp);
-        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Tcp);
-        assert!(plausible_http(b"GET /slow"));
-        assert!(!plausible_http(b"PRI * HT"));
-        assert!(!plausible_http(b""));
+        assert_eq!(classify_(b"GET / HTTP/1.1\r\nHost: a\r\n"), Verdict::Http);
+        assert_eq!(classify_(b"POST /x HTTP/1.0\n"), Verdict::Tcp, "HTTP/1.0 is not matched by default");
+        assert_eq!(classify(b"POST /x HTTP/1.0\n", true), Verdict::Http);
+        assert_eq!(classify_(b"GET / HTTP/1.2\r\n"), Verdict::Tcp);
+        assert_eq!(classify_(b"PROPFIND /x HTTP/1.1\r\n"), Verdict::Http);
+        assert_eq!(classify_(b"GE"), Verdict::NeedMore);
+        assert_eq!(classify_(b"GET /very/long"), Verdict::NeedMore);
+        assert_eq!(classify_(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Verdict::Tcp);
+        assert_eq!(classify_(b"PRI"), Verdict::NeedMore);
+        assert_eq!(classify_(b"\x16\x03\x01\x02\x00"), Verdict::Tcp);
+        assert_eq!(classify_(b"SET a b\r\n"), Verdict::Tcp);
+        assert_eq!(classify_(b"get / HTTP/1.1\r\n"), Verdict::Tcp);
+        assert_eq!(classify_(b"GET /\r\n"), Verdict::Tcp);
+        assert_eq!(classify_(b"GET / HTTP/2.0\r\n"), Verdict::Tcp);
+        assert!(plausible_(b"GET /slow"));
+        assert!(!plausible_(b"PRI * HT"));
+        assert!(!plausible_(b""));
     }
 }

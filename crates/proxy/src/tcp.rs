@@ -15,36 +15,54 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::io::{idle_watchdog, IoStats};
+use crate::outcome::{Flag, Outcome, Source};
 use crate::record::ConnHandle;
 use crate::tls::{Downstream, Upstream};
 use crate::Phase;
 
 const BUF: usize = 16 * 1024;
 
+/// A failed side of the splice: which peer's socket failed, and how.
+struct SideError(Source, io::Error);
+
+fn side_outcome(side: Source, e: &io::Error) -> Outcome {
+    let flag = match side {
+        Source::Upstream => Flag::UpstreamConnectionTermination,
+        _ => Flag::DownstreamConnectionTermination,
+    };
+    Outcome::new(flag, format!("tcp_error: {e}"))
+}
+
 /// Copy one direction until EOF, then half-close the writer. `count` sees every chunk.
-async fn pipe(r: &ReadHalf<'_>, w: &mut WriteHalf<'_>, count: impl Fn(usize)) -> io::Result<()> {
+/// Errors name the side whose socket failed (`from` for reads, `to` for writes).
+async fn pipe(
+    r: &ReadHalf<'_>,
+    w: &mut WriteHalf<'_>,
+    (from, to): (Source, Source),
+    count: impl Fn(usize),
+) -> Result<(), SideError> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        r.readable().await?;
+        r.readable().await.map_err(|e| SideError(from, e))?;
         if buf.is_empty() {
             buf = vec![0; BUF];
         }
         let n = match r.try_read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(SideError(from, e)),
         };
         if n == 0 {
             // Propagate the half-close; the peer may already be gone, which is fine.
             match w.shutdown().await {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(SideError(to, e)),
             }
             return Ok(());
         }
         count(n);
-        w.write_all(&buf[..n]).await?;
+        w.write_all(&buf[..n]).await.map_err(|e| SideError(to, e))?;
     }
 }
 
@@ -61,19 +79,24 @@ pub(crate) async fn forward(
     let stats: &IoStats = &conn.stats;
     let result = async {
         if !prefix.is_empty() {
-            up.write_all(&prefix).await?;
+            up.write_all(&prefix).await.map_err(|e| SideError(Source::Upstream, e))?;
         }
         let (dr, mut dw) = down.split();
         let (ur, mut uw) = up.split();
-        tokio::try_join!(pipe(&dr, &mut uw, |n| stats.add_rx(n)), pipe(&ur, &mut dw, |n| stats.add_tx(n)),).map(|_| ())
+        let (d, u) = (Source::Downstream, Source::Upstream);
+        tokio::try_join!(
+            pipe(&dr, &mut uw, (d, u), |n| stats.add_rx(n)),
+            pipe(&ur, &mut dw, (u, d), |n| stats.add_tx(n))
+        )
+        .map(|_| ())
     };
     let outcome = tokio::select! {
         r = result => match r {
             Ok(()) => None,
-            Err(e) => Some(format!("tcp_error: {e}")),
+            Err(SideError(side, e)) => Some(side_outcome(side, &e)),
         },
-        _ = idle_watchdog(conn.stats.clone(), idle) => Some("idle_timeout".to_owned()),
-        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => Some("drain_timeout".to_owned()),
+        _ = idle_watchdog(conn.stats.clone(), idle) => Some(Outcome::new(Flag::StreamIdleTimeout, "idle_timeout")),
+        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => Some(Outcome::new(Flag::LocalReset, "drain_timeout")),
     };
     if let Some(o) = outcome {
         // Abortive close (RST) on both sides, so neither peer mistakes a failure for a clean
@@ -85,7 +108,7 @@ pub(crate) async fn forward(
 }
 
 /// Copy one direction of a TLS (or mixed) connection until EOF, then half-close the writer.
-async fn pipe_io<R, W>(mut r: R, mut w: W, count: impl Fn(usize)) -> io::Result<()>
+async fn pipe_io<R, W>(mut r: R, mut w: W, (from, to): (Source, Source), count: impl Fn(usize)) -> Result<(), SideError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -93,17 +116,17 @@ where
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = r.read(&mut buf).await.map_err(|e| SideError(from, e))?;
         if n == 0 {
             match w.shutdown().await {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(SideError(to, e)),
             }
             return Ok(());
         }
         count(n);
-        w.write_all(&buf[..n]).await?;
+        w.write_all(&buf[..n]).await.map_err(|e| SideError(to, e))?;
     }
 }
 
@@ -124,19 +147,21 @@ pub(crate) async fn forward_io(
     let stats: &IoStats = &conn.stats;
     let result = async {
         if !prefix.is_empty() {
-            up.write_all(&prefix).await?;
+            up.write_all(&prefix).await.map_err(|e| SideError(Source::Upstream, e))?;
         }
         let (dr, dw) = tokio::io::split(&mut down);
         let (ur, uw) = tokio::io::split(&mut up);
-        tokio::try_join!(pipe_io(dr, uw, |n| stats.add_rx(n)), pipe_io(ur, dw, |n| stats.add_tx(n))).map(|_| ())
+        let (d, u) = (Source::Downstream, Source::Upstream);
+        tokio::try_join!(pipe_io(dr, uw, (d, u), |n| stats.add_rx(n)), pipe_io(ur, dw, (u, d), |n| stats.add_tx(n)))
+            .map(|_| ())
     };
     let outcome = tokio::select! {
         r = result => match r {
             Ok(()) => None,
-            Err(e) => Some(format!("tcp_error: {e}")),
+            Err(SideError(side, e)) => Some(side_outcome(side, &e)),
         },
-        _ = idle_watchdog(conn.stats.clone(), idle) => Some("idle_timeout".to_owned()),
-        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => Some("drain_timeout".to_owned()),
+        _ = idle_watchdog(conn.stats.clone(), idle) => Some(Outcome::new(Flag::StreamIdleTimeout, "idle_timeout")),
+        _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => Some(Outcome::new(Flag::LocalReset, "drain_timeout")),
     };
     if let Some(o) = outcome {
         let _ = SockRef::from(down.tcp()).set_linger(Some(Duration::ZERO));

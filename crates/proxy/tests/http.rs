@@ -319,10 +319,11 @@ async fn connection_close_is_honoured() {
     assert!(parts.headers.get("connection").is_none());
 }
 
+/// With Istio's `HTTP10` switch on, an HTTP/1.0 client is served in HTTP/1.0.
 #[tokio::test]
-async fn http10_client() {
+async fn http10_client_with_the_http10_switch() {
     let up = Upstream::hello().await;
-    let p = start_proxy(test_config(), up.addr).await;
+    let p = start_proxy(ProxyConfig { accept_http_10: true, ..test_config() }, up.addr).await;
     let mut s = TcpStream::connect(p.addrs().inbound).await.unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await.unwrap();
     let mut r = RawReader::new(s);
@@ -333,6 +334,29 @@ async fn http10_client() {
     assert!(tokio::time::timeout(GUARD, r.closed()).await.unwrap(), "1.0 without keep-alive closes");
     let (parts, _) = up.last_request();
     assert_eq!(parts.version, http::Version::HTTP_11, "upstream always gets HTTP/1.1");
+}
+
+/// By default (as Istio's sidecar) HTTP/1.0 requests are not HTTP: on a declared HTTP port
+/// they get 426 from the proxy; on an undeclared port the sniffer passes them on as TCP.
+#[tokio::test]
+async fn http10_refused_by_default() {
+    let up = Upstream::hello().await;
+    let mut cfg = test_config();
+    cfg.inbound_ports.insert(up.addr.port(), meshpass_proxy::PortProtocol::Http);
+    let p = start_proxy(cfg, up.addr).await;
+    let resp = raw_request(p.addrs().inbound, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert_eq!(resp.status(), 426);
+    assert_eq!(resp.text(), "Upgrade Required");
+    assert_eq!(resp.header("server"), Some("istio-envoy"));
+    assert!(up.seen.requests.lock().unwrap().is_empty(), "nothing reached the app");
+
+    // Undeclared: opaque TCP, so the app answers HTTP/1.0 itself, without the proxy's headers.
+    let p = start_proxy(test_config(), up.addr).await;
+    let resp = raw_request(p.addrs().inbound, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(resp.status_line.starts_with("HTTP/1.0 200"), "{}", resp.status_line);
+    assert_eq!(resp.header("server"), Some("testapp/1.0"));
+    let recs = p.connections();
+    assert_eq!(recs[0].protocol, Some(meshpass_proxy::Protocol::Tcp));
 }
 
 /// An app that answers like Python's BaseHTTPRequestHandler (Werkzeug dev server): HTTP/1.0,
@@ -370,7 +394,7 @@ async fn http10_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test]
 async fn http10_upstream_to_http11_and_http10_clients() {
     let (app, t) = http10_app().await;
-    let p = start_proxy(test_config(), app).await;
+    let p = start_proxy(ProxyConfig { accept_http_10: true, ..test_config() }, app).await;
     // HTTP/1.1 client: gets an HTTP/1.1 response (chunked, since the length is unknown) and
     // can keep using its connection.
     let s = TcpStream::connect(p.addrs().inbound).await.unwrap();

@@ -56,7 +56,7 @@ const ENV_HELP: &str = "Environment (flags win):
   MESHPASS_PROXY_ENVOY_DEBUG_HEADERS  true            x-envoy-upstream-service-time, x-envoy-attempt-count
   MESHPASS_PROXY_SNIFF_TIMEOUT        200ms           silent clients become opaque TCP after this
   MESHPASS_PROXY_CONNECT_TIMEOUT      10s             upstream connect timeout (503)
-  MESHPASS_PROXY_RESPONSE_TIMEOUT     15s             upstream response-headers timeout (504; 0 disables)
+  MESHPASS_PROXY_RESPONSE_TIMEOUT     0               upstream response-headers timeout (504; 0: none, as Istio)
   MESHPASS_PROXY_HEADER_READ_TIMEOUT  30s             client request-head timeout
   MESHPASS_PROXY_IDLE_TIMEOUT         1h              close idle connections
   MESHPASS_PROXY_DRAIN_TIMEOUT        5s              grace period on shutdown
@@ -71,6 +71,10 @@ const ENV_HELP: &str = "Environment (flags win):
   MESHPASS_PROXY_CERT_DIR                             cert-chain.pem, key.pem, root-cert.pem (mutual TLS)
   MESHPASS_PROXY_RELOAD_INTERVAL      1s              how often those files are checked for changes
   MESHPASS_PROXY_TLS_HANDSHAKE_TIMEOUT 10s            TLS handshake limit (and the wait for a ClientHello under STRICT)
+  MESHPASS_PROXY_INBOUND_PORTS                        PORT=NAME[/APPPROTOCOL],... by app port (Istio port naming)
+  MESHPASS_PROXY_OUTBOUND_PORTS                       the same by Service port; unlisted ports are sniffed
+  MESHPASS_PROXY_HTTP10               false           accept HTTP/1.0 requests (otherwise 426, as Istio)
+  MESHPASS_PROXY_ACCESS_LOG           off             stdout or stderr: one line per request
 Durations take ms, s, m or h suffixes.";
 
 /// Runs the sidecar until SIGTERM/SIGINT.
