@@ -4,9 +4,18 @@
 //!   `?limit=N` for the newest N), plus `/stats/prometheus` and `/healthz/ready`;
 //! - readiness (15021): `GET /healthz/ready` → 200 `ready`, 503 while draining;
 //! - Prometheus (15090): `GET /stats/prometheus`.
+//!
+//! Each listener holds at most `admin_max_connections` connections. A client gets a bounded
+//! time to send its request head (`admin_header_timeout`, which also bounds the pause between
+//! keep-alive requests) and a connection that moves no byte for `admin_idle_timeout` is
+//! closed. When a listener is full, the oldest connection that is not in the middle of a
+//! request is closed to make room, and if every one is busy the new connection is refused at
+//! once: a flood of idle or slow connections cannot keep the kubelet's readiness probe out.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -16,8 +25,47 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
+use crate::io::{IoStats, Metered};
 use crate::{Phase, Shared};
+
+/// One admin connection as the listener's table sees it.
+#[derive(Debug, Default)]
+struct AdminConn {
+    /// A request is being served (not evictable).
+    busy: AtomicBool,
+    /// Told to close (evicted for a newer connection).
+    evict: Notify,
+}
+
+/// The open connections of one admin listener, oldest first.
+#[derive(Debug, Default)]
+struct Table(Mutex<VecDeque<Arc<AdminConn>>>);
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<AdminConn>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admit a new connection: `None` when the table is full of busy connections.
+    fn admit(&self, cap: usize) -> Option<Arc<AdminConn>> {
+        let mut t = self.lock();
+        if t.len() >= cap {
+            let idle = t.iter().position(|c| !c.busy.load(Ordering::Acquire))?;
+            if let Some(old) = t.remove(idle) {
+                old.evict.notify_one();
+            }
+        }
+        let c = Arc::new(AdminConn::default());
+        t.push_back(c.clone());
+        Some(c)
+    }
+
+    fn remove(&self, c: &Arc<AdminConn>) {
+        self.lock().retain(|x| !Arc::ptr_eq(x, c));
+    }
+}
 
 /// Which admin listener a request arrived on; decides the routes it serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +80,7 @@ pub(crate) enum AdminPort {
 
 pub(crate) async fn serve(listener: TcpListener, port: AdminPort, shared: Arc<Shared>) {
     let mut drain = shared.drain.clone();
+    let table = Arc::new(Table::default());
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -45,17 +94,42 @@ pub(crate) async fn serve(listener: TcpListener, port: AdminPort, shared: Arc<Sh
             // Admin stays up while draining (readiness must be able to say "not ready").
             _ = crate::phase_reached(&mut drain, |p| p == Phase::Stopped) => return,
         };
-        let shared = shared.clone();
+        let cfg = &shared.config;
+        let Some(conn) = table.admit(cfg.admin_max_connections) else {
+            // Full of connections in the middle of a request: refuse at once (RST), so the
+            // client learns now instead of waiting in the backlog.
+            shared.metrics.admin_refused();
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            continue;
+        };
+        let (shared, table) = (shared.clone(), table.clone());
+        let (header_timeout, idle) = (cfg.admin_header_timeout, cfg.admin_idle_timeout);
         tokio::spawn(async move {
+            let c = conn.clone();
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, port, &req)) }
+                let c = c.clone();
+                async move {
+                    // Busy from the request's head to its response's head: small bodies, so
+                    // the connection goes idle (evictable) right after.
+                    c.busy.store(true, Ordering::Release);
+                    let r = route(&shared, port, &req);
+                    c.busy.store(false, Ordering::Release);
+                    Ok::<_, Infallible>(r)
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let stats = Arc::new(IoStats::new());
+            let io = Metered::new(stream, stats.clone());
+            let serve = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(io), svc);
+            tokio::select! {
+                _ = serve => {}
+                _ = conn.evict.notified() => {}
+                _ = crate::io::idle_watchdog(stats, idle) => {}
+            }
+            table.remove(&conn);
         });
     }
 }
@@ -150,5 +224,27 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
             "meshpass proxy admin\n  /config_dump\n  /connections[?direction=inbound|outbound&limit=N]\n  /stats/prometheus\n  /healthz/ready\n",
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_idle_connection_or_refuses() {
+        let t = Table::default();
+        let a = t.admit(2).unwrap();
+        let b = t.admit(2).unwrap();
+        a.busy.store(true, Ordering::Release);
+        // Full: `b` is the oldest idle one and makes room.
+        let c = t.admit(2).unwrap();
+        assert_eq!(t.lock().len(), 2);
+        assert!(t.lock().iter().all(|x| !Arc::ptr_eq(x, &b)));
+        // Everything busy: refused.
+        c.busy.store(true, Ordering::Release);
+        assert!(t.admit(2).is_none());
+        t.remove(&a);
+        assert!(t.admit(2).is_some());
     }
 }

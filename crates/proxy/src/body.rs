@@ -12,8 +12,30 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::metrics::Metrics;
+use crate::orig_dst::Direction;
 use crate::pool::{Pool, PoolKey, Sender};
 use crate::record::ConnHandle;
+
+/// Watches a gRPC response body: counts its `grpc-status` and, if the upstream fails after
+/// the response headers went out, ends the body with `grpc-status: 14` (UNAVAILABLE) trailers
+/// instead of leaving the client with a broken stream.
+#[derive(Debug)]
+pub struct GrpcWatch {
+    /// Where the status is counted.
+    pub metrics: Arc<Metrics>,
+    /// Direction label.
+    pub direction: Direction,
+    /// Trailers (with a status) have passed.
+    pub saw_status: bool,
+    /// The body has ended (after synthetic trailers).
+    pub finished: bool,
+}
+
+/// The `grpc-status` in `h`, if any.
+pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
 
 /// A downstream request body on its way upstream; flags `done` at its clean end.
 #[derive(Debug)]
@@ -85,6 +107,8 @@ pub enum ResponseBody {
         checkin: Option<Checkin>,
         /// Connection record, to note a reset mid-body.
         conn: ConnHandle,
+        /// Set for gRPC responses.
+        grpc: Option<Box<GrpcWatch>>,
     },
     /// A proxy-generated body (local reply).
     Local(Option<Bytes>),
@@ -108,12 +132,23 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { inner, checkin, conn } => {
+            ResponseBody::Upstream { inner, checkin, conn, grpc } => {
+                if grpc.as_ref().is_some_and(|g| g.finished) {
+                    return Poll::Ready(None);
+                }
                 let r = Pin::new(inner).poll_frame(cx);
                 match &r {
                     Poll::Ready(None) => {
                         if let Some(c) = checkin.take() {
                             c.finish();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let (Some(g), Some(t)) = (grpc.as_mut(), f.trailers_ref()) {
+                            if let Some(s) = grpc_status(t) {
+                                g.metrics.dir(g.direction).grpc_status(s);
+                                g.saw_status = true;
+                            }
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -122,6 +157,19 @@ impl Body for ResponseBody {
                             format!("upstream_reset_mid_body: {e}"),
                         ));
                         checkin.take();
+                        if let Some(g) = grpc.as_mut().filter(|g| !g.saw_status) {
+                            g.finished = true;
+                            g.metrics.dir(g.direction).grpc_status(14);
+                            let mut t = http::HeaderMap::new();
+                            t.insert("grpc-status", http::HeaderValue::from_static("14"));
+                            t.insert(
+                                "grpc-message",
+                                http::HeaderValue::from_static(
+                                    "upstream connection termination after response headers",
+                                ),
+                            );
+                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                        }
                     }
                     _ => {}
                 }
@@ -133,7 +181,9 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Upstream { inner, grpc, .. } => {
+                inner.is_end_stream() || grpc.as_ref().is_some_and(|g| g.finished)
+            }
             ResponseBody::Local(b) => b.is_none(),
         }
     }

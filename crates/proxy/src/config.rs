@@ -89,6 +89,15 @@ pub const ENV_OUTBOUND_PORTS: &str = "MESHPASS_PROXY_OUTBOUND_PORTS";
 /// `true` accepts HTTP/1.0 requests (Istio's `ISTIO_META_HTTP10=1`); default `false`: they get
 /// 426, as from Istio's sidecar.
 pub const ENV_HTTP10: &str = "MESHPASS_PROXY_HTTP10";
+/// Most concurrent connections per admin listener (admin, readiness, Prometheus; default 64).
+pub const ENV_ADMIN_MAX_CONNECTIONS: &str = "MESHPASS_PROXY_ADMIN_MAX_CONNECTIONS";
+/// Time an admin-port client has for its request head, and between keep-alive requests
+/// (default `5s`).
+pub const ENV_ADMIN_HEADER_TIMEOUT: &str = "MESHPASS_PROXY_ADMIN_HEADER_TIMEOUT";
+/// An admin-port connection that moves no byte this long is closed (default `30s`).
+pub const ENV_ADMIN_IDLE_TIMEOUT: &str = "MESHPASS_PROXY_ADMIN_IDLE_TIMEOUT";
+/// Most concurrent HTTP/2 streams per downstream connection (default 1024).
+pub const ENV_H2_MAX_CONCURRENT_STREAMS: &str = "MESHPASS_PROXY_H2_MAX_CONCURRENT_STREAMS";
 /// Access log: `off` (default, as Istio's default profile), `stdout` or `stderr`.
 pub const ENV_ACCESS_LOG: &str = "MESHPASS_PROXY_ACCESS_LOG";
 
@@ -128,6 +137,10 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_OUTBOUND_PORTS,
     ENV_HTTP10,
     ENV_ACCESS_LOG,
+    ENV_ADMIN_MAX_CONNECTIONS,
+    ENV_ADMIN_HEADER_TIMEOUT,
+    ENV_ADMIN_IDLE_TIMEOUT,
+    ENV_H2_MAX_CONCURRENT_STREAMS,
 ];
 
 /// Where the access log goes.
@@ -267,6 +280,16 @@ pub struct ProxyConfig {
     pub accept_http_10: bool,
     /// Access log destination. Default off.
     pub access_log: AccessLog,
+    /// Most concurrent connections per admin listener. Default 64.
+    pub admin_max_connections: usize,
+    /// Request-head (and keep-alive gap) timeout on the admin listeners. Default 5 s.
+    #[serde(with = "ms")]
+    pub admin_header_timeout: Duration,
+    /// Idle timeout on the admin listeners. Default 30 s.
+    #[serde(with = "ms")]
+    pub admin_idle_timeout: Duration,
+    /// HTTP/2 windows and stream limit (both sides).
+    pub h2: crate::pool::H2Settings,
 }
 
 impl Default for ProxyConfig {
@@ -304,6 +327,10 @@ impl Default for ProxyConfig {
             outbound_ports: PortProtocols::default(),
             accept_http_10: false,
             access_log: AccessLog::Off,
+            admin_max_connections: 64,
+            admin_header_timeout: Duration::from_secs(5),
+            admin_idle_timeout: Duration::from_secs(30),
+            h2: crate::pool::H2Settings::default(),
         }
     }
 }
@@ -435,6 +462,30 @@ impl ProxyConfig {
         });
         field(ENV_HTTP10, &mut |v| {
             c.accept_http_10 = parse_bool(v)?;
+            Ok(())
+        });
+        field(ENV_ADMIN_MAX_CONNECTIONS, &mut |v| {
+            let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+            if n == 0 {
+                return Err("must be at least 1".to_owned());
+            }
+            c.admin_max_connections = n;
+            Ok(())
+        });
+        field(ENV_ADMIN_HEADER_TIMEOUT, &mut |v| {
+            c.admin_header_timeout = parse_duration(v)?;
+            Ok(())
+        });
+        field(ENV_ADMIN_IDLE_TIMEOUT, &mut |v| {
+            c.admin_idle_timeout = parse_duration(v)?;
+            Ok(())
+        });
+        field(ENV_H2_MAX_CONCURRENT_STREAMS, &mut |v| {
+            let n: u32 = v.parse().map_err(|e| format!("{e}"))?;
+            if n == 0 {
+                return Err("must be at least 1".to_owned());
+            }
+            c.h2.max_concurrent_streams = n;
             Ok(())
         });
         field(ENV_ACCESS_LOG, &mut |v| {

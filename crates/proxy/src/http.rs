@@ -37,7 +37,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::{Checkin, RequestBody, ResponseBody};
+use crate::body::{grpc_status, Checkin, GrpcWatch, RequestBody, ResponseBody};
 use crate::error::UpstreamError;
 use crate::gate::GateState;
 use crate::orig_dst::Direction;
@@ -73,6 +73,60 @@ pub(crate) struct HttpCtx {
     pub upstream_noted: AtomicBool,
     /// What the HTTP/1 gate in front of hyper found ([`crate::gate`]).
     pub gate: Arc<GateState>,
+    /// Requests go to the upstream over HTTP/2.
+    pub upstream_h2: bool,
+    /// The downstream connection is HTTP/2 (its requests run concurrently, so the
+    /// connection-wide [`LazyTimer`] cannot serve them).
+    pub downstream_h2: bool,
+}
+
+/// Serve one downstream HTTP/2 connection (prior knowledge) until it closes, drains (a
+/// `GOAWAY`, then in-flight streams finish) or is forced down.
+pub(crate) async fn serve_h2<I>(io: I, ctx: Arc<HttpCtx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &ctx.shared.config;
+    let mut drain = ctx.shared.drain.clone();
+    let mut force = ctx.shared.drain.clone();
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(cfg.h2.stream_window)
+        .initial_connection_window_size(cfg.h2.connection_window)
+        .max_concurrent_streams(cfg.h2.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_request_header_bytes).unwrap_or(u32::MAX))
+        // Rapid-reset protection: a client that opens and resets streams faster than they
+        // are served is cut off.
+        .max_pending_accept_reset_streams(Some(100))
+        .max_local_error_reset_streams(Some(1024))
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut draining = false;
+    let res = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = crate::phase_reached(&mut drain, |p| p != Phase::Running), if !draining => {
+                // GOAWAY: no new streams; the ones in flight finish.
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = crate::phase_reached(&mut force, |p| p >= Phase::Force), if draining => {
+                ctx.conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
+                return;
+            }
+        }
+    };
+    if let Err(e) = res {
+        let outcome = if e.is_timeout() {
+            Outcome::new(Flag::StreamIdleTimeout, "timeout").with_source(crate::outcome::Source::Downstream)
+        } else {
+            Outcome::new(Flag::DownstreamProtocolError, format!("http2: {e}"))
+        };
+        tracing::debug!(conn = ctx.conn.id, error = %e, "downstream HTTP/2 connection ended");
+        ctx.conn.set_outcome(outcome);
+    }
 }
 
 /// Serve one downstream HTTP/1 connection until it closes, drains or is forced down.
@@ -165,6 +219,7 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
     ctx.conn.add_request();
     // Kept for the access log (the request itself moves upstream).
     let log = ctx.shared.access_log.enabled().then(|| crate::access_log::RequestLine::of(&req));
+    let grpc_request = is_grpc(req.headers());
     let mut failure: Option<Outcome> = None;
     let mut req = req;
     let target_refused = prepare_target(&mut req);
@@ -192,6 +247,7 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 let cfg = &ctx.shared.config;
                 let scan = Scan::of(req.headers());
                 let method = req.method().clone();
+                let body_empty = hyper::body::Body::is_end_stream(req.body());
                 // The gate let through only WebSocket upgrades and `h2c` offers; the latter is
                 // served as plain HTTP/1.1 (Envoy drops it), its headers stripped below.
                 let upgrade = scan.is_upgrade() && is_websocket(req.headers());
@@ -207,7 +263,7 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 // takes it off the request and then sends none back.
                 let client_decorator =
                     scan.has(HAS_DECORATOR) && headers.remove(&X_ENVOY_DECORATOR_OPERATION).is_some();
-                if !req_has_body_framing(&scan, headers) && !bodiless_method(&method) {
+                if body_empty && !req_has_body_framing(&scan, headers) && !bodiless_method(&method) {
                     // Envoy's HTTP/1 codec announces an empty body explicitly (RFC 9110 §8.6)
                     // except for methods that never carry one.
                     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -244,6 +300,10 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                     body
                 });
                 let request_done = request_done.unwrap_or_default();
+                if ctx.upstream_h2 {
+                    // Boxed: the HTTP/2 path's state stays out of this (HTTP/1) future.
+                    break 'forward Box::pin(forward_h2(ctx, key, req, client_decorator)).await;
+                }
 
                 let pool = &ctx.shared.pool;
                 let (mut tx, mut reused) = or_break!('forward, pool.get_at(key, start).await);
@@ -259,6 +319,12 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 let mut resp = loop {
                     let fut = tx.try_send_request(req);
                     let res = match cfg.response_timeout {
+                        Some(t) if ctx.downstream_h2 => or_break!(
+                            'forward,
+                            tokio::time::timeout_at(attempt_at + t, fut)
+                                .await
+                                .map_err(|_| UpstreamError::ResponseTimeout { addr: key.dst, timeout: t })
+                        ),
                         // One timer per connection (see `timer`), not a timer-wheel entry per
                         // request.
                         Some(t) => or_break!(
@@ -325,11 +391,15 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                         );
                         resp
                     }
-                    _ => resp.map(|inner| ResponseBody::Upstream {
-                        inner,
-                        checkin: Some(Checkin { pool: pool.clone(), key, sender: tx, request_done }),
-                        conn: ctx.conn.clone(),
-                    }),
+                    _ => {
+                        let grpc = grpc_watch(ctx, resp.headers());
+                        resp.map(|inner| ResponseBody::Upstream {
+                            inner,
+                            checkin: Some(Checkin { pool: pool.clone(), key, sender: tx, request_done }),
+                            conn: ctx.conn.clone(),
+                            grpc,
+                        })
+                    }
                 };
                 Ok((resp, got_at))
             };
@@ -359,6 +429,13 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 }
             }
         }
+    };
+    // A gRPC client gets the proxy's refusals as gRPC statuses (a trailers-only response), as
+    // Envoy converts its local replies for gRPC requests.
+    let resp = if grpc_request && matches!(resp.body(), ResponseBody::Local(_)) && resp.status() != StatusCode::OK {
+        grpc_local_reply(ctx, resp)
+    } else {
+        resp
     };
     let code = resp.status().as_u16();
     let elapsed = done_at.unwrap_or_else(Instant::now).saturating_duration_since(start);
@@ -411,6 +488,119 @@ fn prepare_target(req: &mut Request<Incoming>) -> Option<(StatusCode, &'static s
         }
     }
     None
+}
+
+/// Forward `req` over the shared HTTP/2 connection to `key` (http2/grpc ports, or the
+/// client's protocol on a sniffed port).
+async fn forward_h2(
+    ctx: &HttpCtx,
+    key: PoolKey,
+    mut req: Request<RequestBody>,
+    client_decorator: bool,
+) -> Result<(Response<ResponseBody>, Instant), UpstreamError> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| key.dst.to_string());
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = format!("http://{authority}{pq}").parse() {
+        *req.uri_mut() = uri;
+    }
+    // HTTP/2 carries the authority as `:authority`.
+    req.headers_mut().remove(http::header::HOST);
+    *req.version_mut() = Version::HTTP_2;
+    let mut tx = ctx.shared.pool.get_h2(key).await?;
+    if !ctx.upstream_noted.swap(true, Ordering::Relaxed) {
+        ctx.conn.set_upstream(key.dst);
+    }
+    let sent_at = Instant::now();
+    let fut = tx.send_request(req);
+    let res = match ctx.shared.config.response_timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| UpstreamError::ResponseTimeout { addr: key.dst, timeout: t })?,
+        None => fut.await,
+    };
+    let mut resp = res.map_err(|source| UpstreamError::Reset { addr: key.dst, source })?;
+    let got_at = Instant::now();
+    let headers = resp.headers_mut();
+    let scan = Scan::of(headers);
+    strip_scanned(headers, &scan, false);
+    if scan.has(HOP_TE) {
+        headers.remove(TE);
+    }
+    decorate_response(ctx, headers, Some(got_at.saturating_duration_since(sent_at).as_millis()), !client_decorator);
+    let grpc = grpc_watch(ctx, resp.headers());
+    *resp.version_mut() = Version::HTTP_11;
+    let conn = ctx.conn.clone();
+    Ok((resp.map(|inner| ResponseBody::Upstream { inner, checkin: None, conn, grpc }), got_at))
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A watch for a gRPC response (`None` for anything else); a trailers-only response's status
+/// is counted here, a streamed one's when its trailers pass.
+fn grpc_watch(ctx: &HttpCtx, h: &HeaderMap) -> Option<Box<GrpcWatch>> {
+    if !is_grpc(h) {
+        return None;
+    }
+    let metrics = ctx.shared.metrics.clone();
+    let saw_status = match grpc_status(h) {
+        Some(s) => {
+            metrics.dir(ctx.direction).grpc_status(s);
+            true
+        }
+        None => false,
+    };
+    Some(Box::new(GrpcWatch { metrics, direction: ctx.direction, saw_status, finished: false }))
+}
+
+/// Envoy's HTTP → gRPC status mapping for local replies.
+fn grpc_status_for(http: StatusCode) -> u32 {
+    match http.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// A local reply to a gRPC request as a trailers-only gRPC response.
+fn grpc_local_reply(ctx: &HttpCtx, resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    let status = grpc_status_for(resp.status());
+    let (parts, body) = resp.into_parts();
+    let message = match &body {
+        ResponseBody::Local(Some(b)) => String::from_utf8_lossy(b).trim().to_owned(),
+        _ => parts.status.canonical_reason().unwrap_or("").to_owned(),
+    };
+    let mut r = Response::new(ResponseBody::empty());
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(status));
+    // grpc-message is percent-encoded (gRPC over HTTP/2 spec); ours are ASCII, so only
+    // controls and `%` need it.
+    let encoded: String = message
+        .bytes()
+        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    if let Some(s) = &ctx.server_header {
+        h.insert(SERVER, s.clone());
+    }
+    if let Some(c) = parts.headers.get(CONNECTION) {
+        h.insert(CONNECTION, c.clone());
+    }
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    ctx.shared.metrics.dir(ctx.direction).grpc_status(status);
+    r
 }
 
 fn is_websocket(h: &HeaderMap) -> bool {

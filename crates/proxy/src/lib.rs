@@ -343,11 +343,12 @@ impl Proxy {
             bound,
             metrics: Arc::new(Metrics::default()),
             log: Arc::new(ConnectionLog::new(config.connection_log_capacity)),
-            pool: Arc::new(pool::Pool::new(
+            pool: Arc::new(pool::Pool::with_h2(
                 config.pool_max_idle_per_upstream,
                 config.pool_idle_timeout,
                 config.connect_timeout,
                 mesh.clone(),
+                config.h2,
             )),
             mesh: mesh.clone(),
             resolver,
@@ -584,7 +585,28 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
     let proto = match (alpn_proto, handling) {
         // A peer sidecar said what it proxies (mutual TLS ALPN).
         (Some(p), _) => p,
-        (None, Handling::Http1Upstream | Handling::Http2Upstream) => Protocol::Http,
+        (None, Handling::Http1Upstream | Handling::Http2Upstream) => {
+            // Envoy's codec on an HTTP port is AUTO: HTTP/2 prior knowledge or HTTP/1.
+            let preface = tokio::select! {
+                r = sniff::h2_preface(&mut stream, &mut buf, shared.config.header_read_timeout, &conn.stats) => r,
+                _ = crate::phase_reached(&mut drain, |p| p >= Phase::Force) => {
+                    conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
+                    return;
+                }
+            };
+            match preface {
+                Ok(Some(true)) => Protocol::Http2,
+                Ok(Some(false)) => Protocol::Http,
+                Ok(None) => {
+                    conn.set_outcome(Outcome::new(Flag::DownstreamConnectionTermination, "client_closed_before_data"));
+                    return;
+                }
+                Err(e) => {
+                    conn.set_outcome(Outcome::new(Flag::DownstreamConnectionTermination, format!("client_error: {e}")));
+                    return;
+                }
+            }
+        }
         (None, Handling::Tcp) => Protocol::Tcp,
         (None, Handling::Sniff) => {
             let http10 = shared.config.accept_http_10;
@@ -611,7 +633,7 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
     conn.set_protocol(proto);
 
     match proto {
-        Protocol::Http => {
+        Protocol::Http | Protocol::Http2 => {
             let (server_header, decorator) = match direction {
                 Direction::Inbound => (
                     shared.server_inbound.clone(),
@@ -637,6 +659,14 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                 response_timer: timer::LazyTimer::new(),
                 upstream_noted: std::sync::atomic::AtomicBool::new(false),
                 gate: gate.clone(),
+                // HTTP/2 to the app on http2/grpc ports, as Istio's clusters; on a sniffed
+                // port the client's protocol, as Istio's clusters for undeclared ports.
+                downstream_h2: proto == Protocol::Http2,
+                upstream_h2: match handling {
+                    Handling::Http2Upstream => true,
+                    Handling::Sniff => proto == Protocol::Http2,
+                    _ => false,
+                },
             });
             // Nothing watches an HTTP connection's idle time until it turns into a tunnel
             // (`http::spawn_tunnel` turns tracking back on): its timeouts are hyper's.
@@ -645,8 +675,12 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
             // sees it), the bytes the sniffer already read, byte counting, the socket. A TLS
             // stream, when there is one, belongs between the counting and the socket.
             let io = Rewind::new(buf.freeze(), Metered::new(stream, conn.stats.clone()));
-            let io = Gate::new(io, limits, gate_server, gate);
-            http::serve(io, ctx).await;
+            if proto == Protocol::Http2 {
+                http::serve_h2(io, ctx).await;
+            } else {
+                let io = Gate::new(io, limits, gate_server, gate);
+                http::serve(io, ctx).await;
+            }
         }
         Protocol::Tcp => {
             let Ok(dst) = target else {

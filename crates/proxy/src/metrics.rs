@@ -37,6 +37,9 @@ pub struct DirectionMetrics {
     sent: AtomicU64,
     conns_http: AtomicU64,
     conns_tcp: AtomicU64,
+    conns_h2: AtomicU64,
+    /// gRPC responses by `grpc-status` (0..=16; other values in slot 17).
+    grpc: [AtomicU64; 18],
     active: AtomicI64,
     overflow: AtomicU64,
     no_orig_dst: AtomicU64,
@@ -57,6 +60,8 @@ impl DirectionMetrics {
             sent: AtomicU64::new(0),
             conns_http: AtomicU64::new(0),
             conns_tcp: AtomicU64::new(0),
+            conns_h2: AtomicU64::new(0),
+            grpc: Default::default(),
             active: AtomicI64::new(0),
             overflow: AtomicU64::new(0),
             no_orig_dst: AtomicU64::new(0),
@@ -98,8 +103,20 @@ impl DirectionMetrics {
         match protocol {
             Some(Protocol::Http) => self.conns_http.fetch_add(1, Ordering::Relaxed),
             Some(Protocol::Tcp) => self.conns_tcp.fetch_add(1, Ordering::Relaxed),
+            Some(Protocol::Http2) => self.conns_h2.fetch_add(1, Ordering::Relaxed),
             None => 0,
         };
+    }
+
+    /// A gRPC response ended with `grpc-status: status`.
+    pub fn grpc_status(&self, status: u32) {
+        let i = usize::try_from(status).unwrap_or(17).min(17);
+        self.grpc[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// gRPC responses counted with `status` (17: any other value).
+    pub fn grpc_responses(&self, status: usize) -> u64 {
+        self.grpc.get(status).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// A connection ended with a failure.
@@ -136,11 +153,12 @@ impl DirectionMetrics {
 pub struct Metrics {
     inbound: DirectionMetrics,
     outbound: DirectionMetrics,
+    admin_refused: AtomicU64,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { inbound: DirectionMetrics::new(), outbound: DirectionMetrics::new() }
+        Self { inbound: DirectionMetrics::new(), outbound: DirectionMetrics::new(), admin_refused: AtomicU64::new(0) }
     }
 }
 
@@ -151,6 +169,16 @@ impl Metrics {
             Direction::Inbound => &self.inbound,
             Direction::Outbound => &self.outbound,
         }
+    }
+
+    /// An admin-port connection was refused (every slot busy).
+    pub fn admin_refused(&self) {
+        self.admin_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Admin-port connections refused so far.
+    pub fn admin_refused_total(&self) -> u64 {
+        self.admin_refused.load(Ordering::Relaxed)
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -239,6 +267,11 @@ impl Metrics {
                 "meshpass_proxy_connections_total{{direction=\"{d}\",protocol=\"tcp\"}} {}",
                 load(&m.conns_tcp)
             );
+            let _ = writeln!(
+                o,
+                "meshpass_proxy_connections_total{{direction=\"{d}\",protocol=\"http2\"}} {}",
+                load(&m.conns_h2)
+            );
         }
         header(&mut o, "meshpass_proxy_active_connections", "gauge", "Open downstream connections.");
         for (d, m) in &dirs {
@@ -262,6 +295,31 @@ impl Metrics {
                 load(&m.no_orig_dst)
             );
         }
+        header(
+            &mut o,
+            "meshpass_proxy_grpc_responses_total",
+            "counter",
+            "gRPC responses sent downstream, by grpc-status (proxy-generated ones included; \"other\" for values outside 0-16).",
+        );
+        for (d, m) in &dirs {
+            for (i, c) in m.grpc.iter().enumerate() {
+                let v = load(c);
+                if v > 0 {
+                    let code = if i == 17 { "other".to_owned() } else { i.to_string() };
+                    let _ = writeln!(
+                        o,
+                        "meshpass_proxy_grpc_responses_total{{direction=\"{d}\",grpc_status=\"{code}\"}} {v}"
+                    );
+                }
+            }
+        }
+        header(
+            &mut o,
+            "meshpass_proxy_admin_refused_connections_total",
+            "counter",
+            "Connections to the admin, readiness and Prometheus ports refused because every slot was busy.",
+        );
+        let _ = writeln!(o, "meshpass_proxy_admin_refused_connections_total {}", load(&self.admin_refused));
         header(
             &mut o,
             "meshpass_proxy_failed_connections_total",

@@ -80,6 +80,9 @@ impl DerefMut for Sender {
     }
 }
 
+/// The sending half of a shared HTTP/2 connection (cloned per request: streams multiplex).
+pub type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
+
 #[derive(Debug)]
 struct IdleConn {
     tx: Sender,
@@ -150,6 +153,9 @@ impl Hasher for KeyHasher {
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConn>, KeyHasherBuilder>>,
+    /// One multiplexed HTTP/2 connection per key.
+    h2: Mutex<HashMap<PoolKey, H2Sender, KeyHasherBuilder>>,
+    h2_settings: H2Settings,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -159,8 +165,21 @@ pub struct Pool {
 impl Pool {
     /// An empty pool; routes and TLS for mesh destinations come from `mesh`.
     pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration, mesh: Arc<Mesh>) -> Self {
+        Self::with_h2(max_idle, idle_timeout, connect_timeout, mesh, H2Settings::default())
+    }
+
+    /// An empty pool whose HTTP/2 connections use `h2_settings`.
+    pub fn with_h2(
+        max_idle: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        mesh: Arc<Mesh>,
+        h2_settings: H2Settings,
+    ) -> Self {
         Self {
             idle: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
+            h2: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
+            h2_settings,
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -257,6 +276,35 @@ impl Pool {
         }
     }
 
+    /// A ready HTTP/2 stream sender for `key`: the shared connection, or a new one when there
+    /// is none or it is closing (a GOAWAY from the upstream).
+    pub async fn get_h2(&self, key: PoolKey) -> Result<H2Sender, UpstreamError> {
+        let existing = self.h2.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        if let Some(mut tx) = existing.filter(|t| !t.is_closed()) {
+            if tx.ready().await.is_ok() {
+                return Ok(tx);
+            }
+        }
+        let (stream, info) = self.connect_upstream(key, AppProtocol::Http2).await?;
+        let s = &self.h2_settings;
+        let (mut tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(s.stream_window)
+            .initial_connection_window_size(s.connection_window)
+            .max_concurrent_reset_streams(64)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: info.addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with error");
+            }
+        });
+        tx.ready().await.map_err(|source| UpstreamError::Handshake { addr: info.addr, source })?;
+        self.h2.lock().unwrap_or_else(|e| e.into_inner()).insert(key, tx.clone());
+        Ok(tx)
+    }
+
     /// Open a new HTTP/1 client connection; its driver runs as its own task.
     pub async fn connect(&self, key: PoolKey) -> Result<Sender, UpstreamError> {
         let (stream, info) = self.connect_upstream(key, AppProtocol::Http1).await?;
@@ -274,6 +322,25 @@ impl Pool {
             }
         });
         Ok(Sender { tx, info })
+    }
+}
+
+/// HTTP/2 flow-control windows and stream limits, for both sides of the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct H2Settings {
+    /// Per-stream receive window, bytes (flow control: what one stream may have in flight).
+    pub stream_window: u32,
+    /// Per-connection receive window, bytes.
+    pub connection_window: u32,
+    /// Concurrent streams a client may open on one downstream connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        // Bounded buffering per connection (unlike Envoy's 256 MiB windows): a slow reader
+        // pushes back on its writer through the proxy instead of filling the proxy's memory.
+        Self { stream_window: 1 << 20, connection_window: 4 << 20, max_concurrent_streams: 1024 }
     }
 }
 

@@ -120,6 +120,7 @@ impl ConnInfo {
             match p {
                 Protocol::Http => 1,
                 Protocol::Tcp => 2,
+                Protocol::Http2 => 3,
             },
             Ordering::Relaxed,
         );
@@ -130,6 +131,7 @@ impl ConnInfo {
         match self.protocol.load(Ordering::Relaxed) {
             1 => Some(Protocol::Http),
             2 => Some(Protocol::Tcp),
+            3 => Some(Protocol::Http2),
             _ => None,
         }
     }

@@ -1,7 +1,8 @@
 //! Protocol detection on the first bytes of a connection.
 //!
-//! A connection is HTTP/1.x when its first line is `METHOD SP target SP HTTP/1.x`. Anything
-//! else — TLS, HTTP/2 prior knowledge (`PRI * HTTP/2.0`), database protocols — is opaque TCP.
+//! A connection is HTTP/1.1 when its first line is `METHOD SP target SP HTTP/1.1` (HTTP/1.0 too
+//! with Istio's HTTP10 switch), and HTTP/2 when it opens with the h2c prior-knowledge preface,
+//! as Envoy's HTTP inspector decides. Anything else — TLS, database protocols — is opaque TCP.
 //! A client that says nothing within the sniff timeout is assumed to speak a server-first
 //! protocol and is also opaque: the upstream gets to talk first.
 
@@ -18,6 +19,8 @@ use crate::io::IoStats;
 pub enum Protocol {
     /// HTTP/1.0 or HTTP/1.1, proxied at L7.
     Http,
+    /// HTTP/2 (prior knowledge), proxied at L7.
+    Http2,
     /// Anything else, proxied byte for byte.
     Tcp,
 }
@@ -27,6 +30,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
+            Protocol::Http2 => "http2",
             Protocol::Tcp => "tcp",
         }
     }
@@ -36,6 +40,7 @@ impl Protocol {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Http,
+    Http2,
     Tcp,
     NeedMore,
 }
@@ -47,7 +52,8 @@ const MAX_METHOD: usize = 24;
 /// enforces its own limits).
 pub const MAX_SNIFF: usize = 8 * 1024;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fn classify(buf: &[u8], http10: bool) -> Verdict {
     if buf.is_empty() {
@@ -55,7 +61,7 @@ fn classify(buf: &[u8], http10: bool) -> Verdict {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if n < H2_PREFACE.len() { Verdict::NeedMore } else { Verdict::Tcp };
+        return if n < H2_PREFACE.len() { Verdict::NeedMore } else { Verdict::Http2 };
     }
     let Some(sp) = buf.iter().position(|&b| b == b' ') else {
         return if buf.len() <= MAX_METHOD && buf.iter().all(u8::is_ascii_uppercase) {
@@ -100,6 +106,7 @@ pub async fn sniff(
     loop {
         match classify(buf, http10) {
             Verdict::Http => return Ok(Some(Protocol::Http)),
+            Verdict::Http2 => return Ok(Some(Protocol::Http2)),
             Verdict::Tcp => return Ok(Some(Protocol::Tcp)),
             Verdict::NeedMore => {}
         }
@@ -111,6 +118,33 @@ pub async fn sniff(
             // Client half-closed after sending something inconclusive: forward as TCP so the
             // upstream still sees exactly what was sent.
             Ok(Ok(0)) => return Ok(Some(Protocol::Tcp)),
+            Ok(Ok(n)) => stats.add_rx(n),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// On a port declared HTTP: whether the client opens with the HTTP/2 preface. Reads into
+/// `buf` (to be replayed) only as far as needed to tell; `Ok(None)` if the client closed or
+/// stayed silent for `timeout`.
+pub async fn h2_preface(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    timeout: Duration,
+    stats: &IoStats,
+) -> std::io::Result<Option<bool>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        buf.reserve(1024);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) | Ok(Ok(0)) => return Ok(None),
             Ok(Ok(n)) => stats.add_rx(n),
             Ok(Err(e)) => return Err(e),
         }
@@ -138,7 +172,8 @@ mod tests {
         assert_eq!(classify_(b"PROPFIND /x HTTP/1.1\r\n"), Verdict::Http);
         assert_eq!(classify_(b"GE"), Verdict::NeedMore);
         assert_eq!(classify_(b"GET /very/long"), Verdict::NeedMore);
-        assert_eq!(classify_(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Verdict::Tcp);
+        assert_eq!(classify_(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Verdict::Http2);
+        assert_eq!(classify_(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Verdict::Tcp);
         assert_eq!(classify_(b"PRI"), Verdict::NeedMore);
         assert_eq!(classify_(b"\x16\x03\x01\x02\x00"), Verdict::Tcp);
         assert_eq!(classify_(b"SET a b\r\n"), Verdict::Tcp);

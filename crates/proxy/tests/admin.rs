@@ -175,3 +175,61 @@ async fn config_from_env_map_starts() {
     assert_eq!(r.status(), 200);
     p.shutdown().await.unwrap();
 }
+
+/// The admin listeners under a flood: more idle connections than the cap plus slowloris
+/// clients on the readiness port, while the kubelet's probe (and the admin port) still get
+/// answers, and the slow clients are cut off once the header timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_ports_answer_through_idle_floods_and_slowloris() {
+    const CAP: usize = 8;
+    let header_timeout = std::time::Duration::from_secs(1);
+    let cfg = ProxyConfig { admin_max_connections: CAP, admin_header_timeout: header_timeout, ..test_config() };
+    let up = Upstream::hello().await;
+    let p = start_proxy(cfg, up.addr).await;
+    let ready = p.addrs().readiness.unwrap();
+
+    // Three times the cap in idle connections, each holding a slot until evicted.
+    let mut idle = Vec::new();
+    for _ in 0..3 * CAP {
+        idle.push(TcpStream::connect(ready).await.unwrap());
+    }
+    // Slowloris: one byte of a request head every 100 ms, never finishing it.
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        slow.push(tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut s = TcpStream::connect(ready).await.unwrap();
+            for b in b"GET /healthz/ready HTTP/1.1\r\nHost: a\r\nX-Slow: ".iter().cycle() {
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(std::time::Duration::from_millis(100), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    _ => {}
+                }
+                assert!(start.elapsed() < GUARD, "slow client never disconnected");
+            }
+            start.elapsed()
+        }));
+    }
+    for _ in 0..10 {
+        let (code, body) = tokio::time::timeout(GUARD, get(ready, "/healthz/ready")).await.expect("probe answered");
+        assert_eq!((code, body.as_str()), (200, "ready\n"));
+    }
+    assert_eq!(get(p.addrs().admin.unwrap(), "/healthz/ready").await.0, 200);
+    for t in slow {
+        let lived = t.await.unwrap();
+        // Evicted earlier for a probe, or cut by the header timeout: never much past it.
+        assert!(lived < header_timeout + std::time::Duration::from_secs(3), "slow client lived {lived:?}");
+    }
+    // The idle flood was closed to make room (evicted) or by the header timeout.
+    let mut closed = 0;
+    for mut s in idle {
+        let mut buf = [0u8; 1];
+        if matches!(tokio::time::timeout(GUARD, s.read(&mut buf)).await, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 3 * CAP);
+}

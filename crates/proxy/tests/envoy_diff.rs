@@ -255,8 +255,7 @@ fn find(h: &[u8], pat: &[u8]) -> Option<usize> {
 /// Parse the responses in `buf`; `heads` lists which requests were HEAD (no body).
 fn parse_responses(mut buf: &[u8], mut heads: Vec<bool>) -> (Vec<Resp>, Vec<u8>) {
     let mut out = Vec::new();
-    loop {
-        let Some(end) = find(buf, b"\r\n\r\n") else { break };
+    while let Some(end) = find(buf, b"\r\n\r\n") {
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default().to_owned();
@@ -272,13 +271,7 @@ fn parse_responses(mut buf: &[u8], mut heads: Vec<bool>) -> (Vec<Resp>, Vec<u8>)
         }
         let rest = &buf[end + 4..];
         let informational = (100..200).contains(&status) && status != 101;
-        let is_head = if informational {
-            false
-        } else if heads.is_empty() {
-            false
-        } else {
-            heads.remove(0)
-        };
+        let is_head = !informational && !heads.is_empty() && heads.remove(0);
         let (body, used) = if informational || status == 101 || status == 204 || status == 304 || is_head {
             (Vec::new(), 0)
         } else if let Some(cl) = headers.get("content-length").and_then(|v| v[0].parse::<usize>().ok()) {
@@ -287,8 +280,7 @@ fn parse_responses(mut buf: &[u8], mut heads: Vec<bool>) -> (Vec<Resp>, Vec<u8>)
         } else if headers.get("transfer-encoding").is_some_and(|v| v[0].eq_ignore_ascii_case("chunked")) {
             let mut body = Vec::new();
             let mut at = 0;
-            loop {
-                let Some(nl) = find(&rest[at..], b"\r\n") else { break };
+            while let Some(nl) = find(&rest[at..], b"\r\n") {
                 let size = usize::from_str_radix(
                     String::from_utf8_lossy(&rest[at..at + nl]).split(';').next().unwrap_or("0").trim(),
                     16,

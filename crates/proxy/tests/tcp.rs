@@ -129,15 +129,18 @@ async fn server_first_protocol() {
     t.abort();
 }
 
+/// On a port declared TCP nothing is sniffed: even an HTTP/2 preface passes byte for byte.
 #[tokio::test]
-async fn http2_prior_knowledge_is_tunnelled_as_tcp() {
+async fn declared_tcp_port_is_opaque_even_for_http2() {
     let (addr, t) = tcp_upstream(|mut s| async move {
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
         let _ = w.shutdown().await;
     })
     .await;
-    let p = start_proxy(test_config(), addr).await;
+    let mut cfg = test_config();
+    cfg.outbound_ports.insert(addr.port(), meshpass_proxy::PortProtocol::Tcp);
+    let p = start_proxy(cfg, addr).await;
     let mut s = TcpStream::connect(p.addrs().outbound).await.unwrap();
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     s.write_all(preface).await.unwrap();
