@@ -15,6 +15,7 @@ use meshpass_capture::ir::Family;
 use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner, Runner};
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
 use meshpass_settings::Settings;
+use meshpass_test_support::TestNamespaces;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{setsockopt, sockopt};
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ const PROXY_UID: u32 = 1337;
 struct Topology {
     pod: String,
     peer: String,
+    /// The namespaces, deleted when the topology is dropped (after `stop` is set).
+    _namespaces: [meshpass_test_support::Netns; 2],
     stop: Arc<AtomicBool>,
     /// Copies of the capture listeners (15001, 15006), for eBPF capture's listener map.
     capture: Vec<(u16, OwnedFd)>,
@@ -51,9 +54,6 @@ struct Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for ns in [&self.pod, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
@@ -95,13 +95,17 @@ fn listen(port: u16) -> TcpListener {
 }
 
 impl Topology {
-    fn new(tag: &str) -> Self {
-        let pod = format!("mp-diff-pod-{tag}-{}", std::process::id());
-        let peer = format!("mp-diff-peer-{tag}-{}", std::process::id());
+    fn new(namespaces: &TestNamespaces) -> Self {
+        let (pod_ns, peer_ns) = (namespaces.create("pod"), namespaces.create("peer"));
+        let (pod, peer) = (pod_ns.name().to_string(), peer_ns.name().to_string());
         let stop = Arc::new(AtomicBool::new(false));
-        ip(&["netns", "add", &pod]);
-        let mut topo = Topology { pod: pod.clone(), peer: peer.clone(), stop: stop.clone(), capture: Vec::new() };
-        ip(&["netns", "add", &peer]);
+        let mut topo = Topology {
+            pod: pod.clone(),
+            peer: peer.clone(),
+            _namespaces: [pod_ns, peer_ns],
+            stop: stop.clone(),
+            capture: Vec::new(),
+        };
         ip(&["link", "add", "mpd0", "netns", &pod, "type", "veth", "peer", "name", "mpd1", "netns", &peer]);
         let pod_cmds: Vec<Vec<&str>> = vec![
             vec!["link", "set", "lo", "up"],
@@ -319,17 +323,13 @@ fn register_listeners(topo: &Topology, netns: &Netns) {
     }
 }
 
-fn check_backend(backend: Backend, settings_count: usize, seed: u64) {
-    check_mode(Mode::Rules(backend), settings_count, seed);
+fn check_backend(namespaces: &TestNamespaces, backend: Backend, settings_count: usize, seed: u64) {
+    check_mode(namespaces, Mode::Rules(backend), settings_count, seed);
 }
 
-fn check_mode(mode: Mode, settings_count: usize, seed: u64) {
+fn check_mode(namespaces: &TestNamespaces, mode: Mode, settings_count: usize, seed: u64) {
     let backend = mode;
-    let topo = Topology::new(match mode {
-        Mode::Rules(Backend::Nftables) => "nft",
-        Mode::Rules(_) => "ipt",
-        Mode::Ebpf => "bpf",
-    });
+    let topo = Topology::new(namespaces);
     let netns = Netns::Named(topo.pod.clone());
     let runner = NetnsRunner::new(netns.clone());
     let cookie = linux::ebpf::netns_cookie(&netns).expect("netns cookie");
@@ -425,28 +425,22 @@ fn settings_count() -> usize {
     std::env::var("MESHPASS_DIFF_SETTINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
 }
 
-#[test]
-fn iptables_connections_land_where_explain_says() {
-    if !common::privileged("iptables_connections_land_where_explain_says") {
-        return;
+meshpass_test_support::namespaced_test! {
+    fn iptables_connections_land_where_explain_says(namespaces) {
+        check_backend(&namespaces, Backend::Iptables, settings_count(), 0x6d65_7368_7061_7373);
     }
-    check_backend(Backend::Iptables, settings_count(), 0x6d65_7368_7061_7373);
 }
 
-#[test]
-fn ebpf_connections_land_where_explain_says() {
-    if !common::privileged("ebpf_connections_land_where_explain_says") {
-        return;
+meshpass_test_support::namespaced_test! {
+    fn ebpf_connections_land_where_explain_says(namespaces) {
+        check_mode(&namespaces, Mode::Ebpf, settings_count(), 0x6562_7066_6361_7074);
     }
-    check_mode(Mode::Ebpf, settings_count(), 0x6562_7066_6361_7074);
 }
 
-#[test]
-fn nftables_connections_land_where_explain_says() {
-    if !common::privileged("nftables_connections_land_where_explain_says") {
-        return;
+meshpass_test_support::namespaced_test! {
+    fn nftables_connections_land_where_explain_says(namespaces) {
+        check_backend(&namespaces, Backend::Nftables, settings_count(), 0x7061_7373_7468_7275);
     }
-    check_backend(Backend::Nftables, settings_count(), 0x7061_7373_7468_7275);
 }
 
 /// Entries in the namespace's conntrack table.
@@ -491,8 +485,8 @@ fn syn_counter(backend: Backend, runner: &NetnsRunner, family: Family) -> u64 {
 /// `untrack_excluded_inbound` in the kernel: connections to an excluded port (IPv4 and IPv6)
 /// reach the app and leave no conntrack entry, the SYN rule counts them, while a captured
 /// port still lands on the inbound listener (and is tracked, as REDIRECT needs).
-fn check_untracked(backend: Backend) {
-    let topo = Topology::new(if backend == Backend::Nftables { "nftu" } else { "iptu" });
+fn check_untracked(namespaces: &TestNamespaces, backend: Backend) {
+    let topo = Topology::new(namespaces);
     let runner = NetnsRunner::new(Netns::Named(topo.pod.clone()));
     let ann = BTreeMap::from([(meshpass_settings::keys::EXCLUDE_INBOUND_PORTS.to_string(), "5000,8000-8100".into())]);
     let plan = plan_for(&ann, true, true);
@@ -516,128 +510,118 @@ fn check_untracked(backend: Backend) {
     linux::cleanup(backend, false, &runner).expect("cleanup");
 }
 
-#[test]
-fn iptables_untracked_passthrough_leaves_no_conntrack_entries() {
-    if !common::privileged("iptables_untracked_passthrough_leaves_no_conntrack_entries") {
-        return;
+meshpass_test_support::namespaced_test! {
+    fn iptables_untracked_passthrough_leaves_no_conntrack_entries(namespaces) {
+        check_untracked(&namespaces, Backend::Iptables);
     }
-    check_untracked(Backend::Iptables);
 }
 
-#[test]
-fn nftables_untracked_passthrough_leaves_no_conntrack_entries() {
-    if !common::privileged("nftables_untracked_passthrough_leaves_no_conntrack_entries") {
-        return;
+meshpass_test_support::namespaced_test! {
+    fn nftables_untracked_passthrough_leaves_no_conntrack_entries(namespaces) {
+        check_untracked(&namespaces, Backend::Nftables);
     }
-    check_untracked(Backend::Nftables);
 }
 
-/// eBPF capture's edges: without registered listeners captured connections get no answer
-/// (fail closed) while passthrough still works; registering again restores capture; removing
-/// it leaves every connection direct and nothing pinned or routed behind.
-#[test]
-fn ebpf_fails_closed_without_listeners_and_removes_cleanly() {
-    if !common::privileged("ebpf_fails_closed_without_listeners_and_removes_cleanly") {
-        return;
+meshpass_test_support::namespaced_test! {
+    /// eBPF capture's edges: without registered listeners captured connections get no answer
+    /// (fail closed) while passthrough still works; registering again restores capture; removing
+    /// it leaves every connection direct and nothing pinned or routed behind.
+    fn ebpf_fails_closed_without_listeners_and_removes_cleanly(namespaces) {
+        let topo = Topology::new(&namespaces);
+        let netns = Netns::Named(topo.pod.clone());
+        let runner = NetnsRunner::new(netns.clone());
+        let ann = BTreeMap::from([
+            (meshpass_settings::keys::EXCLUDE_INBOUND_PORTS.to_string(), "5000".into()),
+            (meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES.to_string(), "*".into()),
+        ]);
+        let cfg = config_for(&ann, true, false);
+        let plan = compile_ebpf(&cfg, linux::ebpf::netns_cookie(&netns).expect("cookie")).expect("compile");
+        let cgroup = linux::ebpf::cgroup2_root().expect("cgroup v2");
+        // A dropped SYN makes connect(2) retry for two minutes; one retry (about 3 s) is enough.
+        runner.check("sysctl", &["-qw", "net.ipv4.tcp_syn_retries=1"], None).expect("sysctl");
+        linux::ebpf::apply(&plan, &netns, &cgroup, &runner).expect("apply");
+        let (pod4, pod6): (IpAddr, IpAddr) = (POD4.parse().expect("ip"), POD6.parse().expect("ip"));
+        let peer4: IpAddr = PEER4.parse().expect("ip");
+
+        // The listener map starts empty: captured connections are dropped, not delivered around
+        // the sidecar; passthrough is unaffected.
+        let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80), (pod4, 5000)]);
+        assert_eq!(got, ["ERR", "ERR", "app:5000"], "fail closed inbound");
+        assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["ERR"], "fail closed outbound");
+        assert_eq!(outbound(&topo.pod, PROXY_UID, &[(peer4, 80)]), ["peer:80"], "the proxy's own traffic passes");
+
+        register_listeners(&topo, &netns);
+        let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80), (pod4, 5000)]);
+        assert_eq!(got, ["capture:15006", "capture:15006", "app:5000"]);
+        assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
+
+        // Connection counters, by the netfilter backends' rule labels: two connections to the
+        // excluded port, two outbound connect() calls captured (the first one unanswered), and
+        // the inbound captures (SYN retransmissions of the dropped ones count again).
+        let counters: BTreeMap<&str, u64> =
+            linux::ebpf::counters(&netns).expect("counters").expect("installed").into_iter().collect();
+        assert_eq!(counters["exclude-inbound-ports"], 2, "{counters:?}");
+        assert_eq!(counters["capture-outbound"], 2, "{counters:?}");
+        assert!(counters["capture-inbound"] >= 4, "{counters:?}");
+        assert_eq!(counters["sidecar-ports"], 0, "{counters:?}");
+        assert_eq!(counters["exclude-outbound-ports"] + counters["exclude-outbound-ip-ranges"], 0, "{counters:?}");
+
+        let dir = linux::ebpf::pin_dir(&netns).expect("pin dir");
+        assert!(dir.join("sk_lookup").exists());
+        linux::ebpf::remove(&netns, &runner).expect("remove");
+        let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80)]);
+        assert_eq!(got, ["app:9000", "app:80"], "removed: nothing captured");
+        assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["peer:80"]);
+        assert!(!dir.exists(), "pins removed");
+        for fam in ["-4", "-6"] {
+            let rules = runner.check("ip", &[fam, "rule", "show"], None).expect("ip rule").stdout;
+            assert!(!rules.contains("lookup 134"), "{fam} rule left behind: {rules}");
+        }
+        // Removing again is fine.
+        linux::ebpf::remove(&netns, &runner).expect("idempotent remove");
     }
-    let topo = Topology::new("bpfc");
-    let netns = Netns::Named(topo.pod.clone());
-    let runner = NetnsRunner::new(netns.clone());
-    let ann = BTreeMap::from([
-        (meshpass_settings::keys::EXCLUDE_INBOUND_PORTS.to_string(), "5000".into()),
-        (meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES.to_string(), "*".into()),
-    ]);
-    let cfg = config_for(&ann, true, false);
-    let plan = compile_ebpf(&cfg, linux::ebpf::netns_cookie(&netns).expect("cookie")).expect("compile");
-    let cgroup = linux::ebpf::cgroup2_root().expect("cgroup v2");
-    // A dropped SYN makes connect(2) retry for two minutes; one retry (about 3 s) is enough.
-    runner.check("sysctl", &["-qw", "net.ipv4.tcp_syn_retries=1"], None).expect("sysctl");
-    linux::ebpf::apply(&plan, &netns, &cgroup, &runner).expect("apply");
-    let (pod4, pod6): (IpAddr, IpAddr) = (POD4.parse().expect("ip"), POD6.parse().expect("ip"));
-    let peer4: IpAddr = PEER4.parse().expect("ip");
-
-    // The listener map starts empty: captured connections are dropped, not delivered around
-    // the sidecar; passthrough is unaffected.
-    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80), (pod4, 5000)]);
-    assert_eq!(got, ["ERR", "ERR", "app:5000"], "fail closed inbound");
-    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["ERR"], "fail closed outbound");
-    assert_eq!(outbound(&topo.pod, PROXY_UID, &[(peer4, 80)]), ["peer:80"], "the proxy's own traffic passes");
-
-    register_listeners(&topo, &netns);
-    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80), (pod4, 5000)]);
-    assert_eq!(got, ["capture:15006", "capture:15006", "app:5000"]);
-    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
-
-    // Connection counters, by the netfilter backends' rule labels: two connections to the
-    // excluded port, two outbound connect() calls captured (the first one unanswered), and
-    // the inbound captures (SYN retransmissions of the dropped ones count again).
-    let counters: BTreeMap<&str, u64> =
-        linux::ebpf::counters(&netns).expect("counters").expect("installed").into_iter().collect();
-    assert_eq!(counters["exclude-inbound-ports"], 2, "{counters:?}");
-    assert_eq!(counters["capture-outbound"], 2, "{counters:?}");
-    assert!(counters["capture-inbound"] >= 4, "{counters:?}");
-    assert_eq!(counters["sidecar-ports"], 0, "{counters:?}");
-    assert_eq!(counters["exclude-outbound-ports"] + counters["exclude-outbound-ip-ranges"], 0, "{counters:?}");
-
-    let dir = linux::ebpf::pin_dir(&netns).expect("pin dir");
-    assert!(dir.join("sk_lookup").exists());
-    linux::ebpf::remove(&netns, &runner).expect("remove");
-    let got = inbound(&topo.peer, &[(pod4, 9000), (pod6, 80)]);
-    assert_eq!(got, ["app:9000", "app:80"], "removed: nothing captured");
-    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["peer:80"]);
-    assert!(!dir.exists(), "pins removed");
-    for fam in ["-4", "-6"] {
-        let rules = runner.check("ip", &[fam, "rule", "show"], None).expect("ip rule").stdout;
-        assert!(!rules.contains("lookup 134"), "{fam} rule left behind: {rules}");
-    }
-    // Removing again is fine.
-    linux::ebpf::remove(&netns, &runner).expect("idempotent remove");
 }
 
-/// Re-applying with another cgroup moves the connect hooks there (processes outside it are
-/// no longer captured), and an apply sweeps away the pins of a namespace that was deleted
-/// without `remove`.
-#[test]
-fn ebpf_follows_the_cgroup_and_sweeps_deleted_namespaces() {
-    if !common::privileged("ebpf_follows_the_cgroup_and_sweeps_deleted_namespaces") {
-        return;
-    }
-    let topo = Topology::new("bpfg");
-    let netns = Netns::Named(topo.pod.clone());
-    let runner = NetnsRunner::new(netns.clone());
-    let ann = BTreeMap::from([(meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES.to_string(), "*".into())]);
-    let plan = compile_ebpf(&config_for(&ann, false, false), linux::ebpf::netns_cookie(&netns).expect("cookie"))
-        .expect("compile");
-    let root = linux::ebpf::cgroup2_root().expect("cgroup v2");
-    let sub = root.join(format!("meshpass-test-{}", std::process::id()));
-    std::fs::create_dir_all(&sub).expect("test cgroup");
-    let peer4: IpAddr = PEER4.parse().expect("ip");
+meshpass_test_support::namespaced_test! {
+    /// Re-applying with another cgroup moves the connect hooks there (processes outside it are
+    /// no longer captured), and an apply sweeps away the pins of a namespace that was deleted
+    /// without `remove`.
+    fn ebpf_follows_the_cgroup_and_sweeps_deleted_namespaces(namespaces) {
+        let topo = Topology::new(&namespaces);
+        let netns = Netns::Named(topo.pod.clone());
+        let runner = NetnsRunner::new(netns.clone());
+        let ann = BTreeMap::from([(meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES.to_string(), "*".into())]);
+        let plan = compile_ebpf(&config_for(&ann, false, false), linux::ebpf::netns_cookie(&netns).expect("cookie"))
+            .expect("compile");
+        let root = linux::ebpf::cgroup2_root().expect("cgroup v2");
+        let sub = root.join(format!("meshpass-test-{}", std::process::id()));
+        std::fs::create_dir_all(&sub).expect("test cgroup");
+        let peer4: IpAddr = PEER4.parse().expect("ip");
 
-    linux::ebpf::apply(&plan, &netns, &root, &runner).expect("apply on the root");
-    register_listeners(&topo, &netns);
-    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"], "the test runs under the root");
-    linux::ebpf::apply(&plan, &netns, &sub, &runner).expect("apply on a child cgroup");
-    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["peer:80"], "hooks moved off the root");
-    linux::ebpf::apply(&plan, &netns, &root, &runner).expect("back to the root");
-    assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
+        linux::ebpf::apply(&plan, &netns, &root, &runner).expect("apply on the root");
+        register_listeners(&topo, &netns);
+        assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"], "the test runs under the root");
+        linux::ebpf::apply(&plan, &netns, &sub, &runner).expect("apply on a child cgroup");
+        assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["peer:80"], "hooks moved off the root");
+        linux::ebpf::apply(&plan, &netns, &root, &runner).expect("back to the root");
+        assert_eq!(outbound(&topo.pod, APP_UID, &[(peer4, 80)]), ["capture:15001"]);
 
-    // A second namespace with capture, deleted behind meshpass's back.
-    let gone = format!("mp-diff-gone-{}", std::process::id());
-    ip(&["netns", "add", &gone]);
-    ip(&["-n", &gone, "link", "set", "lo", "up"]);
-    let gone_ns = Netns::Named(gone.clone());
-    let gone_dir = linux::ebpf::pin_dir(&gone_ns).expect("pin dir");
-    let gone_plan = compile_ebpf(&config_for(&ann, false, false), linux::ebpf::netns_cookie(&gone_ns).expect("cookie"))
-        .expect("compile");
-    linux::ebpf::apply(&gone_plan, &gone_ns, &root, &NetnsRunner::new(gone_ns.clone())).expect("apply");
-    ip(&["netns", "del", &gone]);
-    // The namespace is destroyed asynchronously; then the next apply anywhere sweeps it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while gone_dir.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        linux::ebpf::apply(&plan, &netns, &root, &runner).expect("apply");
+        // A second namespace with capture, deleted behind meshpass's back.
+        let gone_guard = namespaces.create("gone");
+        let gone_ns = Netns::Named(gone_guard.name().to_string());
+        let gone_dir = linux::ebpf::pin_dir(&gone_ns).expect("pin dir");
+        let gone_plan = compile_ebpf(&config_for(&ann, false, false), linux::ebpf::netns_cookie(&gone_ns).expect("cookie"))
+            .expect("compile");
+        linux::ebpf::apply(&gone_plan, &gone_ns, &root, &NetnsRunner::new(gone_ns.clone())).expect("apply");
+        drop(gone_guard);
+        // The namespace is destroyed asynchronously; then the next apply anywhere sweeps it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while gone_dir.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            linux::ebpf::apply(&plan, &netns, &root, &runner).expect("apply");
+        }
+        assert!(!gone_dir.exists(), "pins of a deleted namespace are swept");
+        linux::ebpf::remove(&netns, &runner).expect("remove");
+        std::fs::remove_dir(&sub).expect("remove the test cgroup");
     }
-    assert!(!gone_dir.exists(), "pins of a deleted namespace are swept");
-    linux::ebpf::remove(&netns, &runner).expect("remove");
-    std::fs::remove_dir(&sub).expect("remove the test cgroup");
 }

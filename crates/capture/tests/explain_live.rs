@@ -9,8 +9,7 @@
 //! peer joined by a veth pair; nothing can leave them) and checks that the kernel counted
 //! each first packet on exactly the rule `explain` named.
 //!
-//! Needs root. Skipped (with a message) only when not root and `CI` is unset; in CI a
-//! non-root run fails.
+//! Needs root: `#[ignore = "needs root"]`, run as root by `scripts/test` (`--include-ignored`).
 
 use meshpass_capture::explain::{explain, explain_plan, Flow, StepKind, Verdict};
 use meshpass_capture::ir::{Effective, Family, OwnerId, Plan, Proto, Table};
@@ -18,24 +17,19 @@ use meshpass_capture::parse::iptables_save::parse_save;
 use meshpass_capture::render::iptables::render_restore;
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, OwnerGroups};
 use meshpass_settings::{keys, Settings};
+use meshpass_test_support::TestNamespaces;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-fn privileged() -> bool {
-    meshpass_test_support::privileged("explain_live")
-}
-
-/// A network namespace this test created; deleted on drop.
-struct Netns(String);
+/// A network namespace of the test (its name, and the guard that deletes it on drop).
+struct Netns(String, #[allow(dead_code)] meshpass_test_support::Netns);
 
 impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("mp-ex-{tag}-{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
-        run("ip", &["netns", "add", &name], None);
-        Netns(name)
+    fn new(namespaces: &TestNamespaces, role: &str) -> Self {
+        let ns = namespaces.create(role);
+        Netns(ns.name().to_string(), ns)
     }
 
     /// Runs `prog args` inside the namespace; panics with its stderr on failure.
@@ -43,12 +37,6 @@ impl Netns {
         let mut a = vec!["netns", "exec", self.0.as_str(), prog];
         a.extend_from_slice(args);
         run("ip", &a, stdin)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
@@ -238,36 +226,34 @@ fn grid(family: Family) -> Vec<Flow> {
     flows
 }
 
-#[test]
-fn live_rules_explain_like_the_plan() {
-    if !privileged() {
-        return;
-    }
-    let mut compared = 0;
-    let mut failures = Vec::new();
-    for b in &BACKENDS {
-        for (name, plan) in plans() {
-            let ns = Netns::new("l");
-            let live = apply_and_read(&ns, b, &plan);
-            for family in Family::ALL {
-                let eff = &live[&family];
-                for flow in grid(family) {
-                    let want = explain_plan(&plan, &flow);
-                    let got = explain(eff, &flow);
-                    compared += 1;
-                    if (got.verdict, got.port) != (want.verdict, want.port) || got.verdict == Verdict::Undetermined {
-                        failures.push(format!("{} {name} {flow:?}\n-- plan:\n{want}\n-- live:\n{got}\n", b.name));
-                    }
-                    if let Some(r) = &got.decided_by {
-                        assert!(r.counters.is_some(), "live rules carry counters: {r}");
+meshpass_test_support::namespaced_test! {
+    fn live_rules_explain_like_the_plan(namespaces) {
+        let mut compared = 0;
+        let mut failures = Vec::new();
+        for b in &BACKENDS {
+            for (name, plan) in plans() {
+                let ns = Netns::new(&namespaces, "l");
+                let live = apply_and_read(&ns, b, &plan);
+                for family in Family::ALL {
+                    let eff = &live[&family];
+                    for flow in grid(family) {
+                        let want = explain_plan(&plan, &flow);
+                        let got = explain(eff, &flow);
+                        compared += 1;
+                        if (got.verdict, got.port) != (want.verdict, want.port) || got.verdict == Verdict::Undetermined {
+                            failures.push(format!("{} {name} {flow:?}\n-- plan:\n{want}\n-- live:\n{got}\n", b.name));
+                        }
+                        if let Some(r) = &got.decided_by {
+                            assert!(r.counters.is_some(), "live rules carry counters: {r}");
+                        }
                     }
                 }
             }
         }
+        let shown: Vec<&String> = failures.iter().take(5).collect();
+        assert!(failures.is_empty(), "{} of {compared} flows differ; first ones:\n{shown:#?}", failures.len());
+        eprintln!("explain_live: {compared} flows agree between plan and kernel");
     }
-    let shown: Vec<&String> = failures.iter().take(5).collect();
-    assert!(failures.is_empty(), "{} of {compared} flows differ; first ones:\n{shown:#?}", failures.len());
-    eprintln!("explain_live: {compared} flows agree between plan and kernel");
 }
 
 /// The pod/peer pair for real traffic: `eth0` in the pod, routes both ways, the peer owning
@@ -278,9 +264,9 @@ struct Pair {
 }
 
 impl Pair {
-    fn new() -> Self {
-        let pod = Netns::new("p");
-        let peer = Netns::new("q");
+    fn new(namespaces: &TestNamespaces) -> Self {
+        let pod = Netns::new(namespaces, "p");
+        let peer = Netns::new(namespaces, "q");
         run(
             "ip",
             &["-n", &pod.0, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", &peer.0],
@@ -382,49 +368,47 @@ fn traffic_cases(plan: &str) -> Vec<Case> {
     }
 }
 
-#[test]
-fn kernel_counts_the_rule_explain_names() {
-    if !privileged() {
-        return;
-    }
-    let nft = &BACKENDS[0];
-    let mut checked = 0;
-    for (name, plan) in plans() {
-        let cases = traffic_cases(name);
-        if cases.is_empty() {
-            continue;
-        }
-        let pair = Pair::new();
-        apply_and_read(&pair.pod, nft, &plan);
-        let mut verdicts = Vec::new();
-        for (inbound, uid, gid, proto, dst, port) in cases {
-            let dst = ip(dst);
-            let flow = if inbound {
-                let peer = if dst.is_ipv4() { PEER4 } else { PEER6 };
-                Flow::inbound_to(dst, port).proto(proto).from(ip(peer))
-            } else {
-                let pod = if dst.is_ipv4() { POD4 } else { POD6 };
-                Flow::outbound(dst, port).pod_ip(ip(pod)).proto(proto).uid(uid).gid(gid)
-            };
-            let family = flow.family();
-            let before = read(&pair.pod, nft, family);
-            let e = explain(&before, &flow);
-            let want = explain_plan(&plan, &flow);
-            assert_eq!((e.verdict, e.port), (want.verdict, want.port), "{name} {flow:?}\n{e}\n{want}");
-            verdicts.push(e.verdict);
-            send(if inbound { &pair.peer } else { &pair.pod }, uid, gid, proto, dst, port);
-            let after = read(&pair.pod, nft, family);
-            // Every rule explain says matched must have counted this flow's first packet.
-            let matched = e.trace.iter().filter(|s| s.kind == StepKind::Match).filter_map(|s| s.rule.as_ref());
-            for r in matched.chain(e.decided_by.as_ref()) {
-                let count = |eff: &Effective| packets(eff, r.table, r.chain.as_str(), r.index);
-                let (b, a) = (count(&before), count(&after));
-                assert!(a > b, "{name} {flow:?}: the kernel did not count {r} ({b} -> {a})\n{e}");
-                checked += 1;
+meshpass_test_support::namespaced_test! {
+    fn kernel_counts_the_rule_explain_names(namespaces) {
+        let nft = &BACKENDS[0];
+        let mut checked = 0;
+        for (name, plan) in plans() {
+            let cases = traffic_cases(name);
+            if cases.is_empty() {
+                continue;
             }
+            let pair = Pair::new(&namespaces);
+            apply_and_read(&pair.pod, nft, &plan);
+            let mut verdicts = Vec::new();
+            for (inbound, uid, gid, proto, dst, port) in cases {
+                let dst = ip(dst);
+                let flow = if inbound {
+                    let peer = if dst.is_ipv4() { PEER4 } else { PEER6 };
+                    Flow::inbound_to(dst, port).proto(proto).from(ip(peer))
+                } else {
+                    let pod = if dst.is_ipv4() { POD4 } else { POD6 };
+                    Flow::outbound(dst, port).pod_ip(ip(pod)).proto(proto).uid(uid).gid(gid)
+                };
+                let family = flow.family();
+                let before = read(&pair.pod, nft, family);
+                let e = explain(&before, &flow);
+                let want = explain_plan(&plan, &flow);
+                assert_eq!((e.verdict, e.port), (want.verdict, want.port), "{name} {flow:?}\n{e}\n{want}");
+                verdicts.push(e.verdict);
+                send(if inbound { &pair.peer } else { &pair.pod }, uid, gid, proto, dst, port);
+                let after = read(&pair.pod, nft, family);
+                // Every rule explain says matched must have counted this flow's first packet.
+                let matched = e.trace.iter().filter(|s| s.kind == StepKind::Match).filter_map(|s| s.rule.as_ref());
+                for r in matched.chain(e.decided_by.as_ref()) {
+                    let count = |eff: &Effective| packets(eff, r.table, r.chain.as_str(), r.index);
+                    let (b, a) = (count(&before), count(&after));
+                    assert!(a > b, "{name} {flow:?}: the kernel did not count {r} ({b} -> {a})\n{e}");
+                    checked += 1;
+                }
+            }
+            verdicts.dedup();
+            assert!(verdicts.len() > 1, "{name}: the cases should not all have one verdict");
         }
-        verdicts.dedup();
-        assert!(verdicts.len() > 1, "{name}: the cases should not all have one verdict");
+        eprintln!("kernel counted all {checked} rules explain named");
     }
-    eprintln!("kernel counted all {checked} rules explain named");
 }

@@ -5,13 +5,13 @@
 //! Topology (all addresses inside 198.18.0.0/15, nothing routes off the machine):
 //!
 //! ```text
-//!  pod netns  mp-proxy-<id>-pod             peer netns  mp-proxy-<id>-peer
-//!  198.18.0.1/24  vethA  <==============>  vethB  198.18.0.2/24, 198.18.1.2/32
+//!  pod netns  mpt-<test>-pod                peer netns  mpt-<test>-peer
+//!  198.18.0.1/24  vetha  <==============>  vethb  198.18.0.2/24, 198.18.1.2/32
 //!  app :8080 (captured), :8081 (excluded)   app :9090 (captured), :9091 (excluded port)
 //!  meshpass proxy (uid 1337) 15001/15006/15000/15021/15090
 //! ```
 //!
-//! Skipped (with a message) when not root and `CI` is unset; panics when not root under CI.
+//! Needs root: `#[ignore = "needs root"]`, run as root by `scripts/test` (`--include-ignored`).
 
 // Test code: a panic is the failure report, also in helpers outside #[test] fns.
 #![allow(clippy::unwrap_used)]
@@ -33,10 +33,6 @@ const PEER_IP: &str = "198.18.0.2";
 /// A second peer address, excluded from capture by CIDR.
 const PEER_EXCLUDED_IP: &str = "198.18.1.2";
 
-fn privileged() -> bool {
-    meshpass_test_support::privileged("namespaced proxy tests")
-}
-
 fn run(cmd: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(cmd).args(args).output().with_context(|| format!("spawning {cmd}"))?;
     if !out.status.success() {
@@ -45,24 +41,24 @@ fn run(cmd: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Two namespaces joined by a veth pair; deleted on drop (also on panic).
+/// Two namespaces of the test joined by a veth pair; deleted on drop (also on panic).
 struct Topology {
     pod: String,
     peer: String,
+    /// Deleting a namespace also deletes its end of the veth pair (and so the pair).
+    _namespaces: [meshpass_test_support::Netns; 2],
 }
 
 impl Topology {
-    fn new() -> Result<Self> {
-        let id = format!(
-            "{:x}{:x}",
-            std::process::id() & 0xffff,
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() & 0xfffff
-        );
-        let t = Topology { pod: format!("mp-proxy-{id}-pod"), peer: format!("mp-proxy-{id}-peer") };
-        run("ip", &["netns", "add", &t.pod])?;
-        run("ip", &["netns", "add", &t.peer])?;
-        let (va, vb) = (format!("mpa{id}"), format!("mpb{id}"));
-        let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
+    fn new(namespaces: &meshpass_test_support::TestNamespaces) -> Result<Self> {
+        let (pod_ns, peer_ns) = (namespaces.create("pod"), namespaces.create("peer"));
+        let t = Topology {
+            pod: pod_ns.name().to_string(),
+            peer: peer_ns.name().to_string(),
+            _namespaces: [pod_ns, peer_ns],
+        };
+        // Created inside the two namespaces, so the names cannot collide with the host's.
+        let (va, vb) = ("vetha", "vethb");
         run("ip", &["link", "add", va, "netns", &t.pod, "type", "veth", "peer", "name", vb, "netns", &t.peer])?;
         for (ns, dev, addrs) in [
             (&t.pod, va, vec![format!("{POD_IP}/24")]),
@@ -72,21 +68,9 @@ impl Topology {
                 run("ip", &["-n", ns, "addr", "add", &a, "dev", dev])?;
             }
             run("ip", &["-n", ns, "link", "set", dev, "up"])?;
-            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         }
         run("ip", &["-n", &t.pod, "route", "add", &format!("{PEER_EXCLUDED_IP}/32"), "dev", va])?;
         Ok(t)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // Deleting a namespace also deletes its end of the veth pair (and so the pair).
-        for ns in [&self.pod, &self.peer] {
-            if let Err(e) = run("ip", &["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
     }
 }
 
@@ -424,8 +408,8 @@ impl Drop for EbpfGuard {
     }
 }
 
-fn setup(capture: Capture) -> Result<Pod> {
-    let topo = Topology::new()?;
+fn setup(namespaces: &meshpass_test_support::TestNamespaces, capture: Capture) -> Result<Pod> {
+    let topo = Topology::new(namespaces)?;
     let apps = vec![
         App::start(&topo.pod, 8080)?,
         App::start(&topo.pod, 8081)?,
@@ -451,40 +435,32 @@ fn setup(capture: Capture) -> Result<Pod> {
     Ok(Pod { _proxy: proxy, _apps: apps, _ebpf: ebpf, topo })
 }
 
-#[test]
-fn inbound_captured_and_excluded_ports() -> Result<()> {
-    if !privileged() {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn inbound_captured_and_excluded_ports(namespaces) -> Result<()> {
+        inbound_case(&namespaces, Capture::Rules)
     }
-    inbound_case(Capture::Rules)
 }
 
-#[test]
-fn tproxy_inbound_captured_and_excluded_ports() -> Result<()> {
-    if !privileged() {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn tproxy_inbound_captured_and_excluded_ports(namespaces) -> Result<()> {
+        inbound_case(&namespaces, Capture::Tproxy)
     }
-    inbound_case(Capture::Tproxy)
 }
 
-#[test]
-fn tproxy_outbound_captured_and_excluded_destinations() -> Result<()> {
-    if !privileged() {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn tproxy_outbound_captured_and_excluded_destinations(namespaces) -> Result<()> {
+        outbound_case(&namespaces, Capture::Tproxy)
     }
-    outbound_case(Capture::Tproxy)
 }
 
-#[test]
-fn ebpf_inbound_captured_and_excluded_ports() -> Result<()> {
-    if !privileged() {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn ebpf_inbound_captured_and_excluded_ports(namespaces) -> Result<()> {
+        inbound_case(&namespaces, Capture::Ebpf)
     }
-    inbound_case(Capture::Ebpf)
 }
 
-fn inbound_case(capture: Capture) -> Result<()> {
-    let pod = setup(capture)?;
+fn inbound_case(namespaces: &meshpass_test_support::TestNamespaces, capture: Capture) -> Result<()> {
+    let pod = setup(namespaces, capture)?;
     let (podns, peerns) = (&pod.topo.pod, &pod.topo.peer);
 
     // Captured port: through the sidecar.
@@ -513,24 +489,20 @@ fn inbound_case(capture: Capture) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn outbound_captured_and_excluded_destinations() -> Result<()> {
-    if !privileged() {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn outbound_captured_and_excluded_destinations(namespaces) -> Result<()> {
+        outbound_case(&namespaces, Capture::Rules)
     }
-    outbound_case(Capture::Rules)
 }
 
-#[test]
-fn ebpf_outbound_captured_and_excluded_destinations() -> Result<()> {
-    if !privileged() {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn ebpf_outbound_captured_and_excluded_destinations(namespaces) -> Result<()> {
+        outbound_case(&namespaces, Capture::Ebpf)
     }
-    outbound_case(Capture::Ebpf)
 }
 
-fn outbound_case(capture: Capture) -> Result<()> {
-    let pod = setup(capture)?;
+fn outbound_case(namespaces: &meshpass_test_support::TestNamespaces, capture: Capture) -> Result<()> {
+    let pod = setup(namespaces, capture)?;
     let podns = &pod.topo.pod;
 
     // Captured: the app (root, not 1337) calls the peer; the sidecar forwards it.

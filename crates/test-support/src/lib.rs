@@ -1,27 +1,18 @@
 //! Helpers shared by the integration tests of every meshpass crate.
 //!
-//! Tests that need root and network namespaces call [`privileged`]: they skip (with a
-//! message) only when not root and `CI` is unset, and fail loudly when `CI` is set, so a CI run
-//! can never pass by skipping them. Tests that read Istio's conformance data find it with
-//! [`shared_dir`] (`../shared` beside the checkout, or `MESHPASS_SHARED_DIR`). The browser test
-//! and the OpenAPI fuzzer are run through [`tools`].
+//! Tests that need root and network namespaces are written with [`namespaced_test!`]: they are
+//! `#[ignore = "needs root"]` (a run without root lists them as ignored; `scripts/test` runs
+//! them as root with `--include-ignored`) and get a [`TestNamespaces`] guard named after the
+//! test that removes everything on drop ([`netns`]). Tests that read Istio's conformance data
+//! find it with [`shared_dir`] (`../shared` beside the checkout, or `MESHPASS_SHARED_DIR`). The
+//! browser test and the OpenAPI fuzzer are run through [`tools`].
 
 use std::path::{Path, PathBuf};
 
+pub mod netns;
 pub mod tools;
 
-/// True when a test needing root and network namespaces can run. Skips (false, with a
-/// message naming `test`) only when not root and `CI` is unset; panics when `CI` is set.
-pub fn privileged(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI is set but the test is not running as root (it needs network namespaces)");
-    }
-    eprintln!("skipping {test}: needs root for network namespaces (run as root, or set CI to make this fatal)");
-    false
-}
+pub use netns::{require_root, Netns, TestNamespaces};
 
 /// The shared reference directory: `MESHPASS_SHARED_DIR`, else `../shared` beside the
 /// checkout. `None` (after printing why) when the conformance data is absent outside CI; a

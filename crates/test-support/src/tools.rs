@@ -13,7 +13,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// True when nothing is missing; else skips (false, with a message) outside CI and panics in
-/// CI, like [`crate::privileged`].
+/// CI, like [`shared_dir`](crate::shared_dir).
 fn available(test: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;

@@ -1,13 +1,14 @@
 //! Helpers shared by the nftables tests: sample plans, the comparison of a plan with a
-//! readback, and (for the privileged tests) a network-namespace guard and an `nft` runner.
+//! readback, and (for the privileged tests) namespaces that know the cases' group names and an
+//! `nft` runner.
 #![allow(dead_code)]
 
 use meshpass_capture::ir::{Effective, Family, OwnerId, OwnerKind};
 use meshpass_capture::parse::nft_json::{canonical, canonical_with, Live};
 use meshpass_capture::{compile, IstioArgs, Plan};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+pub use meshpass_test_support::Netns;
+use meshpass_test_support::TestNamespaces;
+use std::path::PathBuf;
 
 /// `testdata/nft` in this crate.
 pub fn testdata() -> PathBuf {
@@ -15,7 +16,7 @@ pub fn testdata() -> PathBuf {
 }
 
 /// Group names used by the Istio cases (`java`, `ftp`) and the numbers the privileged tests
-/// give them in a private `/etc/group`, since nft resolves names when it loads a rule and
+/// give them in the test namespaces' private `/etc/group`, since nft resolves names when it loads a rule and
 /// lists numbers.
 pub const GROUPS: [(&str, u32); 2] = [("java", 5001), ("ftp", 5002)];
 
@@ -129,66 +130,29 @@ fn diff(want: &Effective, got: &Effective) -> String {
     out
 }
 
-/// A network namespace that is deleted when dropped.
-pub struct Netns {
-    /// Its name.
-    pub name: String,
-    group_file: tempfile::NamedTempFile,
+/// The test's namespace `role`, whose commands see [`GROUPS`] in `/etc/group` (so that nft can
+/// resolve the group names of the Istio cases).
+pub fn netns(namespaces: &TestNamespaces, role: &str) -> Netns {
+    namespaces.create(role).with_groups(&GROUPS)
 }
 
-impl Netns {
-    /// Creates `mp-nft-<tag>-<pid>-<n>`.
-    pub fn new(tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let name = format!("mp-nft-{tag}-{}-{n}", std::process::id());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip netns add");
-        assert!(st.success(), "ip netns add {name} failed");
-        let mut group_file = tempfile::NamedTempFile::new().expect("temp group file");
-        let mut groups = String::from("root:x:0:\n");
-        for (name, gid) in GROUPS {
-            groups.push_str(&format!("{name}:x:{gid}:\n"));
-        }
-        group_file.write_all(groups.as_bytes()).expect("write group file");
-        let ns = Self { name, group_file };
-        let up = ns.exec(&["ip", "link", "set", "lo", "up"], None);
-        assert!(up.status.success(), "lo up: {}", String::from_utf8_lossy(&up.stderr));
-        ns
-    }
+/// `nft` in a test namespace.
+pub trait Nft {
+    /// `nft <args>` inside; panics with nft's message on failure.
+    fn nft(&self, args: &[&str], stdin: Option<&str>) -> String;
+}
 
-    /// Runs `argv` inside the namespace, in a private mount namespace whose `/etc/group`
-    /// knows [`GROUPS`] (so that nft can resolve the group names of the Istio cases).
-    pub fn exec(&self, argv: &[&str], stdin: Option<&str>) -> Output {
-        let script = "mount --bind \"$1\" /etc/group && shift && exec \"$@\"";
-        let group: &Path = self.group_file.path();
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--", "sh", "-c", script, "sh"])
-            .arg(group)
-            .args(["ip", "netns", "exec", &self.name])
-            .args(argv)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn unshare");
-        if let Some(input) = stdin {
-            let mut w = child.stdin.take().expect("stdin");
-            w.write_all(input.as_bytes()).expect("write stdin");
-        }
-        child.wait_with_output().expect("wait")
-    }
-
-    /// `nft <args>` in the namespace; panics with nft's message on failure.
-    pub fn nft(&self, args: &[&str], stdin: Option<&str>) -> String {
+impl Nft for Netns {
+    fn nft(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut argv = vec!["nft"];
         argv.extend_from_slice(args);
         let out = self.exec(&argv, stdin);
-        assert!(out.status.success(), "nft {args:?} in {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nft {args:?} in {} failed: {}",
+            self.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

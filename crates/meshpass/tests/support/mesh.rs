@@ -13,7 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meshpass");
 pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
-    pub prefix: &'static str,
+    pub prefix: String,
     pub pod_cidr: &'static str,
     pub svc_cidr: &'static str,
     pub sample: bool,
@@ -25,11 +25,11 @@ pub struct Mesh {
 
 impl Mesh {
     /// A mesh (not started) with its own prefix and address blocks.
-    pub fn new(prefix: &'static str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
+    pub fn new(prefix: &str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
         Ok(Mesh {
             dir: tempfile::tempdir()?,
             child: None,
-            prefix,
+            prefix: prefix.to_string(),
             pod_cidr,
             svc_cidr,
             sample,
@@ -61,7 +61,7 @@ impl Mesh {
             "--drain-seconds",
             self.drain_seconds,
             "--netns-prefix",
-            self.prefix,
+            &self.prefix,
             "--api-listen",
             "127.0.0.1:0",
         ]);
@@ -179,7 +179,7 @@ impl Mesh {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(self.prefix))
+                    .filter(|n| n.starts_with(&self.prefix))
                     .collect()
             })
             .unwrap_or_default();
