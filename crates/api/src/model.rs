@@ -148,15 +148,9 @@ pub enum RuleFormat {
     Iptables,
 }
 
-/// Which way a check looks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Into the workload, from outside the mesh (the node, or the API server's proxy).
-    Inbound,
-    /// Out of a pod of the workload.
-    Outbound,
-}
+/// Which way a check looks: into the workload from outside the mesh (the node, or the API
+/// server's proxy), or out of a pod of the workload.
+pub use meshpass_settings::Direction;
 
 /// What to check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,23 +55,7 @@ const MAX_FORKS: usize = 6;
 const MAX_DEPTH: usize = 64;
 
 /// Which way the connection goes, seen from the pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Arrives at the pod from outside (PREROUTING).
-    Inbound,
-    /// Leaves a process in the pod (OUTPUT).
-    Outbound,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        })
-    }
-}
+pub use meshpass_settings::Direction;
 
 /// The first packet of a new connection. Unset fields get documented defaults
 /// ([`Flow::resolved`]):

@@ -12,7 +12,7 @@ mod common;
 use meshpass_capture::ebpf::{compile_ebpf, ListenerSlot};
 use meshpass_capture::explain::{explain_plan, Flow};
 use meshpass_capture::ir::Family;
-use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner, Runner};
+use meshpass_capture::linux::{self, Netns, NetnsRunner, RuleBackend, Runner};
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
 use meshpass_settings::Settings;
 use meshpass_test_support::TestNamespaces;
@@ -293,7 +293,7 @@ fn plan_for(ann: &BTreeMap<String, String>, ipv6: bool, untrack: bool) -> Plan {
 /// What installs the capture: netfilter rules, or eBPF programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    Rules(Backend),
+    Rules(RuleBackend),
     Ebpf,
 }
 
@@ -323,7 +323,7 @@ fn register_listeners(topo: &Topology, netns: &Netns) {
     }
 }
 
-fn check_backend(namespaces: &TestNamespaces, backend: Backend, settings_count: usize, seed: u64) {
+fn check_backend(namespaces: &TestNamespaces, backend: RuleBackend, settings_count: usize, seed: u64) {
     check_mode(namespaces, Mode::Rules(backend), settings_count, seed);
 }
 
@@ -427,7 +427,7 @@ fn settings_count() -> usize {
 
 meshpass_test_support::namespaced_test! {
     fn iptables_connections_land_where_explain_says(namespaces) {
-        check_backend(&namespaces, Backend::Iptables, settings_count(), 0x6d65_7368_7061_7373);
+        check_backend(&namespaces, RuleBackend::Iptables, settings_count(), 0x6d65_7368_7061_7373);
     }
 }
 
@@ -439,7 +439,7 @@ meshpass_test_support::namespaced_test! {
 
 meshpass_test_support::namespaced_test! {
     fn nftables_connections_land_where_explain_says(namespaces) {
-        check_backend(&namespaces, Backend::Nftables, settings_count(), 0x7061_7373_7468_7275);
+        check_backend(&namespaces, RuleBackend::Nftables, settings_count(), 0x7061_7373_7468_7275);
     }
 }
 
@@ -454,10 +454,10 @@ fn conntrack_count(ns: &str) -> u64 {
 
 /// Packets counted by the live rule of raw `PREROUTING` that counts the first packet of
 /// connections to `port` (the one with the SYN match), per family.
-fn syn_counter(backend: Backend, runner: &NetnsRunner, family: Family) -> u64 {
+fn syn_counter(backend: RuleBackend, runner: &NetnsRunner, family: Family) -> u64 {
     use meshpass_capture::ir::{Match, Table};
     let eff = match backend {
-        Backend::Nftables => {
+        RuleBackend::Nftables => {
             let json = linux::nft::list_json(runner).expect("nft list").expect("table exists");
             let live = meshpass_capture::parse::nft_json::parse_ruleset(&json).expect("readback");
             if family == Family::V4 {
@@ -485,7 +485,7 @@ fn syn_counter(backend: Backend, runner: &NetnsRunner, family: Family) -> u64 {
 /// `untrack_excluded_inbound` in the kernel: connections to an excluded port (IPv4 and IPv6)
 /// reach the app and leave no conntrack entry, the SYN rule counts them, while a captured
 /// port still lands on the inbound listener (and is tracked, as REDIRECT needs).
-fn check_untracked(namespaces: &TestNamespaces, backend: Backend) {
+fn check_untracked(namespaces: &TestNamespaces, backend: RuleBackend) {
     let topo = Topology::new(namespaces);
     let runner = NetnsRunner::new(Netns::Named(topo.pod.clone()));
     let ann = BTreeMap::from([(meshpass_settings::keys::EXCLUDE_INBOUND_PORTS.to_string(), "5000,8000-8100".into())]);
@@ -498,7 +498,7 @@ fn check_untracked(namespaces: &TestNamespaces, backend: Backend) {
     assert_eq!(conntrack_count(&topo.pod), 0, "{backend}: untracked connections leave no conntrack entry");
     match backend {
         // One inet rule counts both families.
-        Backend::Nftables => assert_eq!(syn_counter(backend, &runner, Family::V4), 3),
+        RuleBackend::Nftables => assert_eq!(syn_counter(backend, &runner, Family::V4), 3),
         _ => {
             assert_eq!(syn_counter(backend, &runner, Family::V4), 2);
             assert_eq!(syn_counter(backend, &runner, Family::V6), 1);
@@ -512,13 +512,13 @@ fn check_untracked(namespaces: &TestNamespaces, backend: Backend) {
 
 meshpass_test_support::namespaced_test! {
     fn iptables_untracked_passthrough_leaves_no_conntrack_entries(namespaces) {
-        check_untracked(&namespaces, Backend::Iptables);
+        check_untracked(&namespaces, RuleBackend::Iptables);
     }
 }
 
 meshpass_test_support::namespaced_test! {
     fn nftables_untracked_passthrough_leaves_no_conntrack_entries(namespaces) {
-        check_untracked(&namespaces, Backend::Nftables);
+        check_untracked(&namespaces, RuleBackend::Nftables);
     }
 }
 

@@ -63,19 +63,19 @@ fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 /// One iptables backend's tools.
-struct Backend {
+struct IptablesTools {
     name: &'static str,
     restore: [&'static str; 2],
     save: [&'static str; 2],
 }
 
-const BACKENDS: [Backend; 2] = [
-    Backend {
+const BACKENDS: [IptablesTools; 2] = [
+    IptablesTools {
         name: "nft",
         restore: ["iptables-nft-restore", "ip6tables-nft-restore"],
         save: ["iptables-nft-save", "ip6tables-nft-save"],
     },
-    Backend {
+    IptablesTools {
         name: "legacy",
         restore: ["iptables-legacy-restore", "ip6tables-legacy-restore"],
         save: ["iptables-legacy-save", "ip6tables-legacy-save"],
@@ -90,7 +90,7 @@ fn fam_idx(f: Family) -> usize {
 }
 
 /// Applies `plan` in `ns` and returns the live rules per family.
-fn apply_and_read(ns: &Netns, b: &Backend, plan: &Plan) -> BTreeMap<Family, Effective> {
+fn apply_and_read(ns: &Netns, b: &IptablesTools, plan: &Plan) -> BTreeMap<Family, Effective> {
     let mut live = BTreeMap::new();
     for family in Family::ALL {
         let i = fam_idx(family);
@@ -103,7 +103,7 @@ fn apply_and_read(ns: &Netns, b: &Backend, plan: &Plan) -> BTreeMap<Family, Effe
     live
 }
 
-fn read(ns: &Netns, b: &Backend, family: Family) -> Effective {
+fn read(ns: &Netns, b: &IptablesTools, family: Family) -> Effective {
     let saved = ns.exec(b.save[fam_idx(family)], &["-c"], None);
     parse_save(&saved).unwrap_or_else(|e| panic!("{} save output does not parse: {e}\n{saved}", b.name))
 }

@@ -15,7 +15,7 @@ use crate::error::Cause;
 use crate::{Client, MeshError};
 use meshpass_capture::explain::{explain, Flow};
 use meshpass_capture::ir::Family;
-use meshpass_capture::linux::{self, iptables::Tools, Backend, Netns, NetnsRunner};
+use meshpass_capture::linux::{self, iptables::Tools, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -172,7 +172,7 @@ pub fn live_rules(netns: &str, family: Family) -> Result<meshpass_capture::ir::E
         }
         None => {
             let text =
-                linux::iptables::save(Tools::for_backend(Backend::Iptables), family, &runner).map_err(capture)?;
+                linux::iptables::save(Tools::for_backend(RuleBackend::Iptables), family, &runner).map_err(capture)?;
             parse_save(&text).map_err(|e| parse(e.into()))
         }
     }

@@ -4,7 +4,7 @@
 use crate::ipam::Cidr;
 use crate::plan::capture::mesh_injector_values;
 use crate::MeshError;
-use meshpass_capture::linux::Backend;
+use meshpass_capture::linux::RuleBackend;
 use meshpass_capture::InjectorValues;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct MeshConfig {
     /// ClusterIPs.
     pub service_cidr: Cidr,
     /// Backend for the pods' capture rules.
-    pub backend: Backend,
+    pub backend: RuleBackend,
     /// Install the sample on first start.
     pub sample: bool,
     /// The meshpass binary: `meshpass` in a container command means this program.
@@ -58,7 +58,7 @@ impl MeshConfig {
             netns_prefix: DEFAULT_NETNS_PREFIX.to_string(),
             pod_cidr: Cidr { addr: Ipv4Addr::new(198, 18, 0, 0), len: 16 },
             service_cidr: Cidr { addr: Ipv4Addr::new(198, 19, 0, 0), len: 16 },
-            backend: Backend::Nftables,
+            backend: RuleBackend::Nftables,
             sample: true,
             sidecar_argv: vec![exe.to_string_lossy().into_owned(), "proxy".to_string()],
             meshpass_exe: exe,

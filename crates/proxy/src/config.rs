@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+pub use meshpass_settings::InterceptionMode;
 use serde::Serialize;
 
 use crate::mesh::MeshSettings;
@@ -153,23 +154,6 @@ pub enum AccessLog {
     Stdout,
     /// The same on standard error.
     Stderr,
-}
-
-/// How redirected connections reach the proxy, which decides how the original destination is
-/// recovered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum InterceptionMode {
-    /// NAT `REDIRECT` (Istio's default): the original destination comes from conntrack via
-    /// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.
-    Redirect,
-    /// `TPROXY`: the listener is transparent and the accepted socket's local address *is* the
-    /// original destination.
-    Tproxy,
-    /// eBPF capture (`meshpass iptables --ebpf`): as `TPROXY`, both listeners transparent,
-    /// and at start the proxy registers them in the capture's listener map, without which
-    /// captured connections are dropped.
-    Ebpf,
 }
 
 /// One Kubernetes service this workload backs, for the inbound tracing decorator.
@@ -387,6 +371,11 @@ impl ProxyConfig {
                 "REDIRECT" => InterceptionMode::Redirect,
                 "TPROXY" => InterceptionMode::Tproxy,
                 "EBPF" => InterceptionMode::Ebpf,
+                "NONE" => {
+                    return Err("NONE captures nothing, so there is nothing for the sidecar to intercept: \
+                                expected REDIRECT, TPROXY or EBPF"
+                        .to_owned())
+                }
                 _ => return Err("expected REDIRECT, TPROXY or EBPF".to_owned()),
             };
             Ok(())

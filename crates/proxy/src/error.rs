@@ -29,6 +29,10 @@ pub enum ProxyError {
         /// What failed.
         reason: String,
     },
+    /// The interception mode is `NONE`: nothing is captured, so no original destination can
+    /// be recovered.
+    #[error("interception mode NONE captures nothing, so there is nothing for the sidecar to intercept (use REDIRECT, TPROXY or EBPF)")]
+    NoInterception,
     /// A background task panicked or was cancelled.
     #[error("proxy task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -306,6 +306,7 @@ impl Proxy {
             InterceptionMode::Redirect => Arc::new(SoOriginalDst),
             InterceptionMode::Tproxy => Arc::new(TproxyInbound),
             InterceptionMode::Ebpf => Arc::new(LocalAddr),
+            InterceptionMode::None => return Err(ProxyError::NoInterception),
         };
         Self::start_with_resolver(config, resolver).await
     }

@@ -12,31 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
-/// Which listener accepted a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Traffic towards the local app (port 15006).
-    Inbound,
-    /// Traffic from the local app to elsewhere (port 15001).
-    Outbound,
-}
-
-impl Direction {
-    /// Lower-case label used in metrics and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Which listener accepted a connection (inbound: 15006, outbound: 15001).
+pub use meshpass_settings::Direction;
 
 /// Why no original destination could be found.
 #[derive(Debug, thiserror::Error)]

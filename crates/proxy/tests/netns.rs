@@ -118,7 +118,7 @@ fn apply_rules(
     exclude_outbound_ports: &[u16],
     mode: Option<&str>,
 ) -> Result<String> {
-    use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner};
+    use meshpass_capture::linux::{self, Netns, NetnsRunner, RuleBackend};
     use meshpass_settings::{keys, Settings};
     let join = |v: Vec<String>| v.join(",");
     let ann: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::from([
@@ -136,7 +136,7 @@ fn apply_rules(
     let cfg = meshpass_capture::CaptureConfig::from_settings(&settings, &meshpass_capture::InjectorValues::default())
         .context("interception mode NONE")?;
     let plan = meshpass_capture::compile(&cfg);
-    linux::apply(&plan, Backend::Nftables, &NetnsRunner::new(Netns::Named(netns.to_string())))?;
+    linux::apply(&plan, RuleBackend::Nftables, &NetnsRunner::new(Netns::Named(netns.to_string())))?;
     Ok(meshpass_capture::render::nft::render(&plan))
 }
 

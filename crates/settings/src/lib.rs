@@ -5,7 +5,7 @@
 //! item and the reason) and renders settings back into annotations.
 //!
 //! The value types ([`PortRange`], [`PortSet`], [`IpNet`], [`CidrSet`], [`IfaceName`],
-//! [`InterceptionMode`]) are the vocabulary of the whole workspace: once a value has been parsed
+//! [`InterceptionMode`], [`Direction`]) are the vocabulary of the whole workspace: once a value has been parsed
 //! into one of them it can be rendered into a netfilter rule without any further escaping,
 //! because nothing but digits, addresses and a restricted interface alphabet can be represented.
 //!
@@ -25,30 +25,70 @@ pub use iface::IfaceName;
 pub use ip::{CidrSet, IpNet};
 pub use ports::{PortRange, PortSet};
 
-/// How the sidecar captures inbound traffic (`sidecar.istio.io/interceptionMode`).
+/// Which way traffic goes, seen from the pod: the one direction type of the workspace (rules,
+/// `explain`, the sidecar's listeners and records, the management plane's checks). Serialized
+/// and printed as `inbound` / `outbound`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the pod (PREROUTING; the sidecar's inbound listener, 15006).
+    Inbound,
+    /// Out of a process in the pod (OUTPUT; the sidecar's outbound listener, 15001).
+    Outbound,
+}
+
+impl Direction {
+    /// `inbound` or `outbound`: the spelling in JSON, metrics labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How captured connections reach the sidecar: the one interception-mode type of the
+/// workspace. The annotation `sidecar.istio.io/interceptionMode` takes `REDIRECT`, `TPROXY`
+/// or `NONE` ([`InterceptionMode::parse`], as Istio's webhook); `EBPF` is meshpass's own
+/// capture, chosen per node (`meshpass iptables --ebpf`, `meshpass up --ebpf-capture`) and
+/// told to the sidecar, never written in an annotation. Serialized in upper case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum InterceptionMode {
-    /// NAT `REDIRECT` to the inbound capture port (Istio's default).
+    /// NAT `REDIRECT` to the capture ports (Istio's default); the sidecar recovers the
+    /// original destination from conntrack (`SO_ORIGINAL_DST`).
     #[default]
     Redirect,
-    /// `TPROXY` in the mangle table: the app sees the real client address.
+    /// `TPROXY` in the mangle table for inbound (the app sees the real client address);
+    /// outbound is still `REDIRECT`ed, as Istio does.
     Tproxy,
     /// No capture at all: Istio injects no init container.
     None,
+    /// meshpass's eBPF socket-level capture: both listeners transparent and registered in the
+    /// capture's listener map; the accepted socket's local address is the original
+    /// destination.
+    Ebpf,
 }
 
 impl InterceptionMode {
-    /// The annotation spelling (`REDIRECT`, `TPROXY`, `NONE`).
+    /// The spelling (`REDIRECT`, `TPROXY`, `NONE`, `EBPF`).
     pub fn as_str(self) -> &'static str {
         match self {
             InterceptionMode::Redirect => "REDIRECT",
             InterceptionMode::Tproxy => "TPROXY",
             InterceptionMode::None => "NONE",
+            InterceptionMode::Ebpf => "EBPF",
         }
     }
 
-    /// Parses the exact, case-sensitive spelling Istio's webhook accepts.
+    /// Parses an annotation value: the exact, case-sensitive spellings Istio's webhook
+    /// accepts (`REDIRECT`, `TPROXY`, `NONE`; not `EBPF`, which no annotation selects).
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "REDIRECT" => Some(InterceptionMode::Redirect),

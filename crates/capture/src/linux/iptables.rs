@@ -15,7 +15,7 @@
 //! committed atomically. Either way, if the restore fails the snapshot taken before is
 //! restored, so a failed apply leaves the previous rules as they were.
 
-use super::{ApplyOutcome, Backend, LinuxError, Runner};
+use super::{ApplyOutcome, LinuxError, RuleBackend, Runner};
 use crate::ir::{Family, Plan, Table};
 use crate::render::iptables::{declared_chains, op_lines, ops_by_table};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,9 +32,9 @@ pub struct Tools {
 
 impl Tools {
     /// The tools of a backend (`iptables`, or `iptables-legacy`).
-    pub fn for_backend(b: Backend) -> Self {
+    pub fn for_backend(b: RuleBackend) -> Self {
         match b {
-            Backend::IptablesLegacy => Tools { v4: "iptables-legacy", v6: "ip6tables-legacy" },
+            RuleBackend::IptablesLegacy => Tools { v4: "iptables-legacy", v6: "ip6tables-legacy" },
             _ => Tools { v4: "iptables", v6: "ip6tables" },
         }
     }
@@ -387,7 +387,7 @@ mod tests {
     fn replaces_atomically_in_one_transaction() {
         let fake = Fake { save: LIVE.into(), check_ok: true, restore_status: 0, calls: RefCell::default() };
         assert_eq!(
-            replace_family(&plan(), Family::V4, Tools::for_backend(Backend::Iptables), &fake).unwrap(),
+            replace_family(&plan(), Family::V4, Tools::for_backend(RuleBackend::Iptables), &fake).unwrap(),
             ApplyOutcome::Applied
         );
         let calls = fake.calls.borrow();
@@ -405,7 +405,7 @@ mod tests {
     #[test]
     fn failed_restore_puts_the_snapshot_back() {
         let fake = Fake { save: LIVE.into(), check_ok: false, restore_status: 1, calls: RefCell::default() };
-        let err = replace_family(&plan(), Family::V4, Tools::for_backend(Backend::Iptables), &fake).unwrap_err();
+        let err = replace_family(&plan(), Family::V4, Tools::for_backend(RuleBackend::Iptables), &fake).unwrap_err();
         assert!(matches!(err, LinuxError::RollbackFailed { .. }), "{err}");
         let calls = fake.calls.borrow();
         let restores: Vec<_> = calls.iter().filter(|c| c.0 == "iptables-restore").collect();

@@ -140,7 +140,7 @@ pub enum LinuxError {
 /// The rule backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub enum RuleBackend {
     /// Native nftables: table `inet meshpass` (the default).
     #[default]
     Nftables,
@@ -150,24 +150,24 @@ pub enum Backend {
     IptablesLegacy,
 }
 
-impl Backend {
+impl RuleBackend {
     /// Parses `nftables|nft|iptables|iptables-legacy`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "nftables" | "nft" => Some(Backend::Nftables),
-            "iptables" | "iptables-nft" => Some(Backend::Iptables),
-            "iptables-legacy" | "legacy" => Some(Backend::IptablesLegacy),
+            "nftables" | "nft" => Some(RuleBackend::Nftables),
+            "iptables" | "iptables-nft" => Some(RuleBackend::Iptables),
+            "iptables-legacy" | "legacy" => Some(RuleBackend::IptablesLegacy),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for Backend {
+impl fmt::Display for RuleBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Backend::Nftables => "nftables",
-            Backend::Iptables => "iptables",
-            Backend::IptablesLegacy => "iptables-legacy",
+            RuleBackend::Nftables => "nftables",
+            RuleBackend::Iptables => "iptables",
+            RuleBackend::IptablesLegacy => "iptables-legacy",
         })
     }
 }
@@ -185,10 +185,10 @@ pub enum ApplyOutcome {
 /// Applies `plan` with `backend` through `runner`: atomically replaces whatever meshpass (or
 /// Istio, for the iptables backends) installed before; on failure the previous rules are
 /// left, or put back, as they were.
-pub fn apply(plan: &Plan, backend: Backend, runner: &dyn Runner) -> Result<ApplyOutcome, LinuxError> {
+pub fn apply(plan: &Plan, backend: RuleBackend, runner: &dyn Runner) -> Result<ApplyOutcome, LinuxError> {
     let outcome = match backend {
-        Backend::Nftables => nft::apply(plan, runner)?,
-        Backend::Iptables | Backend::IptablesLegacy => {
+        RuleBackend::Nftables => nft::apply(plan, runner)?,
+        RuleBackend::Iptables | RuleBackend::IptablesLegacy => {
             iptables::apply(plan, iptables::Tools::for_backend(backend), runner)?
         }
     };
@@ -198,15 +198,15 @@ pub fn apply(plan: &Plan, backend: Backend, runner: &dyn Runner) -> Result<Apply
 
 /// Removes what [`apply`] installed with `backend`. With `istio`, also Istio's own tables and
 /// chains (`ISTIO_*`, `inet istio-proxy-*`).
-pub fn cleanup(backend: Backend, istio: bool, runner: &dyn Runner) -> Result<(), LinuxError> {
+pub fn cleanup(backend: RuleBackend, istio: bool, runner: &dyn Runner) -> Result<(), LinuxError> {
     match backend {
-        Backend::Nftables => {
+        RuleBackend::Nftables => {
             nft::cleanup(istio, runner)?;
             if istio {
-                iptables::cleanup(iptables::Tools::for_backend(Backend::Iptables), runner)?;
+                iptables::cleanup(iptables::Tools::for_backend(RuleBackend::Iptables), runner)?;
             }
         }
-        Backend::Iptables | Backend::IptablesLegacy => {
+        RuleBackend::Iptables | RuleBackend::IptablesLegacy => {
             iptables::cleanup(iptables::Tools::for_backend(backend), runner)?;
             if istio {
                 nft::cleanup(true, runner)?;

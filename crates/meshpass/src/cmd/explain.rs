@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use meshpass_capture::compile;
 use meshpass_capture::explain::{explain, explain_plan, Flow};
 use meshpass_capture::ir::{Family, Proto};
-use meshpass_capture::linux::{self, iptables::Tools, Backend, Netns, NetnsRunner};
+use meshpass_capture::linux::{self, iptables::Tools, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -55,7 +55,7 @@ pub struct Args {
     /// With --netns: which rules to read (default: nftables if table inet meshpass exists,
     /// else iptables).
     #[arg(long, value_parser = super::rules::parse_backend)]
-    backend: Option<Backend>,
+    backend: Option<RuleBackend>,
     /// text or json.
     #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
     output: String,
@@ -125,12 +125,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let runner = NetnsRunner::new(Netns::parse(ns));
             let backend = match a.backend {
                 Some(b) => b,
-                None if linux::nft::list_json(&runner)?.is_some() => Backend::Nftables,
-                None => Backend::Iptables,
+                None if linux::nft::list_json(&runner)?.is_some() => RuleBackend::Nftables,
+                None => RuleBackend::Iptables,
             };
             let family = f.family();
             let eff = match backend {
-                Backend::Nftables => {
+                RuleBackend::Nftables => {
                     let json = linux::nft::list_json(&runner)?
                         .with_context(|| format!("no meshpass nftables rules in {}", runner.netns()))?;
                     let live = parse_ruleset(&json).context("reading the live nftables rules")?;
@@ -140,7 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                         live.v4
                     }
                 }
-                Backend::Iptables | Backend::IptablesLegacy => {
+                RuleBackend::Iptables | RuleBackend::IptablesLegacy => {
                     let text = linux::iptables::save(Tools::for_backend(backend), family, &runner)?;
                     parse_save(&text).context("reading the live iptables rules")?
                 }

@@ -7,7 +7,7 @@
 use super::invalid;
 use anyhow::Context;
 use meshpass_capture::ir::Family;
-use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner};
+use meshpass_capture::linux::{self, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::render::iptables::render_restore;
 use meshpass_capture::{compile, IstioArgs};
 use std::net::IpAddr;
@@ -236,11 +236,11 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
     }
     let plan = compile(&cfg);
     let backend = if native {
-        Backend::Nftables
+        RuleBackend::Nftables
     } else {
         match a.force_iptables_binary.clone().or_else(|| env("FORCE_IPTABLES_BINARY")).as_deref() {
-            None | Some("") | Some("nft") => Backend::Iptables,
-            Some("legacy") => Backend::IptablesLegacy,
+            None | Some("") | Some("nft") => RuleBackend::Iptables,
+            Some("legacy") => RuleBackend::IptablesLegacy,
             Some(other) => anyhow::bail!("invalid FORCE_IPTABLES_BINARY value {other:?}: use legacy or nft"),
         }
     };

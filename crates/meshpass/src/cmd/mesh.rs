@@ -3,7 +3,7 @@
 //! `logs` and `sample` talk to the running supervisor over its control socket.
 
 use anyhow::{bail, Context};
-use meshpass_capture::linux::Backend;
+use meshpass_capture::linux::RuleBackend;
 use meshpass_mesh::ipam::Cidr;
 use meshpass_mesh::sample::SampleApp;
 use meshpass_mesh::{Client, MeshConfig, Output, Stop};
@@ -231,8 +231,8 @@ fn supervise(a: UpArgs, signals: SigSet, out: &Output) -> anyhow::Result<ExitCod
     }
     let mut cfg = MeshConfig::new(&a.state_dir);
     cfg.sample = !a.no_sample;
-    cfg.backend = Backend::parse(&a.backend)
-        .filter(|b| *b != Backend::IptablesLegacy)
+    cfg.backend = RuleBackend::parse(&a.backend)
+        .filter(|b| *b != RuleBackend::IptablesLegacy)
         .with_context(|| format!("--backend {}: expected nftables or iptables", a.backend))?;
     cfg.pod_cidr = Cidr::parse(&a.pod_cidr).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
     cfg.service_cidr = Cidr::parse(&a.service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;

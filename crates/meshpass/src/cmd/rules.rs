@@ -7,7 +7,7 @@
 use super::invalid;
 use anyhow::{bail, Context};
 use meshpass_capture::ir::Family;
-use meshpass_capture::linux::{self, Backend, Netns, NetnsRunner};
+use meshpass_capture::linux::{self, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::render::iptables::render_restore;
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
 use meshpass_settings::{InterceptionMode, Settings};
@@ -176,12 +176,12 @@ pub struct Args {
     netns: Option<String>,
     /// Rule backend for --apply / --cleanup: nftables, iptables or iptables-legacy.
     #[arg(long, default_value = "nftables", value_parser = parse_backend)]
-    backend: Backend,
+    backend: RuleBackend,
 }
 
 /// Parses a backend name for clap.
-pub fn parse_backend(s: &str) -> Result<Backend, String> {
-    Backend::parse(s).ok_or_else(|| format!("{s:?} is not a backend: use nftables, iptables or iptables-legacy"))
+pub fn parse_backend(s: &str) -> Result<RuleBackend, String> {
+    RuleBackend::parse(s).ok_or_else(|| format!("{s:?} is not a backend: use nftables, iptables or iptables-legacy"))
 }
 
 fn print(plan: &Plan, cfg: &CaptureConfig, format: Format) -> anyhow::Result<()> {
@@ -246,16 +246,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the live rules, one per line with counters (or JSON), per family.
-fn show_live(runner: &NetnsRunner, backend: Backend, format: Format) -> anyhow::Result<ExitCode> {
+fn show_live(runner: &NetnsRunner, backend: RuleBackend, format: Format) -> anyhow::Result<ExitCode> {
     use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
     let families = match backend {
-        Backend::Nftables => {
+        RuleBackend::Nftables => {
             let json = linux::nft::list_json(runner)?
                 .with_context(|| format!("no meshpass nftables rules in {}", runner.netns()))?;
             let live = parse_ruleset(&json).context("reading the live nftables rules")?;
             vec![(Family::V4, live.v4), (Family::V6, live.v6)]
         }
-        Backend::Iptables | Backend::IptablesLegacy => {
+        RuleBackend::Iptables | RuleBackend::IptablesLegacy => {
             let tools = linux::iptables::Tools::for_backend(backend);
             let mut out = Vec::new();
             for fam in Family::ALL {
