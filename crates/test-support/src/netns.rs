@@ -288,7 +288,7 @@ fn kill_inside(name: &str) {
 /// [`TestNamespaces`] guard named after the test, bound to the given name for the body and
 /// dropped after everything the body made.
 ///
-/// ```ignore
+/// ```no_run
 /// meshpass_test_support::namespaced_test! {
 ///     /// What it checks.
 ///     fn pods_talk(ns) -> anyhow::Result<()> {
