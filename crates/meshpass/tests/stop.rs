@@ -11,7 +11,7 @@
 //! check: a supervisor that hangs or dies half-way fails it, however slow the machine), and
 //! leave no network namespace, link or process behind.
 //!
-//! Privileged: skips without root unless `CI` is set (then it fails).
+//! Needs root: `#[ignore = "needs root"]`, run as root by `scripts/test` (`--include-ignored`).
 
 mod support;
 
@@ -141,7 +141,7 @@ fn assert_nothing_left(mesh: &Mesh, ns: &str) -> Result<()> {
     anyhow::ensure!(netns.is_empty(), "network namespaces left: {netns:?}");
     let links = std::process::Command::new("ip").args(["-o", "link"]).output()?;
     let links = String::from_utf8_lossy(&links.stdout);
-    anyhow::ensure!(!links.contains(mesh.prefix), "links left: {links}");
+    anyhow::ensure!(!links.contains(mesh.prefix.as_str()), "links left: {links}");
     let procs = pod_processes(ns);
     anyhow::ensure!(procs.is_empty(), "pod processes left: {procs:?}");
     for file in ["control.sock", "supervisor.pid"] {
@@ -153,7 +153,7 @@ fn assert_nothing_left(mesh: &Mesh, ns: &str) -> Result<()> {
 /// `meshpass up 2>&1 | reader`: the reader takes the output until both pods of `ns` are
 /// announced ready and then exits, as tee does on the Ctrl-C; then `sig` goes to the process
 /// group.
-fn reader_gone_then(sig: Signal, prefix: &'static str, pods: &'static str, svcs: &'static str, ns: &str) -> Result<()> {
+fn reader_gone_then(sig: Signal, prefix: &str, pods: &'static str, svcs: &'static str, ns: &str) -> Result<()> {
     let mut mesh = Mesh::new(prefix, pods, svcs, false)?;
     let (r, out, err) = one_pipe()?;
     let ready = format!("pod {ns}/hello-");
@@ -182,66 +182,58 @@ fn reader_gone_then(sig: Signal, prefix: &'static str, pods: &'static str, svcs:
     assert_nothing_left(&mesh, ns)
 }
 
-#[test]
-fn sigint_with_the_output_reader_gone_tears_everything_down() -> Result<()> {
-    if !support::privileged("sigint_with_the_output_reader_gone_tears_everything_down") {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn sigint_with_the_output_reader_gone_tears_everything_down(namespaces) -> Result<()> {
+        reader_gone_then(Signal::SIGINT, namespaces.prefix(), "198.18.88.0/24", "198.19.88.0/24", "stop-int")
     }
-    reader_gone_then(Signal::SIGINT, "mpt-stopi-", "198.18.88.0/24", "198.19.88.0/24", "stop-int")
 }
 
-#[test]
-fn sigterm_with_the_output_reader_gone_tears_everything_down() -> Result<()> {
-    if !support::privileged("sigterm_with_the_output_reader_gone_tears_everything_down") {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn sigterm_with_the_output_reader_gone_tears_everything_down(namespaces) -> Result<()> {
+        reader_gone_then(Signal::SIGTERM, namespaces.prefix(), "198.18.89.0/24", "198.19.89.0/24", "stop-term")
     }
-    reader_gone_then(Signal::SIGTERM, "mpt-stopt-", "198.18.89.0/24", "198.19.89.0/24", "stop-term")
 }
 
-#[test]
-fn a_second_signal_cuts_the_drain_short() -> Result<()> {
-    if !support::privileged("a_second_signal_cuts_the_drain_short") {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn a_second_signal_cuts_the_drain_short(namespaces) -> Result<()> {
+        let ns = "stop-twice";
+        let mut mesh = Mesh::new(namespaces.prefix(), "198.18.90.0/24", "198.19.90.0/24", false)?;
+        mesh.drain_seconds = "300";
+        let (r, out, err) = one_pipe()?;
+        mesh.up_with(out, err)?;
+        drop(r);
+        deploy(&mesh, &stubborn(ns), ns, "stubborn")?;
+        let before = pod_processes(ns);
+        anyhow::ensure!(!before.is_empty(), "the stubborn pod runs");
+        signal_group(&mesh, Signal::SIGINT)?;
+        // The pod ignores SIGTERM: the teardown is now draining it, for up to 300 s.
+        std::thread::sleep(Duration::from_secs(2));
+        let alive: Vec<i32> =
+            before.iter().copied().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
+        anyhow::ensure!(!alive.is_empty(), "the stubborn pod should still be draining after the first signal");
+        anyhow::ensure!(mesh.child.as_mut().context("supervisor")?.try_wait()?.is_none(), "exited before the drain ended");
+        signal_group(&mesh, Signal::SIGINT)?;
+        let (status, took) = wait_exit(&mut mesh)?;
+        anyhow::ensure!(status.success(), "second SIGINT: the supervisor exited with {status} after {took:?}");
+        assert_nothing_left(&mesh, ns)
     }
-    let ns = "stop-twice";
-    let mut mesh = Mesh::new("mpt-stop2-", "198.18.90.0/24", "198.19.90.0/24", false)?;
-    mesh.drain_seconds = "300";
-    let (r, out, err) = one_pipe()?;
-    mesh.up_with(out, err)?;
-    drop(r);
-    deploy(&mesh, &stubborn(ns), ns, "stubborn")?;
-    let before = pod_processes(ns);
-    anyhow::ensure!(!before.is_empty(), "the stubborn pod runs");
-    signal_group(&mesh, Signal::SIGINT)?;
-    // The pod ignores SIGTERM: the teardown is now draining it, for up to 300 s.
-    std::thread::sleep(Duration::from_secs(2));
-    let alive: Vec<i32> =
-        before.iter().copied().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
-    anyhow::ensure!(!alive.is_empty(), "the stubborn pod should still be draining after the first signal");
-    anyhow::ensure!(mesh.child.as_mut().context("supervisor")?.try_wait()?.is_none(), "exited before the drain ended");
-    signal_group(&mesh, Signal::SIGINT)?;
-    let (status, took) = wait_exit(&mut mesh)?;
-    anyhow::ensure!(status.success(), "second SIGINT: the supervisor exited with {status} after {took:?}");
-    assert_nothing_left(&mesh, ns)
 }
 
-#[test]
-fn a_full_output_pipe_nobody_reads_does_not_stall_the_mesh() -> Result<()> {
-    if !support::privileged("a_full_output_pipe_nobody_reads_does_not_stall_the_mesh") {
-        return Ok(());
+meshpass_test_support::namespaced_test! {
+    fn a_full_output_pipe_nobody_reads_does_not_stall_the_mesh(namespaces) -> Result<()> {
+        let ns = "stop-full";
+        let mut mesh = Mesh::new(namespaces.prefix(), "198.18.91.0/24", "198.19.91.0/24", false)?;
+        let (r, mut w) = std::io::pipe()?;
+        // Fill the pipe to its capacity before the supervisor writes a byte: its first write blocks.
+        let capacity = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), nix::fcntl::FcntlArg::F_GETPIPE_SZ)?;
+        w.write_all(&vec![b'.'; usize::try_from(capacity)?])?;
+        let w2 = w.try_clone()?;
+        mesh.up_with(Stdio::from(w), Stdio::from(w2))?;
+        deploy(&mesh, &meshed(ns), ns, "hello")?;
+        signal_group(&mesh, Signal::SIGTERM)?;
+        let (status, took) = wait_exit(&mut mesh)?;
+        anyhow::ensure!(status.success(), "full pipe: the supervisor exited with {status} after {took:?}");
+        drop(r);
+        assert_nothing_left(&mesh, ns)
     }
-    let ns = "stop-full";
-    let mut mesh = Mesh::new("mpt-stopf-", "198.18.91.0/24", "198.19.91.0/24", false)?;
-    let (r, mut w) = std::io::pipe()?;
-    // Fill the pipe to its capacity before the supervisor writes a byte: its first write blocks.
-    let capacity = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), nix::fcntl::FcntlArg::F_GETPIPE_SZ)?;
-    w.write_all(&vec![b'.'; usize::try_from(capacity)?])?;
-    let w2 = w.try_clone()?;
-    mesh.up_with(Stdio::from(w), Stdio::from(w2))?;
-    deploy(&mesh, &meshed(ns), ns, "hello")?;
-    signal_group(&mesh, Signal::SIGTERM)?;
-    let (status, took) = wait_exit(&mut mesh)?;
-    anyhow::ensure!(status.success(), "full pipe: the supervisor exited with {status} after {took:?}");
-    drop(r);
-    assert_nothing_left(&mesh, ns)
 }

@@ -549,82 +549,80 @@ fn sidecar_files(
     ])
 }
 
-/// Two pods, each with a sidecar behind Istio's rules: the client's sidecar originates mutual
-/// TLS to the server's STRICT port, the server's terminates it and the app sees plaintext from
-/// 127.0.0.6; both records name the peer's identity. Plaintext that bypasses the client's
-/// sidecar (an excluded destination) is refused by the server's sidecar, with the reason in
-/// its log and its metrics.
-#[test]
-fn mutual_tls_between_two_sidecars_and_strict_refusal() -> Result<()> {
-    if !privileged() {
-        return Ok(());
-    }
-    use meshpass_identity::{MeshCa, SpiffeId};
-    let topo = Topology::new()?;
-    let _app = App::start(&topo.peer, 9090)?;
-    let injected = [15090, 15021, 15020];
-    apply_capture_rules(&topo.pod, &injected, &[&format!("{PEER_EXCLUDED_IP}/32")], &[])?;
-    apply_capture_rules(&topo.peer, &injected, &[], &[])?;
-    let tmp = tempfile::tempdir()?;
-    let ca = MeshCa::generate(std::time::SystemTime::now() - Duration::from_secs(60), Duration::from_secs(86400))?;
-    let (sleep, hello) = (SpiffeId::new("default", "sleep")?, SpiffeId::new("default", "helloworld")?);
-    let client_mesh = serde_json::json!({
-        "version": "1",
-        "outbound": [{
-            "service": "default/helloworld", "host": "helloworld.default.svc.cluster.local",
-            "address": PEER_IP, "port": 9090,
-            "endpoints": [{ "address": format!("{PEER_IP}:9090"), "workload": "default/helloworld",
-                            "tls": { "mode": "ISTIO_MUTUAL", "identities": [hello.to_string()] } }]
-        }]
-    });
-    let server_mesh = serde_json::json!({ "version": "1", "inbound": { "mode": "STRICT" } });
-    let client_env = sidecar_files(&tmp.path().join("client"), &ca, &sleep, &client_mesh)?;
-    let server_env = sidecar_files(&tmp.path().join("server"), &ca, &hello, &server_mesh)?;
-    let server_log = tmp.path().join("server.log");
-    let _server =
-        ProxyProcess::start_with(&topo.peer, Capture::Rules, server_env, Some(std::fs::File::create(&server_log)?))?;
-    let _client = ProxyProcess::start_with(&topo.pod, Capture::Rules, client_env, None)?;
-    wait_ready(&topo.peer)?;
-    wait_ready(&topo.pod)?;
+meshpass_test_support::namespaced_test! {
+    /// Two pods, each with a sidecar behind Istio's rules: the client's sidecar originates mutual
+    /// TLS to the server's STRICT port, the server's terminates it and the app sees plaintext from
+    /// 127.0.0.6; both records name the peer's identity. Plaintext that bypasses the client's
+    /// sidecar (an excluded destination) is refused by the server's sidecar, with the reason in
+    /// its log and its metrics.
+    fn mutual_tls_between_two_sidecars_and_strict_refusal(namespaces) -> Result<()> {
+        use meshpass_identity::{MeshCa, SpiffeId};
+        let topo = Topology::new(&namespaces)?;
+        let _app = App::start(&topo.peer, 9090)?;
+        let injected = [15090, 15021, 15020];
+        apply_capture_rules(&topo.pod, &injected, &[&format!("{PEER_EXCLUDED_IP}/32")], &[])?;
+        apply_capture_rules(&topo.peer, &injected, &[], &[])?;
+        let tmp = tempfile::tempdir()?;
+        let ca = MeshCa::generate(std::time::SystemTime::now() - Duration::from_secs(60), Duration::from_secs(86400))?;
+        let (sleep, hello) = (SpiffeId::new("default", "sleep")?, SpiffeId::new("default", "helloworld")?);
+        let client_mesh = serde_json::json!({
+            "version": "1",
+            "outbound": [{
+                "service": "default/helloworld", "host": "helloworld.default.svc.cluster.local",
+                "address": PEER_IP, "port": 9090,
+                "endpoints": [{ "address": format!("{PEER_IP}:9090"), "workload": "default/helloworld",
+                                "tls": { "mode": "ISTIO_MUTUAL", "identities": [hello.to_string()] } }]
+            }]
+        });
+        let server_mesh = serde_json::json!({ "version": "1", "inbound": { "mode": "STRICT" } });
+        let client_env = sidecar_files(&tmp.path().join("client"), &ca, &sleep, &client_mesh)?;
+        let server_env = sidecar_files(&tmp.path().join("server"), &ca, &hello, &server_mesh)?;
+        let server_log = tmp.path().join("server.log");
+        let _server =
+            ProxyProcess::start_with(&topo.peer, Capture::Rules, server_env, Some(std::fs::File::create(&server_log)?))?;
+        let _client = ProxyProcess::start_with(&topo.pod, Capture::Rules, client_env, None)?;
+        wait_ready(&topo.peer)?;
+        wait_ready(&topo.pod)?;
 
-    let r = http_get(&topo.pod, format!("{PEER_IP}:9090").parse()?, "/")?;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body, "peer=127.0.0.6", "the server's sidecar forwarded plaintext from 127.0.0.6");
-    let out = wait_record(&topo.pod, |c| c["direction"] == "outbound")?;
-    assert_eq!(out["upstream_tls"]["mode"], "ISTIO_MUTUAL", "{out}");
-    assert_eq!(out["upstream_tls"]["peer_identity"], hello.to_string(), "{out}");
-    let deadline = Instant::now() + GUARD;
-    let inb = loop {
-        if let Some(c) =
-            connections(&topo.peer)?.into_iter().find(|c| c["direction"] == "inbound" && !c["tls"].is_null())
-        {
-            break c;
-        }
-        if Instant::now() > deadline {
-            bail!("the server's sidecar recorded no mutual TLS connection");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(inb["tls"]["peer_identity"], sleep.to_string(), "{inb}");
-    assert_eq!(inb["original_dst"], format!("{PEER_IP}:9090"));
+        let r = http_get(&topo.pod, format!("{PEER_IP}:9090").parse()?, "/")?;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "peer=127.0.0.6", "the server's sidecar forwarded plaintext from 127.0.0.6");
+        let out = wait_record(&topo.pod, |c| c["direction"] == "outbound")?;
+        assert_eq!(out["upstream_tls"]["mode"], "ISTIO_MUTUAL", "{out}");
+        assert_eq!(out["upstream_tls"]["peer_identity"], hello.to_string(), "{out}");
+        let deadline = Instant::now() + GUARD;
+        let inb = loop {
+            if let Some(c) =
+                connections(&topo.peer)?.into_iter().find(|c| c["direction"] == "inbound" && !c["tls"].is_null())
+            {
+                break c;
+            }
+            if Instant::now() > deadline {
+                bail!("the server's sidecar recorded no mutual TLS connection");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(inb["tls"]["peer_identity"], sleep.to_string(), "{inb}");
+        assert_eq!(inb["original_dst"], format!("{PEER_IP}:9090"));
 
-    // Plaintext past the client's sidecar (its excluded CIDR) meets the STRICT port.
-    let refused = http_get(&topo.pod, format!("{PEER_EXCLUDED_IP}:9090").parse()?, "/");
-    assert!(refused.is_err(), "a STRICT port must not answer plaintext: {refused:?}");
-    let m = http_get(&topo.peer, "127.0.0.1:15090".parse()?, "/stats/prometheus")?;
-    assert!(m.body.contains("meshpass_tls_refused_total{direction=\"inbound\",reason=\"plaintext\"} 1"), "{}", m.body);
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let log = std::fs::read_to_string(&server_log)?;
-        if log.contains("inbound mutual TLS refused")
-            && log.contains("port 9090 requires mutual TLS (PeerAuthentication STRICT) and the client sent plaintext")
-        {
-            break;
+        // Plaintext past the client's sidecar (its excluded CIDR) meets the STRICT port.
+        let refused = http_get(&topo.pod, format!("{PEER_EXCLUDED_IP}:9090").parse()?, "/");
+        assert!(refused.is_err(), "a STRICT port must not answer plaintext: {refused:?}");
+        let m = http_get(&topo.peer, "127.0.0.1:15090".parse()?, "/stats/prometheus")?;
+        assert!(m.body.contains("meshpass_tls_refused_total{direction=\"inbound\",reason=\"plaintext\"} 1"), "{}", m.body);
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let log = std::fs::read_to_string(&server_log)?;
+            if log.contains("inbound mutual TLS refused")
+                && log.contains("port 9090 requires mutual TLS (PeerAuthentication STRICT) and the client sent plaintext")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the refusal is not in the server's log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if Instant::now() > deadline {
-            bail!("the refusal is not in the server's log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        Ok(())
     }
-    Ok(())
 }
