@@ -4,11 +4,16 @@
 # supervisor's and sidecars' memory. Uses its own state directory and namespace prefix and
 # removes everything at the end.
 #   sudo bench/mesh/run.sh            # N=50
-#   N=20 bench/mesh/run.sh
+#   sudo N=20 bench/mesh/run.sh
+# Runs through bench/record: the raw results (results.json, table.md, everything printed, the
+# machine and versions) land in bench/mesh/results/<date-time>/; commit that directory with
+# any figure quoted from it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+[ -n "${BENCH_RESULTS_DIR:-}" ] || exec bench/record mesh "$0" "$@"
 N=${N:-50}
-OUT=${OUT:-bench/mesh/RESULTS.md}
+OUT=$BENCH_RESULTS_DIR/table.md
 scripts/setup --bench
 cargo build --release -q -p meshpass
 MP=$PWD/target/release/meshpass
@@ -72,3 +77,7 @@ printf "| %d | %.1f | %.1f | %.1f MB | %.1f MB |\n" "$N" "$(echo "$t1 - $t0" | b
   "$(echo "$sup_rss / 1024" | bc -l)" "$(echo "$side_rss / 1024 / ($nside + ($nside == 0))" | bc -l)"
 } > "$OUT"
 cat "$OUT"
+cat > "$BENCH_RESULTS_DIR/results.json" <<JSON
+{"pods": $N, "bring_up_s": $(printf '%.3f' "$(echo "$t1 - $t0" | bc)"), "rolling_restart_s": $(printf '%.3f' "$(echo "$t2 - $t1" | bc)"),
+ "supervisor_rss_kb": $sup_rss, "sidecar_rss_kb_total": $side_rss, "sidecars": $nside}
+JSON

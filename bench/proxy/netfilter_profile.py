@@ -20,9 +20,12 @@ counted in a column of their own.
 
 Needs root, perf, wrk, nginx, haproxy (bench.py's servers are reused as they are), iptables.
 Only addresses inside the namespaces it creates are used; everything is removed at exit.
+Runs through bench/record: the per-round figures (profile.json), everything printed, the
+machine and versions land in bench/proxy/results/<date-time>/.
 """
 import argparse
 import collections
+import json
 import os
 import re
 import subprocess
@@ -73,6 +76,12 @@ def main():
     ap.add_argument("--meshpass", help="meshpass binary: also profile its nftables rendering (b-nft, b2-nft) "
                     "and its eBPF capture (b3-ebpf)")
     a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (network namespaces, iptables, perf -a)")
+    if not os.environ.get("BENCH_RESULTS_DIR"):
+        record = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "record")
+        os.execv(sys.executable, [sys.executable, record, "proxy", sys.executable, os.path.abspath(__file__)]
+                 + sys.argv[1:])
     paths = [("a-direct", False), ("b-passthrough", True), ("b2-untracked", "untracked")]
     nft_rules = {}
     if a.meshpass:
@@ -83,8 +92,6 @@ def main():
                 + extra, capture_output=True, text=True, check=True).stdout
             paths.append((name, name))
         paths.append(("b3-ebpf", "ebpf"))
-    if os.geteuid() != 0:
-        sys.exit("run as root (network namespaces, iptables, perf -a)")
     b = bench.Bench(types.SimpleNamespace(proxy_bin=None, perf=0, workers=0, meshpass=a.meshpass))
     runs = []
     try:
@@ -113,12 +120,17 @@ def main():
         b.cleanup()
     print("\n| path | round | req/s @16 | busy samples / 1000 req | netfilter samples / 1000 req | netfilter share of busy | eBPF share of busy | top netfilter / eBPF functions (samples) |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for name, rnd, r, data in runs:
         busy, nf, bpf, top = profile(data)
         n = r["requests"]
         tops = ", ".join(f"{k} {v}" for k, v in top.most_common(5)) or "—"
         print(f"| {name} | {rnd} | {r['rps']:,.0f} | {1000 * busy / n:.1f} | {1000 * nf / n:.2f} | {100 * nf / busy:.1f}% "
               f"| {100 * bpf / busy:.2f}% | {tops} |")
+        rows.append({"path": name, "round": rnd, "wrk": r, "busy_samples": busy, "netfilter_samples": nf,
+                     "ebpf_samples": bpf, "top_functions": top.most_common(10)})
+    with open(os.path.join(os.environ["BENCH_RESULTS_DIR"], "profile.json"), "w") as f:
+        json.dump({"rounds": a.rounds, "duration_s": a.duration, "runs": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

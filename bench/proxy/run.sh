@@ -1,24 +1,28 @@
 #!/bin/bash
 # meshpass proxy benchmark: direct / passthrough / meshpass / HAProxy / nginx, in a netns pair.
-# Needs root, wrk, haproxy, nginx, iproute2, iptables, curl, python3; valgrind for the
-# instructions-per-request phase (--ir-requests 0 skips it), linux-perf for syscall counts
-# (--perf 0 skips them).
-#   bench/proxy/run.sh [bench.py options, e.g. --reps 3 --duration 10 --rate-duration 20]
-# Writes the raw results to /tmp/meshpass-bench/results.json and prints a Markdown summary.
+# Needs root, wrk, haproxy, nginx, iproute2, iptables, curl, python3 (scripts/setup --bench);
+# valgrind for the instructions-per-request phase (--ir-requests 0 skips it), linux-perf for
+# syscall counts (--perf 0 skips them).
+#   sudo bench/proxy/run.sh [bench.py options, e.g. --reps 3 --duration 10 --rate-duration 20]
+# Runs through bench/record: the raw results (results.json, everything printed, the machine
+# and versions) land in bench/proxy/results/<date-time>/; commit that directory with any
+# figure quoted from it.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-proxy}"
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)"; exit 1; }
+[ -n "${BENCH_RESULTS_DIR:-}" ] || exec "$ROOT/bench/record" proxy "$0" "$@"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 for t in wrk haproxy nginx ip iptables-restore setpriv curl python3; do
-  command -v "$t" >/dev/null || { echo "missing $t (apt-get install -y wrk haproxy nginx iproute2 iptables curl)"; exit 1; }
+  command -v "$t" >/dev/null || { echo "missing $t (sudo scripts/setup --bench)"; exit 1; }
 done
 command -v valgrind >/dev/null || echo "note: no valgrind: pass --ir-requests 0 (apt-get install -y valgrind)"
 command -v perf >/dev/null || echo "note: no perf: pass --perf 0 (apt-get install -y linux-perf)"
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)"; exit 1; }
 (cd "$ROOT" && cargo build --release -p meshpass-proxy --bin meshpass-proxy-standalone)
 # The CLI only installs capture for (b3); a dev build does.
 (cd "$ROOT" && cargo build -p meshpass --bin meshpass)
 BIN="$CARGO_TARGET_DIR/release/meshpass-proxy-standalone"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  kernel: $(uname -r)  cpus: $(nproc)"
 echo "versions: $(wrk --version 2>&1 | head -1) | $(haproxy -v | head -1) | $(nginx -v 2>&1)"
-exec python3 "$HERE/bench.py" --proxy-bin "$BIN" --meshpass "$CARGO_TARGET_DIR/debug/meshpass" "$@"
+exec python3 "$HERE/bench.py" --proxy-bin "$BIN" --meshpass "$CARGO_TARGET_DIR/debug/meshpass" \
+  --out "$BENCH_RESULTS_DIR/results.json" "$@"

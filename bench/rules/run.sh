@@ -4,14 +4,19 @@
 # nftables backends. Traffic stays inside two namespaces this script creates (198.18.40.0/24);
 # everything is removed on exit.
 #
-#   sudo bench/rules/run.sh            # full run (~6 min), writes bench/rules/RESULTS.md
-#   REPS=1 DURATION=3 bench/rules/run.sh   # quick look
+#   sudo bench/rules/run.sh                     # full run (~6 min)
+#   sudo REPS=1 DURATION=3 bench/rules/run.sh   # quick look
+# Runs through bench/record: the raw results (results.json with every repetition's values,
+# table.md, everything printed, the machine and versions) land in
+# bench/rules/results/<date-time>/; commit that directory with any figure quoted from it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, rules)" >&2; exit 1; }
+[ -n "${BENCH_RESULTS_DIR:-}" ] || exec bench/record rules "$0" "$@"
 REPS=${REPS:-3}
 DURATION=${DURATION:-6}
 SIZES=${SIZES:-"1 100 10000"}
-OUT=${OUT:-bench/rules/RESULTS.md}
+OUT=$BENCH_RESULTS_DIR
 scripts/setup --bench
 cargo build --release -q -p meshpass
 MP=$PWD/target/release/meshpass
@@ -73,26 +78,25 @@ wrk_rate() {
 echo "# Capture engine benchmark"
 echo
 echo "Run: $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, kernel $(uname -r), $(nft --version), $(iptables --version)."
-echo "Command: \`sudo REPS=$REPS DURATION=$DURATION bench/rules/run.sh\`. Medians of $REPS."
+echo "Command: \`sudo REPS=$REPS DURATION=$DURATION SIZES=\"$SIZES\" bench/rules/run.sh\`. Medians of $REPS."
 echo
 echo "N = number of excluded CIDRs **and** of excluded ports (so 2N list items). Render: \`meshpass rules --format <backend>\` (process start included)."
 echo "Apply: \`meshpass rules --apply\` into an empty namespace (process start included). Rate: \`wrk -t1 -c8 -H 'Connection: close'\` from the pod to nginx on the peer, one connection per request, every connection walking both lists and passing through."
+echo "Each repetition measures the rate with the rules and then, right after, without any rule: the ratio column is the median of those paired per-repetition ratios (min–max in brackets), which the machine's drift between repetitions affects far less than the absolute rates."
 echo
-echo "| N | backend | rules/elements | render ms | apply ms | re-apply (unchanged) ms | connections/s | vs no rules |"
-echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+echo "| N | backend | rules/elements | render ms | apply ms | re-apply (unchanged) ms | connections/s | no rules, connections/s | ratio to no rules (paired) |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 } > "$WORK/table.md"
 
-base=()
-for r in $(seq "$REPS"); do base+=("$(wrk_rate)"); done
-BASE=$(printf '%s\n' "${base[@]}" | median)
-echo "| 0 | none | 0 | – | – | – | $BASE | 1.00 |" >> "$WORK/table.md"
-echo "baseline: $BASE conn/s" >&2
-
+# One JSON object per line: every repetition's values, the raw data behind table.md.
+raw=$OUT/results.jsonl
+: > "$raw"
+join() { local IFS=,; echo "$*"; }
 for n in $SIZES; do
   f=$(annotations "$n")
   for backend in iptables nftables; do
     fmt=$([ $backend = nftables ] && echo nft || echo iptables)
-    r_ms=(); a_ms=(); u_ms=(); rates=()
+    r_ms=(); a_ms=(); u_ms=(); rates=(); bases=(); ratios=()
     for r in $(seq "$REPS"); do
       t0=$(now); "$MP" rules --annotations "$f" --format "$fmt" > "$WORK/rules.txt"; t1=$(now)
       r_ms+=("$(( (t1 - t0) / 1000000 ))")
@@ -101,21 +105,25 @@ for n in $SIZES; do
       a_ms+=("$(( (t1 - t0) / 1000000 ))")
       t0=$(now); "$MP" rules --annotations "$f" --apply --netns "$POD" --backend $backend 2>/dev/null; t1=$(now)
       u_ms+=("$(( (t1 - t0) / 1000000 ))")
-      rates+=("$(wrk_rate)")
+      rate=$(wrk_rate)
+      if [ $backend = nftables ]; then
+        size=$(ip netns exec "$POD" nft list table inet meshpass | grep -c 'counter' || true)
+        size="$size rules, $((2 * n)) set elements"
+      else
+        size="$(ip netns exec "$POD" iptables-save | grep -c '^-A') rules"
+      fi
+      "$MP" rules --cleanup --netns "$POD" --backend $backend 2>/dev/null
+      base=$(wrk_rate)
+      rates+=("$rate"); bases+=("$base")
+      ratios+=("$(awk -v a="$rate" -v b="$base" 'BEGIN {printf "%.3f", a/b}')")
     done
-    if [ $backend = nftables ]; then
-      size=$(ip netns exec "$POD" nft list table inet meshpass | grep -c 'counter' || true)
-      size="$size rules, $((2 * n)) set elements"
-    else
-      size="$(ip netns exec "$POD" iptables-save | grep -c '^-A') rules"
-    fi
-    "$MP" rules --cleanup --netns "$POD" --backend $backend 2>/dev/null
-    rate=$(printf '%s\n' "${rates[@]}" | median)
-    ratio=$(awk -v a="$rate" -v b="$BASE" 'BEGIN {printf "%.2f", a/b}')
-    line="| $n | $backend | $size | $(printf '%s\n' "${r_ms[@]}" | median) | $(printf '%s\n' "${a_ms[@]}" | median) | $(printf '%s\n' "${u_ms[@]}" | median) | $rate | $ratio |"
+    echo "{\"n\": $n, \"backend\": \"$backend\", \"size\": \"$size\", \"render_ms\": [$(join "${r_ms[@]}")], \"apply_ms\": [$(join "${a_ms[@]}")], \"reapply_ms\": [$(join "${u_ms[@]}")], \"connections_per_s\": [$(join "${rates[@]}")], \"no_rules_connections_per_s\": [$(join "${bases[@]}")], \"ratio\": [$(join "${ratios[@]}")]}" >> "$raw"
+    med() { printf '%s\n' "$@" | median; }
+    range=$(printf '%s\n' "${ratios[@]}" | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f–%.2f", lo, hi}')
+    line="| $n | $backend | $size | $(med "${r_ms[@]}") | $(med "${a_ms[@]}") | $(med "${u_ms[@]}") | $(med "${rates[@]}") | $(med "${bases[@]}") | $(printf '%.2f' "$(med "${ratios[@]}")") ($range) |"
     echo "$line" >> "$WORK/table.md"
     echo "$line" >&2
   done
 done
-cp "$WORK/table.md" "$OUT"
-cat "$OUT"
+cp "$WORK/table.md" "$OUT/table.md"
+cat "$OUT/table.md"
