@@ -103,12 +103,30 @@ pub struct DeploymentSpec {
 }
 
 /// One port of a Service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
     /// The ClusterIP port.
     pub port: u16,
     /// The pod port it forwards to.
     pub target_port: u16,
+    /// The port's name; its prefix is the protocol in Istio's port naming (`http-web`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `appProtocol`, which Istio prefers to the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// The port as the sidecar's port-protocol lists take it: `NAME[/APPPROTOCOL]`, or `None`
+    /// when neither is set (the sidecar then sniffs the port).
+    pub fn protocol_spec(&self) -> Option<String> {
+        match (&self.name, &self.app_protocol) {
+            (None, None) => None,
+            (n, None) => n.clone(),
+            (n, Some(a)) => Some(format!("{}/{a}", n.as_deref().unwrap_or(""))),
+        }
+    }
 }
 
 /// A Service (ClusterIP).
@@ -366,7 +384,12 @@ fn lower_service(s: &Service, at: &str) -> Result<Object, Vec<String>> {
                 }
             },
         };
-        ports.push(ServicePort { port: service_port, target_port });
+        ports.push(ServicePort {
+            port: service_port,
+            target_port,
+            name: p.name.clone(),
+            app_protocol: p.app_protocol.clone(),
+        });
     }
     if ports.is_empty() {
         errors.push(format!("{at}: spec.ports is empty"));
@@ -411,7 +434,7 @@ kind: Service
 metadata: {name: web, namespace: demo}
 spec:
   selector: {app: web}
-  ports: [{port: 80, targetPort: 5000}, {port: 5000}]
+  ports: [{name: http-web, port: 80, targetPort: 5000}, {port: 5000, appProtocol: grpc}]
 "#;
 
     #[test]
@@ -428,7 +451,10 @@ spec:
         let Object::Service(s) = &objs[2] else { panic!("service third") };
         assert_eq!(
             s.ports,
-            [ServicePort { port: 80, target_port: 5000 }, ServicePort { port: 5000, target_port: 5000 }]
+            [
+                ServicePort { port: 80, target_port: 5000, name: Some("http-web".into()), app_protocol: None },
+                ServicePort { port: 5000, target_port: 5000, name: None, app_protocol: Some("grpc".into()) }
+            ]
         );
         assert!(s.selects(&d.template.labels));
     }

@@ -314,7 +314,10 @@ pub(crate) mod testing {
             namespace: namespace.into(),
             name: name.into(),
             selector: [("app".into(), name.into())].into(),
-            ports: ports.iter().map(|&(port, target_port)| ServicePort { port, target_port }).collect(),
+            ports: ports
+                .iter()
+                .map(|&(port, target_port)| ServicePort { port, target_port, name: None, app_protocol: None })
+                .collect(),
         };
         let cluster_ip = Ipv4Addr::new(198, 19, 0, n);
         state.services.insert(crate::state::key(namespace, name), StoredService { spec, cluster_ip });

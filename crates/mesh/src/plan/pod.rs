@@ -93,15 +93,22 @@ fn pod_env(key: &PodKey, ip: Ipv4Addr) -> Vec<(String, String)> {
 
 /// The sidecar's environment: the pod, the Services that select it
 /// (`MESHPASS_PROXY_SERVICES`, `name.namespace.svc.cluster.local:port/targetPort`, which the
-/// sidecar names its inbound clusters after) and its interception mode.
+/// sidecar names its inbound clusters after), the port protocols from the Services' port
+/// names and `appProtocol` (`MESHPASS_PROXY_INBOUND_PORTS` by target port from the Services
+/// that select it, `MESHPASS_PROXY_OUTBOUND_PORTS` by Service port from all Services, as
+/// Istio's per-port listeners) and its interception mode.
 pub fn sidecar_env<'a>(
     cfg: &MeshConfig,
     key: &PodKey,
     ip: Ipv4Addr,
     services: impl IntoIterator<Item = &'a ServiceSpec>,
+    all_services: impl IntoIterator<Item = &'a ServiceSpec>,
     annotations: &BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
     let mut env = pod_env(key, ip);
+    let services: Vec<&ServiceSpec> = services.into_iter().collect();
+    let inbound = port_protocols(services.iter().flat_map(|s| s.ports.iter().map(|p| (p.target_port, p))));
+    let outbound = port_protocols(all_services.into_iter().flat_map(|s| s.ports.iter().map(|p| (p.port, p))));
     let services: Vec<String> = services
         .into_iter()
         .flat_map(|s| {
@@ -111,12 +118,32 @@ pub fn sidecar_env<'a>(
         })
         .collect();
     env.push(("MESHPASS_PROXY_SERVICES".to_string(), services.join(",")));
+    env.push(("MESHPASS_PROXY_INBOUND_PORTS".to_string(), inbound));
+    env.push(("MESHPASS_PROXY_OUTBOUND_PORTS".to_string(), outbound));
     if cfg.ebpf_capture {
         env.push(("MESHPASS_PROXY_INTERCEPTION_MODE".to_string(), "EBPF".to_string()));
     } else if let Some(mode) = annotations.get("sidecar.istio.io/interceptionMode") {
         env.push(("MESHPASS_PROXY_INTERCEPTION_MODE".to_string(), mode.clone()));
     }
     env
+}
+
+/// `PORT=NAME[/APPPROTOCOL],...` for the sidecar. A port two Services declare differently
+/// is left out, so the sidecar sniffs it (Istio resolves such a conflict by sniffing too).
+fn port_protocols<'a>(ports: impl IntoIterator<Item = (u16, &'a crate::manifest::ServicePort)>) -> String {
+    let mut by_port: BTreeMap<u16, Option<String>> = BTreeMap::new();
+    for (port, p) in ports {
+        let Some(spec) = p.protocol_spec() else { continue };
+        by_port
+            .entry(port)
+            .and_modify(|e| {
+                if e.as_deref() != Some(spec.as_str()) {
+                    *e = None;
+                }
+            })
+            .or_insert(Some(spec));
+    }
+    by_port.into_iter().filter_map(|(port, spec)| Some(format!("{port}={}", spec?))).collect::<Vec<_>>().join(",")
 }
 
 /// The sidecar's command line under eBPF capture: started as root through `setpriv`, which
@@ -178,7 +205,8 @@ pub fn blueprint(
         })
         .collect();
     if meshed {
-        let env = sidecar_env(cfg, &key, ip, services_of(state, dep), &dep.template.annotations);
+        let all = state.services.values().map(|s| &s.spec);
+        let env = sidecar_env(cfg, &key, ip, services_of(state, dep), all, &dep.template.annotations);
         let spec = ContainerSpec { name: SIDECAR_NAME.to_string(), argv: vec![], env: vec![], ports: vec![] };
         containers.push(if cfg.ebpf_capture {
             // Root through setpriv, which keeps only NET_ADMIN and BPF.
@@ -233,6 +261,30 @@ mod tests {
         assert_eq!(env(sidecar, "MESHPASS_PROXY_INTERCEPTION_MODE"), None);
         assert!(sidecar.log.ends_with(format!("logs/default/{}/istio-proxy.log", b.key.name())));
         assert!(sidecar.pidfile.ends_with(format!("pids/{}.istio-proxy.pid", b.netns)));
+    }
+
+    #[test]
+    fn the_sidecar_learns_port_protocols_from_port_names_and_app_protocol() {
+        let c = cfg();
+        let mut state = meshed_state();
+        let dep = deployment("default", "hello", 1);
+        service(&mut state, "default", "hello", &[(80, 5000), (81, 5001), (82, 5002)]);
+        service(&mut state, "default", "db", &[(3306, 3306), (82, 82)]);
+        let set = |state: &mut State, svc: &str, i: usize, name: Option<&str>, app: Option<&str>| {
+            let p = &mut state.services.get_mut(&crate::state::key("default", svc)).unwrap().spec.ports[i];
+            p.name = name.map(Into::into);
+            p.app_protocol = app.map(Into::into);
+        };
+        set(&mut state, "hello", 0, Some("http-web"), None);
+        set(&mut state, "hello", 1, Some("web"), Some("grpc"));
+        set(&mut state, "db", 0, Some("mysql"), None);
+        // Port 82: http in one Service, tcp in another: left to sniffing.
+        set(&mut state, "hello", 2, Some("http"), None);
+        set(&mut state, "db", 1, Some("tcp"), None);
+        let b = blueprint(&c, &state, &dep, "x2x4z", Ipv4Addr::new(198, 18, 0, 7)).expect("blueprint");
+        let sidecar = b.containers.last().unwrap();
+        assert_eq!(env(sidecar, "MESHPASS_PROXY_INBOUND_PORTS"), Some("5000=http-web,5001=web/grpc,5002=http"));
+        assert_eq!(env(sidecar, "MESHPASS_PROXY_OUTBOUND_PORTS"), Some("80=http-web,81=web/grpc,3306=mysql"));
     }
 
     #[test]
