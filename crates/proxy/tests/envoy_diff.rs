@@ -195,6 +195,7 @@ async fn envoy(bin: &PathBuf, app: SocketAddr, accept_http_10: bool) -> Envoy {
     let template = include_str!("envoy/sidecar.yaml");
     let (admin, inbound, outbound) = (free_port(), free_port(), free_port());
     let cfg = template
+        .replace("{listen_address}", "127.0.0.1")
         .replace("{admin_port}", &admin.port().to_string())
         .replace("{inbound_port}", &inbound.port().to_string())
         .replace("{outbound_port}", &outbound.port().to_string())
