@@ -127,6 +127,12 @@ pub enum MeshError {
     /// The supervisor is tearing the mesh down and takes no more work.
     #[error("the mesh is shutting down")]
     ShuttingDown,
+    /// Another supervisor serves this state directory.
+    #[error("a mesh supervisor is already running for {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// The supervisor's loop panicked (a bug); the mesh was torn down all the same.
+    #[error("the supervisor's loop panicked; the mesh was torn down")]
+    Panicked,
 }
 
 impl MeshError {

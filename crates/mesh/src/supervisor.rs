@@ -158,6 +158,10 @@ impl Supervisor {
     /// reconcile again.
     pub(crate) fn pass(self: &Arc<Self>) {
         let _serial = lock(&self.pass);
+        // After the teardown began, a pass (one a request asked for) must not bring pods back.
+        if self.refusing() {
+            return;
+        }
         let probes = {
             let mut inner = self.lock();
             self.observe(&mut inner);
@@ -561,7 +565,10 @@ impl Supervisor {
 
     /// Tears the mesh down as [`plan::teardown::mesh`] orders.
     fn shut_down(self: &Arc<Self>) {
+        // No pass runs from here on: one in progress ends first, later ones do nothing.
+        let serial = lock(&self.pass);
         let steps = plan::teardown::mesh(&self.lock().world);
+        let mut serial = Some(serial);
         for step in steps {
             match step {
                 MeshStep::RefuseRequests => self.refusing.store(true, Ordering::SeqCst),
@@ -572,6 +579,7 @@ impl Supervisor {
                     self.execute(&mut inner, actions);
                 }
                 MeshStep::AwaitPods => {
+                    drop(serial.take());
                     // Each teardown is bounded by the drain (less once hurried) and a few
                     // seconds of SIGKILL and `ip`; the sweep below catches a straggler.
                     let limit = self.cfg.drain + Duration::from_secs(30);
@@ -618,7 +626,7 @@ pub fn run(cfg: MeshConfig, stop: Stop, progress: Box<dyn Fn(&str) + Send + Sync
     std::fs::create_dir_all(&dir).map_err(MeshError::io("cannot create state directory", &dir))?;
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     if Client::connect(&dir).is_ok() {
-        return Err(MeshError::Remote(format!("a mesh supervisor is already running for {}", dir.display())));
+        return Err(MeshError::AlreadyRunning(dir));
     }
     let mut state = State::load(&dir)?.unwrap_or_default();
     // Whatever a crashed supervisor left behind goes first (with the prefix it used).
@@ -682,7 +690,7 @@ pub fn run(cfg: MeshConfig, stop: Stop, progress: Box<dyn Fn(&str) + Send + Sync
         progress,
     });
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&sup, install_sample)))
-        .unwrap_or_else(|_| Err(MeshError::Remote("the supervisor's loop panicked; the mesh was torn down".into())));
+        .unwrap_or(Err(MeshError::Panicked));
     // Teardown happens whatever went wrong above.
     sup.stop.request();
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.shut_down())).is_err() {

@@ -19,6 +19,13 @@
 //! - [`change`]: `apply`, `annotate`, `delete` — validated as a whole, pending restart or live
 //! - [`teardown`]: the order a pod and the whole mesh are taken down in
 //! - [`status`]: what `meshpass get` and the management plane see
+//!
+//! Where a new rule goes: what a pod is started with (an environment variable for the
+//! sidecar, a per-port protocol, a workload identity) is part of its [`pod::Blueprint`]; a
+//! new stored resource or mesh-wide default is validated and stored in [`change`], and if it
+//! can reach running pods in place it yields a [`change::Live`]; something the supervisor must
+//! do again over time (a certificate to renew) is a rule of [`reconcile`] with an [`Action`]
+//! of its own, its due date kept in the [`World`] like a container's back-off.
 
 pub mod backoff;
 pub mod capture;
