@@ -1,5 +1,8 @@
 //! The audit log: `<state-dir>/audit.log`, one JSON [`AuditEntry`] per line, appended, mode
-//! 0600. Every change attempt that reached the backend and every restart is recorded.
+//! 0600. Every write attempt is recorded, accepted or refused, with the caller and the
+//! reason: the write routes ([`write_action`]) run behind a layer that records every refusal
+//! (401, 403 CSRF, 400, 413, 409, 422, 428, …) with what the handler had learnt by then
+//! ([`AuditSlot`]); the handler records what reached the backend, and each restart's end.
 //!
 //! The log is rotated by size, as logrotate would with `rotate 3`: when a line would take
 //! `audit.log` past its limit, `audit.log.2` becomes `audit.log.3`, `.1` becomes `.2`, the log
@@ -8,10 +11,12 @@
 //! `GET /api/v1/audit`, which reads across the rotated files.
 
 use crate::error::ApiError;
-use crate::model::AuditEntry;
+use crate::model::{AuditEntry, Passthrough};
+use axum::http::Method;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 /// The log file's name inside the state directory.
@@ -22,6 +27,50 @@ pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Rotated files kept (`audit.log.1` … `audit.log.3`); older entries are dropped.
 pub const KEEP_ROTATED: usize = 3;
+
+/// The audit action of a write route (`method`, route template), `None` for a route that
+/// writes nothing. Every route listed here is audited on every attempt.
+pub fn write_action(method: &Method, route: &str) -> Option<&'static str> {
+    const W: &str = "/api/v1/namespaces/{ns}/workloads/{name}";
+    match (method.as_str(), route.strip_prefix(W)?) {
+        ("PUT", "/passthrough") => Some("passthrough.set"),
+        ("DELETE", "/passthrough") => Some("passthrough.clear"),
+        ("POST", "/restart") => Some("restart"),
+        _ => None,
+    }
+}
+
+/// What a write's handler learnt, for the entry of an attempt it did not record itself.
+#[derive(Clone, Debug, Default)]
+pub struct AuditNote {
+    /// Who (`bearer`, `session:…`), once known.
+    pub actor: Option<String>,
+    /// The settings before, once read.
+    pub before: Option<Passthrough>,
+    /// The settings asked for, once parsed.
+    pub after: Option<Passthrough>,
+    /// Whether a restart was asked for.
+    pub restart: bool,
+    /// True once the handler wrote the entry itself.
+    pub recorded: bool,
+}
+
+/// The [`AuditNote`] of one write request, shared by the audit layer (which puts it in the
+/// request's extensions) and the authentication layer and handler (which fill it in).
+#[derive(Clone, Debug, Default)]
+pub struct AuditSlot(Arc<Mutex<AuditNote>>);
+
+impl AuditSlot {
+    /// Changes the note.
+    pub fn note(&self, f: impl FnOnce(&mut AuditNote)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The note as it stands.
+    pub fn get(&self) -> AuditNote {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
 
 /// The audit log of one state directory.
 #[derive(Debug)]
@@ -128,6 +177,8 @@ mod tests {
             after: None,
             restart: false,
             result: "ok".into(),
+            status: Some(200),
+            error: None,
         }
     }
 
@@ -165,6 +216,28 @@ mod tests {
         log.append(&entry(1)).expect("first");
         log.append(&entry(2)).expect("second");
         assert_eq!(names(&log.read(10).expect("read")), ["app-2", "app-1"]);
+    }
+
+    #[test]
+    fn write_routes() {
+        let w = "/api/v1/namespaces/{ns}/workloads/{name}";
+        assert_eq!(write_action(&Method::PUT, &format!("{w}/passthrough")), Some("passthrough.set"));
+        assert_eq!(write_action(&Method::DELETE, &format!("{w}/passthrough")), Some("passthrough.clear"));
+        assert_eq!(write_action(&Method::POST, &format!("{w}/restart")), Some("restart"));
+        assert_eq!(write_action(&Method::POST, &format!("{w}/passthrough/preview")), None);
+        assert_eq!(write_action(&Method::GET, &format!("{w}/passthrough")), None);
+        assert_eq!(write_action(&Method::PUT, "/api/v1/workloads"), None);
+    }
+
+    #[test]
+    fn entries_written_before_status_and_error_existed_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(AUDIT_FILE);
+        std::fs::write(&path, r#"{"time":"2026-11-26T12:00:00Z","actor":"bearer","remote":"127.0.0.1:1","action":"restart","namespace":"default","name":"a","before":null,"after":null,"restart":true,"result":"ok"}
+"#).expect("write");
+        let read = AuditLog::new(path).read(10).expect("read");
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].status, read[0].error.as_deref()), (None, None));
     }
 
     #[test]

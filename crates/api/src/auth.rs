@@ -1,5 +1,6 @@
 //! Credentials: the API token in `<state-dir>/api-token` (bearer, and the login URL) and the
-//! browser sessions the login URL opens (cookie + CSRF token, server-side, 12 h).
+//! browser sessions the login URL opens (cookie + CSRF token, server-side, 12 h, at most
+//! [`MAX_SESSIONS`]; sign-out ends one).
 
 use crate::error::ApiError;
 use crate::util::{ct_eq, random_hex};
@@ -68,7 +69,13 @@ pub struct Session {
     pub csrf: String,
     /// When it stops being valid.
     pub expires: Instant,
+    /// When it was last used (the least recently used one goes first at the cap).
+    pub last_used: Instant,
 }
+
+/// How many browser sessions are open at most. Each sign-in opens one; past the cap the
+/// least recently used is closed, so signing in always works and memory stays bounded.
+pub const MAX_SESSIONS: usize = 64;
 
 /// The API token and the open sessions.
 #[derive(Debug)]
@@ -76,12 +83,18 @@ pub struct Auth {
     token: String,
     sessions: Mutex<HashMap<String, Session>>,
     ttl: Duration,
+    max_sessions: usize,
 }
 
 impl Auth {
-    /// Credentials with this token and session lifetime.
+    /// Credentials with this token and session lifetime, at most [`MAX_SESSIONS`] sessions.
     pub fn new(token: String, ttl: Duration) -> Self {
-        Auth { token, sessions: Mutex::new(HashMap::new()), ttl }
+        Self::with_max_sessions(token, ttl, MAX_SESSIONS)
+    }
+
+    /// Credentials with at most `max_sessions` sessions (at least one).
+    pub fn with_max_sessions(token: String, ttl: Duration, max_sessions: usize) -> Self {
+        Auth { token, sessions: Mutex::new(HashMap::new()), ttl, max_sessions: max_sessions.max(1) }
     }
 
     /// The API token.
@@ -94,23 +107,41 @@ impl Auth {
         ct_eq(candidate.as_bytes(), self.token.as_bytes())
     }
 
-    /// Opens a session: `(session id, csrf token)`.
+    /// Opens a session: `(session id, csrf token)`. Expired sessions are dropped first; at
+    /// the cap, the least recently used session is closed.
     pub fn open_session(&self) -> Result<(String, String), ApiError> {
         let id = random_hex(32).map_err(|e| ApiError::io("/dev/urandom", e))?;
         let csrf = random_hex(32).map_err(|e| ApiError::io("/dev/urandom", e))?;
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         s.retain(|_, v| v.expires > now);
-        s.insert(id.clone(), Session { csrf: csrf.clone(), expires: now + self.ttl });
+        while s.len() >= self.max_sessions {
+            let Some(oldest) = s.iter().min_by_key(|(_, v)| v.last_used).map(|(k, _)| k.clone()) else { break };
+            s.remove(&oldest);
+        }
+        s.insert(id.clone(), Session { csrf: csrf.clone(), expires: now + self.ttl, last_used: now });
         Ok((id, csrf))
     }
 
-    /// The live session with this id.
+    /// The live session with this id (and marks it used).
     pub fn session(&self, id: &str) -> Option<Session> {
-        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Look up by constant-time comparison of every key would be overkill: the ids are
         // 256-bit random values and the map lookup hashes them first.
-        s.get(id).filter(|v| v.expires > Instant::now()).cloned()
+        let now = Instant::now();
+        let session = s.get_mut(id).filter(|v| v.expires > now)?;
+        session.last_used = now;
+        Some(session.clone())
+    }
+
+    /// Ends the session `id`; true when it was open.
+    pub fn close_session(&self, id: &str) -> bool {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id).is_some()
+    }
+
+    /// How many sessions are open (expired ones included until the next sign-in drops them).
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -140,5 +171,23 @@ mod tests {
         let (id, csrf) = a.open_session().unwrap();
         assert_eq!(a.session(&id).unwrap().csrf, csrf);
         assert!(a.token_matches("t") && !a.token_matches("u"));
+        assert!(a.close_session(&id) && a.session(&id).is_none() && !a.close_session(&id));
+    }
+
+    #[test]
+    fn sessions_are_capped_least_recently_used_first() {
+        let a = Auth::with_max_sessions("t".into(), SESSION_TTL, 3);
+        let ids: Vec<String> = (0..3).map(|_| a.open_session().unwrap().0).collect();
+        // The first one is used again, so the second is now the least recently used.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(a.session(&ids[0]).is_some());
+        let (fourth, _) = a.open_session().unwrap();
+        assert_eq!(a.session_count(), 3);
+        assert!(a.session(&ids[1]).is_none(), "the least recently used session was closed");
+        assert!(a.session(&ids[0]).is_some() && a.session(&ids[2]).is_some() && a.session(&fourth).is_some());
+        for _ in 0..100 {
+            a.open_session().unwrap();
+        }
+        assert_eq!(a.session_count(), 3);
     }
 }

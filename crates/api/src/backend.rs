@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 /// Which backend serves the API (shown in the GUI and `/api/v1/session`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// The local mesh of network namespaces.

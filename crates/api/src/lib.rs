@@ -16,13 +16,16 @@ pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod error;
+pub mod extract;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod passthrough;
+pub mod routes;
 pub mod server;
+pub mod state;
 pub mod util;
 
 pub use auth::load_or_create_token;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// A workload's namespace and name: the one way the API, backends and audit log name it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkloadRef {
     /// Namespace.
     pub namespace: String,
@@ -29,17 +29,19 @@ impl fmt::Display for WorkloadRef {
 }
 
 /// One port of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// The Service port (what clients call).
+    #[schema(maximum = 65535)]
     pub port: u16,
     /// The container port it forwards to (what passthrough settings name).
+    #[schema(maximum = 65535)]
     pub target_port: u16,
 }
 
 /// A Service selecting a workload's pods.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceInfo {
     /// Name (in the workload's namespace).
@@ -51,7 +53,7 @@ pub struct ServiceInfo {
 }
 
 /// What a backend knows about one workload, in its own terms (annotations, counts).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadInfo {
     /// Namespace and name.
@@ -82,7 +84,7 @@ pub struct WorkloadInfo {
 
 /// The sidecar status column of the workload list (DCE's `Injected` / `Uninjected` /
 /// `Pending restart`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum SidecarStatus {
     /// Pods run a sidecar and match the current template.
     Injected,
@@ -111,7 +113,7 @@ impl WorkloadInfo {
 /// Each list is the items of one annotation (empty = annotation absent). Items are strings so
 /// that port ranges (`8000-8100`) and CIDRs are kept as written; validation is the engine's
 /// (`meshpass-settings`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Passthrough {
     /// `traffic.sidecar.istio.io/excludeInboundPorts`: inbound ports that skip the sidecar.
@@ -139,7 +141,7 @@ pub struct Passthrough {
 }
 
 /// How the rules of a backend are rendered in previews.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleFormat {
     /// Native nftables (`nft -f` input): the local mesh's default.
@@ -152,15 +154,29 @@ pub enum RuleFormat {
 /// server's proxy), or out of a pod of the workload.
 pub use meshpass_settings::Direction;
 
+/// The OpenAPI schema of [`Direction`] (the type lives in `meshpass-settings`, which knows
+/// nothing of OpenAPI): `inbound` or `outbound`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Direction, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum DirectionSchema {
+    /// Into the workload, from outside the mesh (the node, or the API server's proxy).
+    Inbound,
+    /// Out of a pod of the workload.
+    Outbound,
+}
+
 /// What to check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckRequest {
     /// Inbound (default) or outbound.
     #[serde(default = "inbound")]
+    #[schema(value_type = DirectionSchema)]
     pub direction: Direction,
     /// Inbound: the Service port to call (default: the workload's first Service's first port).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     /// Inbound: the HTTP path (default `/`).
     #[serde(default)]
@@ -174,8 +190,15 @@ fn inbound() -> Direction {
     Direction::Inbound
 }
 
+impl Default for CheckRequest {
+    /// The default check: inbound, the first Service port, `/`.
+    fn default() -> Self {
+        CheckRequest { direction: Direction::Inbound, port: None, path: None, target: None }
+    }
+}
+
 /// Which way the checked connection went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Through the workload's sidecar.
@@ -187,10 +210,11 @@ pub enum Verdict {
 }
 
 /// The result of a check, with everything it was decided from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckReport {
     /// The direction checked.
+    #[schema(value_type = DirectionSchema)]
     pub direction: Direction,
     /// Where the request came from (`node`, `pod default/sleep-…`, `apiserver proxy`).
     pub from: String,
@@ -208,7 +232,7 @@ pub struct CheckReport {
 }
 
 /// One capture rule with its counters, read from a pod's live rules.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleCounter {
     /// The pod it was read from.
@@ -233,7 +257,7 @@ pub struct RuleCounter {
 
 /// A workload as the API lists it: the backend's [`WorkloadInfo`] plus the derived status
 /// column and its passthrough settings (read from the template annotations).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
     /// Everything the backend reported.
@@ -246,7 +270,7 @@ pub struct Workload {
 }
 
 /// `GET /api/v1/workloads`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkloadList {
     /// The workloads, filtered and sorted as asked.
     pub items: Vec<Workload>,
@@ -254,7 +278,7 @@ pub struct WorkloadList {
 
 /// A workload's passthrough settings with their version (`GET …/passthrough` and the answer
 /// to every write).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PassthroughDoc {
     /// Namespace.
@@ -282,7 +306,7 @@ pub struct PassthroughDoc {
 /// The fields are repeated rather than `#[serde(flatten)]`ed because serde cannot combine
 /// `flatten` with `deny_unknown_fields`, and a misspelt field must be a 400, not silently
 /// dropped. A unit test keeps the two field lists equal.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PassthroughUpdate {
     /// See [`Passthrough::inbound_ports`].
@@ -345,7 +369,7 @@ impl PassthroughUpdate {
 }
 
 /// One line of a rules diff.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiffLine {
     /// `" "` (both), `"+"` (only proposed) or `"-"` (only current).
     pub op: String,
@@ -354,7 +378,7 @@ pub struct DiffLine {
 }
 
 /// The istio-iptables command lines of a preview.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IstioArgsPair {
     /// For the current annotations (empty when there is no capture).
     pub current: Vec<String>,
@@ -363,7 +387,7 @@ pub struct IstioArgsPair {
 }
 
 /// `POST …/passthrough/preview`: the rules before and after a change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
     /// The rule syntax of `current` and `proposed`.
@@ -381,7 +405,7 @@ pub struct Preview {
 }
 
 /// What a long operation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationKind {
     /// A rolling restart.
@@ -389,7 +413,7 @@ pub enum OperationKind {
 }
 
 /// Where a long operation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationState {
     /// Still going.
@@ -401,7 +425,7 @@ pub enum OperationState {
 }
 
 /// A long operation (a restart) and its progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     /// Its id (`GET /api/v1/operations/{id}`).
@@ -426,43 +450,53 @@ pub struct Operation {
     pub finished_at: Option<String>,
 }
 
-/// One line of the audit log (`<state-dir>/audit.log`, `GET /api/v1/audit`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One line of the audit log (`<state-dir>/audit.log`, `GET /api/v1/audit`): one write
+/// attempt, accepted or refused, or the end of a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// When (RFC 3339, UTC).
     pub time: String,
-    /// `bearer` or `session:XXXXXXXX` (the first 8 characters of the session id).
+    /// `bearer`, `session:XXXXXXXX` (the first 8 characters of the session id), or
+    /// `anonymous` for an attempt without a valid credential.
     pub actor: String,
     /// The client's address (`127.0.0.1:PORT`).
     pub remote: String,
     /// `passthrough.set`, `passthrough.clear` or `restart`.
     pub action: String,
-    /// The workload's namespace.
+    /// The workload's namespace, as the request named it.
     pub namespace: String,
-    /// The workload's name.
+    /// The workload's name, as the request named it.
     pub name: String,
-    /// The settings before the change.
+    /// The settings before the change (when the workload was read).
     #[serde(default)]
     pub before: Option<Passthrough>,
-    /// The settings asked for.
+    /// The settings asked for (as sent, when the body could be read).
     #[serde(default)]
     pub after: Option<Passthrough>,
     /// Whether a restart was asked for (always true for `restart`).
     pub restart: bool,
-    /// `ok`, or the error.
+    /// `ok`, or why the attempt failed or was refused (the error message).
     pub result: String,
+    /// The HTTP status the attempt was answered with (none for the end of a restart).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The error code of a failed or refused attempt (`invalid`, `conflict`,
+    /// `precondition_required`, `csrf`, `unauthorized`, …).
+    #[serde(default)]
+    #[schema(value_type = Option<crate::error::ErrorCode>)]
+    pub error: Option<String>,
 }
 
 /// `GET /api/v1/audit`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditList {
     /// Newest first.
     pub items: Vec<AuditEntry>,
 }
 
 /// Packets and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Traffic {
     /// Packets (connections, for nat-table rules).
     pub packets: u64,
@@ -471,7 +505,7 @@ pub struct Traffic {
 }
 
 /// Bypassed traffic by direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BypassTotals {
     /// `exclude-inbound-ports`.
     pub inbound: Traffic,
@@ -480,7 +514,7 @@ pub struct BypassTotals {
 }
 
 /// `GET …/bypass`: the passthrough rules' counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BypassReport {
     /// The passthrough rules, per pod.
     pub items: Vec<RuleCounter>,
@@ -489,7 +523,7 @@ pub struct BypassReport {
 }
 
 /// How the caller is authenticated (`GET /api/v1/session`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthKind {
     /// `Authorization: Bearer`.
@@ -499,7 +533,7 @@ pub enum AuthKind {
 }
 
 /// `GET /api/v1/session`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
     /// The backend serving the API.
@@ -513,7 +547,7 @@ pub struct SessionInfo {
 }
 
 /// One rejected item (422), from `meshpass_settings::SettingError`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The [`Passthrough`] field (camelCase), or the annotation key when the item is in
     /// another annotation.
@@ -527,9 +561,10 @@ pub struct FieldError {
 }
 
 /// Every error answer's body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The code (`unauthorized`, `invalid`, …; see API.md).
+    #[schema(value_type = crate::error::ErrorCode)]
     pub error: String,
     /// Human-readable text.
     pub message: String,

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 const INBOUND: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 const HW: &str = "/api/v1/namespaces/default/workloads/helloworld-v1";
+const W: &str = "/api/v1/namespaces/{ns}/workloads/{name}";
 
 struct Env {
     fake: Arc<FakeBackend>,
@@ -121,7 +122,7 @@ async fn public_routes_need_no_token() {
     assert_eq!((h.status, h.text().as_str()), (StatusCode::OK, "ok\n"));
     let o = e.raw(Method::GET, "/api/v1/openapi.json", &[], None).await;
     assert_eq!(o.status, StatusCode::OK);
-    assert_eq!(o.json()["openapi"], "3.0.3");
+    assert_eq!(o.json()["openapi"], "3.1.0");
     for (path, ct) in [("/assets/app.js", "text/javascript"), ("/assets/app.css", "text/css"), ("/", "text/html")] {
         let a = e.raw(Method::GET, path, &[], None).await;
         assert_eq!(a.status, StatusCode::OK, "{path}");
@@ -188,15 +189,49 @@ async fn cookie_login_and_csrf() {
     let restart = e.raw(Method::POST, &format!("{HW}/restart"), &c, None).await;
     assert_eq!(restart.status, StatusCode::FORBIDDEN);
     assert_eq!(e.snapshot(), before);
-    assert!(e.audit().is_empty());
+    // The refusals are audited, naming the session and the reason.
+    let audit = e.audit();
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["passthrough.set", "passthrough.set", "restart"]
+    );
+    for a in &audit {
+        assert_eq!(
+            (a.actor.as_str(), a.status, a.error.as_deref()),
+            (format!("session:{sid}").as_str(), Some(403), Some("csrf"))
+        );
+        assert!(a.result.contains("X-CSRF-Token"), "{}", a.result);
+    }
 
     let h = [c[0], ("if-match", "\"1\""), ("x-csrf-token", csrf.as_str())];
     let ok = e.raw(Method::PUT, &format!("{HW}/passthrough"), &h, Some(body)).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     let audit = e.audit();
-    assert_eq!(audit.len(), 1);
-    assert_eq!(audit[0].actor, format!("session:{sid}"));
-    assert_eq!(audit[0].result, "ok");
+    assert_eq!(audit.len(), 4);
+    assert_eq!(audit[3].actor, format!("session:{sid}"));
+    assert_eq!((audit[3].result.as_str(), audit[3].status), ("ok", Some(200)));
+
+    // An attempt without any credential is audited as anonymous.
+    let anon = e.raw(Method::DELETE, &format!("{HW}/passthrough"), &[], None).await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
+    let last = e.audit().pop().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str(), last.error.as_deref()),
+        ("anonymous", "passthrough.clear", Some("unauthorized"))
+    );
+
+    // Sign-out ends the session on the server: the same cookie opens nothing any more.
+    let bye = e.raw(Method::DELETE, "/api/v1/session", &c, None).await;
+    assert_eq!(bye.status, StatusCode::FORBIDDEN, "sign-out is a write: it needs the CSRF token");
+    let bye = e.raw(Method::DELETE, "/api/v1/session", &[c[0], ("x-csrf-token", csrf.as_str())], None).await;
+    assert_eq!(bye.status, StatusCode::NO_CONTENT);
+    assert!(bye.header("set-cookie").contains("Max-Age=0"), "{}", bye.header("set-cookie"));
+    let after = e.raw(Method::GET, "/api/v1/session", &c, None).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    assert!(after.json()["message"].as_str().unwrap().contains("ended"));
+    assert!(e.raw(Method::GET, "/", &c, None).await.text().contains("login URL"));
+    let bearer = e.call(Method::DELETE, "/api/v1/session", &[], None).await;
+    assert_eq!(bearer.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -306,8 +341,25 @@ async fn rejected_writes_change_nothing() {
     assert!(a.json()["message"].as_str().unwrap().contains("unknown field `inboundPort`"));
 
     assert_eq!(e.snapshot(), before);
-    assert!(e.audit().iter().all(|a| a.result != "ok"));
-    assert!(e.audit().is_empty(), "nothing reached the backend");
+    // Every refused attempt is audited, with the caller, the status and the reason.
+    let audit = e.audit();
+    let codes: Vec<(Option<u16>, Option<&str>)> = audit.iter().map(|a| (a.status, a.error.as_deref())).collect();
+    let mut want = vec![(Some(428), Some("precondition_required")); 2];
+    want.extend([(Some(409), Some("conflict")); 4]);
+    want.push((Some(400), Some("bad_request")));
+    want.extend([(Some(422), Some("invalid")); 2]);
+    want.extend([(Some(400), Some("bad_request")); 6]);
+    assert_eq!(codes, want);
+    assert!(audit.iter().all(|a| a.result != "ok" && a.actor == "bearer" && a.name == "helloworld-v1"));
+    assert_eq!(audit[1].action, "passthrough.clear");
+    let invalid = &audit[7];
+    assert!(invalid.result.contains("\"70000\" is not a port"), "{}", invalid.result);
+    assert_eq!(
+        invalid.after.as_ref().map(|p| p.inbound_ports.clone()),
+        Some(vec!["70000".into(), "abc".into(), "5000".into()])
+    );
+    assert_eq!(invalid.before.as_ref().map(|p| p.inbound_ports.len()), Some(0));
+    assert!(audit[9].result.starts_with("invalid JSON body"), "{}", audit[9].result);
 
     // The race between the server's read and its write: the backend refuses, nothing written,
     // the attempt is audited with its error.
@@ -316,8 +368,10 @@ async fn rejected_writes_change_nothing() {
     assert_eq!(a.status, StatusCode::CONFLICT);
     assert_eq!(e.fake.template_annotations(&e.hw()), before.0);
     let audit = e.audit();
-    assert_eq!(audit.len(), 1);
-    assert!(audit[0].result.contains("changed since version 1"), "{}", audit[0].result);
+    assert_eq!(audit.len(), want.len() + 1, "one entry for the attempt");
+    let raced = audit.last().unwrap();
+    assert!(raced.result.contains("changed since version 1"), "{}", raced.result);
+    assert_eq!((raced.status, raced.error.as_deref()), (Some(409), Some("conflict")));
 
     // A backend failure on write: mapped, audited, nothing written.
     let rv = e.fake.resource_version(&e.hw());
@@ -569,41 +623,98 @@ async fn metrics_text() {
     assert_eq!(t.lines().filter(|l| l.starts_with("meshpass_bypassed_packets_total")).count(), 1, "{t}");
 }
 
+/// The document with every object schema closed (`unevaluatedProperties: false`): an answer
+/// with a field the document does not name fails validation, as one lacking a required field
+/// does.
+fn closed(doc: &Value) -> Value {
+    fn close(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if m.contains_key("properties") && !m.contains_key("additionalProperties") {
+                    m.insert("unevaluatedProperties".into(), json!(false));
+                }
+                m.values_mut().for_each(close);
+            }
+            Value::Array(a) => a.iter_mut().for_each(close),
+            _ => {}
+        }
+    }
+    let mut d = doc.clone();
+    close(&mut d["components"]);
+    // A schema used as a part of an `allOf` must stay open (its fields are evaluated together
+    // with the other parts'): the composed schema is closed as a whole instead.
+    let mut parts_named = Vec::new();
+    for (_, schema) in d["components"]["schemas"].as_object_mut().unwrap().iter_mut() {
+        if let Some(parts) = schema.get_mut("allOf").and_then(Value::as_array_mut) {
+            for p in parts.iter_mut() {
+                p.as_object_mut().unwrap().remove("unevaluatedProperties");
+                if let Some(r) = p["$ref"].as_str() {
+                    parts_named.push(r.rsplit('/').next().unwrap().to_string());
+                }
+            }
+            schema.as_object_mut().unwrap().insert("unevaluatedProperties".into(), json!(false));
+        }
+    }
+    for name in parts_named {
+        d["components"]["schemas"][&name].as_object_mut().unwrap().remove("unevaluatedProperties");
+    }
+    d
+}
+
+/// Checks one answer against the document: its status is documented for the operation, its
+/// content type is the documented one, and a JSON body validates against the documented
+/// schema with every field named (`closed`). Returns the schema's name for the coverage check.
+fn conforms(doc: &Value, method: &str, template: &str, a: &Answer, seen: &mut Vec<(String, Value)>) {
+    let op = &doc["paths"][template][method.to_lowercase()];
+    assert!(op.is_object(), "{method} {template} is not documented");
+    let status = a.status.as_u16().to_string();
+    let resp = &op["responses"][&status];
+    assert!(resp.is_object(), "{method} {template} answered {status}, which the document does not list: {}", a.text());
+    let Some(content) = resp["content"].as_object() else {
+        assert!(a.body.is_empty(), "{method} {template} {status}: undocumented body {}", a.text());
+        return;
+    };
+    let ct = a.header("content-type");
+    let (media, spec) = content
+        .iter()
+        .find(|(m, _)| ct.starts_with(m.as_str()))
+        .unwrap_or_else(|| panic!("{method} {template} {status}: content type {ct} not in {:?}", content.keys()));
+    if media != "application/json" {
+        return;
+    }
+    let mut root = closed(doc);
+    root.as_object_mut().unwrap().insert("$ref".into(), json!("#/$defs/answer"));
+    root.as_object_mut().unwrap().insert("$defs".into(), json!({ "answer": spec["schema"] }));
+    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{template}: {e}"));
+    let body = a.json();
+    let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{method} {template} {status}: {errors:#?}\n{body:#}");
+    seen.push((spec["schema"]["$ref"].as_str().unwrap_or_default().to_string(), body));
+}
+
 #[tokio::test]
-async fn openapi_covers_every_route() {
+async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     let e = env();
     let doc = e.raw(Method::GET, "/api/v1/openapi.json", &[], None).await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let table = routes();
+    assert_eq!(table.len(), paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>());
     for spec in &table {
-        let op = &paths.get(spec.path).unwrap_or_else(|| panic!("{} missing", spec.path))
-            [spec.method.as_str().to_lowercase()];
-        assert!(op.is_object(), "{spec:?} missing");
+        let op = &paths[&spec.path][spec.method.as_str().to_lowercase()];
         let responses = op["responses"].as_object().unwrap();
         if spec.auth {
-            assert!(responses.contains_key("401"), "{spec:?} lacks 401");
-            assert_ne!(op["security"], json!([]), "{spec:?}");
+            assert!(responses.contains_key("401") && responses.contains_key("403"), "{spec:?} lacks 401/403");
+            assert_eq!(op["security"], json!([{ "bearer": [] }, { "session": [] }]), "{spec:?}");
         } else {
             assert_eq!(op["security"], json!([]), "{spec:?}");
         }
         // Every path parameter of the template is declared.
         for p in spec.path.split('/').filter(|s| s.starts_with('{')) {
             let name = p.trim_matches(|c| c == '{' || c == '}');
-            let declared = op["parameters"].as_array().unwrap().iter().any(|p| {
-                p["name"] == name
-                    || p["$ref"]
-                        .as_str()
-                        .is_some_and(|r| doc["components"]["parameters"][r.rsplit('/').next().unwrap()]["name"] == name)
-            });
-            assert!(declared, "{spec:?}: path parameter {name} not declared");
-        }
-    }
-    // And nothing in the document that the router does not serve.
-    for (path, ops) in paths {
-        for method in ops.as_object().unwrap().keys() {
             assert!(
-                table.iter().any(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(method)),
-                "{method} {path} documented but not routed"
+                op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == name && p["in"] == "path"),
+                "{spec:?}: path parameter {name} not declared"
             );
         }
     }
@@ -623,10 +734,153 @@ async fn openapi_covers_every_route() {
     let mut all = Vec::new();
     refs(&doc, &mut all);
     for r in all {
-        let ptr = r.trim_start_matches('#');
-        assert!(doc.pointer(ptr).is_some(), "dangling {r}");
+        assert!(doc.pointer(r.trim_start_matches('#')).is_some(), "dangling {r}");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+
+    // Real answers of every route, successes and errors, against the document.
+    let mut seen = Vec::new();
+    let pt = format!("{W}/passthrough");
+    let mut check = |method: &str, template: &str, a: &Answer| conforms(&doc, method, template, a, &mut seen);
+    check("GET", "/healthz", &e.raw(Method::GET, "/healthz", &[], None).await);
+    check("GET", "/", &e.raw(Method::GET, "/", &[], None).await);
+    check("GET", "/", &e.raw(Method::GET, "/?token=wrong", &[], None).await);
+    let login = e.raw(Method::GET, &format!("/?token={}", e.token), &[], None).await;
+    check("GET", "/", &login);
+    let cookie = login.header("set-cookie").split(';').next().unwrap().to_string();
+    check("GET", "/api/v1/session", &e.raw(Method::GET, "/api/v1/session", &[("cookie", &cookie)], None).await);
+    check("GET", "/assets/app.js", &e.raw(Method::GET, "/assets/app.js", &[], None).await);
+    check("GET", "/api/v1/session", &e.get("/api/v1/session").await);
+    check("GET", "/api/v1/session", &e.raw(Method::GET, "/api/v1/session", &[], None).await);
+    check("DELETE", "/api/v1/session", &e.call(Method::DELETE, "/api/v1/session", &[], None).await);
+    check("GET", "/api/v1/workloads", &e.get("/api/v1/workloads").await);
+    check("GET", "/api/v1/workloads", &e.get("/api/v1/workloads?sort=size").await);
+    check("GET", W, &e.get(HW).await);
+    check("GET", W, &e.get("/api/v1/namespaces/default/workloads/nope").await);
+    check("GET", W, &e.get("/api/v1/namespaces/Default/workloads/x").await);
+    check("GET", &pt, &e.get(&format!("{HW}/passthrough")).await);
+    let url = format!("{HW}/passthrough");
+    for (headers, body) in [
+        (vec![("if-match", "\"1\"")], r#"{"inboundPorts":["5000"],"outboundIpRanges":["10.0.0.0/8"],"restart":true}"#),
+        (
+            vec![("if-match", "\"2\"")],
+            r#"{"inboundPorts":["5000"],"includeInboundPorts":"*","includeOutboundPorts":"443","includeOutboundIpRanges":"*","interceptionMode":"TPROXY"}"#,
+        ),
+        (vec![("if-match", "\"1\"")], r#"{"inboundPorts":["5000"]}"#),
+        (vec![], r#"{"inboundPorts":["5000"]}"#),
+        (vec![("if-match", "\"9\"")], r#"{"inboundPorts":["x"]}"#),
+        (vec![("if-match", "\"9\"")], r#"{"inboundPort":["5000"]}"#),
+    ] {
+        check("PUT", &pt, &e.call(Method::PUT, &url, &headers, Some(body)).await);
+    }
+    let rv = e.fake.resource_version(&e.hw());
+    check("PUT", &pt, &e.call(Method::PUT, &url, &[("if-match", &rv)], Some(r#"{"inboundPorts":["x"]}"#)).await);
+    check("DELETE", &pt, &e.call(Method::DELETE, &format!("{url}?resourceVersion={rv}"), &[], None).await);
+    let pv = format!("{W}/passthrough/preview");
+    check(
+        "POST",
+        &pv,
+        &e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(r#"{"inboundPorts":["5000"]}"#)).await,
+    );
+    check(
+        "POST",
+        &pv,
+        &e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(r#"{"inboundPorts":["x"]}"#)).await,
+    );
+    let big = format!(r#"{{"inboundPorts":["{}"]}}"#, "1".repeat(100_000));
+    check("POST", &pv, &e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(&big)).await);
+    let restart = e.call(Method::POST, &format!("{HW}/restart"), &[], None).await;
+    check("POST", &format!("{W}/restart"), &restart);
+    let op = e.wait_op(restart.json()["id"].as_str().unwrap()).await;
+    let id = op["id"].as_str().unwrap();
+    check("GET", "/api/v1/operations/{id}", &e.get(&format!("/api/v1/operations/{id}")).await);
+    check("GET", "/api/v1/operations/{id}", &e.get("/api/v1/operations/op-none").await);
+    e.fake.fail_next(FakeCall::Restart, BackendError::failed("pods never became ready"));
+    let failed = e.call(Method::POST, &format!("{HW}/restart"), &[], None).await.json();
+    let id = failed["id"].as_str().unwrap();
+    e.wait_op(id).await;
+    check("GET", "/api/v1/operations/{id}", &e.get(&format!("/api/v1/operations/{id}")).await);
+    check("POST", &format!("{W}/check"), &e.call(Method::POST, &format!("{HW}/check"), &[], None).await);
+    check(
+        "POST",
+        &format!("{W}/check"),
+        &e.call(Method::POST, &format!("{HW}/check"), &[], Some(r#"{"port":1234}"#)).await,
+    );
+    check("GET", &format!("{W}/bypass"), &e.get(&format!("{HW}/bypass")).await);
+    check("GET", "/api/v1/audit", &e.get("/api/v1/audit").await);
+    check("GET", "/metrics", &e.get("/metrics").await);
+    e.fake.fail_next(FakeCall::List, BackendError::unavailable("cluster down"));
+    check("GET", "/api/v1/workloads", &e.get("/api/v1/workloads").await);
+    let k = env_with(FakeBackend::sample().with_kind(BackendKind::Kube, meshpass_api::model::RuleFormat::Iptables));
+    check("GET", &format!("{W}/bypass"), &k.get(&format!("{HW}/bypass")).await);
+
+    // Coverage: every property of the documented answer types was seen in some answer, so the
+    // document names no field the server never sends.
+    let mut props: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    fn walk(
+        v: &Value,
+        doc: &Value,
+        schema: &Value,
+        props: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    ) {
+        let schema = match schema["$ref"].as_str() {
+            Some(r) => {
+                let name = r.rsplit('/').next().unwrap().to_string();
+                if let Some(o) = v.as_object() {
+                    props
+                        .entry(name)
+                        .or_default()
+                        .extend(o.iter().filter(|(_, x)| !x.is_null()).map(|(k, _)| k.clone()));
+                }
+                doc.pointer(r.trim_start_matches('#')).unwrap()
+            }
+            None => schema,
+        };
+        for part in schema["allOf"].as_array().into_iter().flatten() {
+            walk(v, doc, part, props);
+        }
+        if let (Some(o), Some(p)) = (v.as_object(), schema["properties"].as_object()) {
+            for (k, sub) in p {
+                if let Some(x) = o.get(k) {
+                    walk(x, doc, sub, props);
+                }
+            }
+        }
+        if let (Some(items), Some(sub)) = (v.as_array(), schema.get("items")) {
+            for x in items {
+                walk(x, doc, sub, props);
+            }
+        }
+        for alt in schema["oneOf"].as_array().into_iter().flatten() {
+            walk(v, doc, alt, props);
+        }
+    }
+    for (r, body) in &seen {
+        walk(body, &doc, &json!({ "$ref": r }), &mut props);
+    }
+    for (name, fields) in &props {
+        let schema = &doc["components"]["schemas"][name];
+        let mut documented: Vec<String> =
+            schema["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+        for part in schema["allOf"].as_array().into_iter().flatten() {
+            documented.extend(part["properties"].as_object().into_iter().flat_map(|p| p.keys().cloned()));
+        }
+        let never: Vec<&String> = documented.iter().filter(|f| !fields.contains(*f)).collect();
+        assert!(never.is_empty(), "{name}: documented fields never sent (or always null): {never:?}");
+    }
+    for want in [
+        "Workload",
+        "PassthroughDoc",
+        "Preview",
+        "Operation",
+        "CheckReport",
+        "BypassReport",
+        "AuditEntry",
+        "ErrorBody",
+        "SessionInfo",
+    ] {
+        assert!(props.contains_key(want), "no {want} answer was checked");
+    }
 }
 
 #[tokio::test]
@@ -734,4 +988,46 @@ async fn serve_reports_the_login_url_once() {
     assert_eq!(c.workloads(None, None).await.unwrap().len(), 3);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn every_error_answer_carries_the_json_error_body() {
+    let e = env();
+    let cases: Vec<(Answer, StatusCode, &str)> = vec![
+        (e.call(Method::PATCH, HW, &[], Some("{}")).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (e.raw(Method::POST, "/healthz", &[], None).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (
+            e.call(Method::PUT, &format!("{HW}/passthrough"), &[("if-match", "\"1\"")], Some(&"x".repeat(70_000)))
+                .await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            e.get(&format!("/api/v1/workloads?search={}", "a".repeat(9000))).await,
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+        ),
+        (
+            e.call(Method::GET, "/api/v1/workloads", &[("x-big", &"b".repeat(40_000))], None).await,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+        ),
+        (e.get("/nowhere").await, StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (a, status, code) in cases {
+        assert_eq!(a.status, status, "{}", a.text());
+        assert!(a.header("content-type").starts_with("application/json"), "{status}: {}", a.header("content-type"));
+        let body = a.json();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty(), "{body}");
+    }
+    let many: Vec<(String, String)> = (0..120).map(|i| (format!("x-h{i}"), "v".to_string())).collect();
+    let headers: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = e.call(Method::GET, "/api/v1/workloads", &headers, None).await;
+    assert_eq!(
+        (a.status, a.json()["error"].as_str()),
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Some("headers_too_large"))
+    );
+    let a = e.call(Method::PATCH, HW, &[], Some("{}")).await;
+    assert!(a.json()["message"].as_str().unwrap().contains("allowed: GET"), "{}", a.text());
 }
