@@ -300,6 +300,51 @@ async function main() {
     });
     await closeDialog();
 
+    await step('dialog-waits-for-settings', async () => {
+      // Hold the settings' GET: until it is answered, nothing in the dialog can be typed,
+      // ticked or confirmed (the load replaces the form, so anything entered before would be
+      // lost and a quick Confirm would save an empty change).
+      let release;
+      const held = new Promise((r) => { release = r; });
+      const settingsUrl = `${BASE}${wpath}/passthrough`;
+      const puts = [];
+      const onRequest = (r) => { if (r.method() === 'PUT') puts.push(r.url()); };
+      page.on('request', onRequest);
+      await page.route((u) => u.toString() === settingsUrl, async (route) => {
+        if (route.request().method() !== 'GET') return route.continue();
+        await held;
+        return route.continue();
+      });
+      try {
+        await openRowMenu();
+        await page.locator('[data-testid="menu-passthrough"]').click();
+        const dialog = page.locator(sel.dialog);
+        await dialog.waitFor({ state: 'visible', timeout: UI_TIMEOUT });
+        assert((await dialog.getAttribute('aria-busy')) === 'true', 'the loading dialog is not marked busy');
+        for (const t of ['chip-input-inbound', 'chip-input-outbound-ports', 'chip-input-outbound-ip-ranges', 'restart-now', 'confirm-changes', 'adv-includeInboundPorts', 'adv-interceptionMode']) {
+          assert(await page.locator(`${sel.dialog} [data-testid="${t}"]`).isDisabled(), `${t} is enabled before the settings loaded`);
+        }
+        await shot('dialog-loading-disabled');
+        // A quick operator: type and confirm before the load. Nothing may reach the server.
+        await page.keyboard.type(PORT);
+        await page.locator('[data-testid="confirm-changes"]').click({ force: true, timeout: 2000 }).catch(() => {});
+        assert(puts.length === 0, `a write was sent before the settings loaded: ${puts}`);
+        release();
+        await page.waitForFunction((s) => { const d = document.querySelector(s); return d && !d.classList.contains('loading'); }, sel.dialog, { timeout: UI_TIMEOUT });
+        for (const t of ['chip-input-inbound', 'restart-now', 'confirm-changes']) {
+          assert(await page.locator(`${sel.dialog} [data-testid="${t}"]`).isEnabled(), `${t} is still disabled after the settings loaded`);
+        }
+        assert((await page.locator('[data-testid="chip-input-inbound"]').inputValue()) === '', 'text typed during the load landed in the form');
+        assert(!(await dialog.locator(sel.chip(PORT)).count()), `chip ${PORT} appeared from typing during the load`);
+        assert(puts.length === 0, `a write was sent: ${puts}`);
+      } finally {
+        release();
+        page.off('request', onRequest);
+        await page.unroute((u) => u.toString() === settingsUrl).catch(() => {});
+      }
+    });
+    await closeDialog();
+
     await step('dialog-open', async () => {
       const dialog = await openSettings();
       assert((await dialog.locator('.modal-title').innerText()).trim() === 'Traffic passthrough settings', 'dialog title');
@@ -478,10 +523,24 @@ async function main() {
       });
     }
 
+    await step('sign-out', async () => {
+      const cookies = await page.context().cookies();
+      const session = cookies.find((c) => c.name === 'meshpass_session');
+      assert(session, 'no session cookie to sign out of');
+      await page.locator('[data-testid="sign-out"]').click();
+      const panel = page.locator('[data-testid="signed-out"]');
+      await panel.waitFor({ state: 'visible' });
+      const text = await panel.innerText();
+      assert(text.includes('Not signed in: open the login URL printed by meshpass up'), `signed-out text: ${text}`);
+      assert(!(await page.locator('[data-testid="sign-out"]').isVisible()), 'Sign out still shown');
+      // The session ended on the server: the old cookie, sent again, opens nothing.
+      const again = await page.request.get(`${BASE}/api/v1/session`, { headers: { cookie: `meshpass_session=${session.value}` } });
+      assert(again.status() === 401, `the old session cookie still works after sign-out (${again.status()})`);
+    });
+
     await step('signed-out-panel', async () => {
       await page.context().clearCookies();
-      // The auto-refresh may get the 401 first (and hide the Refresh button): both are fine.
-      await page.locator('[data-testid="refresh"]').click({ timeout: 3000 }).catch(() => {});
+      await page.locator('#signed-out-retry').click();
       const panel = page.locator('[data-testid="signed-out"]');
       await panel.waitFor({ state: 'visible' });
       const text = await panel.innerText();

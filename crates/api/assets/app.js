@@ -198,7 +198,21 @@ async function loadSession() {
   const who = $('#session-badge');
   who.textContent = state.session.auth === 'bearer' ? 'Signed in (token)' : 'Signed in';
   who.hidden = false;
+  // A browser session can be ended; a bearer token has no session to end.
+  $('#sign-out').hidden = state.session.auth !== 'session';
   return state.session;
+}
+
+async function signOut() {
+  try {
+    await api('DELETE', `${API}/session`);
+  } catch (e) {
+    if (e.status !== 401) {
+      toast('Could not sign out', { type: 'error', detail: e.message });
+      return;
+    }
+  }
+  showSignedOut();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +243,7 @@ function showSignedOut() {
   $('#signed-out').hidden = false;
   $('#backend-badge').hidden = true;
   $('#session-badge').hidden = true;
+  $('#sign-out').hidden = true;
   state.ops.clear();
   renderOps();
 }
@@ -732,6 +747,14 @@ class ChipInput {
     el.classList.add('flash');
   }
 
+  /** While the dialog loads, nothing can be typed or removed (the load would replace it). */
+  setDisabled(disabled) {
+    this.disabled = disabled;
+    this.input.disabled = disabled;
+    this.box.classList.toggle('chip-box-disabled', disabled);
+    for (const b of $$('button', this.list)) b.disabled = disabled;
+  }
+
   set(values) {
     this.chips = (values || []).map((value) => ({ value, client: this.validate(value), server: null }));
     this.fieldError = null;
@@ -773,7 +796,7 @@ class ChipInput {
         title: reason ? `${c.value} ${reason}` : null,
       },
       h('span', { class: 'chip-value' }, c.value),
-      h('button', { type: 'button', class: 'chip-remove', 'data-testid': 'chip-remove', 'aria-label': `Remove ${c.value}`, onclick: () => this.remove(i) }, icon('close')));
+      h('button', { type: 'button', class: 'chip-remove', 'data-testid': 'chip-remove', 'aria-label': `Remove ${c.value}`, disabled: this.disabled || null, onclick: () => this.remove(i) }, icon('close')));
       if (!reason) return chip;
       return h('span', { class: 'chip-wrap' }, chip,
         h('span', { class: `chip-reason${c.server ? ' chip-reason-server' : ''}`, 'data-testid': 'chip-error', role: 'note' }, reason));
@@ -890,8 +913,20 @@ async function openPassthroughDialog(w) {
     onClose: () => { ctx.closed = true; clearTimeout(ctx.previewTimer); },
   });
   const dialog = $('[data-testid="passthrough-dialog"]');
-  dialog.classList.add('loading');
-  confirmBtn.disabled = true;
+
+  // Until the workload's settings have loaded, nothing can be typed, toggled or confirmed:
+  // the load replaces the form's values, so anything entered before it would be lost, and a
+  // quick Confirm would save an empty change.
+  function setLoading(loading) {
+    ctx.loading = loading;
+    dialog.classList.toggle('loading', loading);
+    dialog.setAttribute('aria-busy', loading ? 'true' : 'false');
+    for (const ci of Object.values(chipFor)) ci.setDisabled(loading);
+    for (const a of Object.values(ctx.adv)) a.input.disabled = loading;
+    restart.disabled = loading;
+    confirmBtn.disabled = loading;
+  }
+  setLoading(true);
 
   function currentSettings() {
     const s = { inboundPorts: inbound.values(), outboundPorts: outPorts.values(), outboundIpRanges: outRanges.values() };
@@ -1081,7 +1116,11 @@ async function openPassthroughDialog(w) {
       if (ctx.closed) return;
       if (e.status === 409) {
         showError(h('strong', null, 'The workload changed since this dialog was opened'), ' (someone else saved its settings or it was restarted). Nothing was saved. The current values have been reloaded: review them and confirm again.');
-        try { await load(); } catch (e2) { showError(`The workload changed and could not be reloaded: ${e2.message}`); }
+        setLoading(true);
+        try {
+          await load();
+          setLoading(false);
+        } catch (e2) { showError(`The workload changed and could not be reloaded: ${e2.message}`); }
       } else if (e.status === 422) {
         const errors = e.body.errors || [];
         const other = applyServerErrors(errors, settings);
@@ -1095,7 +1134,7 @@ async function openPassthroughDialog(w) {
       }
     } finally {
       if (!ctx.closed) {
-        confirmBtn.disabled = false;
+        confirmBtn.disabled = ctx.loading;
         confirmBtn.classList.remove('busy');
         confirmBtn.textContent = 'Confirm changes';
       }
@@ -1104,12 +1143,14 @@ async function openPassthroughDialog(w) {
 
   try {
     await load();
-    dialog.classList.remove('loading');
-    confirmBtn.disabled = false;
-    if (!ctx.closed) inbound.input.focus();
+    if (!ctx.closed) {
+      setLoading(false);
+      inbound.input.focus();
+    }
   } catch (e) {
+    // Still nothing to edit: the form stays disabled, the error says why.
     dialog.classList.remove('loading');
-    if (e.status !== 401) showError(h('strong', null, 'Could not load the current settings:'), ` ${e.message}`);
+    if (e.status !== 401) showError(h('strong', null, 'Could not load the current settings:'), ` ${e.message}`, ' Close the dialog and open it again.');
   }
 }
 
@@ -1438,6 +1479,7 @@ function wireToolbar() {
     });
   }
   $('#signed-out-retry').addEventListener('click', () => init());
+  $('#sign-out').addEventListener('click', () => signOut());
   document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible' && state.signedIn) refreshList({ quiet: true }); });
 }
 
