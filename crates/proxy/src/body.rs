@@ -42,13 +42,21 @@ pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
 pub struct RequestBody {
     inner: Incoming,
     done: Arc<AtomicBool>,
+    /// An empty body says nothing of its size, so hyper's HTTP/2 client adds no
+    /// `content-length: 0` (Envoy's HTTP/2 upstreams get none).
+    quiet_when_empty: bool,
 }
 
 impl RequestBody {
     /// Wrap `inner`; `done` is set now if it is already empty.
     pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
         let done = Arc::new(AtomicBool::new(inner.is_end_stream()));
-        (Self { inner, done: done.clone() }, done)
+        (Self { inner, done: done.clone(), quiet_when_empty: false }, done)
+    }
+
+    /// For an HTTP/2 upstream: see `quiet_when_empty`.
+    pub fn quiet_when_empty(&mut self) {
+        self.quiet_when_empty = true;
     }
 }
 
@@ -69,6 +77,9 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.quiet_when_empty && self.inner.is_end_stream() {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }

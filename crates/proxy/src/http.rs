@@ -54,6 +54,7 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_DECORATOR_OPERATION: HeaderName = HeaderName::from_static("x-envoy-decorator-operation");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Per-connection context shared by all requests on one downstream connection.
 #[derive(Debug)]
@@ -90,7 +91,7 @@ where
     let mut drain = ctx.shared.drain.clone();
     let mut force = ctx.shared.drain.clone();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
+    let svc = service_fn(move |req| handle_h2(svc_ctx.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .initial_stream_window_size(cfg.h2.stream_window)
@@ -127,6 +128,91 @@ where
         tracing::debug!(conn = ctx.conn.id, error = %e, "downstream HTTP/2 connection ended");
         ctx.conn.set_outcome(outcome);
     }
+}
+
+/// One request of an HTTP/2 client: what the h2 codec lets through but Envoy's refuses resets
+/// the stream (hyper resets it with the code of the `h2::Error` the service returns), the
+/// `cookie` fields a client may split are joined as RFC 9113 §8.2.3 requires, and the rest is
+/// [`handle`]d.
+async fn handle_h2(ctx: Arc<HttpCtx>, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, h2::Error> {
+    if let Some((reason, details)) = h2_refusal(&req, ctx.shared.config.max_headers) {
+        tracing::debug!(conn = ctx.conn.id, details, "HTTP/2 request refused");
+        ctx.conn.set_outcome(Outcome::new(Flag::DownstreamProtocolError, details));
+        return Err(h2::Error::from(reason));
+    }
+    join_cookies(req.headers_mut());
+    match handle(ctx, req).await {
+        Ok(r) => Ok(r),
+        Err(never) => match never {},
+    }
+}
+
+/// Why Envoy's HTTP/2 codec would refuse a request the h2 crate accepted, as the stream's
+/// reset code and the details Envoy logs: no `:authority` and no `Host` (a malformed request,
+/// RFC 9113 §8.3.1), or more fields than the limit (Envoy resets such a stream).
+fn h2_refusal(req: &Request<Incoming>, max_headers: usize) -> Option<(h2::Reason, &'static str)> {
+    if req.uri().authority().is_none() && !req.headers().contains_key(http::header::HOST) {
+        return Some((h2::Reason::PROTOCOL_ERROR, "http2.missing_host_header"));
+    }
+    if req.headers().len() > max_headers {
+        return Some((h2::Reason::INTERNAL_ERROR, "http2.too_many_headers"));
+    }
+    None
+}
+
+/// Join repeated `cookie` fields with `; ` (RFC 9113 §8.2.3: an HTTP/2 client may split the
+/// field; HTTP/1.1 and Envoy's upstreams get one).
+fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(http::header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in h.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(http::header::COOKIE, v);
+    }
+}
+
+/// A gRPC deadline as Envoy reads `grpc-timeout` (RFC-less gRPC wire spec: 1-8 digits and a
+/// unit `H`, `M`, `S`, `m`, `u` or `n`), in whole milliseconds; `None` when absent, malformed
+/// or below a millisecond (no deadline).
+pub(crate) fn grpc_timeout_ms(v: &[u8]) -> Option<u64> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let ms = match unit[0] {
+        b'H' => n * 3_600_000,
+        b'M' => n * 60_000,
+        b'S' => n * 1000,
+        b'm' => n,
+        b'u' => n / 1000,
+        b'n' => n / 1_000_000,
+        _ => return None,
+    };
+    (ms > 0).then_some(ms)
+}
+
+/// `grpc-timeout` as Envoy's router rewrites it for the upstream: milliseconds, or a coarser
+/// unit when the value would not fit in 8 digits.
+pub(crate) fn grpc_timeout_value(ms: u64) -> String {
+    const MAX: u64 = 99_999_999;
+    let (mut t, mut unit) = (ms, 'm');
+    for (div, next) in [(1000, 'S'), (60, 'M'), (60, 'H')] {
+        if t <= MAX {
+            break;
+        }
+        t /= div;
+        unit = next;
+    }
+    format!("{}{unit}", t.min(MAX))
 }
 
 /// Serve one downstream HTTP/1 connection until it closes, drains or is forced down.
@@ -222,6 +308,8 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
     let grpc_request = is_grpc(req.headers());
     let mut failure: Option<Outcome> = None;
     let mut req = req;
+    // The target becomes origin-form below; an HTTP/2 upstream still gets the scheme.
+    let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
     let target_refused = prepare_target(&mut req);
     let resp = match (&ctx.target, target_refused) {
         (_, Some((status, details, close))) => {
@@ -263,7 +351,8 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 // takes it off the request and then sends none back.
                 let client_decorator =
                     scan.has(HAS_DECORATOR) && headers.remove(&X_ENVOY_DECORATOR_OPERATION).is_some();
-                if body_empty && !req_has_body_framing(&scan, headers) && !bodiless_method(&method) {
+                if body_empty && !ctx.upstream_h2 && !req_has_body_framing(&scan, headers) && !bodiless_method(&method)
+                {
                     // Envoy's HTTP/1 codec announces an empty body explicitly (RFC 9110 §8.6)
                     // except for methods that never carry one.
                     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -289,6 +378,19 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                         v.insert(HeaderValue::from_static("http"));
                     }
                 }
+                // Istio's routes take a gRPC client's deadline as the stream's limit
+                // (`grpc_timeout_header_max: 0s`), and Envoy sends it on in milliseconds.
+                let grpc_deadline = if grpc_request {
+                    let d = headers.get(&GRPC_TIMEOUT).and_then(|v| grpc_timeout_ms(v.as_bytes()));
+                    if let Some(ms) = d {
+                        if let Ok(v) = HeaderValue::from_str(&grpc_timeout_value(ms)) {
+                            headers.insert(GRPC_TIMEOUT.clone(), v);
+                        }
+                    }
+                    d.map(std::time::Duration::from_millis)
+                } else {
+                    None
+                };
                 if ctx.direction == Direction::Outbound && cfg.envoy_debug_headers {
                     headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
                 }
@@ -302,8 +404,12 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 let request_done = request_done.unwrap_or_default();
                 if ctx.upstream_h2 {
                     // Boxed: the HTTP/2 path's state stays out of this (HTTP/1) future.
-                    break 'forward Box::pin(forward_h2(ctx, key, req, client_decorator)).await;
+                    break 'forward Box::pin(forward_h2(ctx, key, req, client_decorator, grpc_deadline, https)).await;
                 }
+                let response_timeout = match (cfg.response_timeout, grpc_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
 
                 let pool = &ctx.shared.pool;
                 let (mut tx, mut reused) = or_break!('forward, pool.get_at(key, start).await);
@@ -318,8 +424,8 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 let mut attempt_at = sent_at;
                 let mut resp = loop {
                     let fut = tx.try_send_request(req);
-                    let res = match cfg.response_timeout {
-                        Some(t) if ctx.downstream_h2 => or_break!(
+                    let res = match response_timeout {
+                        Some(t) if ctx.downstream_h2 || grpc_deadline.is_some() => or_break!(
                             'forward,
                             tokio::time::timeout_at(attempt_at + t, fut)
                                 .await
@@ -420,6 +526,12 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                     failure = Some(e.outcome());
                     let body = match &e {
                         UpstreamError::ResponseTimeout { .. } => "upstream request timeout\n".to_owned(),
+                        // Envoy's words for a stream the upstream reset (HTTP/2) or a
+                        // connection it closed before the response head.
+                        UpstreamError::Reset { source, .. } => format!(
+                            "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                            if source_is_h2_reset(source) { "remote reset" } else { "connection termination" }
+                        ),
                         _ => format!(
                             "upstream connect error or disconnect/reset before headers. reset reason: {}: {e}\n",
                             e.kind()
@@ -463,6 +575,16 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
 /// configures Envoy (`normalize_path`, escaped slashes kept). `Some((status, details, close))`
 /// refuses the request.
 fn prepare_target(req: &mut Request<Incoming>) -> Option<(StatusCode, &'static str, bool)> {
+    if req.version() == Version::HTTP_2 {
+        // What the HTTP/1 gate refuses on the bytes, refused here for HTTP/2: CONNECT (no
+        // route matches it) and `OPTIONS *`.
+        if req.method() == http::Method::CONNECT {
+            return Some((StatusCode::NOT_FOUND, "route_not_found", false));
+        }
+        if req.uri().path_and_query().is_some_and(|p| p.as_str() == "*") {
+            return Some((StatusCode::NOT_FOUND, "absolute_path_rejected", false));
+        }
+    }
     let uri = req.uri();
     if uri.authority().is_some() {
         let authority = uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned());
@@ -497,7 +619,12 @@ async fn forward_h2(
     key: PoolKey,
     mut req: Request<RequestBody>,
     client_decorator: bool,
+    grpc_deadline: Option<std::time::Duration>,
+    https: bool,
 ) -> Result<(Response<ResponseBody>, Instant), UpstreamError> {
+    // An HTTP/2 client's `:scheme` goes on as it came, as from Envoy.
+    let scheme = if https { "https" } else { "http" };
+    req.body_mut().quiet_when_empty();
     let authority = req
         .uri()
         .authority()
@@ -505,7 +632,7 @@ async fn forward_h2(
         .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_else(|| key.dst.to_string());
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(uri) = format!("http://{authority}{pq}").parse() {
+    if let Ok(uri) = format!("{scheme}://{authority}{pq}").parse() {
         *req.uri_mut() = uri;
     }
     // HTTP/2 carries the authority as `:authority`.
@@ -517,7 +644,11 @@ async fn forward_h2(
     }
     let sent_at = Instant::now();
     let fut = tx.send_request(req);
-    let res = match ctx.shared.config.response_timeout {
+    let timeout = match (ctx.shared.config.response_timeout, grpc_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let res = match timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
             .map_err(|_| UpstreamError::ResponseTimeout { addr: key.dst, timeout: t })?,
@@ -536,6 +667,18 @@ async fn forward_h2(
     *resp.version_mut() = Version::HTTP_11;
     let conn = ctx.conn.clone();
     Ok((resp.map(|inner| ResponseBody::Upstream { inner, checkin: None, conn, grpc }), got_at))
+}
+
+/// Whether hyper's error is the upstream's `RST_STREAM`.
+fn source_is_h2_reset(e: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<h2::Error>() {
+            return h.is_reset();
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
@@ -595,10 +738,16 @@ fn grpc_local_reply(ctx: &HttpCtx, resp: Response<ResponseBody>) -> Response<Res
     if let Some(s) = &ctx.server_header {
         h.insert(SERVER, s.clone());
     }
+    if let Some(d) = &ctx.decorator {
+        h.insert(X_ENVOY_DECORATOR_OPERATION.clone(), d.clone());
+    }
     if let Some(c) = parts.headers.get(CONNECTION) {
         h.insert(CONNECTION, c.clone());
     }
-    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if !ctx.downstream_h2 {
+        // HTTP/1 needs the framing; HTTP/2 ends the stream with the headers.
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     ctx.shared.metrics.dir(ctx.direction).grpc_status(status);
     r
 }
@@ -874,7 +1023,10 @@ fn empty_reply(ctx: &HttpCtx, status: StatusCode) -> Response<ResponseBody> {
     if let Some(s) = &ctx.server_header {
         h.insert(SERVER, s.clone());
     }
-    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if !ctx.downstream_h2 {
+        // HTTP/2 ends the stream with the headers.
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     r
 }
 
@@ -972,6 +1124,37 @@ pub(crate) fn upstream_key(shared: &Shared, direction: Direction, orig: SocketAd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_read_and_rewritten_as_envoy_does() {
+        assert_eq!(grpc_timeout_ms(b"5S"), Some(5000));
+        assert_eq!(grpc_timeout_ms(b"2M"), Some(120_000));
+        assert_eq!(grpc_timeout_ms(b"1H"), Some(3_600_000));
+        assert_eq!(grpc_timeout_ms(b"250m"), Some(250));
+        assert_eq!(grpc_timeout_ms(b"1500u"), Some(1));
+        assert_eq!(grpc_timeout_ms(b"2000000n"), Some(2));
+        // Below a millisecond, malformed, too many digits, or no unit: no deadline.
+        for bad in [&b"999u"[..], b"5", b"S", b"", b"5s", b"123456789S", b"-1S", b"1.5S", b"5SS"] {
+            assert_eq!(grpc_timeout_ms(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(grpc_timeout_value(5000), "5000m");
+        assert_eq!(grpc_timeout_value(99_999_999), "99999999m");
+        assert_eq!(grpc_timeout_value(100_000_000), "100000S");
+        assert_eq!(grpc_timeout_value(99_999_999 * 3_600_000), "99999999H");
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(http::header::COOKIE).iter().count(), 1);
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+    }
 
     #[test]
     fn strips_hop_by_hop() {

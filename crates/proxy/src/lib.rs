@@ -596,8 +596,12 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                 }
             };
             match preface {
-                Ok(Some(true)) => Protocol::Http2,
-                Ok(Some(false)) => Protocol::Http,
+                Ok(Some(sniff::Opening::Http2)) => Protocol::Http2,
+                Ok(Some(sniff::Opening::Http1)) => Protocol::Http,
+                Ok(Some(sniff::Opening::BrokenPreface)) => {
+                    conn.set_outcome(Outcome::new(Flag::DownstreamProtocolError, "http2.invalid_preface"));
+                    return;
+                }
                 Ok(None) => {
                     conn.set_outcome(Outcome::new(Flag::DownstreamConnectionTermination, "client_closed_before_data"));
                     return;

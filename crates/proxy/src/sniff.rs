@@ -124,23 +124,38 @@ pub async fn sniff(
     }
 }
 
-/// On a port declared HTTP: whether the client opens with the HTTP/2 preface. Reads into
-/// `buf` (to be replayed) only as far as needed to tell; `Ok(None)` if the client closed or
-/// stayed silent for `timeout`.
+/// How a client on a port declared HTTP opens the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// The HTTP/2 preface (prior knowledge).
+    Http2,
+    /// Anything else: HTTP/1.
+    Http1,
+    /// `PRI * HTTP/2` and then not the rest of the preface: Envoy's codec (AUTO) has chosen
+    /// HTTP/2 on those 12 bytes and refuses the connection.
+    BrokenPreface,
+}
+
+/// Envoy's HTTP/2 detection prefix (`CLIENT_MAGIC_PREFIX`).
+const H2_MAGIC_PREFIX: usize = 12;
+
+/// On a port declared HTTP: how the client opens. Reads into `buf` (to be replayed) only as
+/// far as needed to tell; `Ok(None)` if the client closed or stayed silent for `timeout`.
 pub async fn h2_preface(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     timeout: Duration,
     stats: &IoStats,
-) -> std::io::Result<Option<bool>> {
+) -> std::io::Result<Option<Opening>> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Some(false));
+            let magic = n >= H2_MAGIC_PREFIX && buf[..H2_MAGIC_PREFIX] == H2_PREFACE[..H2_MAGIC_PREFIX];
+            return Ok(Some(if magic { Opening::BrokenPreface } else { Opening::Http1 }));
         }
         if n == H2_PREFACE.len() {
-            return Ok(Some(true));
+            return Ok(Some(Opening::Http2));
         }
         buf.reserve(1024);
         match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
@@ -154,6 +169,29 @@ pub async fn h2_preface(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn openings_on_an_http_port_as_envoys_auto_codec_tells_them() {
+        let stats = IoStats::new();
+        let t = Duration::from_secs(5);
+        for (input, want) in [
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], Some(Opening::Http2)),
+            (b"GET / HTTP/1.1\r\n\r\n", Some(Opening::Http1)),
+            // Differs before Envoy's 12-byte `PRI * HTTP/2` prefix is complete: HTTP/1.
+            (b"PRI * HTTP/1.1\r\n\r\n", Some(Opening::Http1)),
+            (b"PRI / HTTP/1.1\r\n\r\n", Some(Opening::Http1)),
+            // The prefix, then not the preface.
+            (b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", Some(Opening::BrokenPreface)),
+            (b"PRI * HTTP/2.1\r\n\r\nSM\r\n\r\n", Some(Opening::BrokenPreface)),
+            // Closed before it could tell.
+            (b"PRI * HTTP/2.0\r\n", None),
+        ] {
+            let mut buf = BytesMut::new();
+            let mut stream = input;
+            let got = h2_preface(&mut stream, &mut buf, t, &stats).await.unwrap();
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
 
     fn classify_(b: &[u8]) -> Verdict {
         classify(b, false)
