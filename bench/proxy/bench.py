@@ -257,7 +257,8 @@ class Bench:
         `concurrency: 2`), in a session of its own like the other proxies."""
         cfg = open(ENVOY_TEMPLATE).read()
         for k, v in {"listen_address": "0.0.0.0", "admin_port": admin_port, "inbound_port": listen_port,
-                     "outbound_port": listen_port + 100, "app_port": app_port, "service_port": 80,
+                     "outbound_port": listen_port + 100, "app_port": app_port,
+                     "outbound_app_port": app_port, "service_port": 80,
                      "service": "bench.default.svc.cluster.local", "accept_http_10": "false",
                      "zipkin_port": 9411, "inbound_h2": H2_OPTIONS if h2 else "", "outbound_h2": ""}.items():
             cfg = cfg.replace("{" + k + "}", str(v))
