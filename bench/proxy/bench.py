@@ -609,13 +609,15 @@ def main():
     ap.add_argument("--h2-reps", type=int, default=-1, help="reps of the HTTP/2 and gRPC targets (default: --reps)")
     ap.add_argument("--newconn", type=int, default=1, help="also the new-connections mode (0: off)")
     ap.add_argument("--targets", default="", help="comma-separated target names to run (default: all), "
-                    "e.g. a-direct,b-passthrough for many short paired rounds of just those two")
+                    "e.g. a-direct,b-passthrough for many short paired rounds of just those two; "
+                    "`h2` selects all HTTP/2 and gRPC targets")
     a = ap.parse_args()
     if a.targets:
         wanted = a.targets.split(",")
-        unknown = [t for t in wanted if t not in {name for name, *_ in TARGETS}]
+        known = [name for name, *_ in TARGETS] + [name for name, *_ in H2_TARGETS] + ["h2"]
+        unknown = [t for t in wanted if t not in known]
         if unknown:
-            ap.error(f"unknown target(s) {unknown}; known: {[name for name, *_ in TARGETS]}")
+            ap.error(f"unknown target(s) {unknown}; known: {known}")
         TARGETS[:] = [t for t in TARGETS if t[0] in wanted]
     b = Bench(a)
     b.want_ebpf_proxy = any(t[0] == "c3-meshpass-ebpf" for t in TARGETS)
@@ -636,7 +638,7 @@ def main():
             b.start_envoy("envoy-h2", 15207, H2_APP_PORT, 15201, h2=True)
         b.rules_on()
         time.sleep(1.0)
-        for name in ("meshpass", "haproxy", "nginx", "envoy"):
+        for name in ("meshpass", "haproxy", "nginx", "envoy", "envoy-h2"):
             res["idle_rss_kb"][name] = b.rss_kb(name)
         for name, port, needs, _ in TARGETS:
             b.rules_for(needs)
@@ -733,6 +735,9 @@ def summary(res):
             med = lambda k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [0])
             print(f"| {name} | {med('rps'):,.0f} | {med('task_clock_ms_per_req'):.4f} | {med('cpu_s_per_1k'):.4f} | "
                   f"{max(r.get('rss_load_kb', 0) for r in rs) / 1024:.1f} MB |")
+    if res["idle_rss_kb"]:
+        print("\nidle RSS (after start-up, before any load): " + ", ".join(
+            f"{name} {kb / 1024:.1f} MB" for name, kb in res["idle_rss_kb"].items() if kb))
     paired(res)
     if res["ir"]:
         print("\n| callgrind (user-space instructions / request) | c=1 | c=16 |")
