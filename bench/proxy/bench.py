@@ -264,9 +264,12 @@ class Bench:
             cfg = cfg.replace("{" + k + "}", str(v))
         path = os.path.join(RUN, f"{name}.yaml")
         open(path, "w").write(cfg)
+        logs = os.path.join(RUN, "envoy-logs")
+        os.makedirs(logs, exist_ok=True)
+        os.chmod(logs, 0o1777)  # Envoy runs as UID 1337
         p = subprocess.Popen(["ip", "netns", "exec", self.pod, "setpriv", "--reuid=1337", "--regid=1337",
                               "--clear-groups", self.a.envoy, "-c", path, "--concurrency", "2", "-l", "error",
-                              "--use-dynamic-base-id", "--log-path", os.path.join(RUN, f"{name}.log")],
+                              "--use-dynamic-base-id", "--log-path", os.path.join(logs, f"{name}.log")],
                              stdout=subprocess.DEVNULL, start_new_session=True)
         self.children.append(p)
         self.procs[name] = [p.pid]
