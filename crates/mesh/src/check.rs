@@ -9,17 +9,24 @@
 //! * From a pod (outbound): connect from inside the pod and look for the connection in that
 //!   pod's sidecar record; when it is not there, the live rules explain which rule let it
 //!   through, with that rule's counter. Headers cannot decide outbound: the client's own sidecar
-//!   would add them.
+//!   would add them. Then the destination's side: its sidecar's record of the connection the
+//!   client's sidecar opened (found by that connection's source address). The path is
+//!   `sidecar` only when every sidecar on the way handled the connection; a destination whose
+//!   sidecar has no record (an excluded inbound port) makes it `direct`.
+//! * Mutual TLS: the client's sidecar records the TLS it originated and the server identity
+//!   it verified, the server's sidecar the TLS it terminated and the client identity it
+//!   verified; a refusal (plaintext on a STRICT port, a bad certificate) is in its record too.
+//!   A failed request is a result, not an error: the outcome says why.
 
 use crate::error::Cause;
-use crate::{Client, MeshError};
+use crate::{Client, MeshError, PodStatus};
 use meshpass_capture::explain::{explain, Flow};
 use meshpass_capture::ir::Family;
 use meshpass_capture::linux::{self, iptables::Tools, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
 use serde::Serialize;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// What to connect to: an address, and for HTTP the Host and path to request.
@@ -31,32 +38,69 @@ pub struct Target {
     pub http: Option<(String, String)>,
 }
 
+/// `http://HOST:PORT/PATH` or `HOST:PORT`, split: (is HTTP, host, port, path).
+fn split_target(t: &str) -> Result<(bool, String, u16, String), MeshError> {
+    let bad = |why: &str| MeshError::Invalid(vec![format!("check target {t:?}: {why}")]);
+    let (http, rest) = match t.strip_prefix("http://") {
+        Some(rest) => (true, rest),
+        None if t.contains("://") => return Err(bad("only http:// URLs can be checked")),
+        None => (false, t),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h, p))) {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']').to_string(), p),
+        None if http => (authority.to_string(), 80),
+        None => return Err(bad("give ADDR:PORT or an http:// URL")),
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((http, host, port, path.to_string()))
+}
+
 impl Target {
-    /// Parses `http://HOST:PORT/PATH` or `HOST:PORT` (HOST must be an IP: the mesh has no DNS).
+    /// Parses `http://HOST:PORT/PATH` or `HOST:PORT` where HOST is an IP address.
     pub fn parse(t: &str) -> Result<Target, MeshError> {
-        let bad = |why: &str| MeshError::Invalid(vec![format!("check target {t:?}: {why}")]);
-        let (http, rest) = match t.strip_prefix("http://") {
-            Some(rest) => (true, rest),
-            None if t.contains("://") => return Err(bad("only http:// URLs can be checked")),
-            None => (false, t),
+        let (http, host, port, path) = split_target(t)?;
+        let ip: IpAddr = host.parse().map_err(|_| {
+            MeshError::Invalid(vec![format!(
+                "check target {t:?}: not an address (use an IP, or a Service name with a running mesh)"
+            )])
+        })?;
+        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        Ok(Target { addr: SocketAddr::new(ip, port), http: http.then_some((authority, path)) })
+    }
+
+    /// Like [`Target::parse`], and HOST may also name a Service of the mesh as a cluster's
+    /// DNS does: `NAME` (in `namespace`), `NAME.NS`, `NAME.NS.svc` or
+    /// `NAME.NS.svc.cluster.local`; it resolves to the Service's ClusterIP.
+    pub fn resolve(client: &Client, t: &str, namespace: &str) -> Result<Target, MeshError> {
+        let (http, host, port, path) = split_target(t)?;
+        if host.parse::<IpAddr>().is_ok() {
+            return Target::parse(t);
+        }
+        let parts: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+        let (name, ns) = match parts.as_slice() {
+            [name] => (*name, namespace),
+            [name, ns] | [name, ns, "svc"] | [name, ns, "svc", "cluster", "local"] => (*name, *ns),
+            _ => {
+                return Err(MeshError::Invalid(vec![format!(
+                    "check target {t:?}: {host} is neither an IP address nor a Service name (NAME[.NAMESPACE[.svc.cluster.local]])"
+                )]))
+            }
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-            authority.to_string()
-        } else if http {
-            format!("{authority}:80")
-        } else {
-            return Err(bad("give ADDR:PORT or an http:// URL"));
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| bad("not an address (use an IP: the mesh has no DNS)"))?;
-        Ok(Target { addr, http: http.then(|| (authority.to_string(), path.to_string())) })
+        let svc = client
+            .services(Some(ns))?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| MeshError::NotFound(format!("service {ns}/{name}")))?;
+        let ip: IpAddr = svc.cluster_ip.parse().map_err(|e: std::net::AddrParseError| {
+            MeshError::protocol(format!("service {ns}/{name} has ClusterIP {:?}", svc.cluster_ip))(e.into())
+        })?;
+        Ok(Target { addr: SocketAddr::new(ip, port), http: http.then(|| (format!("{host}:{port}"), path)) })
     }
 
     /// `GET http://…` or `tcp ADDR:PORT`, for reports.
@@ -69,14 +113,25 @@ impl Target {
 }
 
 /// What one request produced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Exchange {
-    /// The client's own address (what a sidecar record names).
-    pub local: SocketAddr,
+    /// The client's own address (what a sidecar record names), once connected.
+    pub local: Option<SocketAddr>,
     /// `HTTP/1.0 200 OK`, when the target answered HTTP.
     pub status_line: Option<String>,
     /// Response headers in order, names as received.
     pub headers: Vec<(String, String)>,
+    /// The start of the response body (up to 512 bytes).
+    pub body: String,
+    /// Why the exchange failed (refused, reset, closed before answering), if it did.
+    pub error: Option<String>,
+}
+
+impl Exchange {
+    /// The HTTP status, if the target answered HTTP.
+    pub fn status(&self) -> Option<u16> {
+        self.status_line.as_deref().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok())
+    }
 }
 
 /// Which way the connection went.
@@ -89,6 +144,18 @@ pub enum PathTaken {
     Direct,
 }
 
+/// The mutual TLS of the hop, from the sidecars' own records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HopTls {
+    /// Whether the hop between the sidecars was Istio mutual TLS.
+    pub mtls: bool,
+    /// The client's identity, as the server's sidecar verified it (or as the client's sidecar
+    /// presented it).
+    pub client_identity: Option<String>,
+    /// The server's identity, as the client's sidecar verified it.
+    pub server_identity: Option<String>,
+}
+
 /// A check's result and its evidence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CheckOutcome {
@@ -96,10 +163,15 @@ pub struct CheckOutcome {
     pub from: String,
     /// The target, described.
     pub target: String,
-    /// The decision.
+    /// The decision: through the sidecars on the way, or around one of them.
     pub path: PathTaken,
     /// What the target answered.
     pub response: Exchange,
+    /// Mutual TLS of the hop.
+    pub tls: HopTls,
+    /// Why the request failed: the exchange's error, a sidecar's refusal, or the reason in a
+    /// sidecar's own error response.
+    pub error: Option<String>,
     /// Evidence lines, strongest first.
     pub evidence: Vec<String>,
 }
@@ -114,29 +186,52 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, MeshError> + Send) 
 }
 
 /// Connects to `t` (and for HTTP sends one GET with `Connection: close`) from the current
-/// network namespace.
-pub fn exchange(t: &Target) -> Result<Exchange, MeshError> {
-    let connecting = format!("connecting to {}", t.addr);
-    let mut s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(5)).map_err(failed(&connecting))?;
-    let local = s.local_addr().map_err(failed("local address"))?;
-    let Some((host, path)) = &t.http else {
-        return Ok(Exchange { local, status_line: None, headers: Vec::new() });
+/// network namespace. A failure is part of the answer, not an error: the check reports it.
+pub fn exchange(t: &Target) -> Exchange {
+    let mut ex = Exchange::default();
+    let mut s = match TcpStream::connect_timeout(&t.addr, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => {
+            ex.error = Some(format!("connecting to {}: {e}", t.addr));
+            return ex;
+        }
     };
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(failed("setting a timeout"))?;
-    write!(
+    ex.local = s.local_addr().ok();
+    let Some((host, path)) = &t.http else { return ex };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let sent = write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshpass-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(failed("sending the request"))?;
+    );
+    if let Err(e) = sent {
+        ex.error = Some(format!("sending the request: {e}"));
+        return ex;
+    }
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(failed("reading the response"))?;
+    let read = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().map(str::to_string).filter(|l| l.starts_with("HTTP/"));
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    Ok(Exchange { local, status_line, headers })
+    ex.status_line = lines.next().map(str::to_string).filter(|l| l.starts_with("HTTP/"));
+    if ex.status_line.is_some() {
+        ex.headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        ex.body = body.chars().take(512).collect();
+    }
+    match read {
+        Err(e) if ex.status_line.is_none() => ex.error = Some(format!("reading the response: {e}")),
+        Ok(_) if ex.status_line.is_none() => {
+            ex.error = Some(if buf.is_empty() {
+                "the connection was closed without an answer".to_string()
+            } else {
+                format!("the answer is not HTTP: {:?}", text.chars().take(80).collect::<String>())
+            })
+        }
+        _ => {}
+    }
+    ex
 }
 
 /// A sidecar's record of the connection from `client`, if it has one.
@@ -157,7 +252,20 @@ fn sidecar_record(netns: &str, client: SocketAddr) -> Result<Option<serde_json::
     let v: serde_json::Value = serde_json::from_str(&json[a..=b])
         .map_err(|e| MeshError::protocol("sidecar /connections is not JSON")(e.into()))?;
     let want = client.to_string();
-    Ok(v["connections"].as_array().and_then(|recs| recs.iter().find(|r| r["client_addr"] == want.as_str()).cloned()))
+    Ok(v["connections"]
+        .as_array()
+        .and_then(|recs| recs.iter().rev().find(|r| r["client_addr"] == want.as_str()).cloned()))
+}
+
+/// Asks every meshed pod's sidecar, at once, for its record of a connection from `client`.
+fn find_inbound(pods: &[PodStatus], client: SocketAddr) -> Option<(&PodStatus, serde_json::Value)> {
+    let meshed: Vec<&PodStatus> = pods.iter().filter(|p| p.meshed).collect();
+    // One after the other, a check took seconds on the sample mesh.
+    let records: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = meshed.iter().map(|pod| s.spawn(move || sidecar_record(&pod.netns, client))).collect();
+        asks.into_iter().map(|h| h.join().ok().and_then(|r| r.ok().flatten())).collect()
+    });
+    meshed.into_iter().zip(records).find_map(|(pod, rec)| rec.map(|r| (pod, r)))
 }
 
 /// The live rules of a pod's namespace, for one address family.
@@ -199,66 +307,182 @@ fn header_evidence(ex: &Exchange, evidence: &mut Vec<String>) {
     }
 }
 
+fn text(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// Evidence and the refusal (if any) from the server's sidecar record.
+fn server_evidence(pod: &PodStatus, rec: &serde_json::Value, evidence: &mut Vec<String>) -> Option<String> {
+    let tls = &rec["tls"];
+    let how = if tls.is_null() {
+        "in plaintext".to_string()
+    } else {
+        format!("with mutual TLS from {}", tls["peer_identity"].as_str().unwrap_or("an unknown identity"))
+    };
+    evidence.push(format!(
+        "the sidecar of pod {}/{} recorded this connection (inbound, client {}, id {}, {how})",
+        pod.namespace,
+        pod.name,
+        rec["client_addr"].as_str().unwrap_or_default(),
+        rec["id"]
+    ));
+    let outcome = rec["outcome"].as_str().unwrap_or_default();
+    outcome.strip_prefix("tls_refused: ").map(|why| {
+        evidence.push(format!("the sidecar of pod {}/{} refused it: {why}", pod.namespace, pod.name));
+        format!("refused by the sidecar of pod {}/{}: {why}", pod.namespace, pod.name)
+    })
+}
+
+/// A sidecar's own error answer (503 with Envoy's reset reason), as the reason the call failed.
+fn proxy_error(ex: &Exchange) -> Option<String> {
+    let local = ex.status().is_some_and(|s| s >= 500)
+        && ex.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("server") && v.contains("envoy"))
+        && !ex.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("x-envoy-upstream-service-time"));
+    (local && !ex.body.is_empty()).then(|| ex.body.trim().to_string())
+}
+
 /// Requests `target` from the node (outside the mesh) and decides from the sidecars' records.
 pub fn from_node(client: &Client, target: &Target) -> Result<CheckOutcome, MeshError> {
     let node = client.node_netns()?;
-    let ex = in_netns(&node, || exchange(target))?;
+    let ex = in_netns(&node, || Ok(exchange(target)))?;
     let mut evidence = Vec::new();
     let mut path = PathTaken::Direct;
-    let meshed: Vec<_> = client.pods(None)?.into_iter().filter(|p| p.meshed).collect();
-    // Any sidecar may have taken the connection (a Service spreads them), so ask all of them,
-    // at once: one after the other, a check took seconds on the sample mesh.
-    let records: Vec<_> = std::thread::scope(|s| {
-        let asks: Vec<_> = meshed.iter().map(|pod| s.spawn(move || sidecar_record(&pod.netns, ex.local))).collect();
-        asks.into_iter().map(|h| h.join().ok().and_then(|r| r.ok().flatten())).collect()
-    });
-    if let Some((pod, rec)) = meshed.iter().zip(records).find_map(|(pod, rec)| rec.map(|r| (pod, r))) {
-        evidence.push(format!(
-            "the sidecar of pod {}/{} recorded this connection (inbound, client {}, id {}, {} request(s))",
-            pod.namespace, pod.name, ex.local, rec["id"], rec["requests"]
-        ));
-        path = PathTaken::Sidecar;
-    }
-    if path == PathTaken::Direct {
-        evidence.push(format!("no sidecar recorded a connection from {}", ex.local));
+    let mut error = ex.error.clone();
+    let pods = client.pods(None)?;
+    let mut tls = HopTls::default();
+    match ex.local.and_then(|local| find_inbound(&pods, local)) {
+        Some((pod, rec)) => {
+            path = PathTaken::Sidecar;
+            if let Some(refused) = server_evidence(pod, &rec, &mut evidence) {
+                error = Some(refused);
+            }
+            tls.mtls = !rec["tls"].is_null();
+            tls.client_identity = text(&rec["tls"]["peer_identity"]);
+        }
+        None => evidence.push(match ex.local {
+            Some(l) => format!("no sidecar recorded a connection from {l}"),
+            None => "the connection was not established".to_string(),
+        }),
     }
     header_evidence(&ex, &mut evidence);
-    Ok(CheckOutcome { from: "node".into(), target: target.describe(), path, response: ex, evidence })
+    Ok(CheckOutcome { from: "node".into(), target: target.describe(), path, response: ex, tls, error, evidence })
 }
 
-/// Connects to `target` from a ready pod of workload `ns/name` and decides from that pod's
-/// sidecar record, else from its live rules.
+/// The pods a destination address lands on: the Service's ready endpoints for a ClusterIP,
+/// else the pod with that address.
+fn destination_pods<'a>(
+    client: &Client,
+    pods: &'a [PodStatus],
+    addr: SocketAddr,
+) -> Result<Vec<&'a PodStatus>, MeshError> {
+    let ip = addr.ip().to_string();
+    let services = client.services(None)?;
+    let ips: Vec<String> = match services.iter().find(|s| s.cluster_ip == ip) {
+        Some(s) => s.endpoints.iter().map(|e| e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h).to_string()).collect(),
+        None => vec![ip],
+    };
+    Ok(pods.iter().filter(|p| ips.contains(&p.ip)).collect())
+}
+
+/// Connects to `target` from a ready pod of workload `ns/name` and decides from the sidecars'
+/// records (the pod's own and the destination's) or, where the pod's sidecar has none, from
+/// its live rules.
 pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Result<CheckOutcome, MeshError> {
-    let pod = client
-        .pods(Some(ns))?
-        .into_iter()
-        .find(|p| p.workload == name && p.ready)
+    let pods = client.pods(None)?;
+    let pod = pods
+        .iter()
+        .find(|p| p.namespace == ns && p.workload == name && p.ready)
         .ok_or_else(|| MeshError::NotFound(format!("a ready pod of workload {ns}/{name}")))?;
-    let ex = in_netns(&pod.netns, || exchange(target))?;
+    let ex = in_netns(&pod.netns, || Ok(exchange(target)))?;
     let mut evidence = Vec::new();
-    let path = if !pod.meshed {
+    let mut error = ex.error.clone();
+    let mut tls = HopTls::default();
+    // The client side: the pod's sidecar, or the rule that let the connection pass.
+    let own = match (pod.meshed, ex.local) {
+        (true, Some(local)) => sidecar_record(&pod.netns, local)?,
+        _ => None,
+    };
+    let client_side = if !pod.meshed {
         evidence.push(format!("pod {}/{} has no sidecar", pod.namespace, pod.name));
         PathTaken::Direct
-    } else if let Some(rec) = sidecar_record(&pod.netns, ex.local)? {
+    } else if let Some(rec) = &own {
+        let up = &rec["upstream_tls"];
+        let how = match up["mode"].as_str() {
+            Some("ISTIO_MUTUAL") => {
+                format!("mutual TLS to {}", up["peer_identity"].as_str().unwrap_or("an unverified peer"))
+            }
+            Some(m) => format!("TLS ({m})"),
+            None => "plaintext".to_string(),
+        };
         evidence.push(format!(
-            "the sidecar of pod {}/{} recorded this connection (outbound, client {}, original destination {}, id {})",
-            pod.namespace, pod.name, ex.local, rec["original_dst"], rec["id"]
+            "the sidecar of pod {}/{} recorded this connection (outbound, client {}, original destination {}, upstream {}, id {}, {how})",
+            pod.namespace,
+            pod.name,
+            rec["client_addr"].as_str().unwrap_or_default(),
+            rec["original_dst"],
+            rec["upstream_addr"],
+            rec["id"]
         ));
+        if up["mode"] == "ISTIO_MUTUAL" {
+            tls.server_identity = text(&up["peer_identity"]);
+            tls.client_identity = text(&up["local_identity"]);
+        }
         PathTaken::Sidecar
     } else {
+        if let Some(local) = ex.local {
+            evidence.push(format!("the sidecar of pod {}/{} has no record of client {local}", pod.namespace, pod.name));
+        }
         let mut flow = Flow::outbound(target.addr.ip(), target.addr.port()).uid(0).gid(0);
         if let Ok(ip) = pod.ip.parse::<IpAddr>() {
             flow = flow.pod_ip(ip);
         }
-        evidence
-            .push(format!("the sidecar of pod {}/{} has no record of client {}", pod.namespace, pod.name, ex.local));
-        let ns = Netns::Named(pod.netns.clone());
-        if meshpass_capture::linux::ebpf::is_installed(&ns).unwrap_or(false) {
+        let netns = Netns::Named(pod.netns.clone());
+        if meshpass_capture::linux::ebpf::is_installed(&netns).unwrap_or(false) {
             // No rules to read: the connect hook decided, and did not hand it to the sidecar.
             evidence.push("eBPF capture is installed in the pod and did not hand this connection to the sidecar (its settings let it pass)".to_string());
         } else {
             evidence.push(format!("live rules: {}", rule_evidence(&pod.netns, &flow)?));
         }
+        PathTaken::Direct
+    };
+    // The server side: the destination's sidecar, found by the address the connection came
+    // from (the client's sidecar's, or the pod's own when it went around its sidecar).
+    let from_addr = own
+        .as_ref()
+        .and_then(|r| r["upstream_local_addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()))
+        .or(ex.local);
+    let dests = destination_pods(client, &pods, target.addr)?;
+    let dest_meshed = dests.iter().any(|p| p.meshed);
+    let server = from_addr.and_then(|a| find_inbound(&pods, a));
+    let server_side = match &server {
+        Some((p, rec)) => {
+            if let Some(refused) = server_evidence(p, rec, &mut evidence) {
+                error = Some(refused);
+            }
+            if !rec["tls"].is_null() {
+                tls.mtls = true;
+                tls.client_identity = text(&rec["tls"]["peer_identity"]);
+                tls.server_identity = tls.server_identity.clone().or_else(|| text(&rec["tls"]["local_identity"]));
+            }
+            PathTaken::Sidecar
+        }
+        None if dest_meshed && ex.local.is_some() => {
+            let names: Vec<String> =
+                dests.iter().filter(|p| p.meshed).map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+            evidence.push(format!(
+                "the destination {} has a sidecar, and it has no record of this connection: it went straight to the app",
+                names.join(", ")
+            ));
+            PathTaken::Direct
+        }
+        None => PathTaken::Sidecar,
+    };
+    if error.is_none() {
+        error = proxy_error(&ex);
+    }
+    let path = if client_side == PathTaken::Sidecar && server_side == PathTaken::Sidecar {
+        PathTaken::Sidecar
+    } else {
         PathTaken::Direct
     };
     header_evidence(&ex, &mut evidence);
@@ -267,6 +491,8 @@ pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Resul
         target: target.describe(),
         path,
         response: ex,
+        tls,
+        error,
         evidence,
     })
 }

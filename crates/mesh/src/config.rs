@@ -47,6 +47,9 @@ pub struct MeshConfig {
     /// same settings, and passthrough traffic meets no per-packet hook. Sidecars then run in
     /// `EBPF` interception mode with `CAP_NET_ADMIN` and `CAP_BPF`.
     pub ebpf_capture: bool,
+    /// Lifetime of the pods' workload certificates (Istio's default: 24 h); each is renewed
+    /// at half its life.
+    pub workload_cert_ttl: Duration,
 }
 
 impl MeshConfig {
@@ -66,6 +69,7 @@ impl MeshConfig {
             drain: Duration::from_secs(5),
             untrack_excluded_inbound: false,
             ebpf_capture: false,
+            workload_cert_ttl: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -89,6 +93,12 @@ impl MeshConfig {
             errors.push(
                 "--ebpf-capture and --untrack-excluded-inbound exclude each other: eBPF capture tracks nothing".into(),
             );
+        }
+        if self.workload_cert_ttl < Duration::from_secs(10) {
+            errors.push(format!(
+                "workload certificate lifetime {:?} is too short (at least 10s: certificates are renewed at half their life)",
+                self.workload_cert_ttl
+            ));
         }
         if self.pod_cidr.overlaps(self.service_cidr) {
             errors.push(format!("pod CIDR {} overlaps service CIDR {}", self.pod_cidr, self.service_cidr));

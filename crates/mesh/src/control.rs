@@ -98,6 +98,14 @@ pub enum Request {
         /// Namespace filter.
         namespace: Option<String>,
     },
+    /// The stored `PeerAuthentication`s and `DestinationRule`s, as Kubernetes objects.
+    Policies {
+        /// `PeerAuthentication` or `DestinationRule`; both when omitted.
+        #[serde(default)]
+        kind: Option<String>,
+        /// Namespace filter.
+        namespace: Option<String>,
+    },
     /// The node namespace's name.
     NodeNetns,
     /// Apply manifests.
@@ -231,6 +239,12 @@ impl Client {
     /// Services, optionally in one namespace.
     pub fn services(&self, ns: Option<&str>) -> Result<Vec<ServiceStatus>, MeshError> {
         self.get(Request::Services { namespace: ns.map(str::to_string) })
+    }
+
+    /// Stored policy resources (`kind`: `PeerAuthentication` or `DestinationRule`; both when
+    /// `None`), as Kubernetes JSON objects, oldest first.
+    pub fn policies(&self, kind: Option<&str>, ns: Option<&str>) -> Result<Vec<serde_json::Value>, MeshError> {
+        self.get(Request::Policies { kind: kind.map(str::to_string), namespace: ns.map(str::to_string) })
     }
 
     /// The node namespace's name (for `ip netns exec`).

@@ -49,6 +49,15 @@ pub enum MeshError {
         #[source]
         source: LinuxError,
     },
+    /// The mesh CA or a workload certificate could not be made, read or written.
+    #[error("{what}")]
+    Identity {
+        /// What the mesh was doing (`issuing the certificate of pod default/sleep-…`).
+        what: String,
+        /// Why.
+        #[source]
+        source: meshpass_identity::IdentityError,
+    },
     /// Applying or reading capture rules in a pod failed.
     #[error("capture rules for pod {pod}")]
     Capture {

@@ -2,7 +2,8 @@
 //!
 //! Real Kubernetes YAML (multi-document) is parsed into k8s-openapi types, so what runs here
 //! runs on a cluster; then it is validated and lowered to the small subset the local mesh
-//! honours (Namespace, Deployment, Service). Anything that cannot be honoured is rejected with
+//! honours (Namespace, Deployment, Service, and Istio's PeerAuthentication and
+//! DestinationRule, validated as Istio's webhook does by `meshpass-policy`). Anything that cannot be honoured is rejected with
 //! a message naming the document, the object and the field — every problem at once — rather
 //! than being silently ignored. Pure: no I/O.
 
@@ -56,6 +57,11 @@ pub struct PodTemplate {
     pub annotations: BTreeMap<String, String>,
     /// Containers.
     pub containers: Vec<ContainerSpec>,
+    /// `serviceAccountName`: the pods' identity is `spiffe://cluster.local/ns/NS/sa/SA`
+    /// (`default` when unset). Left out of the JSON when unset, so templates written before
+    /// it existed keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 impl PodTemplate {
@@ -72,6 +78,11 @@ impl PodTemplate {
         format!("{:010x}", h & 0xff_ffff_ffff)
     }
 
+    /// The service account its pods run as.
+    pub fn service_account(&self) -> &str {
+        self.service_account.as_deref().unwrap_or("default")
+    }
+
     /// True when the template says `sidecar.istio.io/inject: "false"`.
     pub fn opted_out(&self) -> bool {
         self.annotations.get(INJECT_ANNOTATION).map(String::as_str) == Some("false")
@@ -83,6 +94,7 @@ impl PodTemplate {
     pub fn differs_only_in_capture(&self, other: &PodTemplate) -> bool {
         self.labels == other.labels
             && self.containers == other.containers
+            && self.service_account == other.service_account
             && self.annotations.get(INJECT_ANNOTATION) == other.annotations.get(INJECT_ANNOTATION)
     }
 }
@@ -158,6 +170,10 @@ pub enum Object {
     Deployment(DeploymentSpec),
     /// `v1/Service`.
     Service(ServiceSpec),
+    /// `security.istio.io/v1` `PeerAuthentication` or `networking.istio.io/v1`
+    /// `DestinationRule` (stored with the state through [`meshpass_policy::PolicySet`]).
+    #[serde(skip)]
+    Policy(Box<meshpass_policy::Resource>),
 }
 
 impl Object {
@@ -167,7 +183,58 @@ impl Object {
             Object::Namespace(n) => format!("namespace/{}", n.name),
             Object::Deployment(d) => format!("deployment.apps/{} -n {}", d.name, d.namespace),
             Object::Service(s) => format!("service/{} -n {}", s.name, s.namespace),
+            Object::Policy(r) => policy_name(&r.reference()),
         }
+    }
+}
+
+/// `peerauthentication.security.istio.io/NAME -n NS`, as kubectl names these objects.
+pub fn policy_name(r: &meshpass_policy::ResourceRef) -> String {
+    let group = match r.kind {
+        meshpass_policy::Kind::PeerAuthentication => "peerauthentication.security.istio.io",
+        meshpass_policy::Kind::DestinationRule => "destinationrule.networking.istio.io",
+    };
+    format!("{group}/{} -n {}", r.name, r.namespace)
+}
+
+/// A policy document, validated as Istio's webhook validates it, then checked for what the
+/// local mesh's sidecars can do.
+fn lower_policy(value: serde_yaml::Value, at: &str) -> Result<Object, Vec<String>> {
+    let json = serde_json::to_value(&value).map_err(|e| vec![format!("{at}: {e}")])?;
+    let r = meshpass_policy::Resource::from_json(&json, "default")
+        .map_err(|e| e.iter().map(|f| format!("{at}: {f}")).collect::<Vec<_>>())?;
+    let mut errors = Vec::new();
+    if let meshpass_policy::Resource::DestinationRule(dr) = &r {
+        let mut policies: Vec<(String, &meshpass_policy::TrafficPolicy)> =
+            dr.traffic_policy.iter().map(|p| ("spec.trafficPolicy".to_string(), p)).collect();
+        for s in &dr.subsets {
+            if let Some(p) = &s.traffic_policy {
+                policies.push((format!("spec.subsets[{}].trafficPolicy", s.name), p));
+            }
+        }
+        for (path, p) in policies {
+            let tls =
+                p.tls.iter().map(|t| (format!("{path}.tls"), t)).chain(p.port_level_settings.iter().filter_map(|pl| {
+                    pl.tls.as_ref().map(|t| (format!("{path}.portLevelSettings[port {}].tls", pl.port), t))
+                }));
+            for (field, t) in tls {
+                if t.mode == meshpass_policy::TlsMode::Mutual {
+                    errors.push(format!(
+                        "{at}: {field}.mode MUTUAL: the local mesh's sidecars originate ISTIO_MUTUAL, SIMPLE or DISABLE, not MUTUAL with certificates of your own"
+                    ));
+                }
+                if t.credential_name.is_some() {
+                    errors.push(format!(
+                        "{at}: {field}.credentialName: the local mesh has no Secrets; use caCertificates with a file path"
+                    ));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Object::Policy(Box::new(r)))
+    } else {
+        Err(errors)
     }
 }
 
@@ -199,9 +266,10 @@ pub fn parse(yaml: &str) -> Result<Vec<Object>, MeshError> {
             "Service" => serde_yaml::from_value::<Service>(value)
                 .map_err(|e| vec![format!("{at}: {e}")])
                 .and_then(|s| lower_service(&s, &at)),
+            "PeerAuthentication" | "DestinationRule" => lower_policy(value, &at),
             "" => Err(vec![format!("{at}: no `kind`")]),
             other => Err(vec![format!(
-                "{at}: unsupported kind `{other}` (the local mesh runs Namespace, Deployment and Service)"
+                "{at}: unsupported kind `{other}` (the local mesh runs Namespace, Deployment, Service, PeerAuthentication and DestinationRule)"
             )]),
         };
         match result {
@@ -227,6 +295,14 @@ fn check_name(name: &str, at: &str, field: &str, errors: &mut Vec<String>) {
         errors.push(format!(
             "{at}: {field} `{name}` must be a DNS-1123 label (lowercase letters, digits, '-', at most 63)"
         ));
+    }
+}
+
+/// Kubernetes' DNS-1123 subdomain rule (service account names).
+fn check_subdomain(name: &str, at: &str, field: &str, errors: &mut Vec<String>) {
+    if !meshpass_policy::meta::is_dns1123_subdomain(name) {
+        errors
+            .push(format!("{at}: {field} `{name}` must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.')"));
     }
 }
 
@@ -317,9 +393,14 @@ fn lower_deployment(d: &Deployment, at: &str) -> Result<Object, Vec<String>> {
     }
     let annotations = meta.annotations.unwrap_or_default();
     let mut containers = Vec::new();
+    let mut service_account = None;
     match &spec.template.spec {
         None => errors.push(format!("{at}: no spec.template.spec")),
         Some(pod) => {
+            service_account = pod.service_account_name.clone().filter(|s| !s.is_empty());
+            if let Some(sa) = &service_account {
+                check_subdomain(sa, at, "spec.template.spec.serviceAccountName", &mut errors);
+            }
             if pod.containers.is_empty() {
                 errors.push(format!("{at}: spec.template.spec.containers is empty"));
             }
@@ -346,7 +427,7 @@ fn lower_deployment(d: &Deployment, at: &str) -> Result<Object, Vec<String>> {
         name,
         replicas,
         selector,
-        template: PodTemplate { labels, annotations, containers },
+        template: PodTemplate { labels, annotations, containers, service_account },
     }))
 }
 
@@ -534,6 +615,7 @@ spec:
             labels: BTreeMap::new(),
             annotations: [(INJECT_ANNOTATION.to_string(), "false".to_string())].into(),
             containers: vec![],
+            service_account: None,
         };
         assert!(t.opted_out());
     }

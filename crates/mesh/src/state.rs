@@ -5,6 +5,7 @@
 
 use crate::manifest::{DeploymentSpec, NamespaceSpec, ServiceSpec};
 use crate::MeshError;
+use meshpass_policy::PolicySet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,6 +69,34 @@ pub struct State {
     /// concurrency), so two editors never silently overwrite each other.
     #[serde(default)]
     pub versions: BTreeMap<String, u64>,
+    /// The stored `PeerAuthentication`s and `DestinationRule`s, with their creation order.
+    #[serde(default, skip_serializing_if = "Policies::is_empty")]
+    pub policies: Policies,
+}
+
+/// The policy resources as the state file keeps them ([`PolicySet::to_json`]); read back,
+/// every object is validated again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policies(pub PolicySet);
+
+impl Policies {
+    /// True when none are stored.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Policies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Policies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        PolicySet::from_json(&v).map(Policies).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `namespace/name`, the key of namespaced objects.
@@ -110,7 +139,13 @@ impl State {
         let path = Self::path(dir);
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).map_err(|source| MeshError::State { path: path.clone(), source })?;
-        let mut f = std::fs::File::create(&tmp).map_err(MeshError::io("cannot create", &tmp))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Root's only, like the rest of the state directory the sidecars may traverse.
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)
+        }
+        .map_err(MeshError::io("cannot create", &tmp))?;
         f.write_all(&json).and_then(|()| f.sync_all()).map_err(MeshError::io("cannot write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(MeshError::io("cannot replace", &path))
     }
@@ -139,6 +174,7 @@ mod tests {
                     let cluster_ip = Ipv4Addr::new(198, 19, 0, 1);
                     state.services.insert(key(&s.namespace, &s.name), StoredService { spec: s, cluster_ip });
                 }
+                Object::Policy(_) => {}
             }
         }
         state.net = Some(NetState {

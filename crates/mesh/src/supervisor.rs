@@ -83,6 +83,8 @@ struct Inner {
 /// The running mesh.
 pub struct Supervisor {
     cfg: MeshConfig,
+    /// The mesh CA, which issues every meshed pod's workload certificate.
+    ca: meshpass_identity::MeshCa,
     inner: Mutex<Inner>,
     pass: Mutex<()>,
     stop: Stop,
@@ -257,6 +259,16 @@ impl Supervisor {
                         a.step = Step::Draining;
                     }
                 }
+                Action::IssueCert { pod } => self.issue_cert(inner, &pod),
+                Action::WriteSidecarConfig { pod, config } => {
+                    let Some(netns) = inner.world.pods.get(&pod).map(|p| p.netns.clone()) else { continue };
+                    match effect::identity::write_config(&self.cfg, &netns, &config) {
+                        Ok(()) => {
+                            inner.world.sidecar_configs.insert(pod, *config);
+                        }
+                        Err(e) => self.say(&format!("pod {pod}: sidecar mesh config: {}", e.report())),
+                    }
+                }
                 Action::Finish { id, result } => {
                     inner.world.rollouts.finish(id);
                     tell(inner, id, RolloutEvent::Done(result));
@@ -304,6 +316,22 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Issues a meshed pod's workload certificate and records when to renew it; a failure is
+    /// reported and retried a little later.
+    fn issue_cert(&self, inner: &mut Inner, key: &PodKey) {
+        let Some(p) = inner.world.pods.get(key) else { return };
+        let Some(dep) = inner.desired.state.deployments.get(p.workload.as_str()) else { return };
+        let identity = plan::mtls::identity(dep);
+        let renew = match effect::identity::issue(&self.cfg, &self.ca, &p.netns, &identity) {
+            Ok(after) => after,
+            Err(e) => {
+                self.say(&format!("pod {key}: {}", e.report()));
+                Duration::from_secs(5)
+            }
+        };
+        inner.world.certs.insert(key.clone(), Instant::now() + renew);
     }
 
     /// Starts one container (its back-off has passed).
@@ -394,6 +422,7 @@ impl Supervisor {
             .map(|run| Container { run, state: ContainerState::Waiting(now), restarts: 0, backoff: backoff::INITIAL })
             .collect();
         let n = containers.len();
+        let meshed = b.meshed;
         inner.world.pods.insert(
             key.clone(),
             Pod {
@@ -409,6 +438,20 @@ impl Supervisor {
                 containers,
             },
         );
+        if meshed {
+            // The sidecar starts with its certificate and its mesh config in place.
+            self.issue_cert(inner, &key);
+            let table = plan::services::table(&inner.desired.state, &inner.world, &BTreeSet::new());
+            if let Some(p) = inner.world.pods.get(&key) {
+                let config = plan::mtls::sidecar_config(&inner.desired.state, &inner.world, &table, p);
+                match effect::identity::write_config(&self.cfg, &p.netns, &config) {
+                    Ok(()) => {
+                        inner.world.sidecar_configs.insert(key.clone(), config);
+                    }
+                    Err(e) => self.say(&format!("pod {key}: sidecar mesh config: {}", e.report())),
+                }
+            }
+        }
         for i in 0..n {
             self.start(inner, &key, i);
         }
@@ -434,10 +477,15 @@ impl Supervisor {
             let mut inner = self.lock();
             inner.pod_ipam.release(pod.ip);
             inner.world.pods.remove(&pod.key);
+            plan::mtls::forget(&mut inner.world, &pod.key);
         };
         effect::pod::teardown(&steps, remains, &self.stop, release, &|l| self.say(l));
+        effect::identity::remove(&self.cfg, &pod.netns);
         // Should a step have panicked the pod stays listed; make sure it leaves.
-        self.lock().world.pods.remove(&pod.key);
+        let mut inner = self.lock();
+        inner.world.pods.remove(&pod.key);
+        plan::mtls::forget(&mut inner.world, &pod.key);
+        drop(inner);
         self.say(&format!("pod {} terminated", pod.key));
     }
 
@@ -551,6 +599,21 @@ impl Supervisor {
     }
 
     /// Pods.
+    pub(crate) fn policies(&self, kind: Option<&str>, ns: Option<&str>) -> Vec<serde_json::Value> {
+        let inner = self.lock();
+        let mut items: Vec<_> = inner
+            .desired
+            .state
+            .policies
+            .0
+            .iter()
+            .filter(|s| kind.is_none_or(|k| s.resource.kind().as_str() == k))
+            .filter(|s| ns.is_none_or(|n| s.resource.meta().namespace == n))
+            .collect();
+        items.sort_by_key(|s| s.seq);
+        items.into_iter().map(|s| s.resource.to_json()).collect()
+    }
+
     pub(crate) fn pods(&self, ns: Option<&str>) -> Vec<PodStatus> {
         plan::status::pods(&self.lock().world, ns)
     }
@@ -624,7 +687,20 @@ pub fn run(cfg: MeshConfig, stop: Stop, progress: Box<dyn Fn(&str) + Send + Sync
     cfg.validate()?;
     let dir = cfg.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(MeshError::io("cannot create state directory", &dir))?;
-    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    // Traversable (not listable) by the sidecars' UID, which reads its own files under
+    // pods/; everything else in here is readable by root only (logs/ and pids/ 0700, the
+    // state file and the CA key 0600).
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
+    for private in ["logs", "pids"] {
+        let d = dir.join(private);
+        std::fs::create_dir_all(&d).map_err(MeshError::io("cannot create", &d))?;
+        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+    }
+    effect::identity::remove_all(&dir);
+    let (ca, created) = effect::identity::load_ca(&cfg)?;
+    if created {
+        progress(&format!("created the mesh CA in {} (key readable by root only)", dir.display()));
+    }
     if Client::connect(&dir).is_ok() {
         return Err(MeshError::AlreadyRunning(dir));
     }
@@ -682,6 +758,7 @@ pub fn run(cfg: MeshConfig, stop: Stop, progress: Box<dyn Fn(&str) + Send + Sync
             waiters: BTreeMap::new(),
         }),
         cfg,
+        ca,
         pass: Mutex::new(()),
         stop,
         refusing: AtomicBool::new(false),
@@ -759,6 +836,7 @@ pub fn down(state_dir: &Path) -> Result<Vec<String>, MeshError> {
         .and_then(|s| s.net.map(|n| n.netns_prefix))
         .unwrap_or_else(|| crate::config::DEFAULT_NETNS_PREFIX.to_string());
     out.extend(effect::sweep::sweep(state_dir, &prefix)?);
+    effect::identity::remove_all(state_dir);
     let _ = std::fs::remove_file(state_dir.join(SOCKET));
     let _ = std::fs::remove_file(state_dir.join(SUPERVISOR_PIDFILE));
     Ok(out)

@@ -34,6 +34,8 @@ enum Command {
     Explain(Box<cmd::explain::Args>),
     /// Run the sidecar proxy (in a pod's network namespace, as UID/GID 1337).
     Proxy(Box<cmd::proxy::Args>),
+    /// The mesh CA: issue a workload's mutual-TLS credentials as files.
+    Ca(Box<cmd::ca::Args>),
     /// Bring the local mesh up and supervise it in the foreground (needs root).
     Up(Box<cmd::mesh::UpArgs>),
     /// Set or remove a Deployment's pod-template annotations (its passthrough settings).
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => cmd::mesh::logs(*a),
         Command::Sample(a) => cmd::mesh::sample(*a),
         Command::Proxy(a) => cmd::proxy::run(*a, &env),
+        Command::Ca(a) => cmd::ca::run(*a),
     };
     match result {
         Ok(code) => code,

@@ -276,6 +276,12 @@ pub enum Origination {
     UserTls {
         /// The rule's mode.
         mode: TlsMode,
+        /// The rule's `sni`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sni: Option<String>,
+        /// The rule's `caCertificates` (a file).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_certificates: Option<String>,
     },
 }
 
@@ -341,7 +347,9 @@ impl<'a> Resolver<'a> {
                     identities: tls.subject_alt_names.clone().unwrap_or_else(identities),
                     auto: false,
                 },
-                mode @ (TlsMode::Simple | TlsMode::Mutual) => Origination::UserTls { mode },
+                mode @ (TlsMode::Simple | TlsMode::Mutual) => {
+                    Origination::UserTls { mode, sni: tls.sni.clone(), ca_certificates: tls.ca_certificates.clone() }
+                }
             };
             return ClientDecision { origination, from, reason: format!("TLS mode {} from {rules}", tls.mode) };
         }

@@ -248,8 +248,10 @@ impl Mesh {
         }
     }
 
-    /// Counts mesh config changes; pool keys carry it so that connections opened under one
-    /// config are not reused under the next.
+    /// Counts changes of the mesh config and of the credentials; pool keys carry it, so that
+    /// requests after a change go over connections opened under it (routes and TLS as the
+    /// new config says, handshakes with the new certificate) while older pooled connections
+    /// finish what they carry and close when idle.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
     }
@@ -298,6 +300,7 @@ impl Mesh {
                     Ok(c) => {
                         warn_validity(&c, SystemTime::now());
                         tracing::info!(identity = %c.identity, "workload certificate reloaded");
+                        self.generation.fetch_add(1, Ordering::Relaxed);
                         self.metrics.reload(ReloadKind::Certificates, true);
                         done.push(ReloadKind::Certificates);
                         self.stamps.lock().unwrap_or_else(|e| e.into_inner()).0 = stamps;

@@ -49,6 +49,9 @@ pub struct PoolKey {
 pub struct UpstreamInfo {
     /// The address connected to (an endpoint, when the mesh routed it).
     pub addr: SocketAddr,
+    /// The proxy's own address on that connection: what the upstream (and its sidecar's
+    /// records) sees as the client.
+    pub local: Option<SocketAddr>,
     /// The TLS originated, if any.
     pub tls: Option<TlsInfo>,
 }
@@ -257,15 +260,18 @@ impl Pool {
             Some(Route::NoEndpoint { service }) => return Err(UpstreamError::NoHealthyUpstream { service }),
         };
         let tcp = connect_tcp(dst, key.src, self.connect_timeout).await?;
+        let local = tcp.local_addr().ok().map(crate::orig_dst::canonical_addr);
         let Some(origin) = origin.and_then(|id| self.mesh.origins.get(id)) else {
-            return Ok((Upstream::Plain(tcp), Arc::new(UpstreamInfo { addr: dst, tls: None })));
+            return Ok((Upstream::Plain(tcp), Arc::new(UpstreamInfo { addr: dst, local, tls: None })));
         };
         let Some(tls) = &self.mesh.tls else {
             // The mesh config was refused at load time if it asked for TLS without credentials.
-            return Ok((Upstream::Plain(tcp), Arc::new(UpstreamInfo { addr: dst, tls: None })));
+            return Ok((Upstream::Plain(tcp), Arc::new(UpstreamInfo { addr: dst, local, tls: None })));
         };
         match tls.connect(&origin, proto, tcp, self.connect_timeout).await {
-            Ok((s, info)) => Ok((Upstream::Tls(Box::new(s)), Arc::new(UpstreamInfo { addr: dst, tls: Some(info) }))),
+            Ok((s, info)) => {
+                Ok((Upstream::Tls(Box::new(s)), Arc::new(UpstreamInfo { addr: dst, local, tls: Some(info) })))
+            }
             Err(failure) => {
                 tracing::warn!(
                     upstream = %dst, reason = failure.reason.as_str(), error = %failure.message,

@@ -36,8 +36,11 @@ pub struct ConnectionRecord {
     pub client_addr: SocketAddr,
     /// The original destination, if it could be recovered.
     pub original_dst: Option<SocketAddr>,
-    /// Address the proxy connected to (differs from `original_dst` with an inbound override).
+    /// Address the proxy connected to (differs from `original_dst` with an inbound override,
+    /// or when the mesh routed it to an endpoint).
     pub upstream_addr: Option<SocketAddr>,
+    /// The proxy's own address on the upstream connection (what the upstream sees as client).
+    pub upstream_local_addr: Option<SocketAddr>,
     /// `http` or `tcp`; `None` while still sniffing.
     pub protocol: Option<Protocol>,
     /// Last HTTP status sent downstream (0 when none).
@@ -77,6 +80,7 @@ pub struct ConnInfo {
     pub client_addr: SocketAddr,
     original_dst: Mutex<Option<SocketAddr>>,
     upstream_addr: Mutex<Option<SocketAddr>>,
+    upstream_local_addr: Mutex<Option<SocketAddr>>,
     protocol: AtomicU8,
     last_status: AtomicU16,
     requests: AtomicU64,
@@ -106,6 +110,7 @@ impl ConnInfo {
     /// Set where the proxy connected and the TLS it originated there.
     pub fn set_upstream_info(&self, u: &UpstreamInfo) {
         *lock(&self.upstream_addr) = Some(u.addr);
+        *lock(&self.upstream_local_addr) = u.local;
         *lock(&self.upstream_tls) = u.tls.clone();
     }
 
@@ -171,6 +176,7 @@ impl ConnInfo {
             client_addr: self.client_addr,
             original_dst: *lock(&self.original_dst),
             upstream_addr: *lock(&self.upstream_addr),
+            upstream_local_addr: *lock(&self.upstream_local_addr),
             protocol: self.protocol(),
             last_status: self.last_status.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
@@ -224,6 +230,7 @@ impl ConnectionLog {
             client_addr,
             original_dst: Mutex::new(None),
             upstream_addr: Mutex::new(None),
+            upstream_local_addr: Mutex::new(None),
             protocol: AtomicU8::new(0),
             last_status: AtomicU16::new(0),
             requests: AtomicU64::new(0),

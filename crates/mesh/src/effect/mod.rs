@@ -6,10 +6,12 @@
 //! - [`process`]: containers as processes in a pod's namespace, pidfiles, SIGTERM/SIGKILL
 //! - [`capture`]: a pod's rules or eBPF programs installed, swapped live, removed
 //! - [`probe`]: readiness probes inside a pod's namespace
+//! - [`identity`]: the mesh CA, pods' workload certificates and sidecar mesh configs as files
 //! - [`pod`]: a pod made (namespace, veth, capture) and torn down step by step
 //! - [`sweep`]: what a crashed mesh left behind, removed
 
 pub mod capture;
+pub mod identity;
 pub mod net;
 pub mod pod;
 pub mod probe;

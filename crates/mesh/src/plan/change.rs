@@ -72,8 +72,11 @@ pub fn apply(
             Object::Namespace(_) => continue,
             Object::Deployment(dep) => &dep.namespace,
             Object::Service(s) => &s.namespace,
+            Object::Policy(r) => &r.meta().namespace,
         };
-        if !namespaces.contains_key(ns) && ns != "default" {
+        // Istio's root namespace holds mesh-wide policies; the local mesh has it implicitly.
+        let root = matches!(o, Object::Policy(_)) && ns == meshpass_policy::ROOT_NAMESPACE;
+        if !namespaces.contains_key(ns) && ns != "default" && !root {
             errors.push(format!(
                 "{}: namespace `{ns}` not found (apply its Namespace first or in the same file)",
                 o.describe()
@@ -91,6 +94,31 @@ pub fn apply(
                 let why = old.and_then(|old| capture::live_untrack_change(old, dep, cfg));
                 errors.extend(why.map(|e| format!("{}: {e}", o.describe())));
             }
+        }
+    }
+    // Policies are applied as one batch: a conflict anywhere refuses them all.
+    let (policies, objects): (Vec<Object>, Vec<Object>) =
+        objects.into_iter().partition(|o| matches!(o, Object::Policy(_)));
+    let resources: Vec<meshpass_policy::Resource> = policies
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Policy(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    let mut policy_lines = Vec::new();
+    if !resources.is_empty() {
+        match d.state.policies.0.apply(resources) {
+            Ok((next, changes)) => {
+                policy_lines = changes
+                    .into_iter()
+                    .map(|(r, change)| format!("{} {change}", crate::manifest::policy_name(&r)))
+                    .collect();
+                if errors.is_empty() {
+                    d.state.policies = crate::state::Policies(next);
+                }
+            }
+            Err(e) => errors.extend(e.iter().map(ToString::to_string)),
         }
     }
     if !errors.is_empty() {
@@ -125,9 +153,11 @@ pub fn apply(
                 }
             }
             Object::Deployment(dep) => deployment(d, world, dep, live, &mut out),
+            Object::Policy(_) => continue,
         };
         out.lines.push(format!("{what} {verdict}"));
     }
+    out.lines.extend(policy_lines);
     Ok(out)
 }
 
@@ -232,6 +262,13 @@ pub fn delete(d: &mut Desired, objects: Vec<Object>) -> Outcome {
                 }
                 None => false,
             },
+            Object::Policy(r) => match d.state.policies.0.delete(&[r.reference()]) {
+                Ok(next) => {
+                    d.state.policies = crate::state::Policies(next);
+                    true
+                }
+                Err(_) => false,
+            },
             Object::Namespace(n) if n.name == "default" => {
                 out.lines.push(format!("{what} kept (the default namespace cannot be deleted)"));
                 continue;
@@ -246,6 +283,17 @@ pub fn delete(d: &mut Desired, objects: Vec<Object>) -> Outcome {
                     if let Some(old) = d.state.services.remove(&s) {
                         d.cluster_ips.release(old.cluster_ip);
                     }
+                }
+                let gone: Vec<meshpass_policy::ResourceRef> = d
+                    .state
+                    .policies
+                    .0
+                    .iter()
+                    .map(|p| p.resource.reference())
+                    .filter(|r| r.namespace == n.name)
+                    .collect();
+                if let Ok(next) = d.state.policies.0.delete(&gone) {
+                    d.state.policies = crate::state::Policies(next);
                 }
                 d.state.namespaces.remove(&n.name).is_some()
             }

@@ -17,6 +17,8 @@
 //! - [`pod`]: what a new pod is made of, the sidecar's environment included
 //! - [`capture`]: how a pod is captured (rules, eBPF programs, none)
 //! - [`change`]: `apply`, `annotate`, `delete` — validated as a whole, pending restart or live
+//! - [`mtls`]: each sidecar's mesh config (inbound mTLS modes, Services, endpoints and their
+//!   TLS, from the stored policies) and when its workload certificate is renewed
 //! - [`teardown`]: the order a pod and the whole mesh are taken down in
 //! - [`status`]: what `meshpass get` and the management plane see
 //!
@@ -30,6 +32,7 @@
 pub mod backoff;
 pub mod capture;
 pub mod change;
+pub mod mtls;
 pub mod pod;
 pub mod rollout;
 pub mod services;
@@ -141,6 +144,19 @@ pub enum Action {
         /// The pods.
         old: Vec<PodKey>,
     },
+    /// Issue a new workload certificate for a meshed pod (none yet, or due for renewal) and
+    /// write its files; its sidecar reloads them.
+    IssueCert {
+        /// The pod.
+        pod: PodKey,
+    },
+    /// Write a sidecar's mesh config (it changed); the sidecar reloads it.
+    WriteSidecarConfig {
+        /// The pod.
+        pod: PodKey,
+        /// The new config.
+        config: Box<meshpass_proxy::mesh_config::MeshConfigFile>,
+    },
     /// Answer request `id` (its rollout, if it ran one, is over).
     Finish {
         /// The request.
@@ -171,9 +187,12 @@ pub fn reconcile(state: &State, world: &World, cfg: &MeshConfig, now: Instant) -
         })
         .cloned()
         .collect();
-    if let Some(table) = services::changed(state, world, &leaving) {
+    let table = services::table(state, world, &leaving);
+    let sidecars = mtls::actions(state, world, &table, now);
+    if world.services.as_ref() != Some(&table) {
         out.push(Action::WriteServices(table));
     }
+    out.extend(sidecars);
     out
 }
 
@@ -310,6 +329,7 @@ pub(crate) mod testing {
                     env: vec![("GREETING".into(), "hi".into())],
                     ports: vec![5000],
                 }],
+                service_account: None,
             },
         }
     }
@@ -389,7 +409,24 @@ mod tests {
         let mut world = World::default();
         let pods = vec![pod(&mut world, "default", "hello", &hash, 2), pod(&mut world, "default", "hello", &hash, 3)];
         world.services = Some(services::table(&state, &world, &BTreeSet::new()));
+        settle_sidecars(&state, &mut world);
         (state, world, pods)
+    }
+
+    /// Records every meshed pod's certificate (due in an hour) and mesh config as written.
+    fn settle_sidecars(state: &State, world: &mut World) {
+        let table = world.services.clone().unwrap_or_default();
+        for act in mtls::actions(state, world, &table, Instant::now()) {
+            match act {
+                Action::IssueCert { pod } => {
+                    world.certs.insert(pod, Instant::now() + Duration::from_secs(3600));
+                }
+                Action::WriteSidecarConfig { pod, config } => {
+                    world.sidecar_configs.insert(pod, *config);
+                }
+                _ => {}
+            }
+        }
     }
 
     #[test]
@@ -442,7 +479,9 @@ mod tests {
             })
             .collect();
         assert_eq!(stopped, vec![&old, &pods[0]], "the old template's pod, then the first of the current");
-        let Some(Action::WriteServices(table)) = actions.last() else { panic!("{actions:?}") };
+        let Some(Action::WriteServices(table)) = actions.iter().find(|a| matches!(a, Action::WriteServices(_))) else {
+            panic!("{actions:?}")
+        };
         assert_eq!(table[0].endpoints, vec![world.pods[&pods[1]].ip], "stopped pods leave the endpoints at once");
     }
 
@@ -539,7 +578,9 @@ mod tests {
         a.step = rollout::Step::WaitingReady;
         let actions = reconcile(&state, &world, &cfg(), Instant::now());
         assert!(actions.contains(&Action::Switch { workload: wk, id, old: pods }), "{actions:?}");
-        let Some(Action::WriteServices(table)) = actions.last() else { panic!("{actions:?}") };
+        let Some(Action::WriteServices(table)) = actions.iter().find(|a| matches!(a, Action::WriteServices(_))) else {
+            panic!("{actions:?}")
+        };
         assert_eq!(table[0].endpoints, vec![world.pods[&new].ip], "only the new pod serves");
     }
 

@@ -206,7 +206,8 @@ pub fn blueprint(
         .collect();
     if meshed {
         let all = state.services.values().map(|s| &s.spec);
-        let env = sidecar_env(cfg, &key, ip, services_of(state, dep), all, &dep.template.annotations);
+        let mut env = sidecar_env(cfg, &key, ip, services_of(state, dep), all, &dep.template.annotations);
+        env.extend(super::mtls::sidecar_env(cfg, &netns));
         let spec = ContainerSpec { name: SIDECAR_NAME.to_string(), argv: vec![], env: vec![], ports: vec![] };
         containers.push(if cfg.ebpf_capture {
             // Root through setpriv, which keeps only NET_ADMIN and BPF.

@@ -141,6 +141,10 @@ pub struct World {
     pub failing: BTreeMap<WorkloadKey, Instant>,
     /// Rollouts in progress and asked for.
     pub rollouts: Rollouts,
+    /// When each meshed pod's workload certificate is to be renewed.
+    pub certs: BTreeMap<PodKey, Instant>,
+    /// Each sidecar's mesh config as last written.
+    pub sidecar_configs: BTreeMap<PodKey, meshpass_proxy::mesh_config::MeshConfigFile>,
 }
 
 impl World {

@@ -15,7 +15,8 @@ use std::process::ExitCode;
 /// `meshpass check` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// `http://HOST:PORT/PATH`, or `HOST:PORT` for a plain TCP connection (with --from).
+    /// `http://HOST:PORT/PATH`, or `HOST:PORT` for a plain TCP connection (with --from); HOST
+    /// is an IP address or a Service name (`NAME`, `NAME.NAMESPACE`, ...).
     target: String,
     /// Check outbound from a pod of this workload (`NAME` or `NS/NAME`) instead of from the node.
     #[arg(long)]
@@ -31,15 +32,15 @@ pub struct Args {
     output: String,
 }
 
-/// Runs `meshpass check`.
+/// Runs `meshpass check`. Exits 0 when the check ran (whatever path the request took and
+/// whether it succeeded: that is its result), 1 when it could not run.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&a.state_dir).context("is `meshpass up` running?")?;
-    let target = Target::parse(&a.target)?;
     let outcome = match &a.from {
-        None => check::from_node(&client, &target)?,
+        None => check::from_node(&client, &Target::resolve(&client, &a.target, &a.namespace)?)?,
         Some(w) => {
             let (ns, name) = w.split_once('/').unwrap_or((a.namespace.as_str(), w.as_str()));
-            check::from_pod(&client, ns, name, &target)?
+            check::from_pod(&client, ns, name, &Target::resolve(&client, &a.target, ns)?)?
         }
     };
     let path = match outcome.path {
@@ -48,7 +49,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let ex = &outcome.response;
     if a.output == "json" {
-        let v = serde_json::json!({ "path": path, "evidence": outcome.evidence, "response": ex });
+        let v = serde_json::json!({
+            "from": outcome.from,
+            "target": outcome.target,
+            "path": path,
+            "mtls": outcome.tls.mtls,
+            "peer_identities": {
+                "client": outcome.tls.client_identity,
+                "server": outcome.tls.server_identity,
+            },
+            "status": ex.status(),
+            "error": outcome.error,
+            "evidence": outcome.evidence,
+            "response": ex,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if let Some(s) = &ex.status_line {
@@ -57,10 +71,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 println!("{k}: {v}");
             }
             println!();
-        } else {
-            println!("connected to {} from {}", target.addr, ex.local);
+        } else if let Some(local) = ex.local {
+            println!("connected to {} from {local}", outcome.target);
+        }
+        if let Some(e) = &outcome.error {
+            println!("error: {e}");
         }
         println!("path: {path}");
+        if outcome.tls.mtls {
+            println!(
+                "mtls: yes (client {}, server {})",
+                outcome.tls.client_identity.as_deref().unwrap_or("?"),
+                outcome.tls.server_identity.as_deref().unwrap_or("?")
+            );
+        } else {
+            println!("mtls: no");
+        }
         for e in &outcome.evidence {
             println!("  evidence: {e}");
         }

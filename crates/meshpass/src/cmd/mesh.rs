@@ -56,6 +56,10 @@ pub struct UpArgs {
     /// NET_ADMIN and BPF). See the README's "eBPF capture".
     #[arg(long, conflicts_with = "untrack_excluded_inbound")]
     ebpf_capture: bool,
+    /// Lifetime of the pods' workload certificates (renewed at half their life), e.g. `24h`
+    /// (Istio's default) or `30s`.
+    #[arg(long, default_value = "24h")]
+    workload_cert_ttl: String,
 }
 
 /// `--state-dir` for the client commands.
@@ -76,7 +80,7 @@ pub struct DownArgs {
 /// `meshpass get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// workloads | pods | svc
+    /// workloads | pods | svc | peerauthentications (pa) | destinationrules (dr)
     what: String,
     /// Namespace (all namespaces when omitted).
     #[arg(short, long)]
@@ -240,6 +244,8 @@ fn supervise(a: UpArgs, signals: SigSet, out: &Output) -> anyhow::Result<ExitCod
     cfg.drain = Duration::from_secs(a.drain_seconds);
     cfg.untrack_excluded_inbound = a.untrack_excluded_inbound;
     cfg.ebpf_capture = a.ebpf_capture;
+    cfg.workload_cert_ttl = meshpass_proxy::config::parse_duration(&a.workload_cert_ttl)
+        .map_err(|e| anyhow::anyhow!("--workload-cert-ttl {:?}: {e}", a.workload_cert_ttl))?;
     if let Some(cmd) = a.sidecar_command.filter(|c| !c.trim().is_empty()) {
         cfg.sidecar_argv = cmd.split_whitespace().map(str::to_string).collect();
     }
@@ -376,7 +382,46 @@ pub fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 table(rows);
             }
         }
-        other => bail!("cannot get `{other}`: expected workloads, pods or svc"),
+        "peerauthentications" | "peerauthentication" | "pa" | "destinationrules" | "destinationrule" | "dr" => {
+            let kind = if a.what.starts_with('p') { "PeerAuthentication" } else { "DestinationRule" };
+            let items = client.policies(Some(kind), ns)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+                    )?
+                );
+            } else {
+                let mut rows = vec![["NAMESPACE", "NAME", "MODE"].map(String::from).to_vec()];
+                rows.extend(items.iter().map(|o| {
+                    let mode = if kind == "PeerAuthentication" {
+                        o["spec"]["mtls"]["mode"].as_str().unwrap_or("UNSET").to_string()
+                    } else {
+                        let p = &o["spec"]["trafficPolicy"];
+                        let mut modes: Vec<String> =
+                            p["tls"]["mode"].as_str().map(str::to_string).into_iter().collect();
+                        for pl in p["portLevelSettings"].as_array().into_iter().flatten() {
+                            if let Some(m) = pl["tls"]["mode"].as_str() {
+                                modes.push(format!("{}:{m}", pl["port"]["number"]));
+                            }
+                        }
+                        if modes.is_empty() {
+                            "-".into()
+                        } else {
+                            modes.join(",")
+                        }
+                    };
+                    vec![
+                        o["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+                        o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                        mode,
+                    ]
+                }));
+                table(rows);
+            }
+        }
+        other => bail!("cannot get `{other}`: expected workloads, pods, svc, peerauthentications or destinationrules"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod ca;
 pub mod check;
 pub mod explain;
 pub mod iptables;

@@ -82,7 +82,9 @@ pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Exit
     // Logs go to stderr (the mesh keeps them per container); RUST_LOG sets the level.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colour codes only on a terminal: the mesh keeps sidecar logs in files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
     let mut overrides = HashMap::new();
     for (flag, var) in [
         (&a.outbound, "MESHPASS_PROXY_OUTBOUND_ADDR"),

@@ -223,6 +223,45 @@ impl Mesh {
         })
     }
 
+    /// A steady request loop from inside pod `pod` of `ns` (through its sidecar), one new
+    /// connection per request; returns (successes, failures) once `stop` is set.
+    pub fn pod_request_loop(
+        &self,
+        pod: &str,
+        ns: &str,
+        url: String,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+        let (state, pod, ns) = (self.state().to_path_buf(), pod.to_string(), ns.to_string());
+        std::thread::spawn(move || {
+            let (mut ok, mut failures) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // curl keeps one connection for its URLs: ten requests per process, each on its own.
+                let mut cmd = Command::new(BIN);
+                cmd.args(["exec", &pod, "-n", &ns, "--state-dir"]).arg(&state).args([
+                    "--",
+                    "curl",
+                    "-sS",
+                    "-f",
+                    "--max-time",
+                    "5",
+                ]);
+                for i in 0..10 {
+                    if i > 0 {
+                        cmd.arg("--next").args(["-sS", "-f", "--max-time", "5"]);
+                    }
+                    cmd.args(["-o", "/dev/null", "-H", "Connection: close", &url]);
+                }
+                match cmd.output() {
+                    Ok(o) if o.status.success() => ok += 10,
+                    Ok(o) => failures.push(String::from_utf8_lossy(&o.stderr).into_owned()),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok, failures)
+        })
+    }
+
     /// Kills the supervisor with SIGKILL (a crash).
     pub fn kill9(&mut self) -> Result<()> {
         let mut child = self.child.take().context("no supervisor")?;
