@@ -397,7 +397,9 @@ class Bench:
         after = self.cpu_ticks(proxy) if proxy else 0
         counters = self.perf_stop(perf) if perf else {}
         r = parse(out)
-        r.update(cmd="ip netns exec <client> " + " ".join(cmd), wall_s=wall, raw=out)
+        # As a reader reruns it from the repository root.
+        shown = " ".join(cmd).replace(HERE, "bench/proxy")
+        r.update(cmd="ip netns exec <client> " + shown, wall_s=wall, raw=out)
         if r["requests"]:
             # Client, app, proxy and kernel together: the one CPU figure that also covers (a)/(b).
             r["machine_cpu_us_per_req"] = (busy1 - busy0) / TCK / r["requests"] * 1e6
