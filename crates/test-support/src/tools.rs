@@ -1,6 +1,6 @@
 //! The external tools the end-to-end tests drive: the browser test (`e2e/passthrough.mjs`,
-//! node + Debian's Chromium through playwright-core) and the OpenAPI fuzzer
-//! (`scripts/schemathesis`). One copy of "is it installed" (skip outside CI, fail in CI) and of
+//! node + Debian's Chromium through playwright-core), the OpenAPI fuzzer
+//! (`scripts/schemathesis`) and the manifest validator (`kubernetes-validate`). One copy of "is it installed" (skip outside CI, fail in CI) and of
 //! "run it against this server, bounded in time, show its log".
 
 use std::path::{Path, PathBuf};
@@ -46,12 +46,25 @@ pub fn browser_ready(test: &str) -> bool {
 /// The schemathesis venv (`MESHPASS_VENV`, default `/opt/meshpass-venv`) when it is
 /// installed; `None` after skipping (outside CI).
 pub fn schemathesis_venv(test: &str) -> Option<PathBuf> {
-    let venv = std::env::var_os("MESHPASS_VENV")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/opt/meshpass-venv"), PathBuf::from);
+    let venv = venv();
     let st = venv.join("bin/schemathesis");
     let missing = if st.exists() { Vec::new() } else { vec![format!("{} (scripts/setup)", st.display())] };
     available(test, &missing).then_some(venv)
+}
+
+/// `kubernetes-validate` in the venv (`MESHPASS_VENV`, default `/opt/meshpass-venv`, made by
+/// `scripts/setup`) when it is installed; `None` after skipping (outside CI).
+pub fn kubernetes_validate(test: &str) -> Option<PathBuf> {
+    let kv = venv().join("bin/kubernetes-validate");
+    let missing = if kv.exists() { Vec::new() } else { vec![format!("{} (scripts/setup)", kv.display())] };
+    available(test, &missing).then_some(kv)
+}
+
+/// The Python venv of the test tools.
+fn venv() -> PathBuf {
+    std::env::var_os("MESHPASS_VENV")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/opt/meshpass-venv"), PathBuf::from)
 }
 
 /// `E2E_ARTIFACTS/sub`, else `<target>/e2e-artifacts/sub` for a test whose
