@@ -20,6 +20,11 @@ OUT=$BENCH_RESULTS_DIR
 scripts/setup --bench
 cargo build --release -q -p meshpass
 MP=$PWD/target/release/meshpass
+# The binary as built (line tables kept for profiling) and as scripts/up installs it (stripped).
+install -s -m 0755 "$MP" "$OUT/meshpass.stripped"
+echo "{\"release_binary_bytes\": $(stat -c %s "$MP"), \"installed_stripped_bytes\": $(stat -c %s "$OUT/meshpass.stripped")}" > "$OUT/binary.json"
+rm "$OUT/meshpass.stripped"
+cat "$OUT/binary.json"
 WORK=$(mktemp -d)
 POD=mp-bench-pod-$$
 PEER=mp-bench-peer-$$
