@@ -1361,7 +1361,7 @@ function openCheckDialog(w) {
     const before = list.length > 1 ? list[list.length - 2] : null;
     results.replaceChildren(h('div', { class: 'check-grid' },
       before ? resultCard(before, 'Before', 'check-result-before') : h('div', { class: 'check-card check-card-empty muted', 'data-testid': 'check-result-before' },
-        h('div', { class: 'check-card-label' }, 'Before'), 'No earlier check in this session.'),
+        h('div', { class: 'check-card-label' }, 'Before'), 'No earlier check since this page was opened.'),
       resultCard(latest, before ? 'After' : 'Latest', 'check-result')));
   }
 }

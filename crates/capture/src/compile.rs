@@ -1,9 +1,11 @@
 //! [`CaptureConfig`] → [`Plan`]: Istio's rule layout, operation for operation.
 //!
-//! The order of operations is istio-iptables' (`tools/istio-iptables/pkg/capture/run.go`),
+//! The order of operations is istio-iptables' (Istio's `tools/istio-iptables/pkg/capture/run.go`:
+//! `(*IptablesConfigurator).Run` and the helpers it calls in turn, `shortCircuitExcludeInterfaces`,
+//! `shortCircuitKubeInternalInterface`, `handleInboundPortsInclude`, `handleOutboundIncludeRules`),
 //! because `-I chain 1` inserts are relative to what was built before them and because the
-//! iptables renderer must reproduce Istio's restore input exactly. Each step says which part
-//! of Istio's behaviour it is; `../shared/reference/istio-semantics.md` §5 is the map.
+//! iptables renderer must reproduce Istio's restore input exactly. Each step below says which
+//! part of Istio's behaviour it is.
 
 use crate::config::{CaptureConfig, OwnerGroups, DNS_CAPTURE_PORT, OUTBOUND_MARK};
 use crate::ir::{

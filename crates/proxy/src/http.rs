@@ -1,7 +1,7 @@
 //! HTTP/1.x proxying with hyper: one server connection per downstream connection, requests
 //! forwarded over pooled upstream client connections, Envoy-compatible headers.
 //!
-//! Header handling follows Envoy as Istio configures it (shared/reference peers.md §4):
+//! Header handling follows Envoy as Istio configures it:
 //! - responses: `server` overwritten (`istio-envoy` inbound, `envoy` outbound; configurable or
 //!   pass-through), `x-envoy-upstream-service-time` in milliseconds, and on inbound
 //!   `x-envoy-decorator-operation: <fqdn>:<port>/*` when the port belongs to a known service;
