@@ -250,9 +250,8 @@ pub struct ProxyConfig {
     /// Capacity of the ring of finished connections shown at `/connections`. Default 1024.
     pub connection_log_capacity: usize,
     /// Worker threads for [`crate::build_runtime`]: 0 = current-thread runtime (default), N =
-    /// multi-thread runtime with N workers. On the 2-core benchmark machine the current-thread
-    /// runtime gave the most requests per CPU second: no cross-thread wake-ups, and a sidecar
-    /// should not compete with its app for cores (bench/proxy/RESULTS.md).
+    /// multi-thread runtime with N workers. The current-thread runtime has no cross-thread
+    /// wake-ups, and a sidecar should not compete with its app for cores.
     pub worker_threads: usize,
     /// The mesh config and credential files ([`crate::mesh`]).
     pub mesh: MeshSettings,

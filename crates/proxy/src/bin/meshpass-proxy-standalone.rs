@@ -11,7 +11,7 @@ use meshpass_proxy::{run_until_signal, ProxyConfig};
 
 // The proxy allocates and frees small objects for every request (hyper's header maps, read
 // buffers, channel slots); mimalloc's thread-local free lists make those far cheaper than
-// glibc's malloc (measured with callgrind, see bench/proxy/RESULTS.md).
+// glibc's malloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
