@@ -6,7 +6,7 @@
 #
 #   sudo bench/rules/run.sh                     # full run (~6 min)
 #   sudo REPS=1 DURATION=3 bench/rules/run.sh   # quick look
-# Runs through bench/record: the raw results (results.json with every repetition's values,
+# Runs through bench/record: the raw results (results.jsonl with every repetition's values,
 # table.md, everything printed, the machine and versions) land in
 # bench/rules/results/<date-time>/; commit that directory with any figure quoted from it.
 set -euo pipefail
