@@ -40,7 +40,8 @@ pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
 /// A downstream request body on its way upstream; flags `done` at its clean end.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: an empty body of the proxy's own (a bodiless request sent again).
+    inner: Option<Incoming>,
     done: Arc<AtomicBool>,
     /// An empty body says nothing of its size, so hyper's HTTP/2 client adds no
     /// `content-length: 0` (Envoy's HTTP/2 upstreams get none).
@@ -51,7 +52,12 @@ impl RequestBody {
     /// Wrap `inner`; `done` is set now if it is already empty.
     pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
         let done = Arc::new(AtomicBool::new(inner.is_end_stream()));
-        (Self { inner, done: done.clone(), quiet_when_empty: false }, done)
+        (Self { inner: Some(inner), done: done.clone(), quiet_when_empty: false }, done)
+    }
+
+    /// An empty body toward an HTTP/2 upstream, for a bodiless request sent again.
+    pub fn empty_h2() -> Self {
+        Self { inner: None, done: Arc::new(AtomicBool::new(true)), quiet_when_empty: true }
     }
 
     /// For an HTTP/2 upstream: see `quiet_when_empty`.
@@ -65,7 +71,8 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let r = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
             self.done.store(true, Ordering::Release);
         }
@@ -73,14 +80,16 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.quiet_when_empty && self.inner.is_end_stream() {
-            return SizeHint::default();
+        match &self.inner {
+            Some(inner) if !(self.quiet_when_empty && inner.is_end_stream()) => inner.size_hint(),
+            Some(_) => SizeHint::default(),
+            None if self.quiet_when_empty => SizeHint::default(),
+            None => SizeHint::with_exact(0),
         }
-        self.inner.size_hint()
     }
 }
 

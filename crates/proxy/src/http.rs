@@ -637,23 +637,48 @@ async fn forward_h2(
     // HTTP/2 carries the authority as `:authority`.
     req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
-    let mut tx = ctx.shared.pool.get_h2(key).await?;
+    // A bodiless request can be sent again if the upstream refuses its stream unprocessed
+    // (see `refused_unprocessed`): its head is kept for that.
+    let mut replay = hyper::body::Body::is_end_stream(req.body())
+        .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+    let pool = &ctx.shared.pool;
+    let mut tx = pool.get_h2(key).await?;
     if !ctx.upstream_noted.swap(true, Ordering::Relaxed) {
         ctx.conn.set_upstream(key.dst);
     }
-    let sent_at = Instant::now();
-    let fut = tx.send_request(req);
     let timeout = match (ctx.shared.config.response_timeout, grpc_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let res = match timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| UpstreamError::ResponseTimeout { addr: key.dst, timeout: t })?,
-        None => fut.await,
+    let start = Instant::now();
+    let (mut resp, sent_at) = loop {
+        let sent_at = Instant::now();
+        let fut = tx.send_request(req);
+        let res = match timeout {
+            Some(t) => tokio::time::timeout_at(start + t, fut)
+                .await
+                .map_err(|_| UpstreamError::ResponseTimeout { addr: key.dst, timeout: t })?,
+            None => fut.await,
+        };
+        match res {
+            Ok(r) => break (r, sent_at),
+            Err(source) => match replay.take() {
+                Some((method, uri, headers)) if refused_unprocessed(&source, &method) => {
+                    tracing::debug!(conn = ctx.conn.id, error = %source, "upstream refused the stream; sending it again");
+                    // That connection is closing: the request goes on a new one.
+                    pool.evict_h2(key);
+                    tx = pool.get_h2(key).await?;
+                    let mut again = Request::new(RequestBody::empty_h2());
+                    *again.method_mut() = method;
+                    *again.uri_mut() = uri;
+                    *again.headers_mut() = headers;
+                    *again.version_mut() = Version::HTTP_2;
+                    req = again;
+                }
+                _ => return Err(UpstreamError::Reset { addr: key.dst, source }),
+            },
+        }
     };
-    let mut resp = res.map_err(|source| UpstreamError::Reset { addr: key.dst, source })?;
     let got_at = Instant::now();
     let headers = resp.headers_mut();
     let scan = Scan::of(headers);
@@ -666,6 +691,25 @@ async fn forward_h2(
     *resp.version_mut() = Version::HTTP_11;
     let conn = ctx.conn.clone();
     Ok((resp.map(|inner| ResponseBody::Upstream { inner, checkin: None, conn, grpc }), got_at))
+}
+
+/// Whether the upstream certainly did not process the request `e` failed, so sending it again
+/// is safe: the request never left (hyper cancelled it), the upstream refused its stream
+/// (`REFUSED_STREAM`, RFC 9113 §8.7), or, for an idempotent method, a GOAWAY from the
+/// upstream ended it (RFC 9110 §9.2.2 lets a client repeat those).
+fn refused_unprocessed(e: &hyper::Error, method: &http::Method) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<h2::Error>() {
+            return h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h.is_go_away() && h.is_remote() && method.is_idempotent());
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Whether hyper's error is the upstream's `RST_STREAM`.

@@ -311,6 +311,12 @@ impl Pool {
         Ok(tx)
     }
 
+    /// Forget the shared HTTP/2 connection to `key` (it refused a stream), so the next
+    /// [`Pool::get_h2`] opens a new one; streams still on it finish there.
+    pub fn evict_h2(&self, key: PoolKey) {
+        self.h2.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+
     /// Open a new HTTP/1 client connection; its driver runs as its own task.
     pub async fn connect(&self, key: PoolKey) -> Result<Sender, UpstreamError> {
         let (stream, info) = self.connect_upstream(key, AppProtocol::Http1).await?;

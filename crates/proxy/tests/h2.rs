@@ -397,3 +397,62 @@ async fn goaway_on_drain_lets_streams_in_flight_finish() {
     tokio::time::timeout(GUARD, shutdown).await.unwrap().unwrap().unwrap();
     t.abort();
 }
+
+/// An HTTP/2 app that refuses (`REFUSED_STREAM`) the second stream of its first connection
+/// and answers every other request `200 ok`; it counts connections and answered requests.
+async fn refusing_app() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let a = answered.clone();
+    let t = tokio::spawn(async move {
+        let mut conns = 0usize;
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            conns += 1;
+            let first = conns == 1;
+            let a = a.clone();
+            tokio::spawn(async move {
+                let mut c = h2::server::handshake(s).await.unwrap();
+                let mut streams = 0usize;
+                while let Some(Ok((_req, mut respond))) = c.accept().await {
+                    streams += 1;
+                    if first && streams == 2 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let mut tx = respond.send_response(Response::new(()), false).unwrap();
+                    tx.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                }
+            });
+        }
+    });
+    (addr, answered, t)
+}
+
+/// A stream the app refuses unprocessed (`REFUSED_STREAM`) is sent again on a new
+/// connection: the client gets the app's answer, not a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_on_a_new_connection() {
+    use std::sync::atomic::Ordering;
+    let (app, answered, t) = refusing_app().await;
+    let mut cfg = test_config();
+    cfg.inbound_ports.insert(app.port(), PortProtocol::Http2);
+    let p = start_proxy(cfg, app).await;
+    let s = TcpStream::connect(p.addrs().inbound).await.unwrap();
+    let (mut c, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        // No body: the request's HEADERS end the stream.
+        let body = http_body_util::Empty::<Bytes>::new();
+        let req = Request::builder().uri(format!("http://app.test/{i}")).body(body).unwrap();
+        let resp = tokio::time::timeout(GUARD, c.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 3, "each request answered once");
+    t.abort();
+}
