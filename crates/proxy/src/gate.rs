@@ -60,6 +60,10 @@ pub struct Gate<I> {
     framing: Framing,
     /// Bytes read from `inner` that hyper has not been given.
     pending: BytesMut,
+    /// Where reads from `inner` land, zeroed once: reading straight into `pending` would mean
+    /// zero-filling a fresh 8 KiB tail on every read (no `unsafe` here to skip that), which
+    /// costs more than copying the few bytes a read returns.
+    scratch: Box<[u8]>,
     /// How many leading bytes of `pending` are checked and may go to hyper.
     cleared: usize,
     eof: bool,
@@ -78,6 +82,7 @@ impl<I> Gate<I> {
             limits,
             framing: Framing::Head,
             pending: BytesMut::new(),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             cleared: 0,
             eof: false,
             reply: None,
@@ -205,14 +210,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Gate<I> {
                 this.pending.clear();
                 return Poll::Ready(Ok(()));
             }
-            // Read straight into the tail of `pending` (zero-filled first: no unsafe here).
-            let len = this.pending.len();
-            this.pending.resize(len + READ_CHUNK, 0);
-            let mut rb = ReadBuf::new(&mut this.pending[len..]);
-            let r = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+            let mut rb = ReadBuf::new(&mut this.scratch);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
-            this.pending.truncate(len + n);
-            ready!(r)?;
+            this.pending.extend_from_slice(&this.scratch[..n]);
             if n == 0 {
                 this.eof = true;
             }
