@@ -589,9 +589,27 @@ function alertBox(type, testid, ...content) {
 // Client-side syntax checks (mirror meshpass-settings' reasons; the server's answer wins)
 
 function checkPort(s) {
-  if (!s || s.length > 5 || !/^[0-9]+$/.test(s)) return false;
+  if (!s || !/^[0-9]+$/.test(s)) return false;
+  s = s.replace(/^0+(?=\d)/, '');
+  if (s.length > 5) return false;
   const n = Number(s);
   return n >= 1 && n <= 65535 ? n : false;
+}
+
+/** A port item as the server stores it: no spaces, no leading zeros, `N-N` as `N`. */
+function canonicalPortItem(raw) {
+  const s = raw.replace(/\s+/g, '');
+  const unpad = (d) => d.replace(/^0+(?=\d)/, '');
+  let m = /^(\d+)$/.exec(s);
+  if (m) return unpad(m[1]);
+  m = /^(\d+)-(\d+)$/.exec(s);
+  if (m) return unpad(m[1]) === unpad(m[2]) ? unpad(m[1]) : `${unpad(m[1])}-${unpad(m[2])}`;
+  return s;
+}
+
+/** True when the backend's injector is Istio's, which refuses port ranges. */
+function istioDialect() {
+  return !!(state.session && state.session.backend === 'kube');
 }
 
 function validatePortItem(raw) {
@@ -606,6 +624,7 @@ function validatePortItem(raw) {
       if (a === false || b === false) return 'is not a port (1-65535)';
       if (sep === ':') return `is not a port range: write ${a}-${b} (Istio rejects the ':' form)`;
       if (a > b) return `is not a port range: ${a} is greater than ${b}`;
+      if (a !== b && istioDialect()) return `is a port range, which Istio's sidecar injector refuses (it takes single ports)`;
       return null;
     }
   }
@@ -722,7 +741,7 @@ class ChipInput {
   add(values) {
     let changed = false;
     for (const raw of values) {
-      const value = this.kind === 'cidr' ? raw.trim() : raw.replace(/\s+/g, '');
+      const value = this.kind === 'cidr' ? raw.trim() : canonicalPortItem(raw);
       if (!value) continue;
       const existing = this.chips.findIndex((c) => c.value === value);
       if (existing >= 0) { this.flash(existing); continue; }
@@ -821,7 +840,8 @@ async function openPassthroughDialog(w) {
   const errorArea = h('div', { class: 'dialog-errors', 'data-testid': 'dialog-error-area' });
   const warnArea = h('div', { class: 'dialog-warnings', 'data-testid': 'warnings-area' });
   const onChange = () => schedulePreview();
-  const inbound = new ChipInput({ name: 'inbound', label: 'Ports', ariaLabel: 'Inbound ports', kind: 'port', placeholder: 'e.g. 5000 or 8000-8100, then Enter', onChange });
+  const portExample = istioDialect() ? 'e.g. 5000' : 'e.g. 5000 or 8000-8100';
+  const inbound = new ChipInput({ name: 'inbound', label: 'Ports', ariaLabel: 'Inbound ports', kind: 'port', placeholder: `${portExample}, then Enter`, onChange });
   const outPorts = new ChipInput({ name: 'outbound-ports', label: 'Ports', ariaLabel: 'Outbound ports', kind: 'port', placeholder: 'e.g. 3306, then Enter', onChange });
   const outRanges = new ChipInput({ name: 'outbound-ip-ranges', label: 'IP ranges', ariaLabel: 'Outbound IP ranges', kind: 'cidr', placeholder: 'e.g. 10.64.24.0/21, then Enter', onChange });
   const chipFor = { inboundPorts: inbound, outboundPorts: outPorts, outboundIpRanges: outRanges };

@@ -138,6 +138,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The rule syntax its previews use (nftables for the local mesh, iptables on Istio).
     fn rule_format(&self) -> RuleFormat;
 
+    /// Whose sidecar injector reads the annotations this backend writes: what the management
+    /// plane may store (Istio's injector refuses port ranges, meshpass's takes them). Default:
+    /// meshpass's.
+    fn dialect(&self) -> meshpass_settings::Dialect {
+        meshpass_settings::Dialect::Meshpass
+    }
+
     /// The mesh-wide injector values that previews combine with a workload's annotations
     /// (IPv6, DNS capture, proxy UID, …). Default: Istio's defaults.
     fn injector_values(&self) -> meshpass_capture::InjectorValues {

@@ -308,6 +308,14 @@ impl Backend for FakeBackend {
         self.format
     }
 
+    fn dialect(&self) -> meshpass_settings::Dialect {
+        // As the real backends: Kubernetes means Istio's injector.
+        match self.kind {
+            BackendKind::Kube => meshpass_settings::Dialect::Istio,
+            BackendKind::Local => meshpass_settings::Dialect::Meshpass,
+        }
+    }
+
     async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {
         self.take_failure(FakeCall::List)?;
         Ok(self.lock().workloads.values().map(|w| w.info.clone()).collect())

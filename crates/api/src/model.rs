@@ -390,6 +390,9 @@ pub struct IstioArgsPair {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
+    /// The proposed settings as they would be stored (canonical: trimmed, no leading zeros,
+    /// duplicates collapsed).
+    pub settings: Passthrough,
     /// The rule syntax of `current` and `proposed`.
     pub format: RuleFormat,
     /// Rules for the current template annotations (`""` when unmeshed).

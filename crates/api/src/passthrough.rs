@@ -1,16 +1,21 @@
-//! [`Passthrough`] ⇄ the seven pod-template annotations, validation with the engine, warnings
-//! and rule previews.
+//! [`Passthrough`] ⇄ the seven pod-template annotations, canonical values, validation with the
+//! engine, warnings and rule previews.
 //!
-//! Pure: no I/O, no async. Validation is `meshpass_settings::Settings::from_annotations` over
-//! the *candidate* template (the current annotations with the seven replaced), so the API
-//! rejects exactly what the engine (and Istio's injector) rejects, with the engine's messages,
-//! and also notices when another capture annotation of the template is already broken.
+//! Pure: no I/O, no async. A write is [`prepare`]d: every list is brought to its canonical
+//! spelling (`meshpass_settings::canon`: trimmed, no leading zeros, duplicates collapsed,
+//! ranges kept where the backend's injector takes them, lists capped), then the *candidate*
+//! template (the current annotations with the seven replaced) is validated by
+//! `meshpass_settings::Settings::from_annotations`, so the API refuses exactly what the engine
+//! (and Istio's injector) refuses, with the engine's messages, and also notices when another
+//! capture annotation of the template is already broken. What is stored is the canonical form,
+//! and [`from_annotations`] shows the annotations as stored, item for item.
 
 use crate::model::{DiffLine, FieldError, IstioArgsPair, Passthrough, Preview, RuleFormat, WorkloadInfo};
 use meshpass_capture::ir::Family;
 use meshpass_capture::render::{iptables::render_restore, nft};
 use meshpass_capture::{compile, CaptureConfig, InjectorValues};
-use meshpass_settings::{keys, InterceptionMode, Reason, SettingError, SettingErrors, Settings};
+use meshpass_settings::canon::{self, Dialect};
+use meshpass_settings::{keys, InterceptionMode, SettingError, SettingErrors, Settings};
 use std::collections::BTreeMap;
 
 /// The seven annotations a [`Passthrough`] owns, in field order.
@@ -41,15 +46,11 @@ pub fn field_for_key(key: &str) -> &str {
     KEYS.iter().position(|k| *k == key).map_or(key, |i| FIELDS[i])
 }
 
-/// Splits a list annotation into its items, as the GUI shows them: trimmed, empty items
-/// dropped (an empty value is an empty list).
-fn items(value: &str) -> Vec<String> {
-    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
-}
-
-/// The passthrough settings of a template (the seven annotations; others are ignored).
+/// The passthrough settings of a template (the seven annotations; others are ignored), item
+/// for item as stored: a list annotation is split at its commas and nothing else (an empty
+/// value is an empty list), so what the API shows is exactly what the template holds.
 pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Passthrough {
-    let list = |k: &str| annotations.get(k).map(|v| items(v)).unwrap_or_default();
+    let list = |k: &str| annotations.get(k).map(|v| canon::split(v)).unwrap_or_default();
     let raw = |k: &str| annotations.get(k).cloned();
     Passthrough {
         inbound_ports: list(keys::EXCLUDE_INBOUND_PORTS),
@@ -107,26 +108,51 @@ pub fn patch(current: &BTreeMap<String, String>, p: &Passthrough) -> (BTreeMap<S
     (set, remove)
 }
 
-/// List items the engine would misread once joined into one annotation: a blank item (the
-/// joined value would lose it or become a trailing comma) and an item with a comma (it would
-/// silently become two). Reported like the engine's own errors.
-fn item_errors(p: &Passthrough) -> Vec<SettingError> {
-    let mut out = Vec::new();
-    let lists = [&p.inbound_ports, &p.outbound_ports, &p.outbound_ip_ranges];
-    for (key, list) in KEYS.iter().zip(lists) {
-        for item in list {
-            if item.trim().is_empty() {
-                out.push(SettingError::new(*key, item.clone(), Reason::EmptyItem));
-            } else if item.contains(',') {
-                out.push(SettingError::new(
-                    *key,
-                    item.clone(),
-                    Reason::Other("is more than one item: give each as its own list entry".into()),
-                ));
-            }
+/// `p` in canonical form (see `meshpass_settings::canon`), with the warnings about what it
+/// accepted but probably was not meant; `Err` names every refused item.
+pub fn canonicalise(p: &Passthrough, dialect: Dialect) -> Result<(Passthrough, Vec<String>), SettingErrors> {
+    let mut errors: Vec<SettingError> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut out = Passthrough::default();
+    let mut take = |r: Result<canon::Canonical, Vec<SettingError>>, into: &mut Vec<String>| match r {
+        Ok(c) => {
+            warnings.extend(c.warnings);
+            *into = c.items;
         }
+        Err(e) => errors.extend(e),
+    };
+    take(canon::port_list(keys::EXCLUDE_INBOUND_PORTS, &p.inbound_ports, dialect), &mut out.inbound_ports);
+    take(canon::port_list(keys::EXCLUDE_OUTBOUND_PORTS, &p.outbound_ports, dialect), &mut out.outbound_ports);
+    take(canon::cidr_list(keys::EXCLUDE_OUTBOUND_IP_RANGES, &p.outbound_ip_ranges), &mut out.outbound_ip_ranges);
+    let mut spec = |r: Result<(String, Vec<String>), Vec<SettingError>>| match r {
+        Ok((value, w)) => {
+            warnings.extend(w);
+            Some(value)
+        }
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
+    out.include_inbound_ports = p
+        .include_inbound_ports
+        .as_deref()
+        .and_then(|v| spec(canon::port_spec(keys::INCLUDE_INBOUND_PORTS, v, dialect, true)));
+    out.include_outbound_ports = p
+        .include_outbound_ports
+        .as_deref()
+        .and_then(|v| spec(canon::port_spec(keys::INCLUDE_OUTBOUND_PORTS, v, dialect, false)));
+    out.include_outbound_ip_ranges = p
+        .include_outbound_ip_ranges
+        .as_deref()
+        .and_then(|v| spec(canon::cidr_spec(keys::INCLUDE_OUTBOUND_IP_RANGES, v)));
+    // The mode is case-sensitive, as Istio's injector takes it; only spaces around it go.
+    out.interception_mode = p.interception_mode.as_deref().map(|m| m.trim().to_string());
+    if errors.is_empty() {
+        Ok((out, warnings))
+    } else {
+        Err(SettingErrors(errors))
     }
-    out
 }
 
 /// One [`FieldError`] per engine error.
@@ -142,28 +168,104 @@ pub fn field_errors(errors: &SettingErrors) -> Vec<FieldError> {
         .collect()
 }
 
-/// Validates `p` as the new passthrough settings of a template whose annotations are
-/// `current`: the engine's verdict on the whole candidate template. `Err` holds every bad
-/// item (of the seven keys or of any other capture annotation of the template).
-pub fn validate(current: &BTreeMap<String, String>, p: &Passthrough) -> Result<Settings, SettingErrors> {
-    let mut errors = item_errors(p);
-    // Blank and comma items are left out of the engine's input, so that each problem is
-    // reported once, under the item as the caller wrote it.
-    let mut clean = p.clone();
-    for list in [&mut clean.inbound_ports, &mut clean.outbound_ports, &mut clean.outbound_ip_ranges] {
-        list.retain(|i| !i.trim().is_empty() && !i.contains(','));
-    }
-    match Settings::from_annotations(&candidate(current, &clean)) {
-        Ok(s) if errors.is_empty() => Ok(s),
-        Ok(_) => Err(SettingErrors(errors)),
+/// A write, ready to be stored: the settings in canonical form, the engine's view of the
+/// resulting template, and the warnings about the canonical values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    /// The passthrough settings as they will be stored.
+    pub canonical: Passthrough,
+    /// The candidate template's capture settings.
+    pub settings: Settings,
+    /// Accepted, but probably not meant (host bits, IPv4-mapped IPv6, covered ports).
+    pub warnings: Vec<String>,
+}
+
+/// Prepares `p` as the new passthrough settings of a template whose annotations are
+/// `current`, for a backend whose injector speaks `dialect`: canonical form, then the engine's
+/// verdict on the whole candidate template. `Err` holds every bad item (of the seven keys or of
+/// any other capture annotation of the template), in key order, the caller's item order within
+/// a key.
+pub fn prepare(
+    current: &BTreeMap<String, String>,
+    p: &Passthrough,
+    dialect: Dialect,
+) -> Result<Prepared, SettingErrors> {
+    let (canonical, warnings, mut errors) = match canonicalise(p, dialect) {
+        Ok((c, w)) => (c, w, Vec::new()),
+        // The items refused so far are left out of the engine's input, so that each problem is
+        // reported once, under the item as the caller wrote it.
+        Err(e) => {
+            let refused: Vec<&str> = e.iter().map(|x| x.key.as_str()).collect();
+            let mut rest = p.clone();
+            for (key, list) in [
+                (keys::EXCLUDE_INBOUND_PORTS, &mut rest.inbound_ports),
+                (keys::EXCLUDE_OUTBOUND_PORTS, &mut rest.outbound_ports),
+                (keys::EXCLUDE_OUTBOUND_IP_RANGES, &mut rest.outbound_ip_ranges),
+            ] {
+                if refused.contains(&key) {
+                    list.clear();
+                }
+            }
+            for (key, v) in [
+                (keys::INCLUDE_INBOUND_PORTS, &mut rest.include_inbound_ports),
+                (keys::INCLUDE_OUTBOUND_PORTS, &mut rest.include_outbound_ports),
+                (keys::INCLUDE_OUTBOUND_IP_RANGES, &mut rest.include_outbound_ip_ranges),
+            ] {
+                if refused.contains(&key) {
+                    *v = None;
+                }
+            }
+            let rest = canonicalise(&rest, dialect).map(|(c, _)| c).unwrap_or_default();
+            (rest, Vec::new(), e.0)
+        }
+    };
+    match Settings::from_annotations(&candidate(current, &canonical)) {
+        Ok(settings) if errors.is_empty() => Ok(Prepared { canonical, settings, warnings }),
+        Ok(_) => Err(sorted(errors)),
         Err(e) => {
             errors.extend(e.0);
-            // Key order (as the engine reports), the caller's item order within a key.
-            let rank = |k: &str| keys::ALL.iter().position(|a| *a == k).unwrap_or(usize::MAX);
-            errors.sort_by_key(|e| rank(&e.key));
-            Err(SettingErrors(errors))
+            Err(sorted(errors))
         }
     }
+}
+
+/// Key order (as the engine reports), the caller's item order within a key.
+fn sorted(mut errors: Vec<SettingError>) -> SettingErrors {
+    let rank = |k: &str| keys::ALL.iter().position(|a| *a == k).unwrap_or(usize::MAX);
+    errors.sort_by_key(|e| rank(&e.key));
+    SettingErrors(errors)
+}
+
+/// Warnings about annotations as stored: a passthrough annotation not in canonical form
+/// (written around the API: the next save writes the canonical one), one the backend's
+/// injector refuses, and the canonical values' own warnings.
+pub fn stored_warnings(annotations: &BTreeMap<String, String>, dialect: Dialect) -> Vec<String> {
+    let shown = from_annotations(annotations);
+    let (canonical, mut warnings) = match canonicalise(&shown, dialect) {
+        Ok(c) => c,
+        Err(refused) => {
+            let who = match dialect {
+                Dialect::Istio => "Istio's sidecar injector",
+                Dialect::Meshpass => "meshpass",
+            };
+            return vec![format!(
+                "The template's passthrough annotations hold items that {who} refuses; replace them before saving \
+                 other changes:\n{refused}"
+            )];
+        }
+    };
+    let want = to_annotations(&canonical);
+    for key in KEYS {
+        if let (Some(stored), Some(canon)) = (annotations.get(key), want.get(key)) {
+            if stored != canon {
+                warnings.push(format!(
+                    "{key} is stored as {stored:?}; its canonical form is {canon:?}, written when the settings are next \
+                     saved"
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// Warnings about `settings` (already valid) for `workload`; `others` is every workload the
@@ -261,9 +363,12 @@ pub fn preview(
     others: &[WorkloadInfo],
     values: &InjectorValues,
     format: RuleFormat,
+    dialect: Dialect,
 ) -> Result<Preview, SettingErrors> {
-    let new_settings = validate(&workload.annotations, proposed)?;
-    let mut warnings = warnings(workload, &new_settings, others);
+    let prepared = prepare(&workload.annotations, proposed, dialect)?;
+    let new_settings = prepared.settings;
+    let mut warnings = prepared.warnings;
+    warnings.extend(self::warnings(workload, &new_settings, others));
     warnings.extend(unknown_key_warnings(&workload.annotations));
     let (mut current, mut proposed_text) = (String::new(), String::new());
     let mut args = IstioArgsPair::default();
@@ -279,6 +384,7 @@ pub fn preview(
         (proposed_text, args.proposed) = render(&new_settings, values, format);
     }
     Ok(Preview {
+        settings: prepared.canonical,
         format,
         diff: diff_lines(&current, &proposed_text),
         current,
@@ -400,7 +506,7 @@ mod tests {
 
     #[test]
     fn every_bad_item_with_the_engines_message() {
-        let err = validate(&BTreeMap::new(), &ports(&["70000", "abc", "5000"])).unwrap_err();
+        let err = prepare(&BTreeMap::new(), &ports(&["70000", "abc", "5000"]), Dialect::Meshpass).unwrap_err();
         let f = field_errors(&err);
         assert_eq!(f.len(), 2);
         assert_eq!(
@@ -429,7 +535,7 @@ mod tests {
             ..Passthrough::default()
         };
         let current = ann(&[(keys::EXCLUDE_INTERFACES, "1bad")]);
-        let f = field_errors(&validate(&current, &p).unwrap_err());
+        let f = field_errors(&prepare(&current, &p, Dialect::Meshpass).unwrap_err());
         let got: Vec<(&str, &str)> = f.iter().map(|e| (e.field.as_str(), e.item.as_str())).collect();
         assert_eq!(
             got,
@@ -447,15 +553,17 @@ mod tests {
     fn the_istio_trap_and_catch_all_ranges() {
         let me = workload("default", "helloworld-v1", true, Some(5000));
         let others = vec![me.clone(), workload("default", "sleep", true, Some(80)), workload("x", "ext", false, None)];
-        let s = validate(
+        let s = prepare(
             &BTreeMap::new(),
             &Passthrough {
                 inbound_ports: vec!["5000".into()],
                 outbound_ip_ranges: vec!["0.0.0.0/0".into(), "::/0".into()],
                 ..Passthrough::default()
             },
+            Dialect::Meshpass,
         )
-        .unwrap();
+        .unwrap()
+        .settings;
         let w = warnings(&me, &s, &others);
         assert_eq!(w.len(), 3, "{w:?}");
         assert_eq!(
@@ -477,7 +585,7 @@ mod tests {
         let me = workload("default", "helloworld-v1", true, Some(5000));
         let p = ports(&["5000"]);
         let v = InjectorValues::default();
-        let nft = preview(&me, &p, &[], &v, RuleFormat::Nft).unwrap();
+        let nft = preview(&me, &p, &[], &v, RuleFormat::Nft, Dialect::Meshpass).unwrap();
         assert!(nft.current.contains("table inet meshpass"));
         assert_ne!(nft.current, nft.proposed);
         assert!(nft.diff.iter().any(|d| d.op == "+" && d.line.contains("5000")));
@@ -485,14 +593,14 @@ mod tests {
             nft.istio_args.proposed.join(" ").contains("15090,15021,5000,15020")
                 || nft.istio_args.proposed.join(" ").contains("5000")
         );
-        let ipt = preview(&me, &p, &[], &v, RuleFormat::Iptables).unwrap();
+        let ipt = preview(&me, &p, &[], &v, RuleFormat::Iptables, Dialect::Istio).unwrap();
         assert!(ipt.current.starts_with("# iptables-restore --noflush\n* nat\n"));
         assert!(ipt.diff.iter().any(|d| d.op == "+" && d.line.contains("--dport 5000")));
         let unmeshed = workload("x", "ext", false, None);
-        let u = preview(&unmeshed, &p, &[], &v, RuleFormat::Nft).unwrap();
+        let u = preview(&unmeshed, &p, &[], &v, RuleFormat::Nft, Dialect::Meshpass).unwrap();
         assert_eq!((u.current.as_str(), u.proposed.as_str()), ("", ""));
         assert!(u.diff.is_empty() && u.warnings[0].contains("no sidecar"));
-        assert!(preview(&me, &ports(&["x"]), &[], &v, RuleFormat::Nft).is_err());
+        assert!(preview(&me, &ports(&["x"]), &[], &v, RuleFormat::Nft, Dialect::Meshpass).is_err());
     }
 
     #[test]
@@ -510,5 +618,22 @@ mod tests {
         assert_eq!(s, vec![" a", "-b", " c", "+x", " d"]);
         assert!(diff_lines("", "").is_empty());
         assert_eq!(diff_lines("", "x").len(), 1);
+    }
+
+    #[test]
+    fn stored_values_are_judged_in_the_backends_dialect() {
+        // Written around the API: not canonical, with a range (fine locally, refused by Istio).
+        let stored = ann(&[(keys::EXCLUDE_INBOUND_PORTS, "05000,8000-8100")]);
+        let local = stored_warnings(&stored, Dialect::Meshpass);
+        assert_eq!(local.len(), 1, "{local:?}");
+        assert!(local[0].contains("its canonical form is \"5000,8000-8100\""), "{}", local[0]);
+        let istio = stored_warnings(&stored, Dialect::Istio);
+        assert_eq!(istio.len(), 1, "{istio:?}");
+        assert!(
+            istio[0].contains("Istio's sidecar injector refuses") && istio[0].contains("8000-8100"),
+            "{}",
+            istio[0]
+        );
+        assert!(stored_warnings(&ann(&[(keys::EXCLUDE_INBOUND_PORTS, "5000")]), Dialect::Istio).is_empty());
     }
 }

@@ -1031,3 +1031,213 @@ async fn every_error_answer_carries_the_json_error_body() {
     let a = e.call(Method::PATCH, HW, &[], Some("{}")).await;
     assert!(a.json()["message"].as_str().unwrap().contains("allowed: GET"), "{}", a.text());
 }
+
+/// One write through the API and what the template holds afterwards.
+async fn put_list(e: &Env, field: &str, items: &[&str]) -> Answer {
+    let rv = e.fake.resource_version(&e.hw());
+    let body = json!({ field: items }).to_string();
+    e.call(Method::PUT, &format!("{HW}/passthrough"), &[("if-match", &rv)], Some(&body)).await
+}
+
+/// A table row: field, annotation, what is sent, `Ok(stored annotation)` or `Err(refused item)`,
+/// and the backend (whose injector decides what is refused).
+type Row<'a, T> = (&'a str, &'a str, T, Result<&'a str, &'a str>, BackendKind);
+
+#[tokio::test]
+async fn odd_spellings_are_stored_canonically_or_refused_with_the_item_named() {
+    const OUT_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+    // (field, annotation, items as sent, Ok(stored annotation) or Err(refused item), dialect)
+    let local = BackendKind::Local;
+    let kube = BackendKind::Kube;
+    let table: Vec<Row<'_, Vec<&str>>> = vec![
+        ("inboundPorts", INBOUND, vec!["5000 "], Ok("5000"), local),
+        ("inboundPorts", INBOUND, vec!["5000\r\n"], Ok("5000"), local),
+        ("inboundPorts", INBOUND, vec!["\u{a0}5000"], Ok("5000"), local),
+        ("inboundPorts", INBOUND, vec!["\t05000\t"], Ok("5000"), local),
+        ("inboundPorts", INBOUND, vec!["0000000080", "80", " 80"], Ok("80"), local),
+        ("inboundPorts", INBOUND, vec!["5000", "05000", "8000-8100", "8000-8100 "], Ok("5000,8000-8100"), local),
+        ("inboundPorts", INBOUND, vec!["9000-9000"], Ok("9000"), kube),
+        ("inboundPorts", INBOUND, vec!["5000", "8000-8100"], Err("8000-8100"), kube),
+        ("inboundPorts", INBOUND, vec!["50 00"], Err("50 00"), local),
+        ("inboundPorts", INBOUND, vec!["5000\u{0}"], Err("5000\u{0}"), local),
+        ("inboundPorts", INBOUND, vec!["+5000"], Err("+5000"), local),
+        ("inboundPorts", INBOUND, vec!["0x50"], Err("0x50"), local),
+        ("inboundPorts", INBOUND, vec!["８０"], Err("８０"), local),
+        ("inboundPorts", INBOUND, vec!["65536"], Err("65536"), local),
+        ("inboundPorts", INBOUND, vec!["0"], Err("0"), local),
+        ("inboundPorts", INBOUND, vec!["8000:8100"], Err("8000:8100"), local),
+        ("inboundPorts", INBOUND, vec![" "], Err(" "), local),
+        ("inboundPorts", INBOUND, vec!["80,81"], Err("80,81"), local),
+        ("outboundPorts", "traffic.sidecar.istio.io/excludeOutboundPorts", vec![" 3306", "03306"], Ok("3306"), kube),
+        ("outboundIpRanges", OUT_RANGES, vec![" 10.0.0.0/8 ", "10.0.0.0/8"], Ok("10.0.0.0/8"), local),
+        ("outboundIpRanges", OUT_RANGES, vec!["2001:DB8::/32", "2001:db8:0::/32"], Ok("2001:db8::/32"), kube),
+        ("outboundIpRanges", OUT_RANGES, vec!["10.0.0.1/8"], Ok("10.0.0.1/8"), local),
+        ("outboundIpRanges", OUT_RANGES, vec!["::ffff:10.0.0.0/104"], Ok("::ffff:10.0.0.0/104"), kube),
+        ("outboundIpRanges", OUT_RANGES, vec!["10.0.0.0/08"], Err("10.0.0.0/08"), local),
+        ("outboundIpRanges", OUT_RANGES, vec!["010.0.0.0/8"], Err("010.0.0.0/8"), local),
+        ("outboundIpRanges", OUT_RANGES, vec!["10.0.0.0 /8"], Err("10.0.0.0 /8"), local),
+        (
+            "outboundIpRanges",
+            OUT_RANGES,
+            vec!["10.0.0.0/8\n-A OUTPUT -j ACCEPT"],
+            Err("10.0.0.0/8\n-A OUTPUT -j ACCEPT"),
+            local,
+        ),
+        ("outboundIpRanges", OUT_RANGES, vec!["fe80::1%eth0/64"], Err("fe80::1%eth0/64"), local),
+        ("outboundIpRanges", OUT_RANGES, vec!["*"], Err("*"), local),
+    ];
+    for (field, key, items, want, kind) in table {
+        let format =
+            if kind == kube { meshpass_api::model::RuleFormat::Iptables } else { meshpass_api::model::RuleFormat::Nft };
+        let e = env_with(FakeBackend::sample().with_kind(kind, format));
+        let before = e.snapshot();
+        let a = put_list(&e, field, &items).await;
+        let case = format!("{field} {items:?} on {kind:?}");
+        match want {
+            Ok(stored) => {
+                assert_eq!(a.status, StatusCode::OK, "{case}: {}", a.text());
+                let tmpl = e.fake.template_annotations(&e.hw());
+                assert_eq!(tmpl.get(key).map(String::as_str), Some(stored), "{case}");
+                // What the API shows is exactly what is stored...
+                let shown = e.get(&format!("{HW}/passthrough")).await.json();
+                assert_eq!(shown["settings"][field], json!(stored.split(',').collect::<Vec<_>>()), "{case}");
+                assert_eq!(shown["annotations"][key], stored, "{case}");
+                // ...and the engine reads it back unchanged.
+                let back = meshpass_settings::Settings::from_annotations(&tmpl).expect("valid").to_annotations();
+                assert_eq!(back.get(key).map(String::as_str), Some(stored), "{case}: round trip");
+                assert!(
+                    shown["warnings"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|w| !w.as_str().unwrap().contains("canonical form")),
+                    "{case}: {shown}"
+                );
+            }
+            Err(item) => {
+                assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {}", a.text());
+                let errors = a.json()["errors"].clone();
+                assert!(
+                    errors
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x["item"] == item && x["key"] == key && x["field"] == field),
+                    "{case}: {errors}"
+                );
+                assert_eq!(e.snapshot(), before, "{case}: nothing written");
+            }
+        }
+    }
+    // The include lists are one string each; the same rules apply item by item.
+    let includes: Vec<Row<'_, &str>> = vec![
+        ("includeInboundPorts", "traffic.sidecar.istio.io/includeInboundPorts", " 05000, 80 ,80", Ok("5000,80"), kube),
+        ("includeInboundPorts", "traffic.sidecar.istio.io/includeInboundPorts", " * ", Ok("*"), kube),
+        ("includeInboundPorts", "traffic.sidecar.istio.io/includeInboundPorts", "80,8000-8100", Err("8000-8100"), kube),
+        (
+            "includeInboundPorts",
+            "traffic.sidecar.istio.io/includeInboundPorts",
+            "80,08000-8100",
+            Ok("80,8000-8100"),
+            local,
+        ),
+        ("includeOutboundPorts", "traffic.sidecar.istio.io/includeOutboundPorts", "*", Err("*"), local),
+        ("includeOutboundPorts", "traffic.sidecar.istio.io/includeOutboundPorts", "443,,80", Err(""), local),
+        (
+            "includeOutboundIpRanges",
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.0.0.0/8 , 2001:DB8::/32,10.0.0.0/8",
+            Ok("10.0.0.0/8,2001:db8::/32"),
+            kube,
+        ),
+        (
+            "includeOutboundIpRanges",
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.0.0.0/8,abc",
+            Err("abc"),
+            local,
+        ),
+    ];
+    for (field, key, value, want, kind) in includes {
+        let format =
+            if kind == kube { meshpass_api::model::RuleFormat::Iptables } else { meshpass_api::model::RuleFormat::Nft };
+        let e = env_with(FakeBackend::sample().with_kind(kind, format));
+        let before = e.snapshot();
+        let rv = e.fake.resource_version(&e.hw());
+        let body = json!({ field: value }).to_string();
+        let a = e.call(Method::PUT, &format!("{HW}/passthrough"), &[("if-match", &rv)], Some(&body)).await;
+        let case = format!("{field} {value:?} on {kind:?}");
+        match want {
+            Ok(stored) => {
+                assert_eq!(a.status, StatusCode::OK, "{case}: {}", a.text());
+                let tmpl = e.fake.template_annotations(&e.hw());
+                assert_eq!(tmpl.get(key).map(String::as_str), Some(stored), "{case}");
+                let shown = e.get(&format!("{HW}/passthrough")).await.json();
+                assert_eq!(shown["settings"][field], stored, "{case}");
+                let back = meshpass_settings::Settings::from_annotations(&tmpl).expect("valid").to_annotations();
+                assert_eq!(back.get(key).map(String::as_str), Some(stored), "{case}: round trip");
+            }
+            Err(item) => {
+                assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {}", a.text());
+                let errors = a.json()["errors"].clone();
+                assert!(
+                    errors
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x["item"] == item && x["key"] == key && x["field"] == field),
+                    "{case}: {errors}"
+                );
+                assert_eq!(e.snapshot(), before, "{case}: nothing written");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_caps_and_warnings() {
+    let e = env();
+    let many: Vec<String> = (1000..1300).map(|p| p.to_string()).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let a = put_list(&e, "inboundPorts", &refs).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let err = &a.json()["errors"][0];
+    assert_eq!((err["field"].as_str(), err["item"].as_str()), (Some("inboundPorts"), Some("300 items")));
+    assert!(err["reason"].as_str().unwrap().contains("at most 256 items"), "{err}");
+    // 10,000 copies of one port are one port.
+    let same = vec!["5000"; 10_000];
+    let a = put_list(&e, "inboundPorts", &same).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "a body that large is refused before it is parsed");
+    let same = vec!["5000"; 1000];
+    let a = put_list(&e, "inboundPorts", &same).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(e.fake.template_annotations(&e.hw())[INBOUND], "5000");
+
+    // Host bits and IPv4-mapped IPv6: stored as written, with a warning each (in the
+    // preview and in the document).
+    let body = r#"{"outboundIpRanges":["10.0.0.1/8","::ffff:192.168.0.0/112"]}"#;
+    let p = e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(body)).await.json();
+    let w: Vec<&str> = p["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(w.iter().any(|w| w.contains("10.0.0.1/8 has host bits set; it matches 10.0.0.0/8")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("IPv4-mapped") && w.contains("192.168.0.0/16")), "{w:?}");
+    assert_eq!(p["settings"]["outboundIpRanges"], json!(["10.0.0.1/8", "::ffff:192.168.0.0/112"]));
+    let a = put_list(&e, "outboundIpRanges", &["10.0.0.1/8"]).await;
+    assert!(a.json()["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("host bits")));
+
+    // A value written around the API (kubectl) is shown as stored, with a warning naming its
+    // canonical form; the next save writes that.
+    e.fake.set_template_annotation(&e.hw(), INBOUND, "5000 ,05000");
+    let doc = e.get(&format!("{HW}/passthrough")).await.json();
+    assert_eq!(doc["settings"]["inboundPorts"], json!(["5000 ", "05000"]));
+    assert!(
+        doc["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("its canonical form is \"5000\"")),
+        "{doc}"
+    );
+    let a = put_list(&e, "inboundPorts", &["5000 ", "05000"]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(e.fake.template_annotations(&e.hw())[INBOUND], "5000");
+}

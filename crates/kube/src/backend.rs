@@ -21,6 +21,7 @@ use meshpass_api::backend::error_chain;
 use meshpass_api::backend::Progress;
 use meshpass_api::model::{CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, WorkloadInfo, WorkloadRef};
 use meshpass_api::{Backend, BackendError, BackendKind};
+use meshpass_settings::canon::{self, Dialect};
 use meshpass_settings::Settings;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -464,11 +465,19 @@ impl KubeBackend {
 }
 
 /// Istio-injector-equivalent validation of the annotations a write would leave on the pod
-/// template: every bad item, each naming key, item and reason.
+/// template: every bad item, each naming key, item and reason (the engine's refusals, and what
+/// Istio's injector refuses beyond them, such as port ranges).
 fn validate(annotations: &BTreeMap<String, String>) -> Result<(), BackendError> {
-    Settings::from_annotations(annotations)
-        .map(|_| ())
-        .map_err(|errs| BackendError::Invalid(errs.iter().map(ToString::to_string).collect()))
+    let mut errors: Vec<String> = match Settings::from_annotations(annotations) {
+        Ok(_) => Vec::new(),
+        Err(errs) => errs.iter().map(ToString::to_string).collect(),
+    };
+    errors.extend(canon::dialect_refusals(annotations, Dialect::Istio).iter().map(ToString::to_string));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(BackendError::Invalid(errors))
+    }
 }
 
 /// The JSON merge patch that sets and removes pod-template annotations, with the
@@ -511,6 +520,10 @@ impl Backend for KubeBackend {
 
     fn rule_format(&self) -> RuleFormat {
         RuleFormat::Iptables
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Istio
     }
 
     async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {

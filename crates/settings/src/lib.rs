@@ -11,8 +11,11 @@
 //!
 //! Beyond Istio: port ranges (`8000-8100`) in every port list, whitespace around port items,
 //! and duplicate items collapse. Everything Istio's injector rejects is rejected too.
+//! [`canon`] gives the one spelling the management plane writes (and, for Istio's dialect,
+//! refuses what its injector refuses beyond that, such as port ranges).
 
 pub mod annotations;
+pub mod canon;
 pub mod error;
 pub mod iface;
 pub mod ip;
@@ -20,6 +23,7 @@ pub mod keys;
 pub mod ports;
 
 pub use annotations::{IpRangeSpec, PortSpec, Settings};
+pub use canon::{Canonical, Dialect};
 pub use error::{Reason, SettingError, SettingErrors};
 pub use iface::IfaceName;
 pub use ip::{CidrSet, IpNet};

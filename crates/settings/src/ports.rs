@@ -69,9 +69,14 @@ impl PortRange {
     }
 }
 
-/// Decimal digits only (no sign, no spaces inside), 1..=65535.
+/// Decimal digits only (no sign, no spaces inside), 1..=65535. Leading zeros are taken, as
+/// Istio's injector (Go's `strconv.ParseUint`) takes them: `05000` is 5000.
 fn parse_port(s: &str) -> Result<u16, Reason> {
-    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Reason::NotAPort);
+    }
+    let s = s.trim_start_matches('0');
+    if s.len() > 5 {
         return Err(Reason::NotAPort);
     }
     match s.parse::<u32>() {
@@ -198,6 +203,7 @@ mod tests {
     fn parses_ports_and_ranges() {
         let s = PortSet::parse_list(" 80 , 8000-8100,80,443", false).unwrap();
         assert_eq!(s.to_string(), "80,8000-8100,443");
+        assert_eq!(PortSet::parse_list("0000000080,080-0443", false).unwrap().to_string(), "80,80-443");
         assert!(s.contains(8050));
         assert!(!s.contains(8101));
     }

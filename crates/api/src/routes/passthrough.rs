@@ -58,6 +58,7 @@ async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<O
         Ok(s) => passthrough::warnings(&info, &s, &others),
         Err(e) => vec![format!("The template's capture annotations are invalid (Istio would reject the pods):\n{e}")],
     };
+    warnings.extend(passthrough::stored_warnings(&info.annotations, app.backend().dialect()));
     warnings.extend(passthrough::unknown_key_warnings(&info.annotations));
     PassthroughDoc {
         namespace: info.workload.namespace.clone(),
@@ -116,13 +117,19 @@ async fn apply_change(
             c.expected, info.resource_version
         )));
     }
-    if c.validate {
-        if let Err(e) = passthrough::validate(&info.annotations, &c.settings) {
-            app.inner.metrics.change("invalid");
-            return Err(ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) });
+    // What is stored is the canonical form of what was asked for.
+    let settings = if c.validate {
+        match passthrough::prepare(&info.annotations, &c.settings, backend.dialect()) {
+            Ok(p) => p.canonical,
+            Err(e) => {
+                app.inner.metrics.change("invalid");
+                return Err(ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) });
+            }
         }
-    }
-    let (set, remove) = passthrough::patch(&info.annotations, &c.settings);
+    } else {
+        c.settings.clone()
+    };
+    let (set, remove) = passthrough::patch(&info.annotations, &settings);
     let written = if set.is_empty() && remove.is_empty() {
         // Same values again: nothing to write (the version stays), but still a success.
         info
@@ -136,7 +143,7 @@ async fn apply_change(
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             before: Some(before),
-            after: Some(c.settings.clone()),
+            after: Some(settings.clone()),
             restart: c.restart,
             result: result.as_ref().map_or_else(|e| e.report(), |_| "ok".to_string()),
             status: Some(result.as_ref().map_or_else(|e| ErrorCode::of_backend(e).status().as_u16(), |_| 200)),
@@ -267,7 +274,7 @@ pub(crate) async fn preview(
     let backend = app.backend();
     let info = backend.get(&w).await?;
     let others = backend.list().await.unwrap_or_default();
-    passthrough::preview(&info, &proposed, &others, &app.inner.values, backend.rule_format())
+    passthrough::preview(&info, &proposed, &others, &app.inner.values, backend.rule_format(), backend.dialect())
         .map(Json)
         .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })
 }

@@ -50,8 +50,14 @@ pub struct Args {
     state_dir: PathBuf,
 }
 
+/// The items of a comma-separated flag value, as typed (the server canonicalises them and
+/// names any it refuses); an empty value is an empty list.
 fn items(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    if list.trim().is_empty() {
+        Vec::new()
+    } else {
+        list.split(',').map(str::to_string).collect()
+    }
 }
 
 fn client(a: &Args) -> anyhow::Result<Client> {
@@ -144,6 +150,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(d) => d,
             Err(e) => return report(e),
         };
+        let mut sent: Option<Passthrough> = None;
         let written = match a.action.as_str() {
             "get" => return show(&current, json).map(|()| ExitCode::SUCCESS),
             "set" => {
@@ -157,6 +164,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 if let Some(v) = &a.outbound_ip_ranges {
                     s.outbound_ip_ranges = items(v);
                 }
+                sent = Some(s.clone());
                 let mut update = PassthroughUpdate::new(s);
                 update.restart = a.restart;
                 client.put_passthrough(&w, &update, Some(&current.resource_version)).await
@@ -169,6 +177,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         if !json {
             eprintln!("Traffic passthrough setup successful");
+            // The server stores every list in one spelling (trimmed, no leading zeros,
+            // duplicates collapsed): say so when that is not what was typed.
+            if let Some(sent) = &sent {
+                for (what, asked, stored) in [
+                    ("inbound ports", &sent.inbound_ports, &doc.settings.inbound_ports),
+                    ("outbound ports", &sent.outbound_ports, &doc.settings.outbound_ports),
+                    ("outbound IP ranges", &sent.outbound_ip_ranges, &doc.settings.outbound_ip_ranges),
+                ] {
+                    if asked != stored {
+                        eprintln!("{what} stored as {} (canonical form)", stored.join(","));
+                    }
+                }
+            }
         }
         let mut code = ExitCode::SUCCESS;
         if let Some(op) = &doc.operation {
