@@ -33,6 +33,6 @@ esac
 [ "$NEED_CLI" = 0 ] || (cd "$ROOT" && cargo build -p meshpass --bin meshpass)
 BIN="$CARGO_TARGET_DIR/release/meshpass-proxy-standalone"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  kernel: $(uname -r)  cpus: $(nproc)"
-echo "versions: $(wrk --version 2>&1 | head -1) | $(haproxy -v | head -1) | $(nginx -v 2>&1) | $("$ENVOY" --version | tail -1) | $(h2load --version | head -1)"
+echo "versions: $(wrk --version 2>&1 | head -1) | $(haproxy -v | head -1) | $(nginx -v 2>&1) | envoy $("$ENVOY" --version | grep -m1 "version:" | sed "s/.*version: //") | $(h2load --version | head -1)"
 exec python3 "$HERE/bench.py" --proxy-bin "$BIN" --meshpass "$CARGO_TARGET_DIR/debug/meshpass" --envoy "$ENVOY" \
   --out "$BENCH_RESULTS_DIR/results.json" "$@"
