@@ -25,6 +25,9 @@ const RESTART_TIMEOUT = Number(process.env.E2E_RESTART_TIMEOUT_MS || 60000);
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const UI_TIMEOUT = 15000;
 const SUCCESS = 'Traffic passthrough setup successful';
+// The sample mesh's meshed client of helloworld:5000: excluding that port breaks it (its
+// sidecar keeps sending mutual TLS), which the dialog lists and offers to fix.
+const MTLS_CLIENT = NS === 'default' && NAME === 'helloworld-v1' && PORT === '5000' ? 'default/sleep' : null;
 
 if (!BASE || !TOKEN || !NS || !NAME) {
   console.error('usage: MESHPASS_URL=http://127.0.0.1:15180 MESHPASS_TOKEN=TOKEN [E2E_ARTIFACTS=dir] [E2E_WORKLOAD=ns/name] [E2E_PORT=5000] node e2e/passthrough.mjs');
@@ -140,8 +143,9 @@ async function openSettings() {
   return dialog;
 }
 
-/** Clicks "Confirm changes", waits for the success toast and dismisses it; returns the operation id. */
-async function confirmAndWaitForToast(restarting = true) {
+/** Clicks "Confirm changes", waits for the success toast (which must mention `expect`, when
+ * given) and dismisses it; returns the operation id. */
+async function confirmAndWaitForToast(restarting = true, expect = null) {
   await page.locator('[data-testid="confirm-changes"]').click();
   const t = page.locator('[data-testid="toast"][data-type="success"]', { hasText: SUCCESS });
   try {
@@ -152,6 +156,7 @@ async function confirmAndWaitForToast(restarting = true) {
   }
   const text = await t.first().innerText();
   assert(text.includes(SUCCESS), `toast text: ${text}`);
+  if (expect) assert(text.includes(expect), `the toast does not say "${expect}": ${text}`);
   await page.locator(sel.dialog).waitFor({ state: 'detached', timeout: UI_TIMEOUT });
   if (!restarting) return null;
   const opId = await page.locator(sel.op).getAttribute('data-op-id', { timeout: UI_TIMEOUT });
@@ -391,9 +396,23 @@ async function main() {
       await page.locator('[data-testid="restart-now"]').check();
     });
 
+    if (MTLS_CLIENT) {
+      await step('impact-and-fix-clients', async () => {
+        // Before anything changes, the dialog lists the meshed client that would fail...
+        const row = (effect) => `[data-testid="impact-row"][data-client="${MTLS_CLIENT}"][data-effect="${effect}"]`;
+        await page.locator(row('fails')).waitFor({ timeout: UI_TIMEOUT });
+        log(`  impact: ${(await page.locator('[data-testid="impact-list"]').innerText()).replace(/\s+/g, ' ').slice(0, 200)}`);
+        // ...and with the fix ticked, the preview says it keeps working (in plaintext).
+        const fix = page.locator('[data-testid="fix-clients"]');
+        await fix.waitFor({ timeout: UI_TIMEOUT });
+        await fix.check();
+        await page.locator(row('loses-mtls')).waitFor({ timeout: UI_TIMEOUT });
+      });
+    }
+
     let opId;
     await step('confirm-toast', async () => {
-      opId = await confirmAndWaitForToast();
+      opId = await confirmAndWaitForToast(true, MTLS_CLIENT ? 'created DestinationRule' : null);
       assert(opId, 'no restart operation is shown');
       log(`  restart operation ${opId}`);
     });
@@ -421,11 +440,15 @@ async function main() {
       await page.locator(`${sel.chip(PORT)} [data-testid="chip-remove"]`).click();
       await page.locator(sel.chip(PORT)).waitFor({ state: 'detached' });
       await page.locator('[data-testid="preview-diff"] [data-op="del"]').first().waitFor({ timeout: UI_TIMEOUT });
+      if (MTLS_CLIENT) {
+        // The fix rule goes with the exclusion.
+        await page.locator('[data-testid="impact-removes"]', { hasText: 'DestinationRule' }).waitFor({ timeout: UI_TIMEOUT });
+      }
       await page.locator('[data-testid="restart-now"]').check();
     });
 
     await step('confirm-clear-toast', async () => {
-      opId = await confirmAndWaitForToast();
+      opId = await confirmAndWaitForToast(true, MTLS_CLIENT ? 'removed DestinationRule' : null);
       assert(opId, 'no restart operation is shown');
     });
     await dismissToasts();

@@ -880,6 +880,18 @@ async function openPassthroughDialog(w) {
       h('div', { class: 'adv-field' }, h('div', { class: 'adv-label' }, 'Current passthrough annotations'), annotationsView)));
 
   const restart = h('input', { type: 'checkbox', id: 'restart-now', 'data-testid': 'restart-now' });
+  // Impact on meshed clients' mutual TLS (from the preview) and the fix for the failing ones.
+  const fixClients = h('input', { type: 'checkbox', id: 'fix-clients', 'data-testid': 'fix-clients' });
+  fixClients.addEventListener('change', () => schedulePreview());
+  const impact = {
+    list: h('ul', { class: 'impact-list', 'data-testid': 'impact-list' }),
+    fixLabel: h('span', null),
+    removes: h('div', { class: 'field-help', 'data-testid': 'impact-removes', hidden: true }),
+  };
+  impact.fixRow = h('label', { class: 'checkbox fix-row', for: 'fix-clients', hidden: true }, fixClients, impact.fixLabel);
+  impact.el = h('section', { class: 'pt-section impact', 'aria-labelledby': 'sec-impact', 'data-testid': 'impact', hidden: true },
+    h('h3', { id: 'sec-impact', class: 'pt-section-title' }, 'Meshed clients (mutual TLS)'),
+    impact.list, impact.fixRow, impact.removes);
   const pendingNote = h('div', { class: 'field-help pending-note', 'data-testid': 'pending-note', hidden: true },
     'The running pods use older settings (Pending restart): tick Restart now to apply.');
 
@@ -913,7 +925,7 @@ async function openPassthroughDialog(w) {
     h('div', { class: 'restart-row' },
       h('label', { class: 'checkbox', for: 'restart-now' }, restart, h('span', null, 'Restart now')),
       h('span', { class: 'field-help' }, 'Without a restart the settings apply when the pods are next recreated.')),
-    pendingNote);
+    pendingNote, impact.el);
 
   const previewPane = h('section', { class: 'preview', 'aria-labelledby': 'preview-title', 'data-testid': 'preview' },
     h('div', { class: 'preview-head' },
@@ -944,6 +956,7 @@ async function openPassthroughDialog(w) {
     for (const ci of Object.values(chipFor)) ci.setDisabled(loading);
     for (const a of Object.values(ctx.adv)) a.input.disabled = loading;
     restart.disabled = loading;
+    fixClients.disabled = loading;
     confirmBtn.disabled = loading;
   }
   setLoading(true);
@@ -1037,12 +1050,13 @@ async function openPassthroughDialog(w) {
     const seq = ++ctx.previewSeq;
     const sent = currentSettings();
     try {
-      const { data } = await api('POST', `${path}/preview`, { body: sent });
+      const { data } = await api('POST', `${path}/preview${fixClients.checked ? '?fixClients=true' : ''}`, { body: sent });
       if (seq !== ctx.previewSeq || ctx.closed) return;
       clearServerErrors(sent);
       preview.last = data;
       showWarnings(data.warnings || []);
       renderDiff();
+      renderImpact(data);
     } catch (e) {
       if (seq !== ctx.previewSeq || ctx.closed) return;
       if (e.status === 422) {
@@ -1098,6 +1112,28 @@ async function openPassthroughDialog(w) {
     } else preview.args.hidden = true;
   }
 
+  const EFFECT = { fails: ['Fails', 'tag-red'], 'loses-mtls': ['Loses mTLS', 'tag-orange'], works: ['Works', 'tag-green'] };
+  function renderImpact(data) {
+    const entries = data.impact || [];
+    const fixes = data.fixes || [];
+    const removes = data.removes || [];
+    impact.list.replaceChildren(...entries.map((e) => {
+      const [label, cls] = EFFECT[e.effect] || [e.effect, 'tag-grey'];
+      return h('li', { class: 'impact-row', 'data-testid': 'impact-row', 'data-client': e.client, 'data-effect': e.effect },
+        h('span', { class: `tag ${cls}` }, label), ' ', h('strong', null, e.client), ` → ${e.service}:${e.servicePort}`,
+        e.direction === 'outbound' ? ` (${e.server})` : '',
+        h('div', { class: 'muted small' }, e.reason));
+    }));
+    // The checkbox stays while it is ticked, so that unticking it is always possible.
+    impact.fixRow.hidden = !fixes.length && !fixClients.checked;
+    impact.fixLabel.textContent = fixes.length
+      ? `Fix meshed clients: create ${fixes.map((f) => `DestinationRule ${f.namespace}/${f.name}`).join(', ')} (TLS off for exactly that Service port; removed again when the exclusion is cleared)`
+      : 'Fix meshed clients (nothing to fix)';
+    impact.removes.hidden = !removes.length;
+    impact.removes.textContent = removes.length ? `No longer needed, removed on Confirm: ${removes.map((r) => `${r.kind} ${r.namespace}/${r.name}`).join(', ')}` : '';
+    impact.el.hidden = !entries.length && impact.fixRow.hidden && !removes.length;
+  }
+
   async function load() {
     const res = await api('GET', path);
     ctx.etag = res.headers.get('ETag') || (res.data && res.data.resourceVersion ? `"${res.data.resourceVersion}"` : null);
@@ -1109,7 +1145,7 @@ async function openPassthroughDialog(w) {
     for (const ci of Object.values(chipFor)) if (ci.input.value.trim()) ci.commit();
     clearError();
     const settings = currentSettings();
-    const body0 = { ...settings, restart: restart.checked };
+    const body0 = { ...settings, restart: restart.checked, fixClients: fixClients.checked };
     confirmBtn.disabled = true;
     confirmBtn.classList.add('busy');
     confirmBtn.textContent = 'Saving…';
@@ -1120,7 +1156,9 @@ async function openPassthroughDialog(w) {
       const doc = res.data || {};
       closeModal();
       toast(SUCCESS_TOAST, {
-        detail: `${key}: ${passthroughText(doc.settings || settings)}${doc.operation ? ' — restarting' : doc.status === 'Pending restart' ? ' — pending restart' : ''}`,
+        detail: `${key}: ${passthroughText(doc.settings || settings)}${doc.operation ? ' — restarting' : doc.status === 'Pending restart' ? ' — pending restart' : ''}${
+          (doc.created || []).map((r) => ` — created ${r.kind} ${r.namespace}/${r.name}`).join('')}${
+          (doc.removed || []).map((r) => ` — removed ${r.kind} ${r.namespace}/${r.name}`).join('')}`,
         action: doc.operation ? null : { label: 'Check effect', run: () => openCheckDialog(findWorkload(key) || w) },
       });
       if (doc.operation) trackOperation(doc.operation);

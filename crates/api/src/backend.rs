@@ -8,7 +8,9 @@
 
 use crate::model::{CheckReport, CheckRequest, RuleCounter, RuleFormat, WorkloadInfo, WorkloadRef};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use meshpass_policy::impact::Call;
+use meshpass_policy::{MeshView, PolicySet, Resource, ResourceRef};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Which backend serves the API (shown in the GUI and `/api/v1/session`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -129,6 +131,17 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// The mesh as mutual-TLS policy sees it, for the impact of a passthrough change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshPolicies {
+    /// Workloads (pod template labels, service account, sidecar or not) and Services.
+    pub view: MeshView,
+    /// Every `PeerAuthentication` and `DestinationRule`, oldest first.
+    pub policies: PolicySet,
+    /// Calls sidecars recorded (client workload → Service port), where the backend knows them.
+    pub calls: BTreeSet<Call>,
+}
+
 /// A mesh the management plane can manage.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -180,4 +193,22 @@ pub trait Backend: Send + Sync + 'static {
     /// labelled rule; the server picks the passthrough ones).
     /// [`BackendError::Unsupported`] where the rules cannot be read (Kubernetes).
     async fn rule_counters(&self, workload: &WorkloadRef) -> Result<Vec<RuleCounter>, BackendError>;
+
+    /// The mesh and its mutual-TLS policies ([`MeshPolicies`]). Default:
+    /// [`BackendError::Unsupported`] (a passthrough change is then made without its impact).
+    async fn mesh_policies(&self) -> Result<MeshPolicies, BackendError> {
+        Err(BackendError::Unsupported("reading the mesh's mutual-TLS policies".into()))
+    }
+
+    /// Creates a policy resource (the `DestinationRule` of passthrough's fix). One that exists
+    /// with the same spec is left as it is; one of the same name with another spec is an error
+    /// (it is not meshpass's to overwrite).
+    async fn create_policy(&self, resource: &Resource) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!("creating {}", resource.reference())))
+    }
+
+    /// Deletes a policy resource; one that is already gone is fine.
+    async fn delete_policy(&self, resource: &ResourceRef) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!("deleting {resource}")))
+    }
 }

@@ -235,9 +235,16 @@ impl Client {
         self.send::<(), _>(Method::DELETE, &wpath(w, &format!("/passthrough?restart={restart}")), None, if_match).await
     }
 
-    /// `POST …/passthrough/preview`.
-    pub async fn preview(&self, w: &WorkloadRef, settings: &Passthrough) -> Result<Preview, ClientError> {
-        self.send(Method::POST, &wpath(w, "/passthrough/preview"), Some(settings), None).await
+    /// `POST …/passthrough/preview`; with `fix_clients`, the impact as it will be once the fix
+    /// rules exist.
+    pub async fn preview(
+        &self,
+        w: &WorkloadRef,
+        settings: &Passthrough,
+        fix_clients: bool,
+    ) -> Result<Preview, ClientError> {
+        let query = if fix_clients { "/passthrough/preview?fixClients=true" } else { "/passthrough/preview" };
+        self.send(Method::POST, &wpath(w, query), Some(settings), None).await
     }
 
     /// `POST …/restart`: the operation as it starts.

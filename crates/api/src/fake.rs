@@ -5,15 +5,18 @@
 //! annotations vs the annotations the running pods were started with (so `pending_restart`
 //! works), a resource version that moves on every write, restarts with progress lines, checks
 //! whose answer depends on the *running* exclusions, and rule counters. Tests can make the next
-//! call of a kind fail, or simulate a concurrent writer.
+//! call of a kind fail, or simulate a concurrent writer. Its mutual-TLS policies are stored
+//! as the local mesh stores them; each workload is labelled `app: SERVICE` for each of its
+//! Services (which select on that label), with the `default` service account.
 
-use crate::backend::{Backend, BackendError, BackendKind, Progress};
+use crate::backend::{Backend, BackendError, BackendKind, MeshPolicies, Progress};
 use crate::model::{
     CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
     WorkloadRef,
 };
 use async_trait::async_trait;
 use meshpass_capture::compile::labels;
+use meshpass_policy::{MeshView, PolicyErrors, PolicySet, Resource, ResourceRef, WorkloadId};
 use meshpass_settings::{IpNet, Settings};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -35,6 +38,12 @@ pub enum FakeCall {
     Check,
     /// [`Backend::rule_counters`].
     RuleCounters,
+    /// [`Backend::mesh_policies`].
+    MeshPolicies,
+    /// [`Backend::create_policy`].
+    CreatePolicy,
+    /// [`Backend::delete_policy`].
+    DeletePolicy,
 }
 
 /// One workload of the fake mesh.
@@ -72,6 +81,7 @@ struct State {
     version: u64,
     failures: Vec<(FakeCall, BackendError)>,
     concurrent_write_before_patch: bool,
+    policies: PolicySet,
 }
 
 /// An in-memory mesh. Cheap to create; share it as `Arc<FakeBackend>`.
@@ -214,6 +224,53 @@ impl FakeBackend {
     /// The current resource version of `workload` (empty when unknown).
     pub fn resource_version(&self, workload: &WorkloadRef) -> String {
         self.lock().workloads.get(workload).map(|w| w.info.resource_version.clone()).unwrap_or_default()
+    }
+
+    /// Applies `PeerAuthentication`s / `DestinationRule`s (YAML, as `meshpass apply -f`).
+    pub fn apply_policies(&self, yaml: &str) -> Result<(), PolicyErrors> {
+        let resources = meshpass_policy::parse_documents(yaml, "default")?;
+        let mut s = self.lock();
+        s.policies = s.policies.apply(resources)?.0;
+        Ok(())
+    }
+
+    /// The stored policy resources.
+    pub fn policies(&self) -> Vec<ResourceRef> {
+        self.lock().policies.iter().map(|p| p.resource.reference()).collect()
+    }
+
+    /// The mesh as policies see it: every workload labelled `app: SERVICE` for its Services.
+    fn mesh_view(&self) -> MeshView {
+        let s = self.lock();
+        let mut view = MeshView::default();
+        for w in s.workloads.values() {
+            let info = &w.info;
+            let mut labels: BTreeMap<String, String> =
+                info.services.iter().map(|svc| ("app".to_string(), svc.name.clone())).collect();
+            if labels.is_empty() {
+                labels.insert("app".into(), info.workload.name.clone());
+            }
+            view.workloads.push(meshpass_policy::Workload {
+                id: WorkloadId::new(&info.workload.namespace, &info.workload.name),
+                labels,
+                service_account: "default".into(),
+                sidecar: info.meshed,
+            });
+            for svc in &info.services {
+                view.services.push(meshpass_policy::Service {
+                    namespace: info.workload.namespace.clone(),
+                    name: svc.name.clone(),
+                    cluster_ip: svc.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                    selector: [("app".to_string(), svc.name.clone())].into(),
+                    ports: svc
+                        .ports
+                        .iter()
+                        .map(|p| meshpass_policy::ServicePort { name: None, port: p.port, target_port: p.target_port })
+                        .collect(),
+                });
+            }
+        }
+        view
     }
 
     fn take_failure(&self, call: FakeCall) -> Result<(), BackendError> {
@@ -398,6 +455,37 @@ impl Backend for FakeBackend {
             return Err(BackendError::Unsupported("reading live rules from pods on Kubernetes".into()));
         }
         self.with(workload, |w, _| if w.info.meshed { counters(w) } else { Vec::new() })
+    }
+
+    async fn mesh_policies(&self) -> Result<MeshPolicies, BackendError> {
+        self.take_failure(FakeCall::MeshPolicies)?;
+        let view = self.mesh_view();
+        Ok(MeshPolicies { view, policies: self.lock().policies.clone(), calls: Default::default() })
+    }
+
+    async fn create_policy(&self, resource: &Resource) -> Result<(), BackendError> {
+        self.take_failure(FakeCall::CreatePolicy)?;
+        let mut s = self.lock();
+        match s.policies.get(&resource.reference()) {
+            Some(same) if same == resource => return Ok(()),
+            Some(_) => {
+                return Err(BackendError::Invalid(vec![format!("{} exists with another spec", resource.reference())]))
+            }
+            None => {}
+        }
+        let next = s.policies.apply(vec![resource.clone()]).map_err(|e| BackendError::Invalid(vec![e.to_string()]))?;
+        s.policies = next.0;
+        Ok(())
+    }
+
+    async fn delete_policy(&self, resource: &ResourceRef) -> Result<(), BackendError> {
+        self.take_failure(FakeCall::DeletePolicy)?;
+        let mut s = self.lock();
+        if s.policies.get(resource).is_some() {
+            s.policies =
+                s.policies.delete(std::slice::from_ref(resource)).map_err(|e| BackendError::failed(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 

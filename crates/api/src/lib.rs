@@ -19,6 +19,7 @@ pub mod error;
 pub mod extract;
 #[cfg(feature = "testing")]
 pub mod fake;
+pub mod impact;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

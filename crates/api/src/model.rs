@@ -298,6 +298,18 @@ pub struct PassthroughDoc {
     /// The restart started by this write, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    /// For a write: the meshed clients and destinations the written settings affect and how,
+    /// compared with no passthrough settings, computed before writing from the mesh's policies
+    /// (empty for a read, on a backend that cannot read policies, or when nothing is affected).
+    #[serde(default)]
+    pub impact: Vec<ImpactEntry>,
+    /// For a write with `fixClients`: the `DestinationRule`s created.
+    #[serde(default)]
+    pub created: Vec<PolicyRef>,
+    /// For a write: the `DestinationRule`s meshpass had created that the change made
+    /// unnecessary, removed.
+    #[serde(default)]
+    pub removed: Vec<PolicyRef>,
 }
 
 /// `PUT …/passthrough`: the [`Passthrough`] fields, plus whether to restart and (instead of
@@ -333,6 +345,12 @@ pub struct PassthroughUpdate {
     /// Restart the workload after writing, so that the settings take effect.
     #[serde(default)]
     pub restart: bool,
+    /// Also create the `DestinationRule`s that turn TLS off for the Service ports whose meshed
+    /// clients would fail (the preview's `fixes`); refused when the backend cannot read the
+    /// mesh's policies. Rules created this way are removed by the write that makes them
+    /// unnecessary.
+    #[serde(default)]
+    pub fix_clients: bool,
     /// The version the change is based on (alternative to `If-Match`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
@@ -350,6 +368,7 @@ impl PassthroughUpdate {
             include_outbound_ip_ranges: settings.include_outbound_ip_ranges,
             interception_mode: settings.interception_mode,
             restart: false,
+            fix_clients: false,
             resource_version: None,
         }
     }
@@ -405,6 +424,15 @@ pub struct Preview {
     pub istio_args: IstioArgsPair,
     /// Warnings about the proposed settings.
     pub warnings: Vec<String>,
+    /// The meshed clients and destinations the proposed settings affect and how, compared with
+    /// no passthrough settings (with the fix rules when `?fixClients=true`); empty on a backend
+    /// that cannot read the mesh's policies.
+    pub impact: Vec<ImpactEntry>,
+    /// The `DestinationRule`s a write with `fixClients` creates.
+    pub fixes: Vec<FixRule>,
+    /// The `DestinationRule`s meshpass created earlier that the change makes unnecessary: the
+    /// write removes them.
+    pub removes: Vec<PolicyRef>,
 }
 
 /// What a long operation is.
@@ -601,6 +629,97 @@ mod tests {
         let obj = back.as_object_mut().unwrap();
         obj.remove("restart");
         obj.remove("resourceVersion");
+        obj.remove("fixClients");
         assert_eq!(back, json);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The impact of a passthrough change on mutual TLS.
+// ---------------------------------------------------------------------------------------------
+
+/// What happens to a client's calls once a passthrough change is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImpactEffect {
+    /// The calls fail: the client's sidecar sends mutual TLS to a port whose app now receives
+    /// it directly, or plaintext reaches a sidecar that requires mutual TLS (STRICT).
+    Fails,
+    /// The calls keep working, in plaintext where they were mutual TLS.
+    LosesMtls,
+    /// The calls keep working as before.
+    Works,
+}
+
+/// How the management plane knows that the client calls the Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImpactEvidence {
+    /// A sidecar recorded such a call.
+    Observed,
+    /// A meshed workload that can reach the Service; no call recorded.
+    MayCall,
+}
+
+/// One (client, Service port, server) a passthrough change affects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImpactEntry {
+    /// `inbound`: the changed workload's port stops being captured and `client` is a workload
+    /// calling it; `outbound`: the changed workload (`client`) sends past its sidecar.
+    #[schema(value_type = DirectionSchema)]
+    pub direction: Direction,
+    /// The calling workload, `NAMESPACE/NAME`.
+    pub client: String,
+    /// The called workload, `NAMESPACE/NAME`.
+    pub server: String,
+    /// The Service called, `NAMESPACE/NAME`.
+    pub service: String,
+    /// The Service's ClusterIP, when it has one.
+    pub address: Option<String>,
+    /// The Service port called.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub service_port: u16,
+    /// The port passthrough concerns: the server's container port (inbound) or the destination
+    /// port (outbound).
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: u16,
+    /// What happens.
+    pub effect: ImpactEffect,
+    /// Why, in one sentence.
+    pub reason: String,
+    /// Whether the hop is mutual TLS without passthrough settings (with the sidecar in the path).
+    pub mtls_before: bool,
+    /// Whether it is mutual TLS after the change (with the fix rules, when they are part of it).
+    pub mtls_after: bool,
+    /// How the management plane knows the client calls.
+    pub evidence: ImpactEvidence,
+}
+
+/// A mutual-TLS policy resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyRef {
+    /// `DestinationRule` or `PeerAuthentication`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// A `DestinationRule` that turns TLS off for exactly one Service port, so that meshed clients
+/// call a port that passes through in plaintext (what `fixClients` creates).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FixRule {
+    /// The rule.
+    #[serde(flatten)]
+    pub reference: PolicyRef,
+    /// The Service's host name.
+    pub host: String,
+    /// The Service port.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: u16,
+    /// The rule as YAML (`meshpass apply -f` / `kubectl apply -f` take it as it is).
+    pub yaml: String,
 }

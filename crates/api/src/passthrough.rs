@@ -391,6 +391,9 @@ pub fn preview(
         proposed: proposed_text,
         istio_args: args,
         warnings,
+        impact: Vec::new(),
+        fixes: Vec::new(),
+        removes: Vec::new(),
     })
 }
 

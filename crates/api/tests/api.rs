@@ -571,6 +571,144 @@ async fn preview_diff_and_errors() {
 }
 
 #[tokio::test]
+async fn passthrough_impact_fix_clients_and_removal() {
+    let e = env();
+    let preview = format!("{HW}/passthrough/preview");
+    // Excluding 5000: sleep's sidecar keeps sending mutual TLS to a port the app now receives.
+    let p = e.call(Method::POST, &preview, &[], Some(r#"{"inboundPorts":["5000"]}"#)).await.json();
+    let impact = p["impact"].as_array().unwrap();
+    assert_eq!(impact.len(), 1, "{p:#}");
+    assert_eq!(
+        (&impact[0]["client"], &impact[0]["port"], &impact[0]["effect"], &impact[0]["direction"]),
+        (&json!("default/sleep"), &json!(5000), &json!("fails"), &json!("inbound"))
+    );
+    assert_eq!((&impact[0]["mtlsBefore"], &impact[0]["mtlsAfter"]), (&json!(true), &json!(false)));
+    assert_eq!(p["fixes"][0]["name"], "helloworld-passthrough-5000");
+    assert_eq!(p["fixes"][0]["kind"], "DestinationRule");
+    assert_eq!(p["fixes"][0]["host"], "helloworld.default.svc.cluster.local");
+    assert!(p["fixes"][0]["yaml"].as_str().unwrap().contains("mode: DISABLE"), "{p:#}");
+    // With the fix: the calls keep working, in plaintext.
+    let p =
+        e.call(Method::POST, &format!("{preview}?fixClients=true"), &[], Some(r#"{"inboundPorts":["5000"]}"#)).await;
+    assert_eq!(p.json()["impact"][0]["effect"], "loses-mtls", "{}", p.text());
+    let bad = e.call(Method::POST, &format!("{preview}?fixClient=true"), &[], Some("{}")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "a misspelt query parameter is refused: {}", bad.text());
+    // A port nobody calls through a Service: no impact, no fix.
+    let p = e.call(Method::POST, &preview, &[], Some(r#"{"inboundPorts":["7777"]}"#)).await.json();
+    assert_eq!((p["impact"].as_array().unwrap().len(), p["fixes"].as_array().unwrap().len()), (0, 0), "{p:#}");
+
+    // The write with the fix: the impact is computed before writing, the rule created.
+    let url = format!("{HW}/passthrough");
+    let rv = e.fake.resource_version(&e.hw());
+    let body = format!(r#"{{"inboundPorts":["5000"],"fixClients":true,"resourceVersion":"{rv}"}}"#);
+    let a = e.call(Method::PUT, &url, &[], Some(&body)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let doc: PassthroughDoc = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(doc.impact.len(), 1);
+    assert_eq!(doc.impact[0].effect, meshpass_api::model::ImpactEffect::LosesMtls);
+    assert_eq!(doc.created.len(), 1);
+    assert_eq!(doc.created[0].name, "helloworld-passthrough-5000");
+    assert_eq!(e.fake.policies().len(), 1);
+    let audit = e.audit();
+    assert!(
+        audit.iter().any(|a| a.action == "destinationrule.create"
+            && a.name == "helloworld-passthrough-5000"
+            && a.result == "ok"),
+        "{audit:?}"
+    );
+    // Now that the rule exists, sleep already speaks plaintext to that port: nothing to fix.
+    let p = e.call(Method::POST, &preview, &[], Some(r#"{"inboundPorts":["5000"]}"#)).await.json();
+    assert_eq!(p["impact"][0]["effect"], "works", "{p:#}");
+    assert_eq!(p["fixes"].as_array().unwrap().len(), 0, "{p:#}");
+    // Clearing the exclusion: the preview says the rule goes, the write removes it.
+    let p = e.call(Method::POST, &preview, &[], Some("{}")).await.json();
+    assert_eq!(p["removes"][0]["name"], "helloworld-passthrough-5000", "{p:#}");
+    let rv = e.fake.resource_version(&e.hw());
+    let a = e.call(Method::DELETE, &format!("{url}?resourceVersion={rv}"), &[], None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let doc: PassthroughDoc = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(doc.removed.len(), 1, "{doc:?}");
+    assert!(e.fake.policies().is_empty());
+    assert!(e.audit().iter().any(|a| a.action == "destinationrule.delete" && a.result == "ok"));
+}
+
+#[tokio::test]
+async fn a_fix_that_cannot_be_made_changes_nothing() {
+    let e = env();
+    let url = format!("{HW}/passthrough");
+    let before = e.snapshot();
+    // The rule cannot be created: the annotations go back, nothing stays.
+    e.fake.fail_next(FakeCall::CreatePolicy, BackendError::forbidden("create destinationrules"));
+    let body = format!(r#"{{"inboundPorts":["5000"],"fixClients":true,"resourceVersion":"{}"}}"#, before.1);
+    let a = e.call(Method::PUT, &url, &[], Some(&body)).await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.text());
+    let msg = a.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("DestinationRule default/helloworld-passthrough-5000") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(e.fake.template_annotations(&e.hw()), before.0);
+    assert!(e.fake.policies().is_empty());
+    assert!(e.audit().iter().any(|a| a.action == "destinationrule.create" && a.result.contains("forbidden")));
+
+    // Without the mesh's policies the fix is refused before anything is written...
+    e.fake.fail_next(FakeCall::MeshPolicies, BackendError::unavailable("cluster down"));
+    let rv = e.fake.resource_version(&e.hw());
+    let body = format!(r#"{{"inboundPorts":["5000"],"fixClients":true,"resourceVersion":"{rv}"}}"#);
+    let a = e.call(Method::PUT, &url, &[], Some(&body)).await;
+    assert!(
+        a.json()["message"].as_str().unwrap().contains("fixClients needs the mesh's mutual-TLS policies"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(e.fake.template_annotations(&e.hw()), before.0);
+    // ...while a change without the fix goes ahead, with a warning that the impact is unknown.
+    e.fake.fail_next(FakeCall::MeshPolicies, BackendError::unavailable("cluster down"));
+    let body = format!(r#"{{"inboundPorts":["5000"],"resourceVersion":"{rv}"}}"#);
+    let a = e.call(Method::PUT, &url, &[], Some(&body)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let doc: PassthroughDoc = serde_json::from_slice(&a.body).unwrap();
+    assert!(doc.impact.is_empty());
+    assert!(
+        doc.warnings.iter().any(|w| w.contains("was not computed") && w.contains("cluster down")),
+        "{:?}",
+        doc.warnings
+    );
+}
+
+#[tokio::test]
+async fn strict_servers_refuse_what_an_outbound_exclusion_sends() {
+    let e = env();
+    e.fake
+        .apply_policies(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+        )
+        .unwrap();
+    let p = e
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/workloads/sleep/passthrough/preview",
+            &[],
+            Some(r#"{"outboundIpRanges":["198.19.0.10/32"]}"#),
+        )
+        .await
+        .json();
+    let impact = p["impact"].as_array().unwrap();
+    assert_eq!(impact.len(), 1, "{p:#}");
+    assert_eq!(
+        (&impact[0]["direction"], &impact[0]["client"], &impact[0]["server"], &impact[0]["effect"]),
+        (&json!("outbound"), &json!("default/sleep"), &json!("default/helloworld-v1"), &json!("fails"))
+    );
+    assert!(impact[0]["reason"].as_str().unwrap().contains("STRICT"), "{p:#}");
+    // Excluding a STRICT inbound port opens it to plaintext: said as a warning.
+    let p = e
+        .call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(r#"{"inboundPorts":["5000"]}"#))
+        .await
+        .json();
+    assert!(p["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("STRICT")), "{p:#}");
+}
+
+#[tokio::test]
 async fn check_errors() {
     let e = env();
     let url = format!("{HW}/check");
@@ -761,7 +899,10 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     check("GET", &pt, &e.get(&format!("{HW}/passthrough")).await);
     let url = format!("{HW}/passthrough");
     for (headers, body) in [
-        (vec![("if-match", "\"1\"")], r#"{"inboundPorts":["5000"],"outboundIpRanges":["10.0.0.0/8"],"restart":true}"#),
+        (
+            vec![("if-match", "\"1\"")],
+            r#"{"inboundPorts":["5000"],"outboundIpRanges":["10.0.0.0/8"],"restart":true,"fixClients":true}"#,
+        ),
         (
             vec![("if-match", "\"2\"")],
             r#"{"inboundPorts":["5000"],"includeInboundPorts":"*","includeOutboundPorts":"443","includeOutboundIpRanges":"*","interceptionMode":"TPROXY"}"#,
@@ -775,8 +916,9 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     }
     let rv = e.fake.resource_version(&e.hw());
     check("PUT", &pt, &e.call(Method::PUT, &url, &[("if-match", &rv)], Some(r#"{"inboundPorts":["x"]}"#)).await);
-    check("DELETE", &pt, &e.call(Method::DELETE, &format!("{url}?resourceVersion={rv}"), &[], None).await);
     let pv = format!("{W}/passthrough/preview");
+    check("POST", &pv, &e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some("{}")).await);
+    check("DELETE", &pt, &e.call(Method::DELETE, &format!("{url}?resourceVersion={rv}"), &[], None).await);
     check(
         "POST",
         &pv,
@@ -930,7 +1072,7 @@ async fn client_against_a_real_listener() {
         Err(e) => assert_eq!(e.status(), Some(428)),
         Ok(d) => panic!("{d:?}"),
     }
-    let preview = c.preview(&hw, &good.settings()).await.unwrap();
+    let preview = c.preview(&hw, &good.settings(), false).await.unwrap();
     assert!(preview.diff.iter().any(|d| d.op == "+"));
     let mut restart = good.clone();
     restart.restart = true;

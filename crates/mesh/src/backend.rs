@@ -7,6 +7,7 @@ use crate::plan::capture::{capture_plan, mesh_injector_values};
 use crate::state::State;
 use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
 use async_trait::async_trait;
+use meshpass_api::backend::MeshPolicies;
 use meshpass_api::backend::Progress;
 use meshpass_api::model::{
     CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
@@ -15,6 +16,7 @@ use meshpass_api::model::{
 use meshpass_api::{Backend, BackendError, BackendKind};
 use meshpass_capture::ir::{Effective, Family};
 use meshpass_capture::InjectorValues;
+use meshpass_policy::{PolicySet, Resource, ResourceRef};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -129,6 +131,23 @@ fn inbound_target(w: &WorkloadInfo, req: &CheckRequest) -> Result<Target, MeshEr
 
 /// Istio's defaults plus the settings of the last `meshpass up` (state.json), which the
 /// supervisor compiled every pod's rules with. Reads a file: call it off the async threads.
+/// The stored policy objects read back as resources (they were validated when applied).
+fn resources(objects: &[serde_json::Value]) -> Result<Vec<Resource>, MeshError> {
+    objects
+        .iter()
+        .map(|o| {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+            Resource::from_json(o, ns).map_err(|e| MeshError::Invalid(e.iter().map(ToString::to_string).collect()))
+        })
+        .collect()
+}
+
+/// The stored resource `r` names, if any.
+fn stored(client: &Client, r: &ResourceRef) -> Result<Option<Resource>, MeshError> {
+    let objects = client.policies(Some(r.kind.as_str()), Some(&r.namespace))?;
+    Ok(resources(&objects)?.into_iter().find(|s| s.reference() == *r))
+}
+
 fn mesh_values(state_dir: &Path) -> InjectorValues {
     let net = State::load(state_dir).ok().flatten().and_then(|s| s.net);
     mesh_injector_values(net.is_some_and(|n| n.untrack_excluded_inbound))
@@ -233,6 +252,44 @@ impl Backend for LocalBackend {
                 headers: outcome.response.headers,
                 evidence: outcome.evidence,
             })
+        })
+        .await
+    }
+
+    async fn mesh_policies(&self) -> Result<MeshPolicies, BackendError> {
+        self.with_client(|c| {
+            let view = c.mesh_view()?;
+            let policies = PolicySet::from_resources(resources(&c.policies(None, None)?)?);
+            // Calls are not recorded per client in the local mesh: every meshed workload is a
+            // possible caller.
+            Ok(MeshPolicies { view, policies, calls: Default::default() })
+        })
+        .await
+    }
+
+    async fn create_policy(&self, resource: &Resource) -> Result<(), BackendError> {
+        let r = resource.clone();
+        self.with_client(move |c| {
+            match stored(&c, &r.reference())? {
+                Some(s) if s.to_json()["spec"] == r.to_json()["spec"] => return Ok(()),
+                Some(_) => {
+                    return Err(MeshError::Invalid(vec![format!(
+                        "{} exists with another spec; delete or rename it",
+                        r.reference()
+                    )]))
+                }
+                None => {}
+            }
+            c.apply(&r.to_yaml(), false).map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, resource: &ResourceRef) -> Result<(), BackendError> {
+        let r = resource.clone();
+        self.with_client(move |c| match stored(&c, &r)? {
+            Some(s) => c.delete(&s.to_yaml()).map(|_| ()),
+            None => Ok(()),
         })
         .await
     }

@@ -106,6 +106,8 @@ pub enum Request {
         /// Namespace filter.
         namespace: Option<String>,
     },
+    /// The mesh as mutual-TLS policy resolution sees it (workloads, Services).
+    MeshView,
     /// The node namespace's name.
     NodeNetns,
     /// Apply manifests.
@@ -245,6 +247,12 @@ impl Client {
     /// `None`), as Kubernetes JSON objects, oldest first.
     pub fn policies(&self, kind: Option<&str>, ns: Option<&str>) -> Result<Vec<serde_json::Value>, MeshError> {
         self.get(Request::Policies { kind: kind.map(str::to_string), namespace: ns.map(str::to_string) })
+    }
+
+    /// The mesh as mutual-TLS policy resolution sees it: every Deployment (labels, service
+    /// account, sidecar or not) and every Service.
+    pub fn mesh_view(&self) -> Result<meshpass_policy::MeshView, MeshError> {
+        self.get(Request::MeshView)
     }
 
     /// The node namespace's name (for `ip netns exec`).

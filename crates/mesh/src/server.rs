@@ -66,6 +66,7 @@ fn handle(sup: &Arc<Supervisor>, stream: UnixStream) {
         Request::Pods { namespace } => reply(json(sup.pods(namespace.as_deref()))),
         Request::Services { namespace } => reply(json(sup.services(namespace.as_deref()))),
         Request::Policies { kind, namespace } => reply(json(sup.policies(kind.as_deref(), namespace.as_deref()))),
+        Request::MeshView => reply(json(sup.mesh_view())),
         Request::NodeNetns => Reply::Ok(serde_json::Value::String(sup.config().node_netns())),
         Request::Apply { yaml, live } => reply(sup.apply(&yaml, live).and_then(json)),
         Request::Delete { yaml } => reply(sup.delete(&yaml).and_then(json)),

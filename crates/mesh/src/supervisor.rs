@@ -598,7 +598,12 @@ impl Supervisor {
         plan::status::workloads(&inner.desired.state, &inner.world, ns)
     }
 
-    /// Pods.
+    /// The mesh as mutual-TLS policy resolution sees it.
+    pub(crate) fn mesh_view(&self) -> meshpass_policy::MeshView {
+        plan::mtls::mesh_view(&self.lock().desired.state)
+    }
+
+    /// Stored policy resources as Kubernetes objects, oldest first.
     pub(crate) fn policies(&self, kind: Option<&str>, ns: Option<&str>) -> Vec<serde_json::Value> {
         let inner = self.lock();
         let mut items: Vec<_> = inner

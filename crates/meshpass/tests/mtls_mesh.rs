@@ -7,10 +7,11 @@
 //! * invalid policy files are refused whole, nothing stored;
 //! * bad certificates (expired, another CA, the wrong identity) are refused, logged and
 //!   counted by reason;
-//! * excluding inbound port 5000 breaks `sleep` (mutual TLS into a plaintext app, as on
-//!   Istio) while the node gets the app's own answer; the `DestinationRule` that turns TLS off
-//!   for that port fixes it (plaintext, past the server's sidecar); clearing the exclusion
-//!   brings mutual TLS back;
+//! * `meshpass passthrough set --inbound-ports 5000` lists `default/sleep` as failing before
+//!   anything changes; once restarted, `sleep` really fails (mutual TLS into a plaintext app,
+//!   as on Istio) while the node gets the app's own answer; `--fix-clients` creates the
+//!   `DestinationRule` that turns TLS off for that port and `sleep` works (plaintext, past the
+//!   server's sidecar); clearing the exclusion removes the rule and brings mutual TLS back;
 //! * short-lived certificates rotate under a steady request loop with no failed request.
 //!
 //! Needs root: `#[ignore = "needs root"]`, run as root by `scripts/test` (`--include-ignored`).
@@ -51,6 +52,15 @@ fn apply(mesh: &Mesh, name: &str, yaml: &str) -> Result<std::process::Output> {
     let file = mesh.state().join(name);
     std::fs::write(&file, yaml)?;
     mesh.cli(&["apply", "-f", file.to_str().context("utf-8 path")?])
+}
+
+/// `meshpass passthrough ARGS -o json` (through the management API), parsed.
+fn passthrough_json(mesh: &Mesh, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["passthrough"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = mesh.cli_ok(&all)?;
+    serde_json::from_str(&out).with_context(|| format!("meshpass {all:?}: not JSON: {out}"))
 }
 
 fn delete(mesh: &Mesh, name: &str) -> Result<String> {
@@ -321,10 +331,24 @@ fn excluded_inbound_port_breaks_mtls_clients_until_the_fix_and_rotation_drops_no
     );
     assert!(after.0 > before.0 && after.1 > before.1, "both sidecars took new certificates: {before:?} → {after:?}");
 
-    // Excluding inbound 5000 on helloworld: sleep's sidecar still sends mutual TLS, which the
-    // app cannot read; the node, in plaintext, gets the app's own answer.
-    mesh.cli_ok(&["annotate", "deployment/helloworld-v1", "traffic.sidecar.istio.io/excludeInboundPorts=5000"])?;
-    mesh.cli_ok(&["rollout", "restart", "deployment/helloworld-v1"])?;
+    // Excluding inbound 5000 on helloworld, before anything changes: sleep is listed as
+    // failing (its sidecar would keep sending mutual TLS to a port the app receives itself).
+    let hello_pod = pod(&mesh, "default", "helloworld-v1")?.name;
+    let dry = passthrough_json(&mesh, &["set", "helloworld-v1", "--inbound-ports", "5000", "--dry-run"])?;
+    let sleep_entry = |v: &Value| {
+        v["impact"].as_array().into_iter().flatten().find(|e| e["client"] == "default/sleep" && e["port"] == 5000).cloned()
+    };
+    let e = sleep_entry(&dry).with_context(|| format!("sleep not in the impact: {dry:#}"))?;
+    assert_eq!(e["effect"], "fails", "{dry:#}");
+    assert_eq!(dry["fixes"][0]["name"], "helloworld-passthrough-5000", "{dry:#}");
+    assert_eq!(pod(&mesh, "default", "helloworld-v1")?.name, hello_pod, "the dry run changed nothing");
+    check_until(&mesh, "sleep", url, "still mutual TLS", |v| v["status"] == 200 && v["mtls"] == true)?;
+
+    // The change itself, restarted: the call from sleep really fails (as it would on Istio)
+    // while the node, in plaintext, gets the app's own answer.
+    let set = passthrough_json(&mesh, &["set", "helloworld-v1", "--inbound-ports", "5000", "--restart"])?;
+    assert_eq!(sleep_entry(&set).map(|e| e["effect"].clone()), Some(Value::from("fails")), "{set:#}");
+    assert_eq!(set["created"], serde_json::json!([]), "{set:#}");
     mesh.wait_ready("default", "helloworld-v1")?;
     let v = check_until(&mesh, "sleep", url, "the call from sleep fails", |v| v["status"] != 200)?;
     assert_eq!(v["mtls"], false, "{v:#}");
@@ -334,28 +358,21 @@ fn excluded_inbound_port_breaks_mtls_clients_until_the_fix_and_rotation_drops_no
     assert!(reply.contains("Hello version: v1"), "{reply}");
     assert!(!reply.to_lowercase().contains("server: istio-envoy"), "the app answered itself: {reply}");
 
-    // The fix: a DestinationRule that turns TLS off for exactly that service port.
-    let fix = r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: helloworld-passthrough-5000, namespace: default}
-spec:
-  host: helloworld.default.svc.cluster.local
-  trafficPolicy:
-    portLevelSettings:
-    - port: {number: 5000}
-      tls: {mode: DISABLE}
-"#;
-    let out = apply(&mesh, "fix.yaml", fix)?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // --fix-clients: the DestinationRule that turns TLS off for exactly that Service port.
+    let fixed = passthrough_json(&mesh, &["set", "helloworld-v1", "--inbound-ports", "5000", "--fix-clients"])?;
+    assert_eq!(sleep_entry(&fixed).map(|e| e["effect"].clone()), Some(Value::from("loses-mtls")), "{fixed:#}");
+    assert_eq!(fixed["created"][0]["name"], "helloworld-passthrough-5000", "{fixed:#}");
+    let rules = mesh.cli_ok(&["get", "destinationrules", "-n", "default"])?;
+    assert!(rules.contains("helloworld-passthrough-5000"), "{rules}");
     let v = check_until(&mesh, "sleep", url, "the fix works", |v| v["status"] == 200)?;
     assert_eq!(v["mtls"], false, "{v:#}");
     assert_eq!(v["path"], "direct", "past helloworld's sidecar: {v:#}");
 
-    // Cleared: the rule goes, the port is captured again, mutual TLS is back.
-    delete(&mesh, "fix.yaml")?;
-    mesh.cli_ok(&["annotate", "deployment/helloworld-v1", "traffic.sidecar.istio.io/excludeInboundPorts-"])?;
-    mesh.cli_ok(&["rollout", "restart", "deployment/helloworld-v1"])?;
+    // Cleared: the rule goes with the exclusion, the port is captured again, mutual TLS is back.
+    let cleared = passthrough_json(&mesh, &["clear", "helloworld-v1", "--restart"])?;
+    assert_eq!(cleared["removed"][0]["name"], "helloworld-passthrough-5000", "{cleared:#}");
+    let rules = mesh.cli_ok(&["get", "destinationrules", "-n", "default"])?;
+    assert!(!rules.contains("helloworld-passthrough-5000"), "{rules}");
     mesh.wait_ready("default", "helloworld-v1")?;
     let v = check_until(&mesh, "sleep", url, "mutual TLS back", |v| v["status"] == 200 && v["mtls"] == true)?;
     assert_eq!(v["path"], "sidecar", "{v:#}");

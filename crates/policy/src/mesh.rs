@@ -1,8 +1,9 @@
 //! The mesh as policy resolution sees it: workloads (their pod template's labels, service
-//! account and whether they run a sidecar) and the Services that select them.
+//! account and whether they run a sidecar) and the Services that select them. They cross
+//! process boundaries (the local mesh's control socket) as JSON, so they read back too.
 
 use crate::meta::selector_matches;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -34,6 +35,18 @@ impl Serialize for WorkloadId {
     }
 }
 
+impl<'de> Deserialize<'de> for WorkloadId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(WorkloadId::new(ns, name))
+            }
+            _ => Err(serde::de::Error::custom(format!("workload {s:?} is not NAMESPACE/NAME"))),
+        }
+    }
+}
+
 impl fmt::Display for WorkloadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -41,7 +54,7 @@ impl fmt::Display for WorkloadId {
 }
 
 /// A workload as policies see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     /// Namespace and name.
     pub id: WorkloadId,
@@ -61,7 +74,7 @@ impl Workload {
 }
 
 /// One port of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
     /// The port's name, if any.
     pub name: Option<String>,
@@ -72,7 +85,7 @@ pub struct ServicePort {
 }
 
 /// A Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     /// Namespace.
     pub namespace: String,
@@ -104,7 +117,7 @@ impl Service {
 }
 
 /// Workloads and Services.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshView {
     /// Every workload.
     pub workloads: Vec<Workload>,
@@ -132,4 +145,36 @@ impl MeshView {
 /// Istio's SNI for a service port's default subset: `outbound_.PORT_._.HOST`.
 pub fn outbound_sni(host: &str, port: u16) -> String {
     format!("outbound_.{port}_._.{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mesh_view_reads_back_and_bad_workload_ids_are_named() {
+        let view = MeshView {
+            workloads: vec![Workload {
+                id: WorkloadId::new("default", "sleep"),
+                labels: [("app".to_string(), "sleep".to_string())].into(),
+                service_account: "sleep".into(),
+                sidecar: true,
+            }],
+            services: vec![Service {
+                namespace: "default".into(),
+                name: "sleep".into(),
+                cluster_ip: Some(IpAddr::from([198, 19, 0, 11])),
+                selector: [("app".to_string(), "sleep".to_string())].into(),
+                ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: 8080 }],
+            }],
+        };
+        let json = serde_json::to_value(&view).expect("serializes");
+        assert_eq!(json["workloads"][0]["id"], "default/sleep");
+        let back: MeshView = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, view);
+        for bad in ["sleep", "/sleep", "default/", "a/b/c"] {
+            let err = serde_json::from_value::<WorkloadId>(serde_json::Value::from(bad)).expect_err(bad);
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
 }

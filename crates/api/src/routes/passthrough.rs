@@ -2,8 +2,10 @@
 //! audit), `DELETE` and `POST …/preview`.
 
 use crate::audit::AuditSlot;
+use crate::backend::BackendError;
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{ApiJson, ApiQuery, Caller, WorkloadParams, WorkloadPath};
+use crate::impact::{self, Assessment};
 use crate::model::{
     AuditEntry, Operation, Passthrough, PassthroughDoc, PassthroughUpdate, Preview, WorkloadInfo, WorkloadRef,
 };
@@ -15,8 +17,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meshpass_policy::{Resource, ResourceRef};
 use meshpass_settings::Settings;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// The version a write is based on: `If-Match` (`"RV"`, `W/"RV"` or bare) or the body's /
 /// query's `resourceVersion`; both must agree when both are given.
@@ -69,7 +73,81 @@ async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<O
         annotations: passthrough::passthrough_annotations(&info.annotations),
         warnings,
         operation,
+        impact: Vec::new(),
+        created: Vec::new(),
+        removed: Vec::new(),
     }
+}
+
+/// The impact of changing `info`'s settings to `settings` on the mesh's mutual TLS, computed
+/// from the backend's mesh and policies as they are now.
+async fn assess(
+    app: &AppState,
+    info: &WorkloadInfo,
+    settings: &Passthrough,
+    fix_clients: bool,
+) -> Result<Assessment, BackendError> {
+    let backend = app.backend();
+    let mesh = backend.mesh_policies().await?;
+    let others = backend.list().await?;
+    let after = passthrough::candidate(&info.annotations, settings);
+    Ok(impact::assess(info, &after, &others, &app.inner.values, &mesh, fix_clients))
+}
+
+/// The warning shown when the impact could not be computed (the change itself can still be
+/// made: the impact is advice unless the fix was asked for).
+fn not_assessed(e: &BackendError) -> String {
+    format!("The impact on meshed clients' mutual TLS was not computed: {}", e.report())
+}
+
+/// Why `fixClients` was refused: the mesh's policies could not be read (same status as the
+/// backend's error).
+fn needs_policies(e: BackendError) -> BackendError {
+    let context = "fixClients needs the mesh's mutual-TLS policies".to_string();
+    match e {
+        BackendError::Unsupported(what) => BackendError::Unsupported(format!("{context}: {what}")),
+        e @ BackendError::Unavailable { .. } => BackendError::Unavailable { context, source: Some(Box::new(e)) },
+        e @ BackendError::Forbidden { .. } => BackendError::Forbidden { context, source: Some(Box::new(e)) },
+        e => BackendError::failed(context).caused_by(e),
+    }
+}
+
+/// The annotation write that undoes `set`/`remove` on a template whose annotations were
+/// `original`.
+fn undo(
+    original: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut back = BTreeMap::new();
+    let mut drop = Vec::new();
+    for key in set.keys().chain(remove) {
+        match original.get(key) {
+            Some(v) => {
+                back.insert(key.clone(), v.clone());
+            }
+            None => drop.push(key.clone()),
+        }
+    }
+    (back, drop)
+}
+
+/// One audit line for a fix rule created or removed along with a passthrough write.
+fn audit_policy(app: &AppState, caller: &Caller, action: &str, r: &ResourceRef, result: &Result<(), BackendError>) {
+    app.audit(&AuditEntry {
+        time: now(),
+        actor: caller.actor.clone(),
+        remote: caller.remote.clone(),
+        action: action.to_string(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        before: None,
+        after: None,
+        restart: false,
+        result: result.as_ref().map_or_else(|e| e.report(), |_| "ok".to_string()),
+        status: Some(result.as_ref().map_or_else(|e| ErrorCode::of_backend(e).status().as_u16(), |_| 200)),
+        error: result.as_ref().err().map(|e| ErrorCode::of_backend(e).as_str().to_string()),
+    });
 }
 
 /// Passthrough settings, with the version (ETag) to write against.
@@ -97,6 +175,7 @@ struct Change {
     settings: Passthrough,
     restart: bool,
     validate: bool,
+    fix_clients: bool,
 }
 
 async fn apply_change(
@@ -129,12 +208,28 @@ async fn apply_change(
     } else {
         c.settings.clone()
     };
+    // The impact is computed before anything is written, against the mesh as it is. Without
+    // the fix it is advice; the fix cannot be made without it.
+    let mut warnings = Vec::new();
+    let assessment = match assess(app, &info, &settings, c.fix_clients).await {
+        Ok(a) => Some(a),
+        Err(e) if c.fix_clients => {
+            app.inner.metrics.change("error");
+            return Err(needs_policies(e).into());
+        }
+        Err(BackendError::Unsupported(_)) => None,
+        Err(e) => {
+            warnings.push(not_assessed(&e));
+            None
+        }
+    };
     let (set, remove) = passthrough::patch(&info.annotations, &settings);
+    let original = info.annotations.clone();
     let written = if set.is_empty() && remove.is_empty() {
         // Same values again: nothing to write (the version stays), but still a success.
         info
     } else {
-        let result = backend.patch_annotations(w, &c.expected, set, remove).await;
+        let result = backend.patch_annotations(w, &c.expected, set.clone(), remove.clone()).await;
         app.audit(&AuditEntry {
             time: now(),
             actor: caller.actor.clone(),
@@ -162,9 +257,59 @@ async fn apply_change(
             }
         }
     };
+    let (mut created, mut removed) = (Vec::new(), Vec::new());
+    if let Some(a) = &assessment {
+        if c.fix_clients {
+            for fix in &a.impact.fixes {
+                let r = Resource::DestinationRule(fix.clone());
+                let reference = r.reference();
+                let result = backend.create_policy(&r).await;
+                audit_policy(app, caller, "destinationrule.create", &reference, &result);
+                if let Err(e) = result {
+                    // Nothing half-applied: the rules made so far go, the annotations return.
+                    for done in &created {
+                        let undone = backend.delete_policy(done).await;
+                        audit_policy(app, caller, "destinationrule.delete", done, &undone);
+                    }
+                    let (back, drop) = undo(&original, &set, &remove);
+                    if !(back.is_empty() && drop.is_empty()) {
+                        if let Err(u) = backend.patch_annotations(w, &written.resource_version, back, drop).await {
+                            app.inner.metrics.change("error");
+                            return Err(BackendError::failed(format!(
+                                "creating {reference} failed, and the settings could not be restored ({}); they are written",
+                                u.report()
+                            ))
+                            .caused_by(e)
+                            .into());
+                        }
+                    }
+                    app.inner.metrics.change("error");
+                    return Err(BackendError::failed(format!("creating {reference} failed; nothing was changed"))
+                        .caused_by(e)
+                        .into());
+                }
+                created.push(reference);
+            }
+        }
+        for stale in &a.stale {
+            let result = backend.delete_policy(stale).await;
+            audit_policy(app, caller, "destinationrule.delete", stale, &result);
+            match result {
+                Ok(()) => removed.push(stale.clone()),
+                Err(e) => warnings.push(format!("{stale} is no longer needed but was not removed: {}", e.report())),
+            }
+        }
+    }
     app.inner.metrics.change("ok");
     let op = if c.restart { Some(start_restart(app, caller, w)?) } else { None };
-    let doc = passthrough_doc(app, written, op).await;
+    let mut doc = passthrough_doc(app, written, op).await;
+    if let Some(a) = &assessment {
+        doc.impact = impact::entries(&a.impact);
+        doc.warnings.extend(a.impact.notes.iter().cloned());
+    }
+    doc.warnings.extend(warnings);
+    doc.created = created.iter().map(impact::policy_ref).collect();
+    doc.removed = removed.iter().map(impact::policy_ref).collect();
     let rv = doc.resource_version.clone();
     Ok(with_etag(Json(doc).into_response(), &rv))
 }
@@ -207,6 +352,7 @@ pub(crate) async fn put_passthrough(
         settings: update.settings(),
         restart: update.restart,
         validate: true,
+        fix_clients: update.fix_clients,
     };
     apply_change(&app, &caller, &slot, &w, change).await
 }
@@ -252,29 +398,58 @@ pub(crate) async fn delete_passthrough(
     let expected = precondition(&headers, q.resource_version)?;
     // Clearing only removes annotations, so it cannot make a template invalid: no validation
     // (which also lets an operator clear settings that were broken around the API).
-    let change =
-        Change { action: "passthrough.clear", expected, settings: Passthrough::default(), restart, validate: false };
+    let change = Change {
+        action: "passthrough.clear",
+        expected,
+        settings: Passthrough::default(),
+        restart,
+        validate: false,
+        fix_clients: false,
+    };
     apply_change(&app, &caller, &slot, &w, change).await
 }
 
-/// The capture rules before and after a change, and their diff.
+/// `POST …/passthrough/preview?fixClients=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PreviewQuery {
+    /// Compute the impact as it will be with the fix rules (`fixes`) created (default false).
+    fix_clients: Option<bool>,
+}
+
+/// The capture rules before and after a change, their diff, and the change's impact on meshed
+/// clients' mutual TLS.
 #[utoipa::path(post, path = "/api/v1/namespaces/{ns}/workloads/{name}/passthrough/preview", tag = "passthrough",
     operation_id = "previewPassthrough",
     params(
         WorkloadParams,
         ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
+        PreviewQuery,
     ),
     request_body = Passthrough,
     responses((status = 200, description = "Preview", body = Preview), crate::routes::errors::Evaluate))]
 pub(crate) async fn preview(
     State(app): State<AppState>,
     WorkloadPath(w): WorkloadPath,
+    ApiQuery(q): ApiQuery<PreviewQuery>,
     ApiJson(proposed): ApiJson<Passthrough>,
 ) -> Result<Json<Preview>, ApiError> {
     let backend = app.backend();
     let info = backend.get(&w).await?;
     let others = backend.list().await.unwrap_or_default();
-    passthrough::preview(&info, &proposed, &others, &app.inner.values, backend.rule_format(), backend.dialect())
-        .map(Json)
-        .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })
+    let mut preview =
+        passthrough::preview(&info, &proposed, &others, &app.inner.values, backend.rule_format(), backend.dialect())
+            .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })?;
+    match assess(&app, &info, &proposed, q.fix_clients.unwrap_or(false)).await {
+        Ok(a) => {
+            preview.impact = impact::entries(&a.impact);
+            preview.fixes = a.impact.fixes.iter().map(impact::fix_rule).collect();
+            preview.removes = a.stale.iter().map(impact::policy_ref).collect();
+            preview.warnings.extend(a.impact.notes);
+        }
+        Err(BackendError::Unsupported(_)) => {}
+        Err(e) => preview.warnings.push(not_assessed(&e)),
+    }
+    Ok(Json(preview))
 }

@@ -4,9 +4,15 @@
 //!
 //! `set` changes only the lists it is given: it reads the settings with their version, merges,
 //! and writes with `If-Match`, so a concurrent change elsewhere is reported, never lost.
+//!
+//! Every write reports its impact on meshed clients' mutual TLS (computed before writing);
+//! `--dry-run` shows it without writing, `--fix-clients` also creates the `DestinationRule`s
+//! that keep the failing clients working (in plaintext).
 
 use anyhow::Context;
-use meshpass_api::model::{Passthrough, PassthroughDoc, PassthroughUpdate, SidecarStatus, WorkloadRef};
+use meshpass_api::model::{
+    ImpactEffect, ImpactEntry, Passthrough, PassthroughDoc, PassthroughUpdate, PolicyRef, SidecarStatus, WorkloadRef,
+};
 use meshpass_api::{Client, ClientError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +42,14 @@ pub struct Args {
     /// workload shows "Pending restart".
     #[arg(long)]
     restart: bool,
+    /// With `set`: also create a DestinationRule turning TLS off for each Service port whose
+    /// meshed clients would otherwise fail (they would send mutual TLS to a port the app now
+    /// receives directly). meshpass removes such rules when the exclusion is cleared.
+    #[arg(long)]
+    fix_clients: bool,
+    /// With `set`: show the rule changes and the impact on meshed clients, write nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Output: text or json.
     #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
     output: String,
@@ -109,10 +123,28 @@ fn show(doc: &PassthroughDoc, json: bool) -> anyhow::Result<()> {
         }
     }
     println!("resource version:    {}", doc.resource_version);
+    show_impact(&doc.impact);
+    for (what, list) in [("created", &doc.created), ("removed", &doc.removed)] {
+        for r in list {
+            println!("{what}: {} {}/{}", r.kind, r.namespace, r.name);
+        }
+    }
     for w in &doc.warnings {
         println!("warning: {w}");
     }
     Ok(())
+}
+
+/// One line per affected client: who, which Service port, what happens and why.
+fn show_impact(impact: &[ImpactEntry]) {
+    for e in impact {
+        let effect = match e.effect {
+            ImpactEffect::Fails => "FAILS",
+            ImpactEffect::LosesMtls => "loses mTLS",
+            ImpactEffect::Works => "works",
+        };
+        println!("impact: {} -> {}:{} ({effect}): {}", e.client, e.service, e.service_port, e.reason);
+    }
 }
 
 /// Prints an API error; 422 lists every rejected item and exits 2 (as the other commands do
@@ -143,6 +175,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--inbound-ports/--outbound-ports/--outbound-ip-ranges go with `set`");
     }
+    if a.action != "set" && (a.fix_clients || a.dry_run) {
+        anyhow::bail!("--fix-clients and --dry-run go with `set`");
+    }
+    if a.dry_run && a.restart {
+        anyhow::bail!("--dry-run writes nothing, so it cannot --restart");
+    }
     let client = client(&a)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -164,9 +202,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 if let Some(v) = &a.outbound_ip_ranges {
                     s.outbound_ip_ranges = items(v);
                 }
+                if a.dry_run {
+                    return dry_run(&client, &w, &s, a.fix_clients, json).await;
+                }
                 sent = Some(s.clone());
                 let mut update = PassthroughUpdate::new(s);
                 update.restart = a.restart;
+                update.fix_clients = a.fix_clients;
                 client.put_passthrough(&w, &update, Some(&current.resource_version)).await
             }
             _ => client.delete_passthrough(&w, a.restart, Some(&current.resource_version)).await,
@@ -209,9 +251,63 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         } else if !a.restart && !json && doc.settings != current.settings {
             eprintln!("the running pods keep their old settings until a restart (`--restart`): Pending restart");
         }
-        // Show the state after the restart, not the one the write answered with.
-        let after = if doc.operation.is_some() { client.get_passthrough(&w).await.unwrap_or(doc) } else { doc };
+        // Show the state after the restart, not the one the write answered with (but the
+        // write's impact and rule changes, which a read does not report).
+        let after = if doc.operation.is_some() {
+            match client.get_passthrough(&w).await {
+                Ok(mut now) => {
+                    now.impact = doc.impact.clone();
+                    now.created = doc.created.clone();
+                    now.removed = doc.removed.clone();
+                    now
+                }
+                Err(_) => doc,
+            }
+        } else {
+            doc
+        };
         show(&after, json)?;
         Ok(code)
     })
+}
+
+/// `set --dry-run`: the preview's rule diff and impact; nothing is written.
+async fn dry_run(
+    client: &Client,
+    w: &WorkloadRef,
+    settings: &Passthrough,
+    fix_clients: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let p = match client.preview(w, settings, fix_clients).await {
+        Ok(p) => p,
+        Err(e) => return report(e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for l in &p.diff {
+        if l.op != " " {
+            println!("{}{}", l.op, l.line);
+        }
+    }
+    show_impact(&p.impact);
+    let names =
+        |v: &[PolicyRef]| v.iter().map(|r| format!("{} {}/{}", r.kind, r.namespace, r.name)).collect::<Vec<_>>();
+    for f in &p.fixes {
+        let verb = if fix_clients { "creates" } else { "--fix-clients would create" };
+        println!(
+            "{verb}: {} {}/{} (TLS off for {}:{})",
+            f.reference.kind, f.reference.namespace, f.reference.name, f.host, f.port
+        );
+    }
+    for r in names(&p.removes) {
+        println!("removes: {r}");
+    }
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+    eprintln!("dry run: nothing written");
+    Ok(ExitCode::SUCCESS)
 }
