@@ -3,7 +3,8 @@
 
 use crate::ir::OwnerId;
 use meshpass_settings::{
-    CidrSet, IfaceName, InterceptionMode, IpNet, IpRangeSpec, PortRange, PortSet, PortSpec, Settings,
+    effective, CidrSet, IfaceName, InterceptionMode, IpNet, IpRangeSpec, MeshDefaults, PortRange, PortSet, PortSpec,
+    Settings,
 };
 use serde::Serialize;
 use std::net::IpAddr;
@@ -171,20 +172,10 @@ fn loopback_v4() -> IpNet {
 /// (Helm `values.global.proxy.*` and `meshConfig.defaultConfig`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InjectorValues {
-    /// `includeInboundPorts` (default `*`).
-    pub include_inbound_ports: PortSpec,
-    /// `excludeInboundPorts` (default empty).
-    pub exclude_inbound_ports: PortSet,
-    /// `includeIPRanges` (default `*`).
-    pub include_ip_ranges: IpRangeSpec,
-    /// `excludeIPRanges` (default empty).
-    pub exclude_ip_ranges: CidrSet,
-    /// `includeOutboundPorts` (default empty).
-    pub include_outbound_ports: PortSet,
-    /// `excludeOutboundPorts` (default empty).
-    pub exclude_outbound_ports: PortSet,
-    /// `statusPort` (default 15020; 0 = none).
-    pub status_port: u16,
+    /// The capture values a pod gets for every annotation it does not have
+    /// (`global.proxy.includeIPRanges`, `excludeIPRanges`, `…InboundPorts`,
+    /// `…OutboundPorts`, `statusPort`); see [`meshpass_settings::mesh`].
+    pub defaults: MeshDefaults,
     /// `meshConfig.defaultConfig.interceptionMode` (default REDIRECT).
     pub interception_mode: InterceptionMode,
     /// The proxy's UID (`runAsUser`; default 1337).
@@ -209,13 +200,7 @@ pub struct InjectorValues {
 impl Default for InjectorValues {
     fn default() -> Self {
         Self {
-            include_inbound_ports: PortSpec::Wildcard,
-            exclude_inbound_ports: PortSet::new(),
-            include_ip_ranges: IpRangeSpec::Wildcard,
-            exclude_ip_ranges: CidrSet::new(),
-            include_outbound_ports: PortSet::new(),
-            exclude_outbound_ports: PortSet::new(),
-            status_port: STATUS_PORT,
+            defaults: MeshDefaults::default(),
             interception_mode: InterceptionMode::Redirect,
             proxy_uid: PROXY_ID,
             proxy_gid: None,
@@ -233,20 +218,22 @@ impl CaptureConfig {
     /// What Istio's injector (non-CNI `istio-init`) passes to istio-iptables for a pod with
     /// these annotations. `None` when the interception mode is `NONE` (no capture at all).
     ///
-    /// The inbound exclusions are `15090,15021`, then the annotation (or the mesh value),
-    /// then the status port unless it is 0 or already listed, as the injector template does.
+    /// Each list is the pod's [`meshpass_settings::effective`] value: its annotation when
+    /// present, else the mesh-wide one, never both. The inbound exclusions are
+    /// `15090,15021`, then that list, then the status port unless it is 0 or already listed,
+    /// as the injector template does.
     pub fn from_settings(s: &Settings, v: &InjectorValues) -> Option<Self> {
         let mode = s.interception_mode.unwrap_or(v.interception_mode);
         if mode == InterceptionMode::None {
             return None;
         }
-        let status_port = s.status_port.unwrap_or(v.status_port);
+        let e = effective(s, &v.defaults);
         let mut exclude_inbound = PortSet::from_ports([PROMETHEUS_PORT, HEALTH_PORT]);
         let mut sidecar_inbound = exclude_inbound.clone();
-        for r in s.exclude_inbound_ports.as_ref().unwrap_or(&v.exclude_inbound_ports) {
+        for r in &e.exclude_inbound_ports.value {
             exclude_inbound.insert(*r);
         }
-        if let Some(p) = PortRange::single(status_port) {
+        if let Some(p) = PortRange::single(e.status_port.value) {
             exclude_inbound.insert(p);
             sidecar_inbound.insert(p);
         }
@@ -255,25 +242,13 @@ impl CaptureConfig {
             mode,
             proxy_uids: vec![OwnerId::numeric(v.proxy_uid)],
             proxy_gids: vec![OwnerId::numeric(v.proxy_gid.unwrap_or(v.proxy_uid))],
-            include_inbound_ports: s.include_inbound_ports.clone().unwrap_or_else(|| v.include_inbound_ports.clone()),
+            include_inbound_ports: e.include_inbound_ports.value,
             exclude_inbound_ports: exclude_inbound,
             sidecar_inbound_ports: sidecar_inbound,
-            include_outbound_ports: s
-                .include_outbound_ports
-                .clone()
-                .unwrap_or_else(|| v.include_outbound_ports.clone()),
-            exclude_outbound_ports: s
-                .exclude_outbound_ports
-                .clone()
-                .unwrap_or_else(|| v.exclude_outbound_ports.clone()),
-            include_outbound_ip_ranges: s
-                .include_outbound_ip_ranges
-                .clone()
-                .unwrap_or_else(|| v.include_ip_ranges.clone()),
-            exclude_outbound_ip_ranges: s
-                .exclude_outbound_ip_ranges
-                .clone()
-                .unwrap_or_else(|| v.exclude_ip_ranges.clone()),
+            include_outbound_ports: e.include_outbound_ports.value,
+            exclude_outbound_ports: e.exclude_outbound_ports.value,
+            include_outbound_ip_ranges: e.include_outbound_ip_ranges.value,
+            exclude_outbound_ip_ranges: e.exclude_outbound_ip_ranges.value,
             reroute_virtual_interfaces: s.virtual_interfaces().cloned().unwrap_or_default(),
             exclude_interfaces: s.exclude_interfaces.clone().unwrap_or_default(),
             redirect_dns: v.redirect_dns,
@@ -340,5 +315,30 @@ impl CaptureConfig {
             a.push("--untrack-excluded-inbound".into());
         }
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpass_settings::{keys, mesh::values};
+    use std::collections::BTreeMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_annotations(&m).expect("valid")
+    }
+
+    #[test]
+    fn mesh_wide_values_apply_where_the_annotation_is_absent_and_never_merge() {
+        let mut v = InjectorValues::default();
+        v.defaults.set_value(values::EXCLUDE_IP_RANGES, "198.19.0.2/32").expect("valid");
+        v.defaults.set_value(values::EXCLUDE_INBOUND_PORTS, "9000").expect("valid");
+        let args = |s: &Settings| CaptureConfig::from_settings(s, &v).expect("capture").to_istio_args().join(" ");
+        let none = args(&Settings::default());
+        assert!(none.contains("-x 198.19.0.2/32") && none.contains("-d 15090,15021,9000,15020"), "{none}");
+        let own =
+            args(&settings(&[(keys::EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/8"), (keys::EXCLUDE_INBOUND_PORTS, "")]));
+        assert!(own.contains("-x 10.0.0.0/8 ") && own.contains("-d 15090,15021,15020"), "replaced, not merged: {own}");
     }
 }

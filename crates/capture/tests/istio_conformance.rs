@@ -78,23 +78,11 @@ fn injector_values(case: &serde_json::Value) -> InjectorValues {
     for f in case["input"]["install_set_flags"].as_array().into_iter().flatten() {
         let f = f.as_str().expect("flag");
         let (k, val) = f.split_once('=').expect("k=v");
-        let ann = |key: &str| BTreeMap::from([(key.to_string(), val.to_string())]);
-        let s = |key: &str| Settings::from_annotations(&ann(key)).expect("valid value");
-        match k {
-            "values.global.proxy.statusPort" => v.status_port = val.parse().expect("port"),
-            "values.global.proxy.includeIPRanges" => {
-                v.include_ip_ranges =
-                    s(meshpass_settings::keys::INCLUDE_OUTBOUND_IP_RANGES).include_outbound_ip_ranges.expect("set")
+        // Every `values.global.proxy.*` capture value is read as the injector reads it.
+        if let Some(path) = k.strip_prefix("values.") {
+            if meshpass_settings::mesh::VALUE_KEYS.iter().any(|(p, _)| *p == path) {
+                v.defaults.set_value(path, val).expect("valid value");
             }
-            "values.global.proxy.excludeIPRanges" => {
-                v.exclude_ip_ranges =
-                    s(meshpass_settings::keys::EXCLUDE_OUTBOUND_IP_RANGES).exclude_outbound_ip_ranges.expect("set")
-            }
-            "values.global.proxy.excludeInboundPorts" => {
-                v.exclude_inbound_ports =
-                    s(meshpass_settings::keys::EXCLUDE_INBOUND_PORTS).exclude_inbound_ports.expect("set")
-            }
-            _ => {}
         }
     }
     if case["input"]["mesh_override"].as_str() == Some("meshConfig.defaultConfig.interceptionMode=TPROXY") {

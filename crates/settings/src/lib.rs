@@ -13,6 +13,10 @@
 //! and duplicate items collapse. Everything Istio's injector rejects is rejected too.
 //! [`canon`] gives the one spelling the management plane writes (and, for Istio's dialect,
 //! refuses what its injector refuses beyond that, such as port ranges).
+//!
+//! [`mesh`] adds the second level: the mesh-wide values Istio's injector gives every pod
+//! without the annotation, and each workload's [`Effective`] settings with where each value
+//! comes from.
 
 pub mod annotations;
 pub mod canon;
@@ -20,6 +24,7 @@ pub mod error;
 pub mod iface;
 pub mod ip;
 pub mod keys;
+pub mod mesh;
 pub mod ports;
 
 pub use annotations::{IpRangeSpec, PortSpec, Settings};
@@ -27,6 +32,7 @@ pub use canon::{Canonical, Dialect};
 pub use error::{Reason, SettingError, SettingErrors};
 pub use iface::IfaceName;
 pub use ip::{CidrSet, IpNet};
+pub use mesh::{effective, Effective, MeshDefaults, Source, Sourced};
 pub use ports::{PortRange, PortSet};
 
 /// Which way traffic goes, seen from the pod: the one direction type of the workspace (rules,

@@ -10,7 +10,7 @@ use meshpass_capture::ir::Family;
 use meshpass_capture::linux::{self, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::render::iptables::render_restore;
 use meshpass_capture::{compile, CaptureConfig, InjectorValues, Plan};
-use meshpass_settings::{InterceptionMode, Settings};
+use meshpass_settings::{InterceptionMode, MeshDefaults, Settings};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -34,9 +34,16 @@ pub struct SettingsArgs {
     /// The proxy's GID (default: the UID, as istio-iptables).
     #[arg(long)]
     proxy_gid: Option<u32>,
-    /// The agent's status port, excluded inbound (0 = none).
-    #[arg(long, default_value_t = 15020)]
-    status_port: u16,
+    /// The agent's status port, excluded inbound (0 = none; default: the mesh-wide
+    /// `global.proxy.statusPort`, 15020).
+    #[arg(long)]
+    status_port: Option<u16>,
+    /// The mesh-wide values of Istio's injector (`global.proxy.excludeIPRanges`,
+    /// `excludeOutboundPorts`, …) that apply wherever an annotation is absent: a YAML/JSON
+    /// file of Helm values, or the `istio-sidecar-injector` ConfigMap
+    /// (`kubectl get cm -n istio-system istio-sidecar-injector -o yaml`).
+    #[arg(long, value_name = "FILE")]
+    injector_values: Option<String>,
     /// Capture DNS to the agent (ISTIO_META_DNS_CAPTURE).
     #[arg(long)]
     dns_capture: bool,
@@ -61,6 +68,21 @@ fn scalar(v: &serde_yaml::Value) -> Option<String> {
         serde_yaml::Value::Null => Some(String::new()),
         _ => None,
     }
+}
+
+/// Reads the injector's Helm values from a file: the values themselves (YAML or JSON), or
+/// the `istio-sidecar-injector` ConfigMap, whose `data.values` holds them as text.
+pub fn read_injector_values(path: &str) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let doc: serde_json::Value = serde_yaml::from_str(&text).with_context(|| format!("{path} is not YAML or JSON"))?;
+    if doc.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") {
+        let values = doc
+            .pointer("/data/values")
+            .and_then(|v| v.as_str())
+            .with_context(|| format!("{path}: the ConfigMap has no data.values (the injector's Helm values)"))?;
+        return serde_yaml::from_str(values).with_context(|| format!("{path}: data.values is not YAML or JSON"));
+    }
+    Ok(doc)
 }
 
 /// Reads annotations from a file: a flat map, or a manifest's pod-template / metadata
@@ -104,10 +126,29 @@ impl SettingsArgs {
         Ok(map)
     }
 
-    /// The injector's mesh-wide values these flags describe.
-    pub fn values(&self) -> InjectorValues {
+    /// The mesh-wide capture values: `--injector-values`, Istio's defaults without it.
+    fn mesh_defaults(&self) -> anyhow::Result<Result<MeshDefaults, ExitCode>> {
+        let mut d = match &self.injector_values {
+            None => MeshDefaults::default(),
+            Some(path) => {
+                let values = read_injector_values(path)?;
+                let (d, errors) = MeshDefaults::from_values(&values);
+                if !errors.is_empty() {
+                    return Ok(Err(invalid(&meshpass_settings::SettingErrors(errors))));
+                }
+                d
+            }
+        };
+        if let Some(p) = self.status_port {
+            d.status_port = p;
+        }
+        Ok(Ok(d))
+    }
+
+    /// The injector's mesh-wide values these flags describe, around `defaults`.
+    fn values(&self, defaults: MeshDefaults) -> InjectorValues {
         InjectorValues {
-            status_port: self.status_port,
+            defaults,
             proxy_uid: self.proxy_uid,
             proxy_gid: self.proxy_gid,
             enable_ipv6: self.ipv6,
@@ -131,10 +172,17 @@ impl SettingsArgs {
             Ok(s) => s,
             Err(e) => return Ok(Err(invalid(&e))),
         };
+        let defaults = match self.mesh_defaults()? {
+            Ok(d) => d,
+            Err(code) => return Ok(Err(code)),
+        };
+        for r in meshpass_settings::effective(&settings, &defaults).replaced() {
+            eprintln!("warning: {r}");
+        }
         if settings.interception_mode == Some(InterceptionMode::None) {
             return Ok(Ok(None));
         }
-        Ok(Ok(CaptureConfig::from_settings(&settings, &self.values())))
+        Ok(Ok(CaptureConfig::from_settings(&settings, &self.values(defaults))))
     }
 }
 
@@ -295,4 +343,48 @@ fn show_live(runner: &NetnsRunner, backend: RuleBackend, format: Format) -> anyh
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Option<CaptureConfig>, ExitCode> {
+        let cli = Cli::try_parse_from(std::iter::once("rules").chain(args.iter().copied())).expect("flags");
+        cli.settings.config().expect("readable")
+    }
+
+    #[test]
+    fn injector_values_come_from_the_configmap_and_yield_to_annotations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cm = dir.path().join("cm.yaml");
+        // The ConfigMap as `kubectl get -o yaml` prints it: the values are JSON text.
+        std::fs::write(
+            &cm,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio-sidecar-injector, namespace: istio-system}\n\
+             data:\n  config: 'policy: enabled'\n  values: |-\n    {\"global\": {\"proxy\": {\"excludeIPRanges\": \
+             \"198.19.0.2/32\", \"excludeInboundPorts\": \"\", \"includeIPRanges\": \"*\", \"includeInboundPorts\": \
+             \"*\", \"statusPort\": 15020}}}\n",
+        )
+        .expect("write");
+        let path = cm.to_str().expect("utf-8");
+        let mesh = config(&["--injector-values", path]).expect("valid").expect("capture");
+        assert_eq!(mesh.exclude_outbound_ip_ranges.to_string(), "198.19.0.2/32");
+        let own =
+            config(&["--injector-values", path, "-a", "traffic.sidecar.istio.io/excludeOutboundIPRanges=10.0.0.0/8"])
+                .expect("valid")
+                .expect("capture");
+        assert_eq!(own.exclude_outbound_ip_ranges.to_string(), "10.0.0.0/8", "the annotation replaces the value");
+        // Bad values are refused like bad annotations (exit 2).
+        let bad = dir.path().join("values.json");
+        std::fs::write(&bad, r#"{"global": {"proxy": {"excludeIPRanges": "10.0.0.0/33"}}}"#).expect("write");
+        assert!(config(&["--injector-values", bad.to_str().expect("utf-8")]).is_err());
+    }
 }
