@@ -129,8 +129,6 @@ fn inbound_target(w: &WorkloadInfo, req: &CheckRequest) -> Result<Target, MeshEr
     Target::parse(&format!("http://{ip}:{port}{path}"))
 }
 
-/// Istio's defaults plus the settings of the last `meshpass up` (state.json), which the
-/// supervisor compiled every pod's rules with. Reads a file: call it off the async threads.
 /// The stored policy objects read back as resources (they were validated when applied).
 fn resources(objects: &[serde_json::Value]) -> Result<Vec<Resource>, MeshError> {
     objects
@@ -148,9 +146,13 @@ fn stored(client: &Client, r: &ResourceRef) -> Result<Option<Resource>, MeshErro
     Ok(resources(&objects)?.into_iter().find(|s| s.reference() == *r))
 }
 
+/// The mesh-wide defaults and the settings of the last `meshpass up` (state.json), which
+/// the supervisor compiles every pod's rules with. Reads a file: call it off the async
+/// threads.
 fn mesh_values(state_dir: &Path) -> InjectorValues {
-    let net = State::load(state_dir).ok().flatten().and_then(|s| s.net);
-    mesh_injector_values(net.is_some_and(|n| n.untrack_excluded_inbound))
+    let state = State::load(state_dir).ok().flatten().unwrap_or_default();
+    let untrack = state.net.as_ref().is_some_and(|n| n.untrack_excluded_inbound);
+    mesh_injector_values(untrack, &state.mesh_defaults)
 }
 
 /// Every labelled rule of `eff` with counters; rules read back from iptables carry no label,

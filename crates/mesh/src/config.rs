@@ -6,6 +6,7 @@ use crate::plan::capture::mesh_injector_values;
 use crate::MeshError;
 use meshpass_capture::linux::RuleBackend;
 use meshpass_capture::InjectorValues;
+use meshpass_settings::MeshDefaults;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,9 +74,10 @@ impl MeshConfig {
         }
     }
 
-    /// The mesh-wide values every pod's rules are compiled with.
-    pub fn injector_values(&self) -> InjectorValues {
-        mesh_injector_values(self.untrack_excluded_inbound)
+    /// The mesh-wide values every pod's rules are compiled with, around the mesh-wide
+    /// capture defaults kept in the state ([`crate::state::State::mesh_defaults`]).
+    pub fn injector_values(&self, defaults: &MeshDefaults) -> InjectorValues {
+        mesh_injector_values(self.untrack_excluded_inbound, defaults)
     }
 
     /// Every problem with the settings at once.

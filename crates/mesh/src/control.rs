@@ -3,6 +3,7 @@
 //! `{"ok": ...}` or `{"error": "..."}` line. [`Client`] is the synchronous client the CLI and
 //! tests use.
 
+pub use crate::plan::change::AnnotateItem;
 use crate::MeshError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,6 +42,15 @@ pub struct WorkloadStatus {
     /// Changes on every change of the Deployment (see [`Client::annotate_if`]).
     #[serde(default)]
     pub resource_version: String,
+}
+
+/// The mesh-wide capture defaults and their version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultsStatus {
+    /// The values (Istio's injector `global.proxy.*`).
+    pub defaults: meshpass_settings::MeshDefaults,
+    /// Changes on every change of the defaults (see [`Client::set_defaults`]).
+    pub version: String,
 }
 
 /// A pod.
@@ -146,6 +156,28 @@ pub enum Request {
         #[serde(default)]
         expect_version: Option<String>,
     },
+    /// [`Request::Annotate`] for several Deployments, each on its own (one failing changes
+    /// nothing and stops nothing else), saved once. The answer is one reply per item.
+    AnnotateMany {
+        /// The changes, answered in this order.
+        items: Vec<AnnotateItem>,
+        /// Re-apply capture rules in place instead of marking pods pending restart.
+        live: bool,
+    },
+    /// The mesh-wide capture defaults.
+    Defaults,
+    /// Change mesh-wide capture defaults: the values given (Helm path such as
+    /// `global.proxy.excludeIPRanges` → text) replace those, the others stay.
+    SetDefaults {
+        /// The values to change.
+        values: BTreeMap<String, String>,
+        /// Re-apply the capture of affected pods in place instead of marking them pending
+        /// restart.
+        live: bool,
+        /// Only write if the defaults are still at this version.
+        #[serde(default)]
+        expect_version: Option<String>,
+    },
     /// Tear the mesh down and stop the supervisor.
     Shutdown,
 }
@@ -182,6 +214,23 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// The outcome a final reply stands for (a progress line is a protocol error here).
+    pub fn into_result(self) -> Result<serde_json::Value, MeshError> {
+        match self {
+            Reply::Ok(v) => Ok(v),
+            Reply::Progress(p) => {
+                Err(MeshError::Protocol { what: format!("a progress line as an answer: {p}"), source: None })
+            }
+            Reply::Error(e) => Err(MeshError::Remote(e)),
+            Reply::Invalid(v) => Err(MeshError::Invalid(v)),
+            Reply::WorkloadNotFound { namespace, name } => Err(MeshError::WorkloadNotFound { namespace, name }),
+            Reply::NotFound(what) => Err(MeshError::NotFound(what)),
+            Reply::Conflict { workload, expected, actual } => Err(MeshError::Conflict { workload, expected, actual }),
+        }
+    }
+}
+
 /// A synchronous client of a running supervisor.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -208,16 +257,7 @@ impl Client {
                 .map_err(|e| MeshError::protocol(format!("a reply that is not one: {line}"))(e.into()))?;
             match reply {
                 Reply::Progress(p) => progress(&p),
-                Reply::Ok(v) => return Ok(v),
-                Reply::Error(e) => return Err(MeshError::Remote(e)),
-                Reply::Invalid(v) => return Err(MeshError::Invalid(v)),
-                Reply::WorkloadNotFound { namespace, name } => {
-                    return Err(MeshError::WorkloadNotFound { namespace, name })
-                }
-                Reply::NotFound(what) => return Err(MeshError::NotFound(what)),
-                Reply::Conflict { workload, expected, actual } => {
-                    return Err(MeshError::Conflict { workload, expected, actual })
-                }
+                other => return other.into_result(),
             }
         }
         Err(MeshError::Protocol { what: "the supervisor closed the connection without an answer".into(), source: None })
@@ -309,6 +349,40 @@ impl Client {
             expect_version: expect_version.map(str::to_string),
         };
         self.get(req)
+    }
+
+    /// Several annotate changes in one request ([`Request::AnnotateMany`]): one result per
+    /// item, in order; `Err` only when the request as a whole failed (nothing changed).
+    pub fn annotate_many(
+        &self,
+        items: Vec<AnnotateItem>,
+        live: bool,
+    ) -> Result<Vec<Result<Vec<String>, MeshError>>, MeshError> {
+        let replies: Vec<Reply> = self.get(Request::AnnotateMany { items, live })?;
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                r.into_result().and_then(|v| {
+                    serde_json::from_value(v).map_err(|e| MeshError::protocol("an answer of the wrong shape")(e.into()))
+                })
+            })
+            .collect())
+    }
+
+    /// The mesh-wide capture defaults and their version.
+    pub fn defaults(&self) -> Result<DefaultsStatus, MeshError> {
+        self.get(Request::Defaults)
+    }
+
+    /// Changes mesh-wide capture defaults ([`Request::SetDefaults`]); returns what changed
+    /// and what happens to the pods.
+    pub fn set_defaults(
+        &self,
+        values: BTreeMap<String, String>,
+        live: bool,
+        expect_version: Option<&str>,
+    ) -> Result<Vec<String>, MeshError> {
+        self.get(Request::SetDefaults { values, live, expect_version: expect_version.map(str::to_string) })
     }
 
     /// Asks the supervisor to tear everything down and exit; returns once it has.

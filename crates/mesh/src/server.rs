@@ -78,6 +78,17 @@ fn handle(sup: &Arc<Supervisor>, stream: UnixStream) {
         Request::Annotate { namespace, name, set, remove, live, expect_version } => {
             reply(sup.annotate(&namespace, &name, set, remove, live, expect_version.as_deref()).and_then(json))
         }
+        Request::AnnotateMany { items, live } => match sup.annotate_many(&items, live) {
+            Ok(results) => {
+                let replies: Vec<Reply> = results.into_iter().map(|r| reply(r.and_then(json))).collect();
+                reply(json(replies))
+            }
+            Err(e) => reply(Err(e)),
+        },
+        Request::Defaults => reply(json(sup.defaults())),
+        Request::SetDefaults { values, live, expect_version } => {
+            reply(sup.set_defaults(&values, live, expect_version.as_deref()).and_then(json))
+        }
         Request::Shutdown => {
             sup.stop().request();
             while !sup.stopped() {

@@ -72,6 +72,14 @@ pub struct State {
     /// The stored `PeerAuthentication`s and `DestinationRule`s, with their creation order.
     #[serde(default, skip_serializing_if = "Policies::is_empty")]
     pub policies: Policies,
+    /// The mesh-wide capture values (Istio's injector `global.proxy.*` values) every meshed
+    /// pod gets where its template has no annotation; Istio's defaults until changed.
+    #[serde(default)]
+    pub mesh_defaults: meshpass_settings::MeshDefaults,
+    /// The revision of the last change of [`State::mesh_defaults`] (`0`: never changed), so
+    /// that a change can name the version it was based on, like a workload's.
+    #[serde(default)]
+    pub defaults_version: u64,
 }
 
 /// The policy resources as the state file keeps them ([`PolicySet::to_json`]); read back,
@@ -111,6 +119,13 @@ impl State {
         self.revision += 1;
         self.versions.insert(k.clone(), self.revision);
         self.deployments.insert(k, d);
+    }
+
+    /// Stores new mesh-wide defaults and gives them a new version.
+    pub fn put_mesh_defaults(&mut self, d: meshpass_settings::MeshDefaults) {
+        self.revision += 1;
+        self.defaults_version = self.revision;
+        self.mesh_defaults = d;
     }
 
     /// A Deployment's resource version (`"0"` for one stored before versions existed).

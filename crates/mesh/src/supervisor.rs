@@ -12,7 +12,7 @@
 //! signal, `meshpass down`, an error, or a panic.
 
 use crate::config::MeshConfig;
-use crate::control::{PodStatus, ServiceStatus, WorkloadStatus, SOCKET};
+use crate::control::{DefaultsStatus, PodStatus, ServiceStatus, WorkloadStatus, SOCKET};
 use crate::effect::{self, net, process};
 use crate::ipam::Ipam;
 use crate::manifest::{self, DeploymentSpec};
@@ -429,6 +429,7 @@ impl Supervisor {
                 key: key.clone(),
                 workload: b.workload,
                 hash: b.hash,
+                stamp: b.stamp,
                 labels: b.labels,
                 ip,
                 netns: b.netns,
@@ -509,18 +510,58 @@ impl Supervisor {
                 self.undo(&mut inner, &done);
                 return Err(e);
             }
-            for live in &out.live {
-                for k in &live.pods {
-                    if let Some(p) = inner.world.pods.get_mut(k) {
-                        p.hash = live.hash.clone();
-                    }
-                }
-            }
+            mark_reapplied(&mut inner.world, &out.live);
             inner.desired = d;
             out.lines
         };
         self.pass();
         Ok(lines)
+    }
+
+    /// A batch of annotate changes ([`change::annotate_many`]), saved once: each item is
+    /// decided on its own, its live re-applies carried out (on a failure, its pods already
+    /// changed are undone and the item alone is taken back), then the state is saved and
+    /// committed with every item that went through. `Err` only when nothing could be saved.
+    fn change_many(
+        self: &Arc<Self>,
+        items: &[change::AnnotateItem],
+        live: bool,
+    ) -> Result<Vec<Result<Vec<String>, MeshError>>, MeshError> {
+        let results = {
+            let mut inner = self.lock();
+            if self.refusing() {
+                return Err(MeshError::ShuttingDown);
+            }
+            let original = inner.desired.state.clone();
+            let mut d = inner.desired.clone();
+            let decided = change::annotate_many(&mut d, &inner.world, items, live, &self.cfg);
+            let mut results = Vec::with_capacity(items.len());
+            let mut done: Vec<(Live, PodKey)> = Vec::new();
+            let mut reapplied: Vec<Live> = Vec::new();
+            for (item, r) in items.iter().zip(decided) {
+                results.push(r.and_then(|out| match self.reapply(&mut inner, &out.live) {
+                    Ok(ok) => {
+                        done.extend(ok.into_iter().map(|(l, k)| (l.clone(), k)));
+                        reapplied.extend(out.live.iter().cloned());
+                        Ok(out.lines)
+                    }
+                    Err(e) => {
+                        change::revert(&mut d, &original, &item.namespace, &item.name);
+                        Err(e)
+                    }
+                }));
+            }
+            if let Err(e) = d.state.save(&self.cfg.state_dir) {
+                let done: Vec<(&Live, PodKey)> = done.iter().map(|(l, k)| (l, k.clone())).collect();
+                self.undo(&mut inner, &done);
+                return Err(e);
+            }
+            mark_reapplied(&mut inner.world, &reapplied);
+            inner.desired = d;
+            results
+        };
+        self.pass();
+        Ok(results)
     }
 
     /// Re-applies capture rules in place; on a failure, undoes those already re-applied.
@@ -529,7 +570,7 @@ impl Supervisor {
         for l in live {
             for k in &l.pods {
                 let Some(netns) = inner.world.pods.get(k).map(|p| p.netns.clone()) else { continue };
-                if let Err(e) = effect::capture::reapply(&l.annotations, &netns, k.as_str(), &self.cfg) {
+                if let Err(e) = effect::capture::reapply(&l.capture, &netns, k.as_str(), &self.cfg) {
                     self.undo(inner, &done);
                     return Err(e);
                 }
@@ -567,6 +608,36 @@ impl Supervisor {
         self.change(|d, world, cfg| change::annotate(d, world, ns, name, set, remove, live, expect_version, cfg))
     }
 
+    /// A batch of annotate changes (see [`Supervisor::change_many`]).
+    pub(crate) fn annotate_many(
+        self: &Arc<Self>,
+        items: &[change::AnnotateItem],
+        live: bool,
+    ) -> Result<Vec<Result<Vec<String>, MeshError>>, MeshError> {
+        self.change_many(items, live)
+    }
+
+    /// The mesh-wide capture defaults and their version.
+    pub(crate) fn defaults(&self) -> DefaultsStatus {
+        let inner = self.lock();
+        let s = &inner.desired.state;
+        DefaultsStatus { defaults: s.mesh_defaults.clone(), version: s.defaults_version.to_string() }
+    }
+
+    /// Changes mesh-wide capture defaults ([`change::set_defaults`]): `values` (Helm path →
+    /// text) replace those values, the others are kept.
+    pub(crate) fn set_defaults(
+        self: &Arc<Self>,
+        values: &BTreeMap<String, String>,
+        live: bool,
+        expect_version: Option<&str>,
+    ) -> Result<Vec<String>, MeshError> {
+        self.change(|d, world, cfg| {
+            let new = change::merged_defaults(&d.state.mesh_defaults, values)?;
+            change::set_defaults(d, world, new, live, expect_version, cfg)
+        })
+    }
+
     /// `meshpass delete`.
     pub(crate) fn delete(self: &Arc<Self>, yaml: &str) -> Result<Vec<String>, MeshError> {
         let objects = manifest::parse(yaml)?;
@@ -595,7 +666,7 @@ impl Supervisor {
     /// Workloads, as `meshpass get workloads` lists them.
     pub(crate) fn workloads(&self, ns: Option<&str>) -> Vec<WorkloadStatus> {
         let inner = self.lock();
-        plan::status::workloads(&inner.desired.state, &inner.world, ns)
+        plan::status::workloads(&inner.desired.state, &inner.world, ns, &self.cfg)
     }
 
     /// The mesh as mutual-TLS policy resolution sees it.
@@ -677,6 +748,18 @@ impl Supervisor {
 }
 
 /// Sends `event` to whoever waits for rollout request `id` (gone is fine).
+/// Pods re-applied live carry their template's hash and their new capture's stamp.
+fn mark_reapplied(world: &mut World, live: &[Live]) {
+    for l in live {
+        for k in &l.pods {
+            if let Some(p) = world.pods.get_mut(k) {
+                p.hash = l.hash.clone();
+                p.stamp = l.stamp.clone();
+            }
+        }
+    }
+}
+
 fn tell(inner: &Inner, id: RolloutId, event: RolloutEvent) {
     if let Some(tx) = inner.waiters.get(&id) {
         let _ = tx.send(event);

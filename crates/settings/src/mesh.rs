@@ -32,7 +32,7 @@ use crate::error::{Reason, SettingError, SettingErrors};
 use crate::ip::CidrSet;
 use crate::keys;
 use crate::ports::{PortRange, PortSet};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -76,23 +76,72 @@ pub fn value_key_for(annotation: &str) -> Option<&'static str> {
 
 /// The mesh-wide capture values: what a pod gets for every capture annotation it does not
 /// have. [`Default`] is Istio's chart.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Serialized as the values' text (`{"excludeIPRanges": "10.0.0.0/8", …, "statusPort":
+/// 15020}`, the leaf names of the Helm paths); deserializing validates every value as
+/// [`MeshDefaults::set_value`] does, and a value left out keeps Istio's default.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "ValuesText")]
 pub struct MeshDefaults {
     /// `global.proxy.includeInboundPorts` (`*`).
+    #[serde(rename = "includeInboundPorts")]
     pub include_inbound_ports: PortSpec,
     /// `global.proxy.excludeInboundPorts` (empty).
+    #[serde(rename = "excludeInboundPorts")]
     pub exclude_inbound_ports: PortSet,
     /// `global.proxy.includeOutboundPorts` (empty).
+    #[serde(rename = "includeOutboundPorts")]
     pub include_outbound_ports: PortSet,
     /// `global.proxy.excludeOutboundPorts` (empty).
+    #[serde(rename = "excludeOutboundPorts")]
     pub exclude_outbound_ports: PortSet,
     /// `global.proxy.includeIPRanges` (`*`).
+    #[serde(rename = "includeIPRanges")]
     pub include_ip_ranges: IpRangeSpec,
     /// `global.proxy.excludeIPRanges` (empty).
+    #[serde(rename = "excludeIPRanges")]
     pub exclude_ip_ranges: CidrSet,
     /// `global.proxy.statusPort` (15020; 0 = none).
+    #[serde(rename = "statusPort")]
     pub status_port: u16,
+}
+
+/// [`MeshDefaults`] as text, the way it is stored and sent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValuesText {
+    #[serde(rename = "includeInboundPorts")]
+    include_inbound_ports: Option<String>,
+    #[serde(rename = "excludeInboundPorts")]
+    exclude_inbound_ports: Option<String>,
+    #[serde(rename = "includeOutboundPorts")]
+    include_outbound_ports: Option<String>,
+    #[serde(rename = "excludeOutboundPorts")]
+    exclude_outbound_ports: Option<String>,
+    #[serde(rename = "includeIPRanges")]
+    include_ip_ranges: Option<String>,
+    #[serde(rename = "excludeIPRanges")]
+    exclude_ip_ranges: Option<String>,
+    #[serde(rename = "statusPort")]
+    status_port: Option<u16>,
+}
+
+impl TryFrom<ValuesText> for MeshDefaults {
+    type Error = SettingErrors;
+
+    fn try_from(t: ValuesText) -> Result<Self, SettingErrors> {
+        let status = t.status_port.map(|p| p.to_string());
+        let pairs = [
+            (values::INCLUDE_INBOUND_PORTS, t.include_inbound_ports),
+            (values::EXCLUDE_INBOUND_PORTS, t.exclude_inbound_ports),
+            (values::INCLUDE_OUTBOUND_PORTS, t.include_outbound_ports),
+            (values::EXCLUDE_OUTBOUND_PORTS, t.exclude_outbound_ports),
+            (values::INCLUDE_IP_RANGES, t.include_ip_ranges),
+            (values::EXCLUDE_IP_RANGES, t.exclude_ip_ranges),
+            (values::STATUS_PORT, status),
+        ];
+        MeshDefaults::from_value_strings(pairs.iter().filter_map(|(k, v)| Some((*k, v.as_deref()?))))
+    }
 }
 
 impl Default for MeshDefaults {
@@ -672,6 +721,24 @@ mod tests {
         MeshDefaults::default().write_values(&mut empty).expect("created");
         assert_eq!(MeshDefaults::from_values(&empty), (MeshDefaults::default(), vec![]));
         assert!(MeshDefaults::default().write_values(&mut json!({"global": "x"})).is_err());
+    }
+
+    #[test]
+    fn stored_as_the_values_text_and_validated_when_read() {
+        let d = mesh(&[(values::EXCLUDE_IP_RANGES, "198.19.0.2/32"), (values::INCLUDE_INBOUND_PORTS, "80,8000-8100")]);
+        let text = serde_json::to_value(&d).expect("serializes");
+        assert_eq!(
+            text,
+            json!({"includeInboundPorts": "80,8000-8100", "excludeInboundPorts": "", "includeOutboundPorts": "",
+                   "excludeOutboundPorts": "", "includeIPRanges": "*", "excludeIPRanges": "198.19.0.2/32",
+                   "statusPort": 15020})
+        );
+        assert_eq!(serde_json::from_value::<MeshDefaults>(text).expect("reads back"), d);
+        let partial: MeshDefaults = serde_json::from_value(json!({"excludeOutboundPorts": "3306"})).expect("partial");
+        assert_eq!(partial, mesh(&[(values::EXCLUDE_OUTBOUND_PORTS, "3306")]));
+        let bad = serde_json::from_value::<MeshDefaults>(json!({"excludeIPRanges": "10.0.0.0/33"})).expect_err("bad");
+        assert!(bad.to_string().contains("global.proxy.excludeIPRanges: \"10.0.0.0/33\""), "{bad}");
+        assert!(serde_json::from_value::<MeshDefaults>(json!({"excludeIpRanges": ""})).is_err(), "misspelt key");
     }
 
     #[test]

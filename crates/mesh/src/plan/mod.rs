@@ -376,6 +376,12 @@ pub(crate) mod testing {
                 key: key.clone(),
                 workload: WorkloadKey::new(namespace, workload),
                 hash: hash.into(),
+                stamp: super::capture::stamp(
+                    true,
+                    &BTreeMap::new(),
+                    &cfg(),
+                    &meshpass_settings::MeshDefaults::default(),
+                ),
                 labels: [("app".into(), workload.into())].into(),
                 ip: Ipv4Addr::new(198, 18, 0, n),
                 netns: format!("mpm-{namespace}-{}", key.name()),

@@ -53,6 +53,8 @@ pub struct Blueprint {
     pub meshed: bool,
     /// Its capture.
     pub capture: Capture,
+    /// The stamp of its capture ([`capture::stamp`]).
+    pub stamp: String,
     /// Its containers, the sidecar last.
     pub containers: Vec<ContainerRun>,
 }
@@ -176,7 +178,9 @@ pub fn blueprint(
     ip: Ipv4Addr,
 ) -> Result<Blueprint, MeshError> {
     let meshed = meshed(&state.namespaces, dep);
-    let capture = capture::decide(meshed, &dep.template.annotations, cfg).map_err(MeshError::Invalid)?;
+    let defaults = &state.mesh_defaults;
+    let capture = capture::decide(meshed, &dep.template.annotations, cfg, defaults).map_err(MeshError::Invalid)?;
+    let stamp = capture::stamp(meshed, &dep.template.annotations, cfg, defaults);
     let hash = dep.template.hash();
     let name = format!("{}-{}-{}", dep.name, hash, suffix);
     let key = PodKey::new(&dep.namespace, &name);
@@ -225,6 +229,7 @@ pub fn blueprint(
         netns,
         meshed,
         capture,
+        stamp,
         containers,
     })
 }

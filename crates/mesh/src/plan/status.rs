@@ -1,13 +1,17 @@
 //! What `meshpass get` and the management plane see: workloads, pods and services, read off
 //! the desired and observed state. Pure.
 
+use super::capture;
 use super::pod::{meshed, services_of};
 use super::world::{Phase, WorkloadKey, World};
+use crate::config::MeshConfig;
 use crate::control::{PodStatus, ServiceStatus, WorkloadStatus};
 use crate::state::State;
 
-/// The Deployments (of namespace `ns`, or all) and how far their pods are.
-pub fn workloads(state: &State, world: &World, ns: Option<&str>) -> Vec<WorkloadStatus> {
+/// The Deployments (of namespace `ns`, or all) and how far their pods are. A pod is behind
+/// (pending restart) when it was made from an older template, or when its capture is not
+/// the one its template now gets under the mesh-wide defaults (they changed since).
+pub fn workloads(state: &State, world: &World, ns: Option<&str>, cfg: &MeshConfig) -> Vec<WorkloadStatus> {
     state
         .deployments
         .values()
@@ -15,6 +19,7 @@ pub fn workloads(state: &State, world: &World, ns: Option<&str>) -> Vec<Workload
         .map(|d| {
             let meshed = meshed(&state.namespaces, d);
             let hash = d.template.hash();
+            let stamp = capture::stamp(meshed, &d.template.annotations, cfg, &state.mesh_defaults);
             let wk = WorkloadKey::new(&d.namespace, &d.name);
             let pods: Vec<_> = world.pods_of(&wk, Phase::Running).collect();
             WorkloadStatus {
@@ -24,7 +29,7 @@ pub fn workloads(state: &State, world: &World, ns: Option<&str>) -> Vec<Workload
                 meshed,
                 ready: pods.iter().filter(|p| p.ready).count() as u32,
                 total: d.replicas,
-                pending_restart: pods.iter().any(|p| p.hash != hash || p.meshed != meshed),
+                pending_restart: pods.iter().any(|p| p.hash != hash || p.meshed != meshed || p.stamp != stamp),
                 annotations: d.template.annotations.clone(),
                 injected: pods.iter().filter(|p| p.meshed).count() as u32,
                 services: services_of(state, d).map(|s| s.name.clone()).collect(),
@@ -82,7 +87,7 @@ pub fn services(state: &State, world: &World, ns: Option<&str>) -> Vec<ServiceSt
 mod tests {
     use super::*;
     use crate::plan::services::table;
-    use crate::plan::testing::{deployment, meshed_state, pod, service};
+    use crate::plan::testing::{cfg, deployment, meshed_state, pod, service};
     use std::collections::BTreeSet;
 
     #[test]
@@ -97,14 +102,28 @@ mod tests {
         let old = pod(&mut world, "default", "hello", "oldhash", 3);
         let gone = pod(&mut world, "default", "hello", &hash, 4);
         world.pods.get_mut(&gone).expect("pod").phase = Phase::Stopping;
-        let [w] = workloads(&state, &world, None).try_into().expect("one workload");
+        let [w] = workloads(&state, &world, None, &cfg()).try_into().expect("one workload");
         assert_eq!((w.ready, w.total, w.injected, w.meshed), (2, 2, 2, true));
         assert!(w.pending_restart, "a pod runs an older template");
         assert_eq!(w.services, vec!["hello"]);
         assert_eq!(w.resource_version, "1");
         world.pods.remove(&old);
-        assert!(!workloads(&state, &world, Some("default"))[0].pending_restart);
-        assert!(workloads(&state, &world, Some("other")).is_empty());
+        assert!(!workloads(&state, &world, Some("default"), &cfg())[0].pending_restart);
+        assert!(workloads(&state, &world, Some("other"), &cfg()).is_empty());
+        // A mesh-wide default its template does not override changes its capture: behind.
+        let mut d = state.mesh_defaults.clone();
+        d.set_value(meshpass_settings::mesh::values::EXCLUDE_IP_RANGES, "198.19.0.2/32").expect("valid");
+        state.put_mesh_defaults(d);
+        assert!(workloads(&state, &world, None, &cfg())[0].pending_restart, "behind the mesh-wide defaults");
+        let mut own = state.deployments["default/hello"].clone();
+        own.template.annotations.insert("traffic.sidecar.istio.io/excludeOutboundIPRanges".into(), "10.0.0.0/8".into());
+        let mut s2 = state.clone();
+        s2.put_deployment(own.clone());
+        let mut w2 = World::default();
+        let p = pod(&mut w2, "default", "hello", &own.template.hash(), 2);
+        w2.pods.get_mut(&p).expect("pod").stamp =
+            capture::stamp(true, &own.template.annotations, &cfg(), &meshpass_settings::MeshDefaults::default());
+        assert!(!workloads(&s2, &w2, None, &cfg())[0].pending_restart, "its own value shields it from the change");
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct Pod {
     pub workload: WorkloadKey,
     /// The hash of the template it was made from (or re-applied live to).
     pub hash: String,
+    /// The stamp of the capture it runs with ([`super::capture::stamp`]): its template's
+    /// annotations under the mesh-wide defaults of when it was made (or re-applied live).
+    pub stamp: String,
     /// Its labels (Services select on them).
     pub labels: BTreeMap<String, String>,
     /// Its address.
