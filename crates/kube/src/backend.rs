@@ -7,6 +7,7 @@
 //! at one request at a time.
 
 use crate::error::{api_code, map_kube_error, timed_out, Action, KubeError};
+use crate::injector::InjectorConfigMap;
 use crate::inspect::{self, RESTARTED_AT};
 use crate::workload::{selector_query, Kind, Rollout, Workload};
 use async_trait::async_trait;
@@ -38,7 +39,7 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest a single watch request asks to stay open (kube-rs's and client-go's default).
 const WATCH_SECONDS: u32 = 290;
 /// The field manager recorded in `managedFields` for meshpass's writes.
-const FIELD_MANAGER: &str = "meshpass";
+pub(crate) const FIELD_MANAGER: &str = "meshpass";
 
 /// The management plane's backend for a Kubernetes cluster running Istio.
 #[derive(Clone)]
@@ -48,6 +49,7 @@ pub struct KubeBackend {
     request_timeout: Duration,
     rollout_timeout: Duration,
     rewatch_pause: Duration,
+    injector: InjectorConfigMap,
 }
 
 impl Debug for KubeBackend {
@@ -85,6 +87,7 @@ impl KubeBackend {
             request_timeout: REQUEST_TIMEOUT,
             rollout_timeout: ROLLOUT_TIMEOUT,
             rewatch_pause: Duration::from_millis(200),
+            injector: InjectorConfigMap::default(),
         }
     }
 
@@ -117,6 +120,26 @@ impl KubeBackend {
             .await
             .map_err(|source| KubeError::Kubeconfig { context, source })?;
         Self::from_config(config, namespaces).await
+    }
+
+    /// A backend for `context` of the kubeconfig at `path` (default: `KUBECONFIG` or
+    /// `~/.kube/config`), *without* asking the API server anything: for one of several
+    /// clusters, where one being down must not stop the others ([`crate::clusters`]).
+    pub async fn for_context(
+        path: Option<&std::path::Path>,
+        context: &str,
+        namespaces: Vec<String>,
+    ) -> Result<Self, KubeError> {
+        let options = kube::config::KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
+        let loaded = match path {
+            Some(p) => kube::config::Kubeconfig::read_from(p),
+            None => kube::config::Kubeconfig::read(),
+        };
+        let err = |source| KubeError::Kubeconfig { context: Some(context.to_string()), source };
+        let config = Config::from_custom_kubeconfig(loaded.map_err(err)?, &options).await.map_err(err)?;
+        let cluster_url = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(|source| KubeError::Client { cluster_url, source })?;
+        Ok(KubeBackend::new(client, namespaces))
     }
 
     /// Builds the client and checks that the API server answers (`GET /version`).
@@ -156,6 +179,18 @@ impl KubeBackend {
         self
     }
 
+    /// Where the cluster's injector keeps its Helm values (default: ConfigMap
+    /// `istio-system/istio-sidecar-injector`; `istio-sidecar-injector-<rev>` for a revision).
+    pub fn with_injector_configmap(mut self, at: InjectorConfigMap) -> Self {
+        self.injector = at;
+        self
+    }
+
+    /// Where the mesh-wide capture defaults are read from ([`crate::injector`]).
+    pub fn injector_configmap(&self) -> &InjectorConfigMap {
+        &self.injector
+    }
+
     /// The namespaces managed (empty = all).
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces
@@ -166,7 +201,7 @@ impl KubeBackend {
         &self.client
     }
 
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         action: &Action,
         fut: impl Future<Output = Result<T, kube::Error>>,

@@ -12,15 +12,22 @@
 //!   is under way it patches `kubectl.kubernetes.io/restartedAt` as `kubectl rollout restart`
 //!   does. Either way it follows the rollout as `kubectl rollout status` does, through
 //!   kube-runtime's watcher (list, watch, resume, re-list on 410).
+//! * The mesh-wide capture defaults are the injector's Helm values in the
+//!   `istio-sidecar-injector` ConfigMap ([`injector`]), read as Istio's template reads them and
+//!   written there only when asked, with the ConfigMap's `resourceVersion` as precondition.
+//! * Several clusters ([`clusters`]) are several named backends asked concurrently; one that
+//!   cannot be reached is reported as such while the others answer.
 //! * "Check effect" calls the workload's Service through the API server's service proxy.
 //! * `fake` (with the `testing` feature only) is an in-memory API server for demos and the GUI
 //!   end-to-end test.
 
 pub mod backend;
 pub mod check;
+pub mod clusters;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod fake;
+pub mod injector;
 pub mod inspect;
 pub mod workload;
 

@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
@@ -31,18 +31,21 @@ fn round_trip<T: DeserializeOwned + Serialize>(doc: &Value, what: &str) -> Resul
     Ok(())
 }
 
-#[test]
-fn every_manifest_parses_into_its_k8s_openapi_type() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
-        .expect("deploy/")
+fn manifests(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("manifest directory")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no manifests in deploy/");
+    files
+}
+
+/// Every document of `files` parsed; one line per problem; the kinds found.
+fn kinds_of(files: &[PathBuf]) -> (Vec<String>, Vec<String>) {
     let mut kinds = Vec::new();
     let mut problems = Vec::new();
-    for file in &files {
+    for file in files {
         let text = std::fs::read_to_string(file).expect("read manifest");
         for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let what = format!("{} document {}", file.display(), i + 1);
@@ -63,6 +66,8 @@ fn every_manifest_parses_into_its_k8s_openapi_type() {
                 "ServiceAccount" => round_trip::<ServiceAccount>(&doc, &what),
                 "ClusterRole" => round_trip::<ClusterRole>(&doc, &what),
                 "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(&doc, &what),
+                "Role" => round_trip::<Role>(&doc, &what),
+                "RoleBinding" => round_trip::<RoleBinding>(&doc, &what),
                 "Deployment" => round_trip::<Deployment>(&doc, &what),
                 "Service" => round_trip::<Service>(&doc, &what),
                 other => Err(format!("{what}: kind {other:?} is not one this test knows; add it")),
@@ -73,9 +78,71 @@ fn every_manifest_parses_into_its_k8s_openapi_type() {
             kinds.push(kind);
         }
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
     kinds.sort();
-    assert_eq!(kinds, ["ClusterRole", "ClusterRoleBinding", "Deployment", "Namespace", "Service", "ServiceAccount"]);
+    (kinds, problems)
+}
+
+#[test]
+fn every_manifest_parses_into_its_k8s_openapi_type() {
+    let files = manifests(&deploy_dir());
+    assert!(!files.is_empty(), "no manifests in deploy/");
+    let (kinds, problems) = kinds_of(&files);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Namespace",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let (optional, problems) = kinds_of(&manifests(&deploy_dir().join("optional")));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(optional, ["Role", "RoleBinding"]);
+}
+
+/// `group/resource[name]:verb` for every grant of the Roles (in namespace `ns`) of a file.
+fn role_grants(file: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).expect("manifest");
+    let mut grants = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text).filter_map(|d| serde_yaml::Value::deserialize(d).ok()) {
+        if doc["kind"] != "Role" {
+            continue;
+        }
+        let role: Role = serde_json::from_value(serde_json::to_value(doc).expect("json")).expect("Role");
+        let ns = role.metadata.namespace.clone().unwrap_or_default();
+        for rule in role.rules.unwrap_or_default() {
+            for group in rule.api_groups.clone().unwrap_or_default() {
+                for res in rule.resources.clone().unwrap_or_default() {
+                    for name in rule.resource_names.clone().unwrap_or_default() {
+                        for verb in &rule.verbs {
+                            grants.push(format!("{ns}:{group}/{res}[{name}]:{verb}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    grants.sort();
+    grants
+}
+
+#[test]
+fn the_injector_configmap_is_readable_and_writable_only_by_opting_in() {
+    assert_eq!(
+        role_grants(&deploy_dir().join("rbac.yaml")),
+        ["istio-system:/configmaps[istio-sidecar-injector]:get"],
+        "read the injector's values, nothing else"
+    );
+    assert_eq!(
+        role_grants(&deploy_dir().join("optional/mesh-defaults-write.yaml")),
+        ["istio-system:/configmaps[istio-sidecar-injector]:patch"]
+    );
 }
 
 #[test]

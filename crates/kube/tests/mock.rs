@@ -1075,3 +1075,164 @@ async fn restricted_namespaces_work_without_permission_to_list_namespaces() {
     assert!(matches!(b.get(&WorkloadRef::new("kube-system", "coredns")).await, Err(BackendError::NotFound(_))));
     server.await.expect("script");
 }
+
+// ---- mesh-wide defaults: the injector's ConfigMap ---------------------------------------
+
+const INJECTOR_CM: &str = "/api/v1/namespaces/istio-system/configmaps/istio-sidecar-injector";
+
+/// The ConfigMap as Istio's chart renders it: `config` (the templates) and `values` (the
+/// Helm values as pretty JSON), trimmed to what matters here.
+fn injector_configmap(rv: &str, values: &Value) -> Value {
+    json!({"kind": "ConfigMap", "apiVersion": "v1",
+        "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system", "uid": "u-inj",
+            "resourceVersion": rv, "creationTimestamp": "2026-11-26T07:00:00Z",
+            "labels": {"istio.io/rev": "default", "operator.istio.io/component": "Pilot", "release": "istio"}},
+        "data": {"config": "defaultTemplates: [sidecar]\npolicy: enabled\n",
+            "values": serde_json::to_string_pretty(values).expect("json")}})
+}
+
+fn chart_values(exclude_ip_ranges: &str) -> Value {
+    json!({"global": {"hub": "docker.io/istio", "tag": "1.28.0", "proxy": {
+        "autoInject": "enabled", "clusterDomain": "cluster.local", "image": "proxyv2",
+        "excludeIPRanges": exclude_ip_ranges, "excludeInboundPorts": "", "excludeOutboundPorts": "",
+        "includeIPRanges": "*", "includeInboundPorts": "*", "includeOutboundPorts": "", "statusPort": 15020}},
+        "revision": "", "sidecarInjectorWebhook": {"rewriteAppHTTPProbe": true}})
+}
+
+#[tokio::test]
+async fn the_injector_configmap_is_read_as_istios_template_reads_it() {
+    let script = vec![ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values("198.19.0.2/32")))];
+    let (client, server) = scripted(script);
+    let v = backend(client).mesh_values().await.expect("read");
+    server.await.expect("script");
+    assert_eq!(v.defaults.exclude_ip_ranges.to_string(), "198.19.0.2/32");
+    assert_eq!(v.defaults.include_ip_ranges.to_string(), "*");
+    assert_eq!(v.defaults.status_port, 15020);
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    assert_eq!(v.version.as_deref(), Some("4711"));
+    assert_eq!(v.source, "ConfigMap istio-system/istio-sidecar-injector, key values");
+
+    // No injector: Istio's defaults, and the problem says why.
+    let script = vec![ex(
+        "GET",
+        INJECTOR_CM,
+        404,
+        status(
+            404,
+            "NotFound",
+            "configmaps \"istio-sidecar-injector\" not found",
+            json!({"name": "istio-sidecar-injector", "kind": "configmaps"}),
+        ),
+    )];
+    let (client, server) = scripted(script);
+    let v = backend(client).mesh_values().await.expect("absent is no error");
+    server.await.expect("script");
+    assert_eq!((v.defaults, v.version), (meshpass_settings::MeshDefaults::default(), None));
+    assert!(v.problems[0].starts_with("no ConfigMap istio-system/istio-sidecar-injector"), "{:?}", v.problems);
+}
+
+#[tokio::test]
+async fn writing_the_defaults_patches_only_the_values_under_the_configmaps_version() {
+    let mut d = meshpass_settings::MeshDefaults::default();
+    d.set_value("global.proxy.excludeIPRanges", "198.19.0.2/32").expect("valid");
+    let after = chart_values("198.19.0.2/32");
+    let script = vec![
+        ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values(""))),
+        Exchange {
+            body: Some(json!({"metadata": {"resourceVersion": "4711"},
+                "data": {"values": serde_json::to_string_pretty(&after).expect("json")}})),
+            ..ex("PATCH", &format!("{INJECTOR_CM}?fieldManager=meshpass"), 200, injector_configmap("4712", &after))
+        },
+    ];
+    let (client, server) = scripted(script);
+    let v = backend(client).set_mesh_values(&d, "4711").await.expect("written");
+    server.await.expect("script");
+    assert_eq!((v.defaults, v.version.as_deref()), (d.clone(), Some("4712")));
+
+    // A stale version writes nothing.
+    let (client, server) = scripted(vec![ex("GET", INJECTOR_CM, 200, injector_configmap("4799", &chart_values("")))]);
+    let err = backend(client).set_mesh_values(&d, "4711").await.expect_err("stale");
+    server.await.expect("script");
+    assert!(
+        matches!(err, BackendError::Conflict { ref expected, ref actual, .. } if expected == "4711" && actual == "4799"),
+        "{err:?}"
+    );
+
+    // RBAC without `patch` on the ConfigMap (the default deploy/rbac.yaml): 403 naming it.
+    let script = vec![
+        ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values(""))),
+        Exchange {
+            body_check: Some(|_| {}),
+            ..ex("PATCH", &format!("{INJECTOR_CM}?fieldManager=meshpass"), 403, status(403, "Forbidden",
+                "configmaps \"istio-sidecar-injector\" is forbidden: User \"system:serviceaccount:meshpass-system:meshpass\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"istio-system\"",
+                json!({"name": "istio-sidecar-injector", "kind": "configmaps"})))
+        },
+    ];
+    let (client, server) = scripted(script);
+    let err = backend(client).set_mesh_values(&d, "4711").await.expect_err("forbidden");
+    server.await.expect("script");
+    let text = err.report();
+    assert!(matches!(err, BackendError::Forbidden { .. }), "{text}");
+    assert!(text.contains("patch configmaps (istio-sidecar-injector in namespace istio-system)"), "{text}");
+    assert!(text.contains("cannot patch resource \"configmaps\""), "the API server's answer as the cause: {text}");
+}
+
+// ---- several clusters ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn one_unreachable_cluster_does_not_stop_the_others() {
+    use meshpass_kube::clusters::{Cluster, Clusters};
+    let deployments = list(
+        "DeploymentList",
+        "apps/v1",
+        "1500",
+        vec![with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment")],
+    );
+    let east = vec![
+        ex(
+            "GET",
+            "/api/v1/namespaces",
+            200,
+            list("NamespaceList", "v1", "1500", vec![namespace("default", json!({"istio-injection": "enabled"}))]),
+        ),
+        ex("GET", "/apis/apps/v1/deployments", 200, deployments),
+        ex("GET", "/apis/apps/v1/statefulsets", 200, list("StatefulSetList", "apps/v1", "1500", vec![])),
+        ex("GET", "/apis/apps/v1/daemonsets", 200, list("DaemonSetList", "apps/v1", "1500", vec![])),
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            200,
+            list(
+                "PodList",
+                "v1",
+                "1500",
+                vec![pod(
+                    "helloworld-v1-7c8d9f6b5d-abcde",
+                    hello_labels(),
+                    json!({"sidecar.istio.io/status": "{}"}),
+                    "container",
+                    true,
+                )],
+            ),
+        ),
+        ex("GET", "/api/v1/namespaces/default/services", 200, list("ServiceList", "v1", "1500", vec![])),
+    ];
+    let (east_client, east_server) = scripted(east);
+    // West's API server is gone: every connection fails.
+    let (west_svc, west_handle) = mock::pair::<Request<Body>, Response<Body>>();
+    drop(west_handle);
+    let west_client = kube::Client::new(west_svc, "default");
+    let clusters = Clusters::new(vec![
+        Cluster { name: "east".into(), backend: backend(east_client) },
+        Cluster { name: "west".into(), backend: backend(west_client).with_request_timeout(Duration::from_secs(5)) },
+    ]);
+    let results = clusters.list().await;
+    east_server.await.expect("script");
+    let [(east_name, east), (west_name, west)] = results.as_slice() else { panic!("two clusters") };
+    assert_eq!((east_name.as_str(), west_name.as_str()), ("east", "west"), "in the order listed");
+    let east = east.as_ref().expect("east answers");
+    assert_eq!(east.iter().map(|w| w.workload.to_string()).collect::<Vec<_>>(), ["default/helloworld-v1"]);
+    let err = west.as_ref().expect_err("west is down");
+    assert!(matches!(err, BackendError::Unavailable { .. }), "{err:?}");
+    assert!(err.report().contains("cannot reach the Kubernetes API server"), "{}", err.report());
+}
