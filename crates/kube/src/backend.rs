@@ -19,7 +19,7 @@ use kube::core::NamespaceResourceScope;
 use kube::runtime::watcher;
 use kube::{Client, Config, Resource};
 use meshpass_api::backend::error_chain;
-use meshpass_api::backend::Progress;
+use meshpass_api::backend::{MeshPolicies, Progress};
 use meshpass_api::model::{CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, WorkloadInfo, WorkloadRef};
 use meshpass_api::{Backend, BackendError, BackendKind};
 use meshpass_settings::canon::{self, Dialect};
@@ -209,7 +209,7 @@ impl KubeBackend {
         tokio::time::timeout(self.request_timeout, fut).await.map_err(|_| timed_out(action, self.request_timeout))
     }
 
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         action: &Action,
         fut: impl Future<Output = Result<T, kube::Error>>,
@@ -230,7 +230,7 @@ impl KubeBackend {
     /// Namespace name → labels. `only` restricts the list to one namespace (a field selector,
     /// so that `list` permission suffices). `Ok(None)` when RBAC forbids listing namespaces but
     /// the backend was told which namespaces to manage (it then works without their labels).
-    async fn namespace_labels(
+    pub(crate) async fn namespace_labels(
         &self,
         only: Option<&str>,
     ) -> Result<Option<BTreeMap<String, BTreeMap<String, String>>>, BackendError> {
@@ -268,7 +268,11 @@ impl KubeBackend {
         Ok(list.items.into_iter().map(Workload::from).collect())
     }
 
-    async fn list_workloads(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Workload>, BackendError> {
+    pub(crate) async fn list_workloads(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Workload>, BackendError> {
         match kind {
             Kind::Deployment => self.list_kind::<Deployment>(kind, namespace).await,
             Kind::StatefulSet => self.list_kind::<StatefulSet>(kind, namespace).await,
@@ -315,7 +319,7 @@ impl KubeBackend {
         Ok(self.call(&action, api.list(&lp)).await?.items)
     }
 
-    async fn list_services(&self, namespace: &str) -> Result<Vec<Service>, BackendError> {
+    pub(crate) async fn list_services(&self, namespace: &str) -> Result<Vec<Service>, BackendError> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         let action = Action::new(format!("list services in namespace {namespace}"), "list services");
         Ok(self.call(&action, api.list(&ListParams::default())).await?.items)
@@ -702,5 +706,31 @@ impl Backend for KubeBackend {
             "rule counters live in the pods' network namespaces on the nodes, which the Kubernetes API does not expose; \
              read them with `kubectl debug node/NODE` and `iptables-save -c` in a pod of {workload}"
         )))
+    }
+
+    async fn mesh_policies(&self) -> Result<MeshPolicies, BackendError> {
+        let policies = self.policies().await?;
+        let view = self.mesh_view().await?;
+        // Which client called which Service is in the sidecars' telemetry, not in the API
+        // server: every meshed workload is a possible caller.
+        Ok(MeshPolicies { view, policies, calls: Default::default() })
+    }
+
+    async fn create_policy(&self, resource: &meshpass_policy::Resource) -> Result<(), BackendError> {
+        match resource.kind() {
+            meshpass_policy::Kind::DestinationRule => self.create_destination_rule(resource).await,
+            other => Err(BackendError::Unsupported(format!(
+                "creating a {other}: meshpass creates only the DestinationRules of passthrough's fix"
+            ))),
+        }
+    }
+
+    async fn delete_policy(&self, resource: &meshpass_policy::ResourceRef) -> Result<(), BackendError> {
+        match resource.kind {
+            meshpass_policy::Kind::DestinationRule => self.delete_destination_rule(resource).await,
+            other => Err(BackendError::Unsupported(format!(
+                "deleting a {other}: meshpass deletes only the DestinationRules of passthrough's fix"
+            ))),
+        }
     }
 }

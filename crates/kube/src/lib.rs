@@ -18,6 +18,9 @@
 //! * Several clusters ([`clusters`]) are several named backends asked concurrently; one that
 //!   cannot be reached is reported as such while the others answer.
 //! * "Check effect" calls the workload's Service through the API server's service proxy.
+//! * Istio's `PeerAuthentication`s and `DestinationRule`s are read for the impact of a
+//!   passthrough change on mutual TLS, and the `DestinationRule` that fixes meshed clients
+//!   is created and removed ([`policy`]).
 //! * `fake` (with the `testing` feature only) is an in-memory API server for demos and the GUI
 //!   end-to-end test.
 
@@ -29,6 +32,7 @@ pub mod error;
 pub mod fake;
 pub mod injector;
 pub mod inspect;
+pub mod policy;
 pub mod workload;
 
 pub use backend::KubeBackend;

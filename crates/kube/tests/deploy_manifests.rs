@@ -183,6 +183,11 @@ fn the_cluster_role_is_least_privilege() {
         "/services:get",
         "/services:list",
         "/services/proxy:get",
+        "security.istio.io/peerauthentications:list",
+        "networking.istio.io/destinationrules:get",
+        "networking.istio.io/destinationrules:list",
+        "networking.istio.io/destinationrules:create",
+        "networking.istio.io/destinationrules:delete",
     ];
     want.sort();
     assert_eq!(grants, want, "the ClusterRole grants exactly what the backend uses");

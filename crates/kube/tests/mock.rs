@@ -25,6 +25,8 @@ struct Exchange {
     body: Option<Value>,
     /// A custom check of the body instead (the restart's timestamp).
     body_check: Option<fn(&Value)>,
+    /// The content type a request with a body must carry.
+    body_type: &'static str,
     status: u16,
     headers: Vec<(&'static str, &'static str)>,
     answer: String,
@@ -38,6 +40,7 @@ fn ex(method: &'static str, path_and_query: &str, status: u16, answer: Value) ->
         query: parse_query(q),
         body: None,
         body_check: None,
+        body_type: "application/merge-patch+json",
         status,
         headers: vec![("content-type", "application/json")],
         answer: answer.to_string(),
@@ -91,7 +94,7 @@ fn scripted(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
             let ct = req.headers().get("content-type").map(|v| v.to_str().unwrap_or_default().to_string());
             let body = req.into_body().collect_bytes().await.expect("request body");
             if let Some(want) = &e.body {
-                assert_eq!(ct.as_deref(), Some("application/merge-patch+json"), "{what}: content-type");
+                assert_eq!(ct.as_deref(), Some(e.body_type), "{what}: content-type");
                 let got: Value = serde_json::from_slice(&body).expect("JSON body");
                 assert_eq!(&got, want, "{what}: body");
             }
@@ -1235,4 +1238,222 @@ async fn one_unreachable_cluster_does_not_stop_the_others() {
     let err = west.as_ref().expect_err("west is down");
     assert!(matches!(err, BackendError::Unavailable { .. }), "{err:?}");
     assert!(err.report().contains("cannot reach the Kubernetes API server"), "{}", err.report());
+}
+
+// ---- mutual-TLS policies ---------------------------------------------------------------------
+
+fn policy(kind: &str, api_version: &str, ns: &str, name: &str, created: &str, spec: Value) -> Value {
+    json!({"apiVersion": api_version, "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "resourceVersion": "77",
+            "generation": 1, "creationTimestamp": created},
+        "spec": spec})
+}
+
+fn sleep_deployment() -> Value {
+    json!({
+        "metadata": {"name": "sleep", "namespace": "default", "uid": "u-sleep", "resourceVersion": "88", "generation": 1},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "sleep"}},
+            "template": {"metadata": {"labels": {"app": "sleep"}},
+                "spec": {"serviceAccountName": "sleep", "containers": [{"name": "sleep", "image": "curlimages/curl:8.16.0"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    })
+}
+
+/// What `mesh_policies` asks for, cluster-wide: both policy kinds, the workloads, the
+/// namespaces' labels and the Services.
+fn mesh_policies_script(pas: Vec<Value>, drs: Vec<Value>) -> Vec<Exchange> {
+    vec![
+        ex(
+            "GET",
+            "/apis/security.istio.io/v1/peerauthentications",
+            200,
+            list("PeerAuthenticationList", "security.istio.io/v1", "1600", pas),
+        ),
+        ex(
+            "GET",
+            "/apis/networking.istio.io/v1/destinationrules",
+            200,
+            list("DestinationRuleList", "networking.istio.io/v1", "1600", drs),
+        ),
+        ex(
+            "GET",
+            "/apis/apps/v1/deployments",
+            200,
+            list(
+                "DeploymentList",
+                "apps/v1",
+                "1600",
+                vec![deployment("1234", 3, json!({}), rolled_out(3)), sleep_deployment()],
+            ),
+        ),
+        ex("GET", "/apis/apps/v1/statefulsets", 200, list("StatefulSetList", "apps/v1", "1600", vec![])),
+        ex("GET", "/apis/apps/v1/daemonsets", 200, list("DaemonSetList", "apps/v1", "1600", vec![])),
+        ex(
+            "GET",
+            "/api/v1/namespaces",
+            200,
+            list("NamespaceList", "v1", "1600", vec![namespace("default", json!({"istio-injection": "enabled"}))]),
+        ),
+        ex(
+            "GET",
+            "/api/v1/services",
+            200,
+            list(
+                "ServiceList",
+                "v1",
+                "1600",
+                vec![
+                    service("helloworld", json!({"app": "helloworld"}), 5000, json!("http")),
+                    service("sleep", json!({"app": "sleep"}), 80, json!(80)),
+                ],
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn mesh_policies_read_istio_policies_workloads_and_services() {
+    let strict = policy(
+        "PeerAuthentication",
+        "security.istio.io/v1",
+        "istio-system",
+        "default",
+        "2026-11-26T08:00:00Z",
+        json!({"mtls": {"mode": "STRICT"}}),
+    );
+    let dr = policy(
+        "DestinationRule",
+        "networking.istio.io/v1",
+        "default",
+        "helloworld",
+        "2026-11-26T08:05:00Z",
+        json!({"host": "helloworld", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    );
+    let (client, task) = scripted(mesh_policies_script(vec![strict], vec![dr]));
+    let m = backend(client).mesh_policies().await.expect("mesh policies");
+    task.await.expect("script");
+    assert_eq!(m.policies.len(), 2);
+    let refs: Vec<String> = m.policies.iter().map(|s| s.resource.reference().to_string()).collect();
+    assert_eq!(refs, ["PeerAuthentication istio-system/default", "DestinationRule default/helloworld"]);
+    let sleep = m.view.workloads.iter().find(|w| w.id.name == "sleep").expect("sleep");
+    assert!(sleep.sidecar, "injection is enabled in default");
+    assert_eq!(sleep.service_account, "sleep");
+    let hw = m.view.workloads.iter().find(|w| w.id.name == "helloworld-v1").expect("helloworld");
+    assert_eq!(hw.service_account, "default", "no serviceAccountName");
+    let svc = m.view.services.iter().find(|s| s.name == "helloworld").expect("service");
+    assert_eq!((svc.ports[0].port, svc.ports[0].target_port), (5000, 5000), "named targetPort resolved");
+    assert_eq!(svc.cluster_ip, Some("10.96.12.34".parse().expect("ip")));
+    // The same resolution Istio does: sleep → helloworld is mutual TLS, so excluding 5000 breaks sleep.
+    let view = &m.view;
+    let resolver = meshpass_policy::Resolver::new(&m.policies, view);
+    let d = resolver.client(sleep, svc, &svc.ports[0], hw);
+    assert!(d.origination.is_mtls(), "{d:?}");
+}
+
+#[tokio::test]
+async fn a_policy_the_cluster_holds_that_does_not_validate_is_named() {
+    let bad = policy(
+        "PeerAuthentication",
+        "security.istio.io/v1",
+        "default",
+        "broken",
+        "2026-11-26T08:00:00Z",
+        json!({"mtls": {"mode": "SOMETIMES"}}),
+    );
+    let (client, _task) = scripted(mesh_policies_script(vec![bad], vec![]));
+    let err = backend(client).mesh_policies().await.expect_err("invalid policy");
+    let text = err.report();
+    assert!(text.contains("PeerAuthentication default/broken") && text.contains("SOMETIMES"), "{text}");
+}
+
+#[tokio::test]
+async fn reading_policies_without_rbac_names_the_permission() {
+    let (client, _task) = scripted(vec![ex(
+        "GET",
+        "/apis/security.istio.io/v1/peerauthentications",
+        403,
+        status(
+            403,
+            "Forbidden",
+            "peerauthentications.security.istio.io is forbidden: User \"system:serviceaccount:meshpass-system:meshpass\" cannot list resource \"peerauthentications\" in API group \"security.istio.io\" at the cluster scope",
+            json!({"group": "security.istio.io", "kind": "peerauthentications"}),
+        ),
+    )]);
+    let err = backend(client).mesh_policies().await.expect_err("forbidden");
+    assert!(matches!(err, BackendError::Forbidden { .. }), "{err:?}");
+    let text = err.report();
+    assert!(text.contains("list peerauthentications.security.istio.io"), "{text}");
+}
+
+fn fix_rule() -> meshpass_policy::Resource {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: helloworld-passthrough-5000\n  namespace: default\n  labels: {app.kubernetes.io/managed-by: meshpass}\n  annotations: {passthrough.meshpass.io/fix-for: 'default/helloworld-v1:5000'}\nspec:\n  host: helloworld.default.svc.cluster.local\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 5000}\n      tls: {mode: DISABLE}\n";
+    meshpass_policy::parse_documents(yaml, "default").expect("fix rule").remove(0)
+}
+
+fn created(r: &meshpass_policy::Resource) -> Value {
+    let mut v = r.to_json();
+    v["metadata"]["uid"] = json!("uid-fix");
+    v["metadata"]["resourceVersion"] = json!("1700");
+    v["metadata"]["creationTimestamp"] = json!("2026-11-26T09:00:00Z");
+    v
+}
+
+#[tokio::test]
+async fn the_fix_rule_is_created_kept_when_identical_and_refused_over_another_spec() {
+    let rule = fix_rule();
+    let path = "/apis/networking.istio.io/v1/namespaces/default/destinationrules";
+    let post = |status: u16, answer: Value| {
+        let mut e = ex("POST", &format!("{path}?fieldManager=meshpass"), status, answer);
+        e.body = Some(rule.to_json());
+        e.body_type = "application/json";
+        e
+    };
+    let conflict = status(
+        409,
+        "AlreadyExists",
+        "destinationrules.networking.istio.io \"helloworld-passthrough-5000\" already exists",
+        json!({}),
+    );
+    let mut other = created(&rule);
+    other["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["mode"] = json!("ISTIO_MUTUAL");
+    let (client, task) = scripted(vec![
+        post(201, created(&rule)),
+        post(409, conflict.clone()),
+        ex("GET", &format!("{path}/helloworld-passthrough-5000"), 200, created(&rule)),
+        post(409, conflict),
+        ex("GET", &format!("{path}/helloworld-passthrough-5000"), 200, other),
+    ]);
+    let b = backend(client);
+    b.create_policy(&rule).await.expect("created");
+    b.create_policy(&rule).await.expect("an identical rule is fine");
+    let err = b.create_policy(&rule).await.expect_err("another spec");
+    assert!(err.report().contains("exists with another spec"), "{}", err.report());
+    task.await.expect("script");
+}
+
+#[tokio::test]
+async fn the_fix_rule_is_deleted_and_a_missing_one_is_fine() {
+    let path = "/apis/networking.istio.io/v1/namespaces/default/destinationrules/helloworld-passthrough-5000";
+    let gone = status(
+        404,
+        "NotFound",
+        "destinationrules.networking.istio.io \"helloworld-passthrough-5000\" not found",
+        json!({}),
+    );
+    let ok = status(200, "", "", json!({"name": "helloworld-passthrough-5000"}));
+    let mut ok = ok;
+    ok["status"] = json!("Success");
+    // kube-rs sends the (default) DeleteOptions as the body.
+    let delete = |status: u16, answer: Value| {
+        let mut e = ex("DELETE", path, status, answer);
+        e.body = Some(json!({}));
+        e.body_type = "application/json";
+        e
+    };
+    let (client, task) = scripted(vec![delete(200, ok), delete(404, gone)]);
+    let b = backend(client);
+    let r = fix_rule().reference();
+    b.delete_policy(&r).await.expect("deleted");
+    b.delete_policy(&r).await.expect("already gone");
+    task.await.expect("script");
 }
