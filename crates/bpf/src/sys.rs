@@ -70,14 +70,20 @@ fn bpf_fd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
 }
 
 /// `BPF_MAP_CREATE`.
-pub fn map_create(kind: u32, key_size: u32, value_size: u32, max_entries: u32, name: &str) -> io::Result<OwnedFd> {
+pub(crate) fn map_create(
+    kind: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
     let mut a = Attr::new();
     a.u32(0, kind).u32(4, key_size).u32(8, value_size).u32(12, max_entries).name(28, name);
     bpf_fd(CMD_MAP_CREATE, &mut a)
 }
 
 /// `BPF_MAP_UPDATE_ELEM` with `flags` (`BPF_ANY` = 0).
-pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+pub(crate) fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
     let mut a = Attr::new();
     a.u32(0, map.as_raw_fd() as u32).ptr(8, key.as_ptr()).ptr(16, value.as_ptr()).u64(24, flags);
     bpf(CMD_MAP_UPDATE_ELEM, &mut a).map(drop)
@@ -85,7 +91,7 @@ pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> 
 
 /// `BPF_MAP_LOOKUP_ELEM`: `Ok(false)` when the key has no value. `value` must be the map's
 /// value size.
-pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+pub(crate) fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
     let mut a = Attr::new();
     a.u32(0, map.as_raw_fd() as u32).ptr(8, key.as_ptr()).ptr(16, value.as_mut_ptr());
     match bpf(CMD_MAP_LOOKUP_ELEM, &mut a) {
@@ -96,7 +102,7 @@ pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
 }
 
 /// `BPF_MAP_DELETE_ELEM`: `Ok(false)` when the key had no value.
-pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+pub(crate) fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
     let mut a = Attr::new();
     a.u32(0, map.as_raw_fd() as u32).ptr(8, key.as_ptr());
     match bpf(CMD_MAP_DELETE_ELEM, &mut a) {
@@ -107,7 +113,7 @@ pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
 }
 
 /// `BPF_PROG_LOAD`. On failure the verifier's log comes back with the error.
-pub fn prog_load(
+pub(crate) fn prog_load(
     kind: u32,
     expected_attach_type: u32,
     insns: &[u8],
@@ -145,7 +151,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
 }
 
 /// `BPF_OBJ_PIN`: keeps `fd`'s object alive under `path` in a bpf filesystem.
-pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let p = c_path(path)?;
     let mut a = Attr::new();
     a.ptr(0, p.as_ptr()).u32(8, fd.as_raw_fd() as u32);
@@ -153,7 +159,7 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 }
 
 /// `BPF_OBJ_GET`: opens a pinned object.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let p = c_path(path)?;
     let mut a = Attr::new();
     a.ptr(0, p.as_ptr());
@@ -161,21 +167,21 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// `BPF_LINK_CREATE`: attaches `prog` to `target` (a network namespace or a cgroup).
-pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+pub(crate) fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
     let mut a = Attr::new();
     a.u32(0, prog.as_raw_fd() as u32).u32(4, target.as_raw_fd() as u32).u32(8, attach_type);
     bpf_fd(CMD_LINK_CREATE, &mut a)
 }
 
 /// `BPF_LINK_UPDATE`: swaps the program behind a link in one step.
-pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut a = Attr::new();
     a.u32(0, link.as_raw_fd() as u32).u32(4, new_prog.as_raw_fd() as u32);
     bpf(CMD_LINK_UPDATE, &mut a).map(drop)
 }
 
 /// `BPF_OBJ_GET_INFO_BY_FD` for a link: the 48 bytes of `struct bpf_link_info`.
-pub fn link_info(link: BorrowedFd<'_>) -> io::Result<[u8; 48]> {
+pub(crate) fn link_info(link: BorrowedFd<'_>) -> io::Result<[u8; 48]> {
     let mut info = [0u8; 48];
     let mut a = Attr::new();
     a.u32(0, link.as_raw_fd() as u32).u32(4, info.len() as u32).ptr(8, info.as_mut_ptr());
@@ -184,7 +190,7 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<[u8; 48]> {
 }
 
 /// `SO_NETNS_COOKIE` of a socket: the cookie of the network namespace it was created in.
-pub fn netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
+pub(crate) fn netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let mut v: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
