@@ -1,4 +1,4 @@
 //! Helpers shared by the capture integration tests.
 #![allow(unused_imports)]
 
-pub use meshpass_test_support::{cases, shared_dir};
+pub(crate) use meshpass_test_support::{cases, shared_dir};

@@ -6,27 +6,27 @@
 use meshpass_capture::ir::{Effective, Family, OwnerId, OwnerKind};
 use meshpass_capture::parse::nft_json::{canonical, canonical_with, Live};
 use meshpass_capture::{compile, IstioArgs, Plan};
-pub use meshpass_test_support::Netns;
+pub(crate) use meshpass_test_support::Netns;
 use meshpass_test_support::TestNamespaces;
 use std::path::PathBuf;
 
 /// `testdata/nft` in this crate.
-pub fn testdata() -> PathBuf {
+pub(crate) fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/nft")
 }
 
 /// Group names used by the Istio cases (`java`, `ftp`) and the numbers the privileged tests
 /// give them in the test namespaces' private `/etc/group`, since nft resolves names when it loads a rule and
 /// lists numbers.
-pub const GROUPS: [(&str, u32); 2] = [("java", 5001), ("ftp", 5002)];
+pub(crate) const GROUPS: [(&str, u32); 2] = [("java", 5001), ("ftp", 5002)];
 
 /// Maps the names of [`GROUPS`] to their numbers.
-pub fn resolve(_kind: OwnerKind, id: &OwnerId) -> OwnerId {
+pub(crate) fn resolve(_kind: OwnerKind, id: &OwnerId) -> OwnerId {
     GROUPS.iter().find(|(n, _)| *n == id.as_str()).map(|(_, g)| OwnerId::numeric(*g)).unwrap_or_else(|| id.clone())
 }
 
 /// The plans whose kernel readbacks are stored as `testdata/nft/readback-<name>.json`.
-pub fn sample_plans() -> Vec<(&'static str, Plan)> {
+pub(crate) fn sample_plans() -> Vec<(&'static str, Plan)> {
     let s = |v: &str| Some(v.to_string());
     let tproxy = IstioArgs {
         mode: s("TPROXY"),
@@ -75,7 +75,7 @@ pub fn sample_plans() -> Vec<(&'static str, Plan)> {
 
 /// Compares a readback with the plan, family by family, modulo op indices, counters, text and
 /// list order (see `canonical`). Returns a readable diff on mismatch.
-pub fn compare(plan: &Plan, live: &Live) -> Result<(), String> {
+pub(crate) fn compare(plan: &Plan, live: &Live) -> Result<(), String> {
     let mut diffs = Vec::new();
     for (family, got) in [(Family::V4, &live.v4), (Family::V6, &live.v6)] {
         let want = canonical_with(&plan.effective(family), family, &resolve);
@@ -132,12 +132,12 @@ fn diff(want: &Effective, got: &Effective) -> String {
 
 /// The test's namespace `role`, whose commands see [`GROUPS`] in `/etc/group` (so that nft can
 /// resolve the group names of the Istio cases).
-pub fn netns(namespaces: &TestNamespaces, role: &str) -> Netns {
+pub(crate) fn netns(namespaces: &TestNamespaces, role: &str) -> Netns {
     namespaces.create(role).with_groups(&GROUPS)
 }
 
 /// `nft` in a test namespace.
-pub trait Nft {
+pub(crate) trait Nft {
     /// `nft <args>` inside; panics with nft's message on failure.
     fn nft(&self, args: &[&str], stdin: Option<&str>) -> String;
 }
