@@ -293,7 +293,7 @@ pub(crate) mod testing {
     use std::path::Path;
 
     /// The default settings, state in /tmp/mesh-test.
-    pub fn cfg() -> MeshConfig {
+    pub(crate) fn cfg() -> MeshConfig {
         let mut c = MeshConfig::new(Path::new("/tmp/mesh-test"));
         c.meshpass_exe = "/usr/bin/meshpass".into();
         c.sidecar_argv = vec!["/usr/bin/meshpass".into(), "proxy".into()];
@@ -301,7 +301,7 @@ pub(crate) mod testing {
     }
 
     /// A state with `default` meshed and `plain` not.
-    pub fn meshed_state() -> State {
+    pub(crate) fn meshed_state() -> State {
         let mut s = State::default();
         let ns = |name: &str, meshed: bool| NamespaceSpec {
             name: name.into(),
@@ -313,7 +313,7 @@ pub(crate) mod testing {
     }
 
     /// A Deployment `name` of the helloworld sample (label `app: name`).
-    pub fn deployment(namespace: &str, name: &str, replicas: u32) -> DeploymentSpec {
+    pub(crate) fn deployment(namespace: &str, name: &str, replicas: u32) -> DeploymentSpec {
         let labels: BTreeMap<String, String> = [("app".into(), name.into())].into();
         DeploymentSpec {
             namespace: namespace.into(),
@@ -335,7 +335,7 @@ pub(crate) mod testing {
     }
 
     /// Adds Service `name` selecting `app: name`, with the next ClusterIP.
-    pub fn service(state: &mut State, namespace: &str, name: &str, ports: &[(u16, u16)]) {
+    pub(crate) fn service(state: &mut State, namespace: &str, name: &str, ports: &[(u16, u16)]) {
         let n = state.services.len() as u8 + 1;
         let spec = ServiceSpec {
             namespace: namespace.into(),
@@ -352,7 +352,7 @@ pub(crate) mod testing {
 
     /// Adds a running, ready, meshed pod of `workload` made from template `hash`, at
     /// 198.18.0.`n`, with an app container running for a minute and a sidecar.
-    pub fn pod(world: &mut World, namespace: &str, workload: &str, hash: &str, n: u8) -> PodKey {
+    pub(crate) fn pod(world: &mut World, namespace: &str, workload: &str, hash: &str, n: u8) -> PodKey {
         let key = PodKey::new(namespace, &format!("{workload}-{hash}-p{n}"));
         let since = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
         let run = |name: &str, sidecar: bool, ports: Vec<u16>| Container {
