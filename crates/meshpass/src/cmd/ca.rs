@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 /// `meshpass ca` subcommands.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
     command: CaCommand,
 }
@@ -44,7 +44,7 @@ struct IssueArgs {
 }
 
 /// Runs `meshpass ca`.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let CaCommand::Issue(a) = a.command;
     let id: SpiffeId = a.identity.parse()?;
     let ttl = meshpass_proxy::config::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl {:?}: {e}", a.ttl))?;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 /// `meshpass check` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// `http://HOST:PORT/PATH`, or `HOST:PORT` for a plain TCP connection (with --from); HOST
     /// is an IP address or a Service name (`NAME`, `NAME.NAMESPACE`, ...).
     target: String,
@@ -34,7 +34,7 @@ pub struct Args {
 
 /// Runs `meshpass check`. Exits 0 when the check ran (whatever path the request took and
 /// whether it succeeded: that is its result), 1 when it could not run.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&a.state_dir).context("is `meshpass up` running?")?;
     let outcome = match &a.from {
         None => check::from_node(&client, &Target::resolve(&client, &a.target, &a.namespace)?)?,

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 /// `meshpass explain` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     settings: SettingsArgs,
     /// A connection leaving the pod (default).
@@ -107,7 +107,7 @@ fn flow(a: &Args) -> anyhow::Result<Flow> {
 }
 
 /// Runs `meshpass explain`.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let f = flow(&a)?;
     let e = match &a.netns {
         None => {

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 /// istio-iptables' flags. Every value can also come from the environment variable named in
 /// its help.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Outbound capture port (no env var, as in Istio).
     #[arg(short = 'p', long = "envoy-port")]
     envoy_port: Option<String>,
@@ -143,7 +143,7 @@ fn truthy(v: Option<String>) -> bool {
 }
 
 /// Name servers of a resolv.conf text.
-pub fn nameservers(text: &str) -> Vec<String> {
+pub(crate) fn nameservers(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
@@ -211,7 +211,7 @@ fn to_istio_args(a: &Args, env: &dyn Fn(&str) -> Option<String>) -> IstioArgs {
 }
 
 /// Runs `meshpass iptables`.
-pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     if a.run_validation || truthy(env("RUN_VALIDATION")) {
         anyhow::bail!("--run-validation (Istio's CNI redirect probe) is not supported by meshpass; use `meshpass explain --netns` to check live rules");
     }

@@ -17,7 +17,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/meshpass";
 
 /// `meshpass up`.
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// State directory (manifests, control socket, logs).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -64,7 +64,7 @@ pub struct UpArgs {
 
 /// `--state-dir` for the client commands.
 #[derive(Debug, clap::Args)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     /// State directory of the running mesh.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -72,14 +72,14 @@ pub struct StateDir {
 
 /// `meshpass down`.
 #[derive(Debug, clap::Args)]
-pub struct DownArgs {
+pub(crate) struct DownArgs {
     #[command(flatten)]
     dir: StateDir,
 }
 
 /// `meshpass get`.
 #[derive(Debug, clap::Args)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// workloads | pods | svc | peerauthentications (pa) | destinationrules (dr)
     what: String,
     /// Namespace (all namespaces when omitted).
@@ -94,7 +94,7 @@ pub struct GetArgs {
 
 /// `meshpass apply` / `meshpass delete`.
 #[derive(Debug, clap::Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// Manifest file (multi-document YAML; `-` for stdin).
     #[arg(short, long)]
     file: PathBuf,
@@ -107,7 +107,7 @@ pub struct ApplyArgs {
 
 /// `meshpass delete`.
 #[derive(Debug, clap::Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// Manifest file naming the objects to delete.
     #[arg(short, long)]
     file: PathBuf,
@@ -117,7 +117,7 @@ pub struct DeleteArgs {
 
 /// `meshpass rollout restart deployment/NAME`.
 #[derive(Debug, clap::Args)]
-pub struct RolloutArgs {
+pub(crate) struct RolloutArgs {
     /// `restart`
     action: String,
     /// `deployment/NAME`
@@ -131,7 +131,7 @@ pub struct RolloutArgs {
 
 /// `meshpass annotate`.
 #[derive(Debug, clap::Args)]
-pub struct AnnotateArgs {
+pub(crate) struct AnnotateArgs {
     /// `deployment/NAME`
     target: String,
     /// `KEY=VALUE` to set, `KEY-` to remove (pod-template annotations).
@@ -149,7 +149,7 @@ pub struct AnnotateArgs {
 
 /// `meshpass exec`.
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// Run in the node namespace (as root) instead of a pod.
     #[arg(long)]
     node: bool,
@@ -170,7 +170,7 @@ pub struct ExecArgs {
 
 /// `meshpass logs`.
 #[derive(Debug, clap::Args)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     /// Pod name (or a unique prefix of one).
     pod: String,
     /// Namespace.
@@ -186,7 +186,7 @@ pub struct LogsArgs {
 /// `meshpass sample`.
 #[derive(Debug, clap::Args)]
 #[command(disable_version_flag = true)]
-pub struct SampleArgs {
+pub(crate) struct SampleArgs {
     /// helloworld | http | sleep
     app: String,
     /// Listen port.
@@ -205,7 +205,7 @@ pub struct SampleArgs {
 /// Stopping is unconditional: the first signal starts the teardown (pods drained), a second
 /// one cuts its waits short, and nothing the supervisor prints can stop it — its output goes
 /// through [`Output`], which drops what a closed or full stdout/stderr cannot take.
-pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     // Signals first, before any thread exists: every thread spawned from here on inherits the
     // mask, so SIGINT/SIGTERM/SIGHUP reach only the waiting thread below and can never end the
     // process by their default action half-way through a teardown. SIGPIPE is blocked too (Rust
@@ -293,7 +293,7 @@ fn supervise(a: UpArgs, signals: SigSet, out: &Output) -> anyhow::Result<ExitCod
 }
 
 /// `meshpass down`.
-pub fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = meshpass_mesh::supervisor::require_root() {
         eprintln!("error: {}", e.report());
         return Ok(ExitCode::from(1));
@@ -315,7 +315,7 @@ fn table(rows: Vec<Vec<String>>) {
 }
 
 /// `meshpass get workloads|pods|svc`.
-pub fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&a.dir.state_dir)?;
     let ns = a.namespace.as_deref();
     let json = a.output == "json";
@@ -436,7 +436,7 @@ fn read_manifest(path: &Path) -> anyhow::Result<String> {
 }
 
 /// `meshpass apply -f FILE [--live]`.
-pub fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     let yaml = read_manifest(&a.file)?;
     match Client::connect(&a.dir.state_dir)?.apply(&yaml, a.live) {
         Ok(lines) => {
@@ -451,7 +451,7 @@ pub fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `meshpass delete -f FILE`.
-pub fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
     let yaml = read_manifest(&a.file)?;
     for l in Client::connect(&a.dir.state_dir)?.delete(&yaml)? {
         println!("{l}");
@@ -460,7 +460,7 @@ pub fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `meshpass rollout restart deployment/NAME`.
-pub fn rollout(a: RolloutArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn rollout(a: RolloutArgs) -> anyhow::Result<ExitCode> {
     if a.action != "restart" {
         bail!("rollout {}: only `restart` is supported", a.action);
     }
@@ -485,7 +485,7 @@ fn deployment_name(target: &str) -> anyhow::Result<&str> {
 
 /// `meshpass annotate deployment/NAME KEY=VALUE… KEY-…`: changes the pod template's
 /// annotations (the traffic passthrough settings); invalid values are refused, all at once.
-pub fn annotate(a: AnnotateArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn annotate(a: AnnotateArgs) -> anyhow::Result<ExitCode> {
     let name = deployment_name(&a.target)?;
     let mut set = std::collections::BTreeMap::new();
     let mut remove = Vec::new();
@@ -519,7 +519,7 @@ pub fn annotate(a: AnnotateArgs) -> anyhow::Result<ExitCode> {
 
 /// `meshpass exec (--node | POD) -- CMD…`: runs CMD in that network namespace, exit code
 /// propagated. In a pod it runs as the app's UID so the sidecar captures its traffic.
-pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&a.dir.state_dir)?;
     let (netns, uid) = if a.node {
         (client.node_netns()?, None)
@@ -549,7 +549,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `meshpass logs POD [-c app|sidecar]`.
-pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     let dir = a.dir.state_dir.join("logs").join(&a.namespace);
     let mut pods: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("no logs for namespace {} in {}", a.namespace, dir.display()))?
@@ -585,7 +585,7 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `meshpass sample helloworld|http|sleep`.
-pub fn sample(a: SampleArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn sample(a: SampleArgs) -> anyhow::Result<ExitCode> {
     let app = match a.app.as_str() {
         "helloworld" => SampleApp::Helloworld { version: a.version },
         "http" => SampleApp::Http { server: a.server },

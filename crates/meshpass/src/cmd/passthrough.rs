@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// `meshpass passthrough` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// get | set | clear
     #[arg(value_parser = ["get", "set", "clear"])]
     action: String,
@@ -164,7 +164,7 @@ fn report(e: ClientError) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `meshpass passthrough`.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let name = a.workload.strip_prefix("deployment/").unwrap_or(&a.workload);
     let w = match name.split_once('/') {
         Some((ns, n)) => WorkloadRef::new(ns, n),

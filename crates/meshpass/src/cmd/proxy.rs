@@ -13,7 +13,7 @@ use std::process::ExitCode;
 /// `meshpass proxy` flags; each overrides its environment variable.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = ENV_HELP)]
-pub struct Args {
+pub(crate) struct Args {
     /// Outbound listener [env: MESHPASS_PROXY_OUTBOUND_ADDR, default 0.0.0.0:15001].
     #[arg(long)]
     outbound: Option<String>,
@@ -78,7 +78,7 @@ const ENV_HELP: &str = "Environment (flags win):
 Durations take ms, s, m or h suffixes.";
 
 /// Runs the sidecar until SIGTERM/SIGINT.
-pub fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     // Logs go to stderr (the mesh keeps them per container); RUST_LOG sets the level.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 /// Where settings come from, shared by `rules` and `explain`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SettingsArgs {
+pub(crate) struct SettingsArgs {
     /// An annotation, e.g. `-a traffic.sidecar.istio.io/excludeInboundPorts=5000` (repeatable;
     /// later values win over the file).
     #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE")]
@@ -72,7 +72,7 @@ fn scalar(v: &serde_yaml::Value) -> Option<String> {
 
 /// Reads the injector's Helm values from a file: the values themselves (YAML or JSON), or
 /// the `istio-sidecar-injector` ConfigMap, whose `data.values` holds them as text.
-pub fn read_injector_values(path: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn read_injector_values(path: &str) -> anyhow::Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
     let doc: serde_json::Value = serde_yaml::from_str(&text).with_context(|| format!("{path} is not YAML or JSON"))?;
     if doc.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") {
@@ -87,7 +87,7 @@ pub fn read_injector_values(path: &str) -> anyhow::Result<serde_json::Value> {
 
 /// Reads annotations from a file: a flat map, or a manifest's pod-template / metadata
 /// annotations.
-pub fn read_annotations(path: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn read_annotations(path: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("{path} is not YAML or JSON"))?;
     let pick = |v: &serde_yaml::Value, path: &[&str]| {
@@ -114,7 +114,7 @@ pub fn read_annotations(path: &str) -> anyhow::Result<BTreeMap<String, String>> 
 
 impl SettingsArgs {
     /// The annotation map: the file, then `-a` pairs.
-    pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
+    pub(crate) fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut map = match &self.file {
             Some(f) => read_annotations(f)?,
             None => BTreeMap::new(),
@@ -163,7 +163,7 @@ impl SettingsArgs {
 
     /// Settings → config, or the exit code after printing every error. `Ok(None)` inside:
     /// interception mode NONE (no rules at all).
-    pub fn config(&self) -> anyhow::Result<Result<Option<CaptureConfig>, ExitCode>> {
+    pub(crate) fn config(&self) -> anyhow::Result<Result<Option<CaptureConfig>, ExitCode>> {
         let ann = self.annotations()?;
         for k in Settings::unknown_keys(ann.keys()) {
             eprintln!("warning: unknown annotation {k} is ignored (Istio ignores it too); a typo?");
@@ -188,7 +188,7 @@ impl SettingsArgs {
 
 /// Output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// `iptables-restore` input (v4, then v6), exactly what istio-iptables generates.
     Iptables,
     /// One `nft -f` transaction for table `inet meshpass`.
@@ -201,7 +201,7 @@ pub enum Format {
 
 /// `meshpass rules` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     settings: SettingsArgs,
     /// How to print the rules.
@@ -228,7 +228,7 @@ pub struct Args {
 }
 
 /// Parses a backend name for clap.
-pub fn parse_backend(s: &str) -> Result<RuleBackend, String> {
+pub(crate) fn parse_backend(s: &str) -> Result<RuleBackend, String> {
     RuleBackend::parse(s).ok_or_else(|| format!("{s:?} is not a backend: use nftables, iptables or iptables-legacy"))
 }
 
@@ -254,7 +254,7 @@ fn shell_words(args: &[String]) -> String {
 }
 
 /// Runs `meshpass rules`.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let runner = NetnsRunner::new(a.netns.as_deref().map(Netns::parse).unwrap_or(Netns::Current));
     if a.live {
         return show_live(&runner, a.backend, a.format);

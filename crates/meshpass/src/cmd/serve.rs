@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// `meshpass serve` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Manage a Kubernetes cluster running Istio (kubeconfig, or the in-cluster service
     /// account) instead of the local mesh.
     #[arg(long)]
@@ -53,7 +53,7 @@ fn announce(out: Output) -> StartedHook {
 }
 
 /// The rule format previews use for the local mesh's backend name.
-pub fn rule_format(backend: &str) -> RuleFormat {
+pub(crate) fn rule_format(backend: &str) -> RuleFormat {
     if backend.starts_with("iptables") {
         RuleFormat::Iptables
     } else {
@@ -77,7 +77,7 @@ async fn ctrl_c_or_term() {
 }
 
 /// Runs `meshpass serve` in the foreground until Ctrl-C / SIGTERM.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let backend: Arc<dyn Backend> = if a.kube {
@@ -118,7 +118,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// own thread and runtime: it waits for the supervisor's control socket, serves until `stop`
 /// is requested, and reports (not fails) through `out` when it cannot listen, since the mesh
 /// itself is still useful from the CLI.
-pub fn spawn_for_mesh(
+pub(crate) fn spawn_for_mesh(
     state_dir: &Path,
     listen: SocketAddr,
     format: RuleFormat,

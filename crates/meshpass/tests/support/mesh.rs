@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_meshpass");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_meshpass");
 
 /// Owns the supervisor child and the state directory.
-pub struct Mesh {
+pub(crate) struct Mesh {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub prefix: String,
@@ -25,7 +25,7 @@ pub struct Mesh {
 
 impl Mesh {
     /// A mesh (not started) with its own prefix and address blocks.
-    pub fn new(prefix: &str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
+    pub(crate) fn new(prefix: &str, pod_cidr: &'static str, svc_cidr: &'static str, sample: bool) -> Result<Self> {
         Ok(Mesh {
             dir: tempfile::tempdir()?,
             child: None,
@@ -38,12 +38,12 @@ impl Mesh {
         })
     }
 
-    pub fn state(&self) -> &Path {
+    pub(crate) fn state(&self) -> &Path {
         self.dir.path()
     }
 
     /// Starts `meshpass up` and waits for its control socket.
-    pub fn up(&mut self) -> Result<()> {
+    pub(crate) fn up(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state().join("up.log"))?;
         self.up_with(Stdio::from(log.try_clone()?), Stdio::from(log))
     }
@@ -51,7 +51,7 @@ impl Mesh {
     /// Starts `meshpass up` with its stdout and stderr where the caller says, in a process
     /// group of its own (as a shell's job: a signal to the group does not reach the test), and
     /// waits for its control socket.
-    pub fn up_with(&mut self, stdout: Stdio, stderr: Stdio) -> Result<()> {
+    pub(crate) fn up_with(&mut self, stdout: Stdio, stderr: Stdio) -> Result<()> {
         use std::os::unix::process::CommandExt;
         let _ = std::fs::remove_file(self.state().join("control.sock"));
         let mut cmd = Command::new(BIN);
@@ -92,17 +92,17 @@ impl Mesh {
     }
 
     /// What the supervisor printed, when it printed to `up.log`.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.state().join("up.log")).unwrap_or_default()
     }
 
     /// Runs `meshpass ARGS --state-dir DIR`.
-    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
         Ok(Command::new(BIN).args(args).arg("--state-dir").arg(self.state()).output()?)
     }
 
     /// Runs the CLI and returns stdout, failing with stderr on a non-zero exit.
-    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.cli(args)?;
         if !out.status.success() {
             bail!("meshpass {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -111,7 +111,7 @@ impl Mesh {
     }
 
     /// `meshpass exec --node -- curl ARGS URL`: the output (headers included with -i/-I).
-    pub fn curl_from_node(&self, curl_args: &[&str], url: &str) -> Result<String> {
+    pub(crate) fn curl_from_node(&self, curl_args: &[&str], url: &str) -> Result<String> {
         let out = Command::new(BIN)
             .args(["exec", "--node", "--state-dir"])
             .arg(self.state())
@@ -126,7 +126,7 @@ impl Mesh {
     }
 
     /// The ClusterIP of service `name` (`meshpass get svc -o json`).
-    pub fn service_ip(&self, name: &str) -> Result<String> {
+    pub(crate) fn service_ip(&self, name: &str) -> Result<String> {
         let svcs: serde_json::Value = serde_json::from_str(&self.cli_ok(&["get", "svc", "-o", "json"])?)?;
         svcs.as_array()
             .and_then(|a| a.iter().find(|s| s["name"] == name))
@@ -136,7 +136,7 @@ impl Mesh {
     }
 
     /// The management plane's URL and token, once it listens.
-    pub fn api(&self) -> Result<(String, String)> {
+    pub(crate) fn api(&self) -> Result<(String, String)> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let url = std::fs::read_to_string(self.state().join("api-address"));
@@ -151,12 +151,12 @@ impl Mesh {
         }
     }
 
-    pub fn client(&self) -> Result<meshpass_mesh::Client> {
+    pub(crate) fn client(&self) -> Result<meshpass_mesh::Client> {
         Ok(meshpass_mesh::Client::connect(self.state())?)
     }
 
     /// Waits until every pod of the workload is ready and none is pending restart.
-    pub fn wait_ready(&self, ns: &str, name: &str) -> Result<()> {
+    pub(crate) fn wait_ready(&self, ns: &str, name: &str) -> Result<()> {
         let client = self.client()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -174,7 +174,7 @@ impl Mesh {
     /// Namespaces with this mesh's prefix, and processes running samples from this binary
     /// with this test's state directory in their environment are not visible; count the
     /// sample processes started from this binary instead.
-    pub fn residue(&self, sample_marker: &str) -> (Vec<String>, usize) {
+    pub(crate) fn residue(&self, sample_marker: &str) -> (Vec<String>, usize) {
         let netns: Vec<String> = std::fs::read_dir("/run/netns")
             .map(|d| {
                 d.flatten()
@@ -199,7 +199,7 @@ impl Mesh {
 
     /// A steady request loop from the node (`curl -f`); returns (successes, failures) once
     /// `stop` is set.
-    pub fn request_loop(
+    pub(crate) fn request_loop(
         &self,
         url: String,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -225,7 +225,7 @@ impl Mesh {
 
     /// A steady request loop from inside pod `pod` of `ns` (through its sidecar), one new
     /// connection per request; returns (successes, failures) once `stop` is set.
-    pub fn pod_request_loop(
+    pub(crate) fn pod_request_loop(
         &self,
         pod: &str,
         ns: &str,
@@ -263,7 +263,7 @@ impl Mesh {
     }
 
     /// Kills the supervisor with SIGKILL (a crash).
-    pub fn kill9(&mut self) -> Result<()> {
+    pub(crate) fn kill9(&mut self) -> Result<()> {
         let mut child = self.child.take().context("no supervisor")?;
         child.kill()?;
         child.wait()?;

@@ -2,10 +2,10 @@
 //! back from a namespace.
 #![allow(dead_code, unused_imports)]
 
-pub use meshpass_test_support::{cases, shared_dir, Netns, TestNamespaces};
+pub(crate) use meshpass_test_support::{cases, shared_dir, Netns, TestNamespaces};
 
 /// iptables-save + ip6tables-save in `ns`, comments and counters stripped.
-pub fn netfilter_state(ns: &Netns, legacy: bool) -> String {
+pub(crate) fn netfilter_state(ns: &Netns, legacy: bool) -> String {
     let (v4, v6) =
         if legacy { ("iptables-legacy-save", "ip6tables-legacy-save") } else { ("iptables-save", "ip6tables-save") };
     let mut out = String::new();
@@ -21,8 +21,8 @@ pub fn netfilter_state(ns: &Netns, legacy: bool) -> String {
 }
 
 /// The meshpass binary under test.
-pub fn meshpass() -> &'static str {
+pub(crate) fn meshpass() -> &'static str {
     env!("CARGO_BIN_EXE_meshpass")
 }
 
-pub mod mesh;
+pub(crate) mod mesh;
