@@ -26,17 +26,18 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Upper bound for any single wait in a test, so a bug fails the test instead of hanging it.
-pub const GUARD: Duration = Duration::from_secs(60);
+pub(crate) const GUARD: Duration = Duration::from_secs(60);
 
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
 
-pub fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
 }
 
 /// A proxy config bound to 127.0.0.1:0 everywhere, with short test-friendly timeouts.
-pub fn test_config() -> ProxyConfig {
+pub(crate) fn test_config() -> ProxyConfig {
     let lo = |_: u16| Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     ProxyConfig {
         outbound_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -51,20 +52,20 @@ pub fn test_config() -> ProxyConfig {
     }
 }
 
-pub async fn start_proxy(config: ProxyConfig, target: SocketAddr) -> Proxy {
+pub(crate) async fn start_proxy(config: ProxyConfig, target: SocketAddr) -> Proxy {
     Proxy::start_with_resolver(config, Arc::new(FixedTarget::both(target))).await.expect("proxy starts")
 }
 
 /// What an upstream test server observed.
 #[derive(Default, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub connections: AtomicUsize,
     pub peers: Mutex<Vec<SocketAddr>>,
     pub requests: Mutex<Vec<(http::request::Parts, SocketAddr)>>,
 }
 
 /// A hyper HTTP/1 upstream on 127.0.0.1:0 running `handler` for each request.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
@@ -77,7 +78,7 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    pub async fn start(handler: Handler) -> Self {
+    pub(crate) async fn start(handler: Handler) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
@@ -112,7 +113,7 @@ impl Upstream {
     }
 
     /// Answers every request with `200 hello` and an app `server` header.
-    pub async fn hello() -> Self {
+    pub(crate) async fn hello() -> Self {
         Self::start(Arc::new(|_req| {
             Box::pin(async {
                 Response::builder().header("server", "testapp/1.0").header("x-app", "yes").body(full("hello")).unwrap()
@@ -122,7 +123,7 @@ impl Upstream {
     }
 
     /// Echoes the request body back, streamed (so chunked when the request was).
-    pub async fn echo() -> Self {
+    pub(crate) async fn echo() -> Self {
         Self::start(Arc::new(|req: Request<Incoming>| {
             Box::pin(async move {
                 let body = req.into_body().map_err(|e| Box::new(e) as _).boxed();
@@ -132,14 +133,14 @@ impl Upstream {
         .await
     }
 
-    pub fn last_request(&self) -> (http::request::Parts, SocketAddr) {
+    pub(crate) fn last_request(&self) -> (http::request::Parts, SocketAddr) {
         self.seen.requests.lock().unwrap().last().cloned().expect("a request")
     }
 }
 
 /// A parsed HTTP/1 response read from a raw socket.
 #[derive(Debug)]
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     pub status_line: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
@@ -148,25 +149,25 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
     }
-    pub fn header(&self, k: &str) -> Option<&str> {
+    pub(crate) fn header(&self, k: &str) -> Option<&str> {
         self.headers.get(&k.to_ascii_lowercase()).map(String::as_str)
     }
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// Buffered reader over a raw stream, keeping leftovers between responses.
-pub struct RawReader<S> {
+pub(crate) struct RawReader<S> {
     pub stream: S,
     buf: Vec<u8>,
 }
 
 impl<S: AsyncRead + Unpin> RawReader<S> {
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         Self { stream, buf: Vec::new() }
     }
 
@@ -200,7 +201,7 @@ impl<S: AsyncRead + Unpin> RawReader<S> {
     }
 
     /// Read a response head only (e.g. `100 Continue` or `101`).
-    pub async fn head(&mut self) -> std::io::Result<(String, HashMap<String, String>)> {
+    pub(crate) async fn head(&mut self) -> std::io::Result<(String, HashMap<String, String>)> {
         let status_line = self.line().await?;
         let mut headers = HashMap::new();
         loop {
@@ -216,7 +217,7 @@ impl<S: AsyncRead + Unpin> RawReader<S> {
     }
 
     /// Read a full response (`head_request`: no body expected).
-    pub async fn response(&mut self, head_request: bool) -> std::io::Result<RawResponse> {
+    pub(crate) async fn response(&mut self, head_request: bool) -> std::io::Result<RawResponse> {
         let (status_line, headers) = self.head().await?;
         let mut chunked = false;
         let body = if head_request {
@@ -249,12 +250,12 @@ impl<S: AsyncRead + Unpin> RawReader<S> {
     }
 
     /// The stream and any bytes already read past the last parsed message.
-    pub fn into_parts(self) -> (S, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>) {
         (self.stream, self.buf)
     }
 
     /// True when the peer closed (EOF or reset) with nothing more to read.
-    pub async fn closed(&mut self) -> bool {
+    pub(crate) async fn closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
@@ -263,7 +264,7 @@ impl<S: AsyncRead + Unpin> RawReader<S> {
 }
 
 /// Connect, send `req` verbatim, read one response.
-pub async fn raw_request(addr: SocketAddr, req: &[u8]) -> RawResponse {
+pub(crate) async fn raw_request(addr: SocketAddr, req: &[u8]) -> RawResponse {
     use tokio::io::AsyncWriteExt;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(req).await.unwrap();
@@ -273,7 +274,7 @@ pub async fn raw_request(addr: SocketAddr, req: &[u8]) -> RawResponse {
 }
 
 /// Deterministic pseudo-random bytes (splitmix64), so failures reproduce.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -288,14 +289,14 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then released).
-pub fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
 
 /// Poll `f` until it returns true (bounded by [`GUARD`]); for states that settle
 /// asynchronously, such as a connection record being finalized after the client saw EOF.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + GUARD;
     while !f() {
         assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
@@ -304,7 +305,7 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Resident set size of this process in KiB.
-pub fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -314,12 +315,12 @@ pub fn rss_kib() -> u64 {
 }
 
 /// Open file descriptors of this process.
-pub fn fd_count() -> usize {
+pub(crate) fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 /// GET `path` from an admin-style listener, returning (status, body).
-pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let r =
         raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await;
     (r.status(), r.text())

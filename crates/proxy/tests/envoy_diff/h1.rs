@@ -17,7 +17,7 @@ struct Resp {
     body: Vec<u8>,
 }
 
-pub fn find(h: &[u8], pat: &[u8]) -> Option<usize> {
+pub(crate) fn find(h: &[u8], pat: &[u8]) -> Option<usize> {
     h.windows(pat.len()).position(|w| w == pat)
 }
 
@@ -99,7 +99,7 @@ fn request_starts(input: &[u8]) -> Vec<String> {
 
 /// Send `input`; collect what comes back until the proxy closes, or every request has a
 /// complete final response and nothing more arrives, or nothing arrives for a while.
-pub async fn exchange(addr: SocketAddr, input: &[u8]) -> (Vec<String>, bool) {
+pub(crate) async fn exchange(addr: SocketAddr, input: &[u8]) -> (Vec<String>, bool) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let _ = s.write_all(input).await;
     let starts = request_starts(input);
@@ -161,7 +161,7 @@ pub async fn exchange(addr: SocketAddr, input: &[u8]) -> (Vec<String>, bool) {
 }
 
 /// The corpus: (name, raw bytes). Every case runs inbound and outbound.
-pub fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     let mut c: Vec<(&'static str, Vec<u8>)> = vec![
         ("ok", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
         ("ok-close", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec()),

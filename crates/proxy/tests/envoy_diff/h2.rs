@@ -70,7 +70,7 @@ fn raw(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Act {
 }
 
 /// One gRPC message: uncompressed flag, big-endian length, payload.
-pub fn grpc_msg(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn grpc_msg(payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8];
     b.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
     b.extend_from_slice(payload);
@@ -93,7 +93,7 @@ fn grpc_call(path: &str, extra: &[(&str, &str)]) -> Vec<Act> {
 /// The corpus: (name, frames after the preface and an empty SETTINGS). Every case runs
 /// inbound and outbound, to an app on an `http` port (HTTP/1.1 upstream) and on a `grpc` port
 /// (HTTP/2 upstream).
-pub fn corpus() -> Vec<(&'static str, Vec<Act>)> {
+pub(crate) fn corpus() -> Vec<(&'static str, Vec<Act>)> {
     let mut internal = vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a")];
     for h in [
         "x-envoy-internal",

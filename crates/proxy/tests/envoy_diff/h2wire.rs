@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
@@ -22,16 +22,16 @@ const GOAWAY: u8 = 7;
 const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
 
-pub const END_STREAM: u8 = 0x1;
-pub const ACK: u8 = 0x1;
-pub const END_HEADERS: u8 = 0x4;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const ACK: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
 
 /// The largest frame payload a peer must accept before SETTINGS say otherwise.
 const MAX_FRAME: usize = 16_384;
 
 /// One thing the client sends.
 #[derive(Clone, Debug)]
-pub enum Act {
+pub(crate) enum Act {
     /// A header block on `stream` (split into CONTINUATION frames when it is large).
     Headers { stream: u32, fields: Vec<(Vec<u8>, Vec<u8>)>, end_stream: bool },
     /// A DATA frame.
@@ -44,12 +44,12 @@ pub enum Act {
 }
 
 /// A header block as `(name, value)` pairs from string literals.
-pub fn fields(f: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn fields(f: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     f.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 /// One frame: 24-bit length, type, flags, 31-bit stream id, payload.
-pub fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len();
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -74,7 +74,7 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, prefix_bits: u8, mut v: usize) {
 
 /// HPACK "literal header field without indexing — new name", no Huffman: the bytes go out
 /// unchanged and the server's table is never touched.
-pub fn hpack_literal(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn hpack_literal(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in fields {
         out.push(0x00);
@@ -88,7 +88,7 @@ pub fn hpack_literal(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 
 /// The client preface, an empty SETTINGS frame and `acts`, as bytes: one segment per
 /// [`Act::Await`]-separated part, each with the client streams it opens.
-pub fn encode(acts: &[Act]) -> Vec<(Vec<u8>, BTreeSet<u32>)> {
+pub(crate) fn encode(acts: &[Act]) -> Vec<(Vec<u8>, BTreeSet<u32>)> {
     let mut segments = Vec::new();
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
@@ -130,7 +130,7 @@ pub fn encode(acts: &[Act]) -> Vec<(Vec<u8>, BTreeSet<u32>)> {
     segments
 }
 
-pub fn error_name(code: u32) -> String {
+pub(crate) fn error_name(code: u32) -> String {
     let name = match code {
         0x0 => "NO_ERROR",
         0x1 => "PROTOCOL_ERROR",
@@ -169,7 +169,7 @@ impl StreamState {
 
 /// What one exchange produced, as comparable lines (stream by stream in id order, then the
 /// connection), and whether the proxy closed the connection.
-pub struct Exchange {
+pub(crate) struct Exchange {
     pub lines: Vec<String>,
     pub closed: bool,
 }
@@ -186,7 +186,7 @@ fn normalise(name: &str, value: String) -> Option<String> {
 /// Send each segment of `input` once the streams of the ones before it are done, and read
 /// frames until every client stream is done (then a short grace period for a GOAWAY or
 /// close), the proxy closes, or nothing arrives for a while.
-pub async fn exchange(addr: SocketAddr, input: &[(Vec<u8>, BTreeSet<u32>)]) -> Exchange {
+pub(crate) async fn exchange(addr: SocketAddr, input: &[(Vec<u8>, BTreeSet<u32>)]) -> Exchange {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut segments = input.iter();
     let mut streams = BTreeSet::new();
