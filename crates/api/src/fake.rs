@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// The backend calls a test can make fail ([`FakeBackend::fail_next`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FakeCall {
     /// [`Backend::list`].
     List,
@@ -77,6 +77,8 @@ impl FakeWorkload {
 
 #[derive(Default)]
 struct State {
+    calls: BTreeMap<FakeCall, u64>,
+    delays: BTreeMap<FakeCall, Duration>,
     workloads: BTreeMap<WorkloadRef, FakeWorkload>,
     version: u64,
     failures: Vec<(FakeCall, BackendError)>,
@@ -273,8 +275,27 @@ impl FakeBackend {
         view
     }
 
+    /// How many calls of kind `call` the backend has answered (or failed).
+    pub fn calls(&self, call: FakeCall) -> u64 {
+        self.lock().calls.get(&call).copied().unwrap_or(0)
+    }
+
+    /// Makes every call of kind `call` take `delay` first (as a real backend's round trip;
+    /// for benchmarks of what the server does with slow backends).
+    pub fn set_delay(&self, call: FakeCall, delay: Duration) {
+        self.lock().delays.insert(call, delay);
+    }
+
+    async fn pause(&self, call: FakeCall) {
+        let delay = self.lock().delays.get(&call).copied();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+    }
+
     fn take_failure(&self, call: FakeCall) -> Result<(), BackendError> {
         let mut s = self.lock();
+        *s.calls.entry(call).or_default() += 1;
         match s.failures.iter().position(|(c, _)| *c == call) {
             Some(i) => Err(s.failures.remove(i).1),
             None => Ok(()),
@@ -374,6 +395,7 @@ impl Backend for FakeBackend {
     }
 
     async fn list(&self) -> Result<Vec<WorkloadInfo>, BackendError> {
+        self.pause(FakeCall::List).await;
         self.take_failure(FakeCall::List)?;
         Ok(self.lock().workloads.values().map(|w| w.info.clone()).collect())
     }
@@ -450,6 +472,7 @@ impl Backend for FakeBackend {
     }
 
     async fn rule_counters(&self, workload: &WorkloadRef) -> Result<Vec<RuleCounter>, BackendError> {
+        self.pause(FakeCall::RuleCounters).await;
         self.take_failure(FakeCall::RuleCounters)?;
         if self.kind == BackendKind::Kube {
             return Err(BackendError::Unsupported("reading live rules from pods on Kubernetes".into()));

@@ -20,6 +20,7 @@ pub mod extract;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod impact;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

@@ -1,15 +1,27 @@
 //! `/metrics`: Prometheus text exposition of bypassed traffic (the passthrough rules'
-//! counters of every meshed workload), workloads by status, API requests and passthrough
-//! changes. A backend that cannot read rules is skipped silently; any other failure becomes a
-//! `meshpass_scrape_errors_total` increment, never a failed scrape.
+//! counters of every meshed workload), workloads by status, API requests, passthrough changes
+//! and the listener's connections. A backend that cannot read rules is skipped silently; any
+//! other failure becomes a `meshpass_scrape_errors_total` increment, never a failed scrape.
+//!
+//! Reading rule counters is the expensive part (on the local mesh, one read per pod's network
+//! namespace), so a scrape does not always read them: the backend's figures are collected at
+//! most once per [`Metrics::min_interval`] (2 s by default), concurrent scrapes share one
+//! collection, and the meshed workloads' counters are read [`COUNTER_READS`] at a time. A
+//! scraper every few seconds therefore costs one collection per scrape at most, and a burst of
+//! scrapers costs one collection in all. `meshpass_metrics_collect_seconds` says how long the
+//! last collection took, `meshpass_metrics_age_seconds` how old the figures are.
 
 use crate::backend::{Backend, BackendError};
-use crate::model::SidecarStatus;
+use crate::listener::ConnStats;
+use crate::model::{SidecarStatus, WorkloadInfo};
+use futures::StreamExt;
 use meshpass_capture::compile::labels;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The labels of passthrough rules and the direction each bypasses.
 pub const PASSTHROUGH_LABELS: [(&str, &str); 3] = [
@@ -17,6 +29,12 @@ pub const PASSTHROUGH_LABELS: [(&str, &str); 3] = [
     (labels::EXCLUDE_OUTBOUND_PORTS, "outbound"),
     (labels::EXCLUDE_OUTBOUND_IP_RANGES, "outbound"),
 ];
+
+/// How many workloads' rule counters are read at once during a collection.
+pub const COUNTER_READS: usize = 8;
+
+/// The default shortest time between two collections of the backend's figures.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The direction a passthrough rule label bypasses, `None` for any other rule.
 pub fn passthrough_direction(label: &str) -> Option<&'static str> {
@@ -26,12 +44,30 @@ pub fn passthrough_direction(label: &str) -> Option<&'static str> {
 /// One bypass series: namespace, workload, pod, direction, rule label.
 type SeriesKey = (String, String, String, &'static str, String);
 
-/// Counters the server keeps itself.
-#[derive(Debug, Default)]
+/// The backend's figures at one time.
+#[derive(Debug)]
+struct Collection {
+    at: Instant,
+    took: Duration,
+    by_status: [u64; 3],
+    bypass: BTreeMap<SeriesKey, (u64, u64)>,
+}
+
+/// Counters the server keeps itself, and the last collection of the backend's.
+#[derive(Debug)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     changes: Mutex<BTreeMap<String, u64>>,
     scrape_errors: AtomicU64,
+    last: tokio::sync::Mutex<Option<Arc<Collection>>>,
+    min_interval: Duration,
+    counter_reads: usize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::with_min_interval(MIN_INTERVAL)
+    }
 }
 
 /// Escapes a label value for the text format.
@@ -39,7 +75,41 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+const STATUSES: [&str; 3] = ["Injected", "Uninjected", "Pending restart"];
+
+fn status_index(w: &WorkloadInfo) -> usize {
+    match w.status() {
+        SidecarStatus::Injected => 0,
+        SidecarStatus::Uninjected => 1,
+        SidecarStatus::PendingRestart => 2,
+    }
+}
+
 impl Metrics {
+    /// Metrics whose backend figures are collected at most once per `min_interval` (zero:
+    /// on every scrape).
+    pub fn with_min_interval(min_interval: Duration) -> Self {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            changes: Mutex::new(BTreeMap::new()),
+            scrape_errors: AtomicU64::new(0),
+            last: tokio::sync::Mutex::new(None),
+            min_interval,
+            counter_reads: COUNTER_READS,
+        }
+    }
+
+    /// The same, reading `n` workloads' rule counters at once (at least one).
+    pub fn with_counter_reads(mut self, n: usize) -> Self {
+        self.counter_reads = n.max(1);
+        self
+    }
+
+    /// The shortest time between two collections of the backend's figures.
+    pub fn min_interval(&self) -> Duration {
+        self.min_interval
+    }
+
     /// Counts one answered request (`route` is the route template, e.g.
     /// `/api/v1/namespaces/{ns}/workloads/{name}`, so that the series stay few).
     pub fn request(&self, method: &str, route: &str, code: u16) {
@@ -53,51 +123,76 @@ impl Metrics {
         *m.entry(result.to_string()).or_default() += 1;
     }
 
-    /// The exposition, reading counters from `backend`.
-    pub async fn render(&self, backend: &dyn Backend) -> String {
-        let mut out = String::new();
+    /// Reads the backend's figures: the workload list, then the rule counters of the meshed
+    /// workloads, [`COUNTER_READS`] (or as configured) at a time.
+    async fn collect(&self, backend: &dyn Backend, list: Result<Arc<Vec<WorkloadInfo>>, BackendError>) -> Collection {
+        let started = Instant::now();
+        let mut by_status = [0u64; 3];
         let mut bypass: BTreeMap<SeriesKey, (u64, u64)> = BTreeMap::new();
-        let mut by_status: BTreeMap<&str, u64> =
-            [("Injected", 0), ("Uninjected", 0), ("Pending restart", 0)].into_iter().collect();
-        match backend.list().await {
-            Ok(list) => {
-                for w in &list {
-                    let status = match w.status() {
-                        SidecarStatus::Injected => "Injected",
-                        SidecarStatus::Uninjected => "Uninjected",
-                        SidecarStatus::PendingRestart => "Pending restart",
-                    };
-                    *by_status.entry(status).or_default() += 1;
-                    if !w.meshed {
-                        continue;
-                    }
-                    match backend.rule_counters(&w.workload).await {
-                        Ok(counters) => {
-                            for c in counters {
-                                let Some(dir) = passthrough_direction(&c.label) else { continue };
-                                let key = (w.workload.namespace.clone(), w.workload.name.clone(), c.pod, dir, c.label);
-                                let e = bypass.entry(key).or_default();
-                                e.0 += c.packets;
-                                e.1 += c.bytes;
-                            }
-                        }
-                        Err(BackendError::Unsupported(_)) => {}
-                        Err(_) => {
-                            self.scrape_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
+        let list = match list {
+            Ok(l) => l,
             Err(_) => {
                 self.scrape_errors.fetch_add(1, Ordering::Relaxed);
+                Arc::new(Vec::new())
+            }
+        };
+        for w in list.iter() {
+            by_status[status_index(w)] += 1;
+        }
+        let meshed: Vec<crate::model::WorkloadRef> =
+            list.iter().filter(|w| w.meshed).map(|w| w.workload.clone()).collect();
+        let mut reads = futures::stream::iter(meshed)
+            .map(move |w| async move {
+                let result = backend.rule_counters(&w).await;
+                (w, result)
+            })
+            .buffer_unordered(self.counter_reads);
+        while let Some((w, result)) = reads.next().await {
+            match result {
+                Ok(counters) => {
+                    for c in counters {
+                        let Some(dir) = passthrough_direction(&c.label) else { continue };
+                        let key = (w.namespace.clone(), w.name.clone(), c.pod, dir, c.label);
+                        let e = bypass.entry(key).or_default();
+                        e.0 += c.packets;
+                        e.1 += c.bytes;
+                    }
+                }
+                Err(BackendError::Unsupported(_)) => {}
+                Err(_) => {
+                    self.scrape_errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
+        Collection { at: Instant::now(), took: started.elapsed(), by_status, bypass }
+    }
+
+    /// The exposition. `list` gives the workload list when a collection is due (the server
+    /// passes its shared, briefly cached list); `conns` are the listener's counters.
+    pub async fn render<F, Fut>(&self, backend: &dyn Backend, list: F, conns: &ConnStats) -> String
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<Vec<WorkloadInfo>>, BackendError>>,
+    {
+        let collection = {
+            // One collection at a time: scrapes that arrive during one wait for it and share it.
+            let mut last = self.last.lock().await;
+            match last.as_ref().filter(|c| c.at.elapsed() < self.min_interval) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(self.collect(backend, list().await).await);
+                    *last = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let mut out = String::with_capacity(4096 + collection.bypass.len() * 400);
         for (name, help, pick) in [
             ("meshpass_bypassed_packets_total", "Packets (connections, for nat rules) that bypassed the sidecar.", 0),
             ("meshpass_bypassed_bytes_total", "Bytes that bypassed the sidecar.", 1),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((ns, wl, pod, dir, rule), (p, b)) in &bypass {
+            for ((ns, wl, pod, dir, rule), (p, b)) in &collection.bypass {
                 let v = if pick == 0 { p } else { b };
                 let _ = writeln!(
                     out,
@@ -111,7 +206,7 @@ impl Metrics {
         }
         let _ =
             writeln!(out, "# HELP meshpass_workloads Workloads by sidecar status.\n# TYPE meshpass_workloads gauge");
-        for (status, n) in &by_status {
+        for (status, n) in STATUSES.iter().zip(collection.by_status) {
             let _ = writeln!(out, "meshpass_workloads{{status=\"{status}\"}} {n}");
         }
         let _ = writeln!(
@@ -144,6 +239,44 @@ impl Metrics {
             "# HELP meshpass_scrape_errors_total Rule counter reads that failed during scrapes.\n\
              # TYPE meshpass_scrape_errors_total counter\nmeshpass_scrape_errors_total {}",
             self.scrape_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meshpass_metrics_collect_seconds How long the last collection of the backend's figures took.\n\
+             # TYPE meshpass_metrics_collect_seconds gauge\nmeshpass_metrics_collect_seconds {:.6}\n\
+             # HELP meshpass_metrics_age_seconds How old the backend's figures in this answer are.\n\
+             # TYPE meshpass_metrics_age_seconds gauge\nmeshpass_metrics_age_seconds {:.3}",
+            collection.took.as_secs_f64(),
+            collection.at.elapsed().as_secs_f64()
+        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP meshpass_api_connections Connections open on the API/GUI listener.\n\
+             # TYPE meshpass_api_connections gauge\nmeshpass_api_connections {}",
+            conns.open.load(Ordering::Relaxed)
+        );
+        for (name, help, v) in [
+            ("accepted", "Connections accepted.", load(&conns.accepted)),
+            ("refused", "Connections refused at the cap, every slot having a request under way.", load(&conns.refused)),
+            (
+                "evicted",
+                "Connections without a request under way closed at the cap to make room.",
+                load(&conns.evicted),
+            ),
+            ("idle_closed", "Connections closed after the idle timeout.", load(&conns.idle_closed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP meshpass_api_connections_{name}_total {help}\n\
+                 # TYPE meshpass_api_connections_{name}_total counter\nmeshpass_api_connections_{name}_total {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP meshpass_api_request_timeouts_total Requests answered 408 after the request timeout.\n\
+             # TYPE meshpass_api_request_timeouts_total counter\nmeshpass_api_request_timeouts_total {}",
+            load(&conns.request_timeouts)
         );
         out
     }

@@ -2,9 +2,10 @@
 //! login URL, and the limits every connection is held to. The routes live in
 //! [`crate::routes`], the shared state in [`crate::state`].
 
-use crate::auth::{load_or_create_token, write_token, Auth, SESSION_TTL};
+use crate::auth::{load_or_create_token, write_token, Auth, MAX_SESSIONS, SESSION_TTL};
 use crate::backend::Backend;
 use crate::error::ApiError;
+pub use crate::listener::Limits;
 use axum::http::Method;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -15,7 +16,7 @@ use std::time::Duration;
 pub use crate::extract::Caller;
 pub use crate::routes::audit::MAX_AUDIT_LIMIT;
 pub use crate::routes::{router, CSP};
-pub use crate::state::{AppState, KEEP_OPERATIONS};
+pub use crate::state::{AppState, Reuse, KEEP_OPERATIONS};
 
 /// The file (in the state directory) that names the server's address, for clients.
 pub const ADDRESS_FILE: &str = "api-address";
@@ -89,6 +90,12 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// Told the URLs once the server listens.
     pub on_started: Option<StartedHook>,
+    /// What every connection is held to (cap, timeouts).
+    pub limits: Limits,
+    /// Browser sessions open at most (the least recently used closes past it).
+    pub max_sessions: usize,
+    /// How long the backend's workload list and `/metrics` figures are reused.
+    pub reuse: Reuse,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -98,6 +105,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("state_dir", &self.state_dir)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("session_ttl", &self.session_ttl)
+            .field("limits", &self.limits)
+            .field("max_sessions", &self.max_sessions)
+            .field("reuse", &self.reuse)
             .finish_non_exhaustive()
     }
 }
@@ -108,13 +118,23 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 impl ServerConfig {
     /// Listen on `listen`, keep state in `state_dir`, everything else default.
     pub fn new(listen: SocketAddr, state_dir: impl Into<PathBuf>) -> Self {
-        ServerConfig { listen, state_dir: state_dir.into(), token: None, session_ttl: SESSION_TTL, on_started: None }
+        ServerConfig {
+            listen,
+            state_dir: state_dir.into(),
+            token: None,
+            session_ttl: SESSION_TTL,
+            on_started: None,
+            limits: Limits::default(),
+            max_sessions: MAX_SESSIONS,
+            reuse: Reuse::default(),
+        }
     }
 }
 
 /// A bound server, not yet answering: read [`Server::started`], then [`Server::run`].
 pub struct Server {
     listener: tokio::net::TcpListener,
+    limits: Limits,
     app: AppState,
     started: Started,
     state_dir: PathBuf,
@@ -152,8 +172,15 @@ impl Server {
         let path = cfg.state_dir.join(ADDRESS_FILE);
         std::fs::write(&path, format!("{url}\n")).map_err(|e| ApiError::io(&path, e))?;
         let login_url = format!("{url}/?token={token}");
-        let app = AppState::with_auth(backend, Auth::new(token, cfg.session_ttl), &cfg.state_dir);
-        Ok(Server { listener, app, started: Started { addr, url, login_url }, state_dir: cfg.state_dir.clone() })
+        let auth = Auth::with_max_sessions(token, cfg.session_ttl, cfg.max_sessions);
+        let app = AppState::with_reuse(backend, auth, &cfg.state_dir, cfg.reuse);
+        Ok(Server {
+            listener,
+            limits: cfg.limits,
+            app,
+            started: Started { addr, url, login_url },
+            state_dir: cfg.state_dir.clone(),
+        })
     }
 
     /// Where it listens and how to log in.
@@ -169,9 +196,9 @@ impl Server {
     /// Answers requests until `shutdown` completes, then removes `api-address` (when it
     /// still names this server).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ApiError> {
+        let stats = self.app.conn_stats().clone();
         let app = router(self.app);
-        let result = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
+        let result = crate::listener::serve(self.listener, app, self.limits, stats, shutdown)
             .await
             .map_err(|e| ApiError::Internal(format!("server failed: {e}")));
         let path = self.state_dir.join(ADDRESS_FILE);

@@ -3,11 +3,12 @@
 
 use crate::audit::{AuditLog, AUDIT_FILE};
 use crate::auth::{Auth, SESSION_COOKIE, SESSION_TTL};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::error::ApiError;
 use crate::extract::Caller;
+use crate::listener::ConnStats;
 use crate::metrics::Metrics;
-use crate::model::{AuditEntry, AuthKind, Operation};
+use crate::model::{AuditEntry, AuthKind, Operation, WorkloadInfo};
 use crate::util::ct_eq;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, Method};
@@ -15,11 +16,51 @@ use meshpass_capture::InjectorValues;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How many operations are kept for `GET /api/v1/operations/{id}`.
 pub const KEEP_OPERATIONS: usize = 100;
+
+/// How long the workload list is reused by default: scrapers, the GUI's refresh and the
+/// warnings of every passthrough document within a second share one backend list. Writes
+/// drop it at once.
+pub const LIST_TTL: Duration = Duration::from_secs(1);
+
+/// How the shared state reuses what the backend reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// How long one workload list serves every reader ([`LIST_TTL`]; zero: never reused).
+    pub list_ttl: Duration,
+    /// The shortest time between two collections of the backend's figures for `/metrics`
+    /// ([`crate::metrics::MIN_INTERVAL`]; zero: on every scrape).
+    pub metrics_interval: Duration,
+    /// How many workloads' rule counters one collection reads at once
+    /// ([`crate::metrics::COUNTER_READS`]).
+    pub counter_reads: usize,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Reuse {
+            list_ttl: LIST_TTL,
+            metrics_interval: crate::metrics::MIN_INTERVAL,
+            counter_reads: crate::metrics::COUNTER_READS,
+        }
+    }
+}
+
+/// A workload list: when it was read, in which write generation, and the list.
+type Listed = (Instant, u64, Arc<Vec<WorkloadInfo>>);
+
+/// The last workload list, and the write generation it was read in.
+#[derive(Debug, Default)]
+struct ListCache {
+    last: tokio::sync::Mutex<Option<Listed>>,
+    generation: AtomicU64,
+}
 
 pub(crate) struct Inner {
     pub(crate) backend: Arc<dyn Backend>,
@@ -28,6 +69,9 @@ pub(crate) struct Inner {
     pub(crate) audit: AuditLog,
     pub(crate) ops: Mutex<VecDeque<Operation>>,
     pub(crate) metrics: Metrics,
+    pub(crate) conns: Arc<ConnStats>,
+    list: ListCache,
+    list_ttl: Duration,
 }
 
 /// The server's shared state: the backend, credentials, audit log, operations and metrics.
@@ -57,6 +101,11 @@ impl AppState {
 
     /// As [`AppState::new`], with these credentials (token, session lifetime and cap).
     pub fn with_auth(backend: Arc<dyn Backend>, auth: Auth, state_dir: &FsPath) -> Self {
+        Self::with_reuse(backend, auth, state_dir, Reuse::default())
+    }
+
+    /// As [`AppState::with_auth`], reusing the backend's answers as `reuse` says.
+    pub fn with_reuse(backend: Arc<dyn Backend>, auth: Auth, state_dir: &FsPath, reuse: Reuse) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 values: backend.injector_values(),
@@ -64,7 +113,10 @@ impl AppState {
                 auth,
                 audit: AuditLog::new(state_dir.join(AUDIT_FILE)),
                 ops: Mutex::new(VecDeque::new()),
-                metrics: Metrics::default(),
+                metrics: Metrics::with_min_interval(reuse.metrics_interval).with_counter_reads(reuse.counter_reads),
+                conns: Arc::new(ConnStats::default()),
+                list: ListCache::default(),
+                list_ttl: reuse.list_ttl,
             }),
         }
     }
@@ -77,6 +129,33 @@ impl AppState {
     /// The API token.
     pub fn token(&self) -> &str {
         self.inner.auth.token()
+    }
+
+    /// Every workload, as the backend lists them: one list serves every reader for
+    /// [`Reuse::list_ttl`], and readers that arrive while it is being read wait for it rather
+    /// than asking the backend again. A write ([`AppState::changed`]) drops it.
+    pub async fn workloads(&self) -> Result<Arc<Vec<WorkloadInfo>>, BackendError> {
+        let cache = &self.inner.list;
+        let mut last = cache.last.lock().await;
+        let generation = cache.generation.load(Ordering::SeqCst);
+        if let Some((at, g, list)) = last.as_ref() {
+            if *g == generation && at.elapsed() < self.inner.list_ttl {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(self.inner.backend.list().await?);
+        *last = Some((Instant::now(), generation, list.clone()));
+        Ok(list)
+    }
+
+    /// Something changed in the backend (a write, a restart): the next list is read afresh.
+    pub(crate) fn changed(&self) {
+        self.inner.list.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// What the listener's limits did (open, refused, evicted connections, …).
+    pub fn conn_stats(&self) -> &Arc<ConnStats> {
+        &self.inner.conns
     }
 
     /// The credentials (token and browser sessions).

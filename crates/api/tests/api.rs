@@ -13,7 +13,7 @@ use meshpass_api::model::{
     AuditEntry, CheckRequest, Direction, OperationState, Passthrough, PassthroughDoc, PassthroughUpdate, Verdict,
     WorkloadRef,
 };
-use meshpass_api::server::{routes, Server};
+use meshpass_api::server::{routes, Reuse, Server};
 use meshpass_api::{router, AppState, BackendKind, Client, ClientError, ServerConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -37,7 +37,11 @@ fn env_with(fake: FakeBackend) -> Env {
     let fake = Arc::new(fake);
     let dir = tempfile::tempdir().unwrap();
     let token = meshpass_api::auth::load_or_create_token(dir.path()).unwrap();
-    let app = AppState::new(fake.clone(), token.clone(), dir.path());
+    // Every read goes to the backend here, so that a test sees each change at once (reuse has
+    // a test of its own).
+    let reuse = Reuse { list_ttl: Duration::ZERO, metrics_interval: Duration::ZERO, ..Reuse::default() };
+    let auth = meshpass_api::auth::Auth::new(token.clone(), meshpass_api::auth::SESSION_TTL);
+    let app = AppState::with_reuse(fake.clone(), auth, dir.path(), reuse);
     Env { router: router(app), fake, token, dir: dir.path().to_path_buf(), _dir: dir }
 }
 
@@ -1382,4 +1386,39 @@ async fn list_caps_and_warnings() {
     let a = put_list(&e, "inboundPorts", &["5000 ", "05000"]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(e.fake.template_annotations(&e.hw())[INBOUND], "5000");
+}
+
+#[tokio::test]
+async fn the_workload_list_and_the_metrics_figures_are_shared_briefly_and_dropped_by_writes() {
+    let fake = Arc::new(FakeBackend::sample());
+    let dir = tempfile::tempdir().unwrap();
+    let auth = meshpass_api::auth::Auth::new("t".into(), meshpass_api::auth::SESSION_TTL);
+    let reuse =
+        Reuse { list_ttl: Duration::from_secs(60), metrics_interval: Duration::from_secs(60), ..Reuse::default() };
+    let e = Env {
+        router: router(AppState::with_reuse(fake.clone(), auth, dir.path(), reuse)),
+        fake: fake.clone(),
+        token: "t".into(),
+        dir: dir.path().to_path_buf(),
+        _dir: dir,
+    };
+    for _ in 0..5 {
+        assert_eq!(e.get("/api/v1/workloads").await.status, StatusCode::OK);
+        assert_eq!(e.get("/metrics").await.status, StatusCode::OK);
+    }
+    assert_eq!(fake.calls(FakeCall::List), 1, "one list served them all");
+    assert_eq!(fake.calls(FakeCall::RuleCounters), 2, "one collection: the two meshed workloads' counters");
+    // Concurrent readers share one list.
+    let all = futures::future::join_all((0..20).map(|_| e.get("/api/v1/workloads"))).await;
+    assert!(all.iter().all(|a| a.status == StatusCode::OK));
+    assert_eq!(fake.calls(FakeCall::List), 1);
+    // A write drops the list: the next reader sees the new settings.
+    let rv = fake.resource_version(&e.hw());
+    let a = e
+        .call(Method::PUT, &format!("{HW}/passthrough"), &[("if-match", &rv)], Some(r#"{"inboundPorts":["5000"]}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let list = e.get("/api/v1/workloads").await.json();
+    assert_eq!(list["items"][0]["passthrough"]["inboundPorts"], json!(["5000"]));
+    assert_eq!(list["items"][0]["status"], "Pending restart");
 }

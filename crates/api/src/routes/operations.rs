@@ -28,12 +28,14 @@ pub(crate) fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) ->
         finished_at: None,
     };
     app.add_op(op.clone());
+    app.changed();
     let (app, caller, w) = (app.clone(), caller.clone(), w.clone());
     tokio::spawn(async move {
         let (app2, id2) = (app.clone(), id.clone());
         let progress: crate::backend::Progress =
             Box::new(move |line: String| app2.update_op(&id2, |o| o.progress.push(line)));
         let result = app.backend().restart(&w, progress).await;
+        app.changed();
         app.audit(&AuditEntry {
             time: now(),
             actor: caller.actor,

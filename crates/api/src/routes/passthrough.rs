@@ -57,7 +57,7 @@ fn with_etag(mut resp: Response, rv: &str) -> Response {
 /// The document for `info`, with warnings computed against the other workloads.
 async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<Operation>) -> PassthroughDoc {
     // Warnings are advice: a failing list only loses the cross-workload one.
-    let others = app.backend().list().await.unwrap_or_default();
+    let others = app.workloads().await.unwrap_or_default();
     let mut warnings = match Settings::from_annotations(&info.annotations) {
         Ok(s) => passthrough::warnings(&info, &s, &others),
         Err(e) => vec![format!("The template's capture annotations are invalid (Istio would reject the pods):\n{e}")],
@@ -89,7 +89,7 @@ async fn assess(
 ) -> Result<Assessment, BackendError> {
     let backend = app.backend();
     let mesh = backend.mesh_policies().await?;
-    let others = backend.list().await?;
+    let others = app.workloads().await?;
     let after = passthrough::candidate(&info.annotations, settings);
     Ok(impact::assess(info, &after, &others, &app.inner.values, &mesh, fix_clients))
 }
@@ -230,6 +230,7 @@ async fn apply_change(
         info
     } else {
         let result = backend.patch_annotations(w, &c.expected, set.clone(), remove.clone()).await;
+        app.changed();
         app.audit(&AuditEntry {
             time: now(),
             actor: caller.actor.clone(),
@@ -273,7 +274,9 @@ async fn apply_change(
                     }
                     let (back, drop) = undo(&original, &set, &remove);
                     if !(back.is_empty() && drop.is_empty()) {
-                        if let Err(u) = backend.patch_annotations(w, &written.resource_version, back, drop).await {
+                        let restored = backend.patch_annotations(w, &written.resource_version, back, drop).await;
+                        app.changed();
+                        if let Err(u) = restored {
                             app.inner.metrics.change("error");
                             return Err(BackendError::failed(format!(
                                 "creating {reference} failed, and the settings could not be restored ({}); they are written",
@@ -437,7 +440,7 @@ pub(crate) async fn preview(
 ) -> Result<Json<Preview>, ApiError> {
     let backend = app.backend();
     let info = backend.get(&w).await?;
-    let others = backend.list().await.unwrap_or_default();
+    let others = app.workloads().await.unwrap_or_default();
     let mut preview =
         passthrough::preview(&info, &proposed, &others, &app.inner.values, backend.rule_format(), backend.dialect())
             .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })?;

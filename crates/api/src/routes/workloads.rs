@@ -49,12 +49,12 @@ pub(crate) async fn list_workloads(
 ) -> Result<Json<WorkloadList>, ApiError> {
     let needle = q.search.unwrap_or_default().to_lowercase();
     let mut items: Vec<Workload> = app
-        .backend()
-        .list()
+        .workloads()
         .await?
-        .into_iter()
+        .iter()
         .filter(|w| q.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == w.workload.namespace))
         .filter(|w| needle.is_empty() || w.workload.to_string().to_lowercase().contains(&needle))
+        .cloned()
         .map(workload_view)
         .collect();
     match q.sort.unwrap_or_default() {
