@@ -32,6 +32,11 @@ pub const KEEP_ROTATED: usize = 3;
 /// writes nothing. Every route listed here is audited on every attempt.
 pub fn write_action(method: &Method, route: &str) -> Option<&'static str> {
     const W: &str = "/api/v1/namespaces/{ns}/workloads/{name}";
+    match (method.as_str(), route) {
+        ("PUT", "/api/v1/defaults") => return Some("defaults.set"),
+        ("POST", "/api/v1/passthrough/batch") => return Some("passthrough.batch"),
+        _ => {}
+    }
     match (method.as_str(), route.strip_prefix(W)?) {
         ("PUT", "/passthrough") => Some("passthrough.set"),
         ("DELETE", "/passthrough") => Some("passthrough.clear"),

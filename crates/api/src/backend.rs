@@ -10,6 +10,7 @@ use crate::model::{CheckReport, CheckRequest, RuleCounter, RuleFormat, WorkloadI
 use async_trait::async_trait;
 use meshpass_policy::impact::Call;
 use meshpass_policy::{MeshView, PolicySet, Resource, ResourceRef};
+use meshpass_settings::MeshDefaults;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Which backend serves the API (shown in the GUI and `/api/v1/session`).
@@ -142,6 +143,48 @@ pub struct MeshPolicies {
     pub calls: BTreeSet<Call>,
 }
 
+/// The mesh-wide capture defaults (Istio's injector values `global.proxy.*`) as a backend
+/// keeps them: what every pod gets for each capture annotation its template does not have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshDefaultsInfo {
+    /// The values in force.
+    pub defaults: MeshDefaults,
+    /// The version to name when writing them (empty: there is nothing to write to).
+    pub version: String,
+    /// Where they are kept (the local mesh's state, the injector's ConfigMap).
+    pub source: String,
+    /// What is wrong with them as kept (a value missing or invalid), one line each.
+    pub problems: Vec<String>,
+    /// Whether this backend can change them.
+    pub writable: bool,
+}
+
+impl MeshDefaultsInfo {
+    /// Istio's own defaults, for a backend that keeps none.
+    pub fn istio(source: impl Into<String>) -> Self {
+        MeshDefaultsInfo {
+            defaults: MeshDefaults::default(),
+            version: String::new(),
+            source: source.into(),
+            problems: Vec::new(),
+            writable: false,
+        }
+    }
+}
+
+/// One workload's part of a batch write ([`Backend::patch_many`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnotationPatch {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// The version the change is based on; the workload is left alone when it moved.
+    pub expected_version: String,
+    /// Annotations to set.
+    pub set: BTreeMap<String, String>,
+    /// Annotation keys to remove.
+    pub remove: Vec<String>,
+}
+
 /// A mesh the management plane can manage.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -210,5 +253,42 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes a policy resource; one that is already gone is fine.
     async fn delete_policy(&self, resource: &ResourceRef) -> Result<(), BackendError> {
         Err(BackendError::Unsupported(format!("deleting {resource}")))
+    }
+
+    /// Several [`Backend::patch_annotations`] at once, one result per item in order: each item
+    /// is written whole or not at all, and one failing never stops the others. With `live`,
+    /// the running pods get the new capture rules in place (an item whose pods cannot be
+    /// changed is taken back). The default writes one after the other and cannot apply live.
+    async fn patch_many(&self, items: Vec<AnnotationPatch>, live: bool) -> Vec<Result<WorkloadInfo, BackendError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            out.push(if live {
+                Err(BackendError::Unsupported("applying capture changes to running pods in place (live)".into()))
+            } else {
+                self.patch_annotations(&i.workload, &i.expected_version, i.set, i.remove).await
+            });
+        }
+        out
+    }
+
+    /// The mesh-wide capture defaults. Default: Istio's, read-only.
+    async fn mesh_defaults(&self) -> Result<MeshDefaultsInfo, BackendError> {
+        Ok(MeshDefaultsInfo::istio("Istio's defaults (this backend keeps no mesh-wide values)"))
+    }
+
+    /// Changes mesh-wide capture defaults: `values` (Helm path such as
+    /// `global.proxy.excludeIPRanges` → text, already validated) replace those values, the
+    /// others stay; only if the defaults are still at `expected_version` (else
+    /// [`BackendError::Conflict`]). With `live`, pods that take a changed value get it in
+    /// place; otherwise on their next restart. Returns the new defaults and one line per
+    /// consequence (which workloads are affected and how).
+    async fn set_mesh_defaults(
+        &self,
+        values: BTreeMap<String, String>,
+        expected_version: &str,
+        live: bool,
+    ) -> Result<(MeshDefaultsInfo, Vec<String>), BackendError> {
+        let _ = (values, expected_version, live);
+        Err(BackendError::Unsupported("changing the mesh-wide capture defaults".into()))
     }
 }

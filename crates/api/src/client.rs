@@ -5,8 +5,9 @@
 
 use crate::auth::TOKEN_FILE;
 use crate::model::{
-    AuditEntry, AuditList, BypassReport, CheckReport, CheckRequest, ErrorBody, Operation, OperationState, Passthrough,
-    PassthroughDoc, PassthroughUpdate, Preview, SessionInfo, Workload, WorkloadList, WorkloadRef,
+    AuditEntry, AuditList, BatchRequest, BatchResult, BypassReport, CheckReport, CheckRequest, ErrorBody,
+    MeshDefaultsDoc, MeshDefaultsUpdate, Operation, OperationState, Passthrough, PassthroughDoc, PassthroughUpdate,
+    Preview, SessionInfo, Workload, WorkloadList, WorkloadRef,
 };
 use crate::server::ADDRESS_FILE;
 use bytes::Bytes;
@@ -245,6 +246,25 @@ impl Client {
     ) -> Result<Preview, ClientError> {
         let query = if fix_clients { "/passthrough/preview?fixClients=true" } else { "/passthrough/preview" };
         self.send(Method::POST, &wpath(w, query), Some(settings), None).await
+    }
+
+    /// `POST /api/v1/passthrough/batch`: one result per workload.
+    pub async fn batch(&self, request: &BatchRequest) -> Result<BatchResult, ClientError> {
+        self.send(Method::POST, "/api/v1/passthrough/batch", Some(request), None).await
+    }
+
+    /// `GET /api/v1/defaults`.
+    pub async fn get_defaults(&self) -> Result<MeshDefaultsDoc, ClientError> {
+        self.get("/api/v1/defaults").await
+    }
+
+    /// `PUT /api/v1/defaults` with `If-Match: "if_match"` (or the update's `resource_version`).
+    pub async fn put_defaults(
+        &self,
+        update: &MeshDefaultsUpdate,
+        if_match: Option<&str>,
+    ) -> Result<MeshDefaultsDoc, ClientError> {
+        self.send(Method::PUT, "/api/v1/defaults", Some(update), if_match).await
     }
 
     /// `POST …/restart`: the operation as it starts.

@@ -9,7 +9,7 @@
 //! as the local mesh stores them; each workload is labelled `app: SERVICE` for each of its
 //! Services (which select on that label), with the `default` service account.
 
-use crate::backend::{Backend, BackendError, BackendKind, MeshPolicies, Progress};
+use crate::backend::{AnnotationPatch, Backend, BackendError, BackendKind, MeshDefaultsInfo, MeshPolicies, Progress};
 use crate::model::{
     CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
     WorkloadRef,
@@ -84,6 +84,8 @@ struct State {
     failures: Vec<(FakeCall, BackendError)>,
     concurrent_write_before_patch: bool,
     policies: PolicySet,
+    defaults: meshpass_settings::MeshDefaults,
+    defaults_version: u64,
 }
 
 /// An in-memory mesh. Cheap to create; share it as `Arc<FakeBackend>`.
@@ -435,6 +437,67 @@ impl Backend for FakeBackend {
             w.refresh();
             Ok(w.info.clone())
         })?
+    }
+
+    async fn patch_many(&self, items: Vec<AnnotationPatch>, live: bool) -> Vec<Result<WorkloadInfo, BackendError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            let w = i.workload.clone();
+            let r = self.patch_annotations(&i.workload, &i.expected_version, i.set, i.remove).await;
+            out.push(match r {
+                // Live: the running pods take the template's capture at once.
+                Ok(_) if live => self.with(&w, |fw, _| {
+                    fw.running = fw.info.annotations.clone();
+                    fw.refresh();
+                    fw.info.clone()
+                }),
+                other => other,
+            });
+        }
+        out
+    }
+
+    async fn mesh_defaults(&self) -> Result<MeshDefaultsInfo, BackendError> {
+        let st = self.lock();
+        Ok(MeshDefaultsInfo {
+            defaults: st.defaults.clone(),
+            version: st.defaults_version.to_string(),
+            source: "the fake mesh".into(),
+            problems: Vec::new(),
+            writable: true,
+        })
+    }
+
+    async fn set_mesh_defaults(
+        &self,
+        values: BTreeMap<String, String>,
+        expected_version: &str,
+        live: bool,
+    ) -> Result<(MeshDefaultsInfo, Vec<String>), BackendError> {
+        {
+            let mut st = self.lock();
+            let actual = st.defaults_version.to_string();
+            if actual != expected_version {
+                return Err(BackendError::Conflict {
+                    workload: WorkloadRef::new("", "mesh-wide defaults"),
+                    expected: expected_version.into(),
+                    actual,
+                });
+            }
+            let mut next = st.defaults.clone();
+            for (k, v) in &values {
+                next.set_value(k, v).map_err(|e| BackendError::Invalid(e.iter().map(|e| e.to_string()).collect()))?;
+            }
+            st.defaults = next;
+            st.defaults_version += 1;
+        }
+        let lines = values
+            .keys()
+            .map(|k| {
+                format!("{k} changed: {}", if live { "applied live" } else { "pods take it on their next restart" })
+            })
+            .collect();
+        Ok((self.mesh_defaults().await?, lines))
     }
 
     async fn restart(&self, workload: &WorkloadRef, progress: Progress) -> Result<(), BackendError> {

@@ -295,6 +295,10 @@ pub struct PassthroughDoc {
     pub annotations: BTreeMap<String, String>,
     /// Things the operator should know about these settings (see API.md).
     pub warnings: Vec<String>,
+    /// Every capture value in force for the workload's pods and where it comes from: its own
+    /// annotation, or the mesh-wide default (Istio's precedence: an annotation, even empty,
+    /// replaces the mesh-wide value). Empty when the template's annotations are invalid.
+    pub effective: Vec<EffectiveValue>,
     /// The restart started by this write, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
@@ -602,6 +606,198 @@ pub struct ErrorBody {
     /// One entry per rejected item (422 only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+}
+
+/// Where a capture value in force comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueSource {
+    /// The workload's own annotation (present, possibly empty).
+    Workload,
+    /// The mesh-wide default (the annotation is absent).
+    Mesh,
+}
+
+/// One capture value in force for a workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveValue {
+    /// The annotation (`traffic.sidecar.istio.io/excludeOutboundIPRanges`).
+    pub annotation: String,
+    /// The mesh-wide value it replaces (`global.proxy.excludeIPRanges`).
+    pub mesh_key: String,
+    /// The value in force, as the annotation would spell it (`""`: none; `*`: all).
+    pub value: String,
+    /// Where it comes from.
+    pub source: ValueSource,
+}
+
+/// The mesh-wide capture defaults (`GET /api/v1/defaults` and the answer to a change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshDefaultsDoc {
+    /// Every value by its Helm path (`global.proxy.excludeIPRanges` → `10.0.0.0/8`).
+    pub values: BTreeMap<String, String>,
+    /// The version to name when writing (empty when the backend keeps none).
+    pub resource_version: String,
+    /// Where they are kept.
+    pub source: String,
+    /// What is wrong with them as kept, one line each.
+    pub problems: Vec<String>,
+    /// Whether they can be changed here.
+    pub writable: bool,
+    /// After a change: what it does to the workloads, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// `PUT /api/v1/defaults`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshDefaultsUpdate {
+    /// The values to change by Helm path (`global.proxy.excludeIPRanges`); the others stay.
+    pub values: BTreeMap<String, String>,
+    /// Apply to running pods in place instead of on their next restart (local mesh).
+    #[serde(default)]
+    pub live: bool,
+    /// The version the change is based on (alternative to `If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+/// A workload named in a batch, optionally with the version the change is based on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchTarget {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Leave the workload alone (409) unless it is still at this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+/// Items of the three passthrough lists, for a batch's `add`, `remove` or `set`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListItems {
+    /// Inbound ports (`excludeInboundPorts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_ports: Option<Vec<String>>,
+    /// Outbound ports (`excludeOutboundPorts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_ports: Option<Vec<String>>,
+    /// Outbound IP ranges (`excludeOutboundIPRanges`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_ip_ranges: Option<Vec<String>>,
+}
+
+impl ListItems {
+    /// True when no list is given.
+    pub fn is_empty(&self) -> bool {
+        self.inbound_ports.is_none() && self.outbound_ports.is_none() && self.outbound_ip_ranges.is_none()
+    }
+}
+
+/// `POST /api/v1/passthrough/batch`: one change for several workloads, decided and written
+/// workload by workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The workloads (or `all`).
+    #[serde(default)]
+    pub workloads: Vec<BatchTarget>,
+    /// Every workload matching `namespace` and `search` instead of a list.
+    #[serde(default)]
+    pub all: bool,
+    /// With `all`: only this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// With `all`: only workloads whose `NAMESPACE/NAME` contains this (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
+    /// Lists set outright: a list given replaces the workload's.
+    #[serde(default)]
+    pub set: ListItems,
+    /// Items added to each workload's lists (kept once).
+    #[serde(default)]
+    pub add: ListItems,
+    /// Items removed from each workload's lists.
+    #[serde(default)]
+    pub remove: ListItems,
+    /// Apply to running pods in place (local mesh) instead of marking them pending restart.
+    #[serde(default)]
+    pub live: bool,
+    /// Only show what each workload would get; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a batch did to one workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BatchOutcome {
+    /// Written.
+    Changed,
+    /// Already as asked: nothing written.
+    Unchanged,
+    /// Dry run: would be written.
+    WouldChange,
+    /// Not changed at all: see `error` and `message`.
+    Failed,
+}
+
+/// One workload's result in a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What happened.
+    pub outcome: BatchOutcome,
+    /// The HTTP status this workload alone would have got (200, 404, 409, 422, …).
+    pub status: u16,
+    /// `ok`, or what went wrong.
+    pub message: String,
+    /// The error code when it failed (as in [`ErrorBody::error`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::ErrorCode>)]
+    pub error: Option<String>,
+    /// One entry per rejected item (422 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// The settings before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Passthrough>,
+    /// The settings after (or that a dry run would write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Passthrough>,
+    /// The capture values in force after the change, with their source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective: Vec<EffectiveValue>,
+    /// Things the operator should know about the new settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The workload's version after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+/// The answer to a batch: one item per workload, in the order asked (or sorted, with `all`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResult {
+    /// Per workload.
+    pub items: Vec<BatchItem>,
+    /// Items that did not fail.
+    pub succeeded: u32,
+    /// Items that failed.
+    pub failed: u32,
+    /// True when nothing was written (a dry run).
+    pub dry_run: bool,
 }
 
 #[cfg(test)]

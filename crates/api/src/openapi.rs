@@ -38,6 +38,7 @@ use utoipa::OpenApi as _;
         (name = "session", description = "Who is calling; sign-out"),
         (name = "workloads", description = "Workloads and their sidecar status"),
         (name = "passthrough", description = "Traffic passthrough settings"),
+        (name = "defaults", description = "Mesh-wide capture defaults (Istio's injector values)"),
         (name = "operations", description = "Restarts"),
         (name = "check", description = "Whether traffic bypasses the sidecar"),
         (name = "audit", description = "The audit log"),

@@ -10,12 +10,15 @@
 //! capture annotation of the template is already broken. What is stored is the canonical form,
 //! and [`from_annotations`] shows the annotations as stored, item for item.
 
-use crate::model::{DiffLine, FieldError, IstioArgsPair, Passthrough, Preview, RuleFormat, WorkloadInfo};
+use crate::model::{
+    DiffLine, EffectiveValue, FieldError, IstioArgsPair, ListItems, Passthrough, Preview, RuleFormat, ValueSource,
+    WorkloadInfo,
+};
 use meshpass_capture::ir::Family;
 use meshpass_capture::render::{iptables::render_restore, nft};
 use meshpass_capture::{compile, CaptureConfig, InjectorValues};
 use meshpass_settings::canon::{self, Dialect};
-use meshpass_settings::{keys, InterceptionMode, SettingError, SettingErrors, Settings};
+use meshpass_settings::{keys, mesh, InterceptionMode, MeshDefaults, SettingError, SettingErrors, Settings};
 use std::collections::BTreeMap;
 
 /// The seven annotations a [`Passthrough`] owns, in field order.
@@ -334,6 +337,145 @@ pub fn unknown_key_warnings(annotations: &BTreeMap<String, String>) -> Vec<Strin
         .into_iter()
         .map(|k| format!("Annotation {k} is not a capture setting Istio knows, so it has no effect (a typo?)."))
         .collect()
+}
+
+/// Every capture value in force for pods with these settings under the mesh-wide
+/// `defaults`, each with its source (Istio's precedence: the annotation when present, even
+/// empty, else the mesh-wide value; never merged), and one warning per workload value that
+/// drops mesh-wide items by replacing them.
+pub fn effective(settings: &Settings, defaults: &MeshDefaults) -> (Vec<EffectiveValue>, Vec<String>) {
+    let e = mesh::effective(settings, defaults);
+    let source = |s: mesh::Source| match s {
+        mesh::Source::Workload => ValueSource::Workload,
+        mesh::Source::Mesh => ValueSource::Mesh,
+    };
+    let v = |annotation: &str, text: String, s: mesh::Source| EffectiveValue {
+        annotation: annotation.to_string(),
+        mesh_key: mesh::value_key_for(annotation).unwrap_or_default().to_string(),
+        value: text,
+        source: source(s),
+    };
+    let values = vec![
+        v(keys::EXCLUDE_INBOUND_PORTS, e.exclude_inbound_ports.value.to_string(), e.exclude_inbound_ports.source),
+        v(keys::EXCLUDE_OUTBOUND_PORTS, e.exclude_outbound_ports.value.to_string(), e.exclude_outbound_ports.source),
+        v(
+            keys::EXCLUDE_OUTBOUND_IP_RANGES,
+            e.exclude_outbound_ip_ranges.value.to_string(),
+            e.exclude_outbound_ip_ranges.source,
+        ),
+        v(keys::INCLUDE_INBOUND_PORTS, e.include_inbound_ports.value.to_string(), e.include_inbound_ports.source),
+        v(keys::INCLUDE_OUTBOUND_PORTS, e.include_outbound_ports.value.to_string(), e.include_outbound_ports.source),
+        v(
+            keys::INCLUDE_OUTBOUND_IP_RANGES,
+            e.include_outbound_ip_ranges.value.to_string(),
+            e.include_outbound_ip_ranges.source,
+        ),
+        v(keys::STATUS_PORT, e.status_port.value.to_string(), e.status_port.source),
+    ];
+    let warnings = e.replaced().iter().map(ToString::to_string).collect();
+    (values, warnings)
+}
+
+/// [`effective`] for a template's annotations; nothing when they are invalid (the
+/// document's warnings say so already).
+pub fn effective_of(
+    annotations: &BTreeMap<String, String>,
+    defaults: &MeshDefaults,
+) -> (Vec<EffectiveValue>, Vec<String>) {
+    match Settings::from_annotations(annotations) {
+        Ok(s) => effective(&s, defaults),
+        Err(_) => (Vec::new(), Vec::new()),
+    }
+}
+
+/// One list slot: its annotation, the settings' list, and the batch's items for it.
+type ListSlot<'a> = (&'static str, &'a mut Vec<String>, Option<&'a Vec<String>>);
+
+/// The three lists of `items` paired with the [`Passthrough`] lists they edit, with the
+/// mesh-wide value each list's annotation replaces.
+fn list_slots<'a>(p: &'a mut Passthrough, items: &'a ListItems) -> [ListSlot<'a>; 3] {
+    [
+        (keys::EXCLUDE_INBOUND_PORTS, &mut p.inbound_ports, items.inbound_ports.as_ref()),
+        (keys::EXCLUDE_OUTBOUND_PORTS, &mut p.outbound_ports, items.outbound_ports.as_ref()),
+        (keys::EXCLUDE_OUTBOUND_IP_RANGES, &mut p.outbound_ip_ranges, items.outbound_ip_ranges.as_ref()),
+    ]
+}
+
+/// The same item, as a list compares them: trimmed; IP ranges and ports by what they cover
+/// when they parse (`10.0.0.0/8` = `10.0.0.0/08`), else as written.
+fn same_item(key: &str, a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    if a == b {
+        return true;
+    }
+    let one = |v: &str| BTreeMap::from([(key.to_string(), v.to_string())]);
+    match (Settings::from_annotations(&one(a)), Settings::from_annotations(&one(b))) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// A batch's change applied to one workload's settings: `set` lists replace, then `add`
+/// items are appended when not already there, then `remove` items are taken out. A list the
+/// workload has no annotation for starts, for `add` and `remove`, from the mesh-wide value it
+/// inherits, so that adding to it keeps what the mesh gave it (Istio would otherwise replace
+/// the mesh-wide value with the added items alone). Returns the new settings and notes for
+/// the operator (items already there, items not there to remove, values copied from the mesh).
+pub fn edit_lists(
+    current: &Passthrough,
+    annotations: &BTreeMap<String, String>,
+    defaults: &MeshDefaults,
+    set: &ListItems,
+    add: &ListItems,
+    remove: &ListItems,
+) -> (Passthrough, Vec<String>) {
+    let mut p = current.clone();
+    let mut notes = Vec::new();
+    for (_, list, items) in list_slots(&mut p, set) {
+        if let Some(items) = items {
+            *list = items.iter().map(|i| i.trim().to_string()).collect();
+        }
+    }
+    let touched = |items: &ListItems, key: &str| match key {
+        keys::EXCLUDE_INBOUND_PORTS => items.inbound_ports.is_some(),
+        keys::EXCLUDE_OUTBOUND_PORTS => items.outbound_ports.is_some(),
+        _ => items.outbound_ip_ranges.is_some(),
+    };
+    for (key, list, _) in list_slots(&mut p, &ListItems::default()) {
+        let edited = touched(add, key) || touched(remove, key);
+        if edited && !touched(set, key) && !annotations.contains_key(key) {
+            let mesh_key = mesh::value_key_for(key).unwrap_or_default();
+            let inherited = defaults.value_string(mesh_key).unwrap_or_default();
+            let from_mesh: Vec<String> =
+                inherited.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_string).collect();
+            if !from_mesh.is_empty() {
+                notes.push(format!(
+                    "{key} had no value of its own, so it starts from the mesh-wide {mesh_key} ({inherited}): the \
+                     annotation replaces the mesh-wide value, and this keeps what the mesh gave the workload"
+                ));
+                *list = from_mesh;
+            }
+        }
+    }
+    for (key, list, items) in list_slots(&mut p, add) {
+        for item in items.into_iter().flatten() {
+            if list.iter().any(|x| same_item(key, x, item)) {
+                notes.push(format!("{key}: {} is already there", item.trim()));
+            } else {
+                list.push(item.trim().to_string());
+            }
+        }
+    }
+    for (key, list, items) in list_slots(&mut p, remove) {
+        for item in items.into_iter().flatten() {
+            let before = list.len();
+            list.retain(|x| !same_item(key, x, item));
+            if list.len() == before {
+                notes.push(format!("{key}: {} is not there to remove", item.trim()));
+            }
+        }
+    }
+    (p, notes)
 }
 
 /// Rules and istio-iptables arguments for one annotation map, as the backend would apply them.

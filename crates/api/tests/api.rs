@@ -953,6 +953,32 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
         &e.call(Method::POST, &format!("{HW}/check"), &[], Some(r#"{"port":1234}"#)).await,
     );
     check("GET", &format!("{W}/bypass"), &e.get(&format!("{HW}/bypass")).await);
+    // Mesh-wide defaults: read, a write (with `changes`), a bad value, a stale version.
+    check("GET", "/api/v1/defaults", &e.get("/api/v1/defaults").await);
+    let dv = e.get("/api/v1/defaults").await.json()["resourceVersion"].as_str().unwrap().to_string();
+    let put = |body: &'static str, v: String| {
+        let e = &e;
+        async move { e.call(Method::PUT, "/api/v1/defaults", &[("if-match", v.as_str())], Some(body)).await }
+    };
+    check("PUT", "/api/v1/defaults", &put(r#"{"values":{"global.proxy.excludeIPRanges":"198.19.0.0/16"}}"#, dv).await);
+    check("PUT", "/api/v1/defaults", &put(r#"{"values":{"global.proxy.excludeIPRanges":"x"}}"#, "1".into()).await);
+    check("PUT", "/api/v1/defaults", &put(r#"{"values":{"global.proxy.excludeIPRanges":""}}"#, "0".into()).await);
+    // Batch: one workload changed, one missing, a dry run, and a request refused whole.
+    let b = "/api/v1/passthrough/batch";
+    let body = r#"{"workloads":[{"namespace":"default","name":"sleep"},{"namespace":"default","name":"nope"}],
+        "add":{"outboundPorts":["3306"]}}"#;
+    check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
+    let body = r#"{"all":true,"namespace":"default","add":{"outboundPorts":["3306"]},"dryRun":true}"#;
+    check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
+    let body =
+        r#"{"workloads":[{"namespace":"default","name":"sleep","resourceVersion":"1"}],"set":{"inboundPorts":["80"]}}"#;
+    check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
+    let body = r#"{"workloads":[{"namespace":"default","name":"sleep"}],"add":{"outboundPorts":["x"]}}"#;
+    check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
+    // A workload whose template is broken elsewhere fails alone, with its bad items.
+    e.fake.set_template_annotation(&e.hw(), "traffic.sidecar.istio.io/excludeInterfaces", "1bad");
+    let body = r#"{"workloads":[{"namespace":"default","name":"helloworld-v1"}],"add":{"outboundPorts":["3306"]}}"#;
+    check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
     check("GET", "/api/v1/audit", &e.get("/api/v1/audit").await);
     check("GET", "/metrics", &e.get("/metrics").await);
     e.fake.fail_next(FakeCall::List, BackendError::unavailable("cluster down"));
@@ -1024,6 +1050,10 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
         "AuditEntry",
         "ErrorBody",
         "SessionInfo",
+        "MeshDefaultsDoc",
+        "BatchResult",
+        "BatchItem",
+        "EffectiveValue",
     ] {
         assert!(props.contains_key(want), "no {want} answer was checked");
     }
@@ -1421,4 +1451,156 @@ async fn the_workload_list_and_the_metrics_figures_are_shared_briefly_and_droppe
     let list = e.get("/api/v1/workloads").await.json();
     assert_eq!(list["items"][0]["passthrough"]["inboundPorts"], json!(["5000"]));
     assert_eq!(list["items"][0]["status"], "Pending restart");
+}
+
+#[tokio::test]
+async fn batch_adds_and_removes_per_workload_and_reports_each() {
+    let e = env();
+    let sleep = WorkloadRef::new("default", "sleep");
+    e.fake.set_template_annotation(&sleep, "traffic.sidecar.istio.io/excludeOutboundPorts", "25,8000-8100");
+    let b = "/api/v1/passthrough/batch";
+    let body = r#"{"workloads":[{"namespace":"default","name":"helloworld-v1"},{"namespace":"default","name":"sleep"},
+        {"namespace":"default","name":"nope"}],"add":{"outboundPorts":["3306"]},"remove":{"outboundPorts":["25"]}}"#;
+    let a = e.call(Method::POST, b, &[], Some(body)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let r = a.json();
+    assert_eq!((r["succeeded"].as_u64(), r["failed"].as_u64()), (Some(2), Some(1)), "{r:#}");
+    let items = r["items"].as_array().unwrap();
+    assert_eq!(items[0]["outcome"], "changed");
+    assert_eq!(items[0]["settings"]["outboundPorts"], json!(["3306"]));
+    // 25 is not there to remove: said, not an error.
+    assert!(items[0]["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("25 is not there")));
+    assert_eq!(items[1]["settings"]["outboundPorts"], json!(["8000-8100", "3306"]), "the other values are kept");
+    assert_eq!(items[2]["outcome"], "failed");
+    assert_eq!(items[2]["status"], 404);
+    assert_eq!(items[2]["error"], "not_found");
+    assert_eq!(e.fake.template_annotations(&sleep)["traffic.sidecar.istio.io/excludeOutboundPorts"], "8000-8100,3306");
+    assert_eq!(e.fake.template_annotations(&e.hw())["traffic.sidecar.istio.io/excludeOutboundPorts"], "3306");
+    let audit = e.audit();
+    assert_eq!(audit.iter().filter(|a| a.action == "passthrough.batch" && a.result == "ok").count(), 2, "{audit:?}");
+
+    // Invalid items: the whole request is refused and nothing changes anywhere.
+    let before = (e.snapshot(), e.fake.template_annotations(&sleep));
+    let body = r#"{"workloads":[{"namespace":"default","name":"helloworld-v1"},{"namespace":"default","name":"sleep"}],
+        "add":{"outboundPorts":["3307","70000"],"outboundIpRanges":["10.0.0.0/33"]}}"#;
+    let a = e.call(Method::POST, b, &[], Some(body)).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text());
+    let items: Vec<String> = a.json()["errors"].as_array().unwrap().iter().map(|e| e["item"].to_string()).collect();
+    assert_eq!(items, ["\"70000\"", "\"10.0.0.0/33\""]);
+    assert_eq!((e.snapshot(), e.fake.template_annotations(&sleep)), before);
+    // A list both set and added to, and no workloads at all: refused too.
+    for body in [
+        r#"{"workloads":[{"namespace":"default","name":"sleep"}],"set":{"outboundPorts":[]},"add":{"outboundPorts":["1"]}}"#,
+        r#"{"workloads":[],"add":{"outboundPorts":["1"]}}"#,
+        r#"{"workloads":[{"namespace":"default","name":"Sleep"}],"add":{"outboundPorts":["1"]}}"#,
+    ] {
+        assert_eq!(e.call(Method::POST, b, &[], Some(body)).await.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    assert_eq!((e.snapshot(), e.fake.template_annotations(&sleep)), before);
+
+    // A stale version leaves that workload alone; the others change.
+    let body = format!(
+        r#"{{"workloads":[{{"namespace":"default","name":"helloworld-v1","resourceVersion":"1"}},
+        {{"namespace":"default","name":"sleep","resourceVersion":"{}"}}],"add":{{"inboundPorts":["9000"]}},"live":true}}"#,
+        e.fake.resource_version(&sleep)
+    );
+    let r = e.call(Method::POST, b, &[], Some(&body)).await.json();
+    assert_eq!(r["items"][0]["status"], 409, "{r:#}");
+    assert_eq!(r["items"][1]["outcome"], "changed", "{r:#}");
+    assert!(!e.fake.template_annotations(&e.hw()).contains_key(INBOUND));
+    // Live: the running pods took it (no pending restart).
+    assert_eq!(e.fake.running_annotations(&sleep)[INBOUND], "9000");
+
+    // All workloads of a namespace, as a dry run: nothing is written.
+    let before = (e.snapshot(), e.fake.template_annotations(&sleep));
+    let r = e
+        .call(
+            Method::POST,
+            b,
+            &[],
+            Some(r#"{"all":true,"namespace":"default","add":{"inboundPorts":["7000"]},"dryRun":true}"#),
+        )
+        .await
+        .json();
+    assert_eq!(r["dryRun"], true);
+    let names: Vec<&str> = r["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["helloworld-v1", "sleep"]);
+    assert!(r["items"].as_array().unwrap().iter().all(|i| i["outcome"] == "wouldChange"), "{r:#}");
+    assert_eq!((e.snapshot(), e.fake.template_annotations(&sleep)), before);
+}
+
+#[tokio::test]
+async fn mesh_wide_defaults_their_source_and_the_replace_warning() {
+    let e = env();
+    let d = e.get("/api/v1/defaults").await;
+    assert_eq!(d.status, StatusCode::OK);
+    let d = d.json();
+    assert_eq!(d["values"]["global.proxy.excludeIPRanges"], "");
+    assert_eq!(d["values"]["global.proxy.statusPort"], "15020");
+    let v = d["resourceVersion"].as_str().unwrap().to_string();
+    // No version: 428; a bad value: 422 under its Helm path; nothing written.
+    let body = r#"{"values":{"global.proxy.excludeIPRanges":"198.19.0.0/16"}}"#;
+    assert_eq!(e.call(Method::PUT, "/api/v1/defaults", &[], Some(body)).await.status.as_u16(), 428);
+    let bad = e
+        .call(
+            Method::PUT,
+            "/api/v1/defaults",
+            &[("if-match", &v)],
+            Some(r#"{"values":{"global.proxy.excludeIPRanges":"1.2.3.4/40","global.proxy.nope":"1"}}"#),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text());
+    let keys: Vec<String> = bad.json()["errors"].as_array().unwrap().iter().map(|e| e["key"].to_string()).collect();
+    assert_eq!(keys, ["\"global.proxy.excludeIPRanges\"", "\"global.proxy.nope\""]);
+    assert_eq!(e.get("/api/v1/defaults").await.json()["resourceVersion"], v.as_str());
+    // Written.
+    let ok = e.call(Method::PUT, "/api/v1/defaults", &[("if-match", &v)], Some(body)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.json()["values"]["global.proxy.excludeIPRanges"], "198.19.0.0/16");
+    assert!(!ok.json()["changes"].as_array().unwrap().is_empty());
+    // The old version is stale now.
+    assert_eq!(
+        e.call(Method::PUT, "/api/v1/defaults", &[("if-match", &v)], Some(body)).await.status,
+        StatusCode::CONFLICT
+    );
+    assert!(e.audit().iter().any(|a| a.action == "defaults.set" && a.result.starts_with("ok")));
+
+    // A workload without its own value shows the mesh-wide one, source mesh.
+    let doc = e.get(&format!("{HW}/passthrough")).await.json();
+    let range = |doc: &Value| {
+        doc["effective"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["annotation"] == "traffic.sidecar.istio.io/excludeOutboundIPRanges")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(range(&doc)["value"], "198.19.0.0/16");
+    assert_eq!(range(&doc)["source"], "mesh");
+    assert_eq!(range(&doc)["meshKey"], "global.proxy.excludeIPRanges");
+    // Its own value replaces it, with the warning.
+    let rv = doc["resourceVersion"].as_str().unwrap().to_string();
+    let put = e
+        .call(
+            Method::PUT,
+            &format!("{HW}/passthrough"),
+            &[("if-match", &rv)],
+            Some(r#"{"outboundIpRanges":["10.0.0.0/8"]}"#),
+        )
+        .await
+        .json();
+    assert_eq!(range(&put)["value"], "10.0.0.0/8");
+    assert_eq!(range(&put)["source"], "workload");
+    assert!(
+        put["warnings"].as_array().unwrap().iter().any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains("replaces the mesh-wide global.proxy.excludeIPRanges") && w.contains("198.19.0.0/16")
+        }),
+        "{put:#}"
+    );
+    // Adding in a batch to a list the workload inherits starts from the mesh-wide value.
+    let sleep = r#"{"workloads":[{"namespace":"default","name":"sleep"}],"add":{"outboundIpRanges":["10.1.0.0/16"]}}"#;
+    let r = e.call(Method::POST, "/api/v1/passthrough/batch", &[], Some(sleep)).await.json();
+    assert_eq!(r["items"][0]["settings"]["outboundIpRanges"], json!(["198.19.0.0/16", "10.1.0.0/16"]), "{r:#}");
 }

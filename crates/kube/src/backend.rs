@@ -733,4 +733,17 @@ impl Backend for KubeBackend {
             ))),
         }
     }
+
+    async fn mesh_defaults(&self) -> Result<meshpass_api::backend::MeshDefaultsInfo, BackendError> {
+        self.mesh_defaults_info().await
+    }
+
+    async fn set_mesh_defaults(
+        &self,
+        values: BTreeMap<String, String>,
+        expected_version: &str,
+        live: bool,
+    ) -> Result<(meshpass_api::backend::MeshDefaultsInfo, Vec<String>), BackendError> {
+        self.set_mesh_defaults_values(values, expected_version, live).await
+    }
 }

@@ -16,10 +16,12 @@ use crate::error::{api_code, map_kube_error, Action};
 use crate::KubeBackend;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
+use meshpass_api::backend::MeshDefaultsInfo;
 use meshpass_api::model::WorkloadRef;
 use meshpass_api::BackendError;
 use meshpass_settings::{MeshDefaults, SettingError};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// Istio's namespace (`istioctl install`'s and the chart's default).
 pub const ISTIO_NAMESPACE: &str = "istio-system";
@@ -171,6 +173,69 @@ impl KubeBackend {
             }
             Err(e) => Err(map_kube_error(e, &action)),
         }
+    }
+}
+
+impl KubeBackend {
+    /// [`KubeBackend::mesh_values`] as the management plane shows them.
+    pub(crate) async fn mesh_defaults_info(&self) -> Result<MeshDefaultsInfo, BackendError> {
+        let v = self.mesh_values().await?;
+        let writable = v.version.is_some();
+        Ok(MeshDefaultsInfo {
+            defaults: v.defaults,
+            version: v.version.unwrap_or_default(),
+            source: v.source,
+            problems: v.problems,
+            writable,
+        })
+    }
+
+    /// Changes the named values (Helm path → text) in the injector's ConfigMap; the others
+    /// stay. Running pods keep what they were injected with: the injector only reads the
+    /// values when it creates a pod, so there is no live apply on Kubernetes.
+    pub(crate) async fn set_mesh_defaults_values(
+        &self,
+        values: BTreeMap<String, String>,
+        expected_version: &str,
+        live: bool,
+    ) -> Result<(MeshDefaultsInfo, Vec<String>), BackendError> {
+        if live {
+            return Err(BackendError::Unsupported(
+                "applying mesh-wide defaults to running pods in place: Istio's injector reads them only when it \
+                 creates a pod, so restart the workloads instead"
+                    .into(),
+            ));
+        }
+        let current = self.mesh_values().await?;
+        let mut next = current.defaults.clone();
+        let mut errors = Vec::new();
+        for (k, v) in &values {
+            if let Err(e) = next.set_value(k, v) {
+                errors.extend(e.iter().map(ToString::to_string));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(BackendError::Invalid(errors));
+        }
+        let written = self.set_mesh_values(&next, expected_version).await?;
+        let at = self.injector_configmap();
+        let lines = values
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k} = {v:?} in {at}: pods without their own annotation get it when they are next created \
+                     (restart the workloads to apply it)"
+                )
+            })
+            .collect();
+        let info = MeshDefaultsInfo {
+            writable: written.version.is_some(),
+            version: written.version.unwrap_or_default(),
+            defaults: written.defaults,
+            source: written.source,
+            problems: written.problems,
+        };
+        Ok((info, lines))
     }
 }
 

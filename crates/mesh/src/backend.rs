@@ -3,12 +3,12 @@
 //! client is synchronous and a rollout takes seconds.
 
 use crate::check::{self, PathTaken, Target};
+use crate::control::AnnotateItem;
 use crate::plan::capture::{capture_plan, mesh_injector_values};
 use crate::state::State;
 use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
 use async_trait::async_trait;
-use meshpass_api::backend::MeshPolicies;
-use meshpass_api::backend::Progress;
+use meshpass_api::backend::{AnnotationPatch, MeshDefaultsInfo, MeshPolicies, Progress};
 use meshpass_api::model::{
     CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
     WorkloadRef,
@@ -217,6 +217,70 @@ impl Backend for LocalBackend {
             get(&c, &w)
         })
         .await
+    }
+
+    async fn patch_many(&self, items: Vec<AnnotationPatch>, live: bool) -> Vec<Result<WorkloadInfo, BackendError>> {
+        let n = items.len();
+        let refs: Vec<WorkloadRef> = items.iter().map(|i| i.workload.clone()).collect();
+        let items: Vec<AnnotateItem> = items
+            .into_iter()
+            .map(|i| AnnotateItem {
+                namespace: i.workload.namespace,
+                name: i.workload.name,
+                set: i.set,
+                remove: i.remove,
+                expect_version: Some(i.expected_version),
+            })
+            .collect();
+        // One request: the supervisor decides item by item and saves once.
+        let answer = self
+            .with_client(move |c| {
+                let results = c.annotate_many(items, live)?;
+                let all = list(&c, None)?;
+                Ok((results, all))
+            })
+            .await;
+        let (results, all) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let msg = e.report();
+                return (0..n)
+                    .map(|_| Err(BackendError::unavailable("the local mesh").caused_by(msg.clone())))
+                    .collect();
+            }
+        };
+        refs.into_iter()
+            .zip(results)
+            .map(|(w, r)| {
+                r.map_err(to_backend)?;
+                all.iter().find(|i| i.workload == w).cloned().ok_or(BackendError::NotFound(w))
+            })
+            .collect()
+    }
+
+    async fn mesh_defaults(&self) -> Result<MeshDefaultsInfo, BackendError> {
+        self.with_client(|c| {
+            let d = c.defaults()?;
+            Ok(MeshDefaultsInfo {
+                defaults: d.defaults,
+                version: d.version,
+                source: "the local mesh's state directory".into(),
+                problems: Vec::new(),
+                writable: true,
+            })
+        })
+        .await
+    }
+
+    async fn set_mesh_defaults(
+        &self,
+        values: BTreeMap<String, String>,
+        expected_version: &str,
+        live: bool,
+    ) -> Result<(MeshDefaultsInfo, Vec<String>), BackendError> {
+        let expected = expected_version.to_string();
+        let lines = self.with_client(move |c| c.set_defaults(values, live, Some(&expected))).await?;
+        Ok((self.mesh_defaults().await?, lines))
     }
 
     async fn restart(&self, workload: &WorkloadRef, progress: Progress) -> Result<(), BackendError> {

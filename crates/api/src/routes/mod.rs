@@ -10,7 +10,9 @@
 //! audited) and [`require_auth`] (401, 403 CSRF).
 
 pub mod audit;
+pub mod batch;
 pub mod check;
+pub mod defaults;
 pub mod gui;
 pub mod metrics;
 pub mod operations;
@@ -58,6 +60,8 @@ pub fn private() -> OpenApiRouter<AppState> {
         .routes(routes!(workloads::get_workload))
         .routes(routes!(passthrough::get_passthrough, passthrough::put_passthrough, passthrough::delete_passthrough))
         .routes(routes!(passthrough::preview))
+        .routes(routes!(batch::batch))
+        .routes(routes!(defaults::get_defaults, defaults::put_defaults))
         .routes(routes!(operations::restart))
         .routes(routes!(check::check))
         .routes(routes!(check::bypass))
@@ -120,8 +124,12 @@ async fn audit_writes(State(app): State<AppState>, mut req: Request, next: Next)
     };
     // The workload as the request named it, even when the name is not a valid one.
     let segments: Vec<String> = req.uri().path().split('/').map(percent_decode).collect();
-    let (namespace, name) =
-        (segments.get(4).cloned().unwrap_or_default(), segments.get(6).cloned().unwrap_or_default());
+    // Only workload routes name one (a batch or the mesh-wide defaults do not).
+    let (namespace, name) = if route.starts_with(W) {
+        (segments.get(4).cloned().unwrap_or_default(), segments.get(6).cloned().unwrap_or_default())
+    } else {
+        (String::new(), String::new())
+    };
     let remote = remote(&req);
     let slot = AuditSlot::default();
     req.extensions_mut().insert(slot.clone());
@@ -315,6 +323,45 @@ pub(crate) mod errors {
         /// A write without If-Match or resourceVersion (`precondition_required`)
         #[response(status = 428)]
         PreconditionRequired(ErrorBody),
+    }
+
+    /// A batch: refused as a whole only before anything is written.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum Batch {
+        /// Malformed request: JSON body (`bad_request`)
+        #[response(status = 400)]
+        BadRequest(ErrorBody),
+        /// The body is over the limit (`payload_too_large`)
+        #[response(status = 413)]
+        TooLarge(ErrorBody),
+        /// The request itself is invalid (bad items, bad names, nothing to change): one entry in
+        /// `errors` per bad item (`invalid`); nothing was written anywhere
+        #[response(status = 422)]
+        Invalid(ErrorBody),
+    }
+
+    /// Writes of the mesh-wide defaults.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum DefaultsWrite {
+        /// Malformed request: JSON body (`bad_request`)
+        #[response(status = 400)]
+        BadRequest(ErrorBody),
+        /// The defaults changed since the version named (`conflict`); nothing was written
+        #[response(status = 409)]
+        Conflict(ErrorBody),
+        /// The body is over the limit (`payload_too_large`)
+        #[response(status = 413)]
+        TooLarge(ErrorBody),
+        /// Invalid values: one entry in `errors` per bad item, under its Helm path (`invalid`);
+        /// nothing was written
+        #[response(status = 422)]
+        Invalid(ErrorBody),
+        /// A write without If-Match or resourceVersion (`precondition_required`)
+        #[response(status = 428)]
+        PreconditionRequired(ErrorBody),
+        /// This backend cannot change them (`unsupported`)
+        #[response(status = 501)]
+        Unsupported(ErrorBody),
     }
 
     /// Requests with a body that the engine or the backend can reject item by item.

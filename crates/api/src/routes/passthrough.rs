@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 /// The version a write is based on: `If-Match` (`"RV"`, `W/"RV"` or bare) or the body's /
 /// query's `resourceVersion`; both must agree when both are given.
-fn precondition(headers: &HeaderMap, alt: Option<String>) -> Result<String, ApiError> {
+pub(crate) fn precondition(headers: &HeaderMap, alt: Option<String>) -> Result<String, ApiError> {
     let header = match headers.get(header::IF_MATCH) {
         Some(v) => {
             let v = v.to_str().map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?.trim();
@@ -47,7 +47,7 @@ fn precondition(headers: &HeaderMap, alt: Option<String>) -> Result<String, ApiE
     }
 }
 
-fn with_etag(mut resp: Response, rv: &str) -> Response {
+pub(crate) fn with_etag(mut resp: Response, rv: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("\"{rv}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
     }
@@ -58,8 +58,16 @@ fn with_etag(mut resp: Response, rv: &str) -> Response {
 async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<Operation>) -> PassthroughDoc {
     // Warnings are advice: a failing list only loses the cross-workload one.
     let others = app.workloads().await.unwrap_or_default();
+    let defaults = mesh_defaults(app).await;
+    let mut effective = Vec::new();
     let mut warnings = match Settings::from_annotations(&info.annotations) {
-        Ok(s) => passthrough::warnings(&info, &s, &others),
+        Ok(s) => {
+            let mut w = passthrough::warnings(&info, &s, &others);
+            let (values, replaced) = passthrough::effective(&s, &defaults);
+            effective = values;
+            w.extend(replaced);
+            w
+        }
         Err(e) => vec![format!("The template's capture annotations are invalid (Istio would reject the pods):\n{e}")],
     };
     warnings.extend(passthrough::stored_warnings(&info.annotations, app.backend().dialect()));
@@ -72,6 +80,7 @@ async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<O
         settings: passthrough::from_annotations(&info.annotations),
         annotations: passthrough::passthrough_annotations(&info.annotations),
         warnings,
+        effective,
         operation,
         impact: Vec::new(),
         created: Vec::new(),
@@ -148,6 +157,12 @@ fn audit_policy(app: &AppState, caller: &Caller, action: &str, r: &ResourceRef, 
         status: Some(result.as_ref().map_or_else(|e| ErrorCode::of_backend(e).status().as_u16(), |_| 200)),
         error: result.as_ref().err().map(|e| ErrorCode::of_backend(e).as_str().to_string()),
     });
+}
+
+/// The mesh-wide defaults the workloads' pods get; Istio's when the backend cannot say
+/// (the effective values shown are then those of a mesh without its own defaults).
+pub(crate) async fn mesh_defaults(app: &AppState) -> meshpass_settings::MeshDefaults {
+    app.backend().mesh_defaults().await.map(|d| d.defaults).unwrap_or_default()
 }
 
 /// Passthrough settings, with the version (ETag) to write against.

@@ -1,0 +1,307 @@
+//! One passthrough change over several workloads: `POST /api/v1/passthrough/batch`.
+//!
+//! The request as a whole is checked first (the items to add, remove or set must be valid on
+//! their own, the workload names well-formed): if it is not, nothing is written anywhere
+//! (422). Then each workload is decided on its own, from its own current settings and
+//! version: one that is missing, has moved since the version named, or would end up with
+//! settings the engine rejects is reported and left alone, and never stops the others. The
+//! writes go to the backend in one [`Backend::patch_many`](crate::Backend::patch_many), each
+//! with the workload's version as precondition, so a concurrent change is a 409 for that
+//! workload, never lost.
+
+use crate::audit::AuditSlot;
+use crate::backend::{AnnotationPatch, BackendError};
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{ApiJson, Caller};
+use crate::model::{
+    AuditEntry, BatchItem, BatchOutcome, BatchRequest, BatchResult, ListItems, Passthrough, WorkloadInfo, WorkloadRef,
+};
+use crate::passthrough;
+use crate::routes::passthrough::mesh_defaults;
+use crate::state::AppState;
+use crate::util::{is_dns1123_label, is_dns1123_subdomain, now};
+use axum::extract::State;
+use axum::Json;
+use meshpass_settings::Settings;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The most workloads one batch may name.
+pub const MAX_BATCH: usize = 5000;
+
+fn failed(w: &WorkloadRef, e: &ApiError) -> BatchItem {
+    let body = e.body();
+    BatchItem {
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        outcome: BatchOutcome::Failed,
+        status: e.status().as_u16(),
+        message: body.message,
+        error: Some(body.error),
+        errors: body.errors,
+        before: None,
+        settings: None,
+        effective: Vec::new(),
+        warnings: Vec::new(),
+        resource_version: None,
+    }
+}
+
+/// The request as a whole: well-formed names, something to change, no list both set and
+/// edited, every item valid on its own. `Err`: nothing is done.
+fn check_request(r: &BatchRequest, dialect: meshpass_settings::Dialect) -> Result<(), ApiError> {
+    let invalid = |m: String| ApiError::Invalid { message: m, errors: Vec::new() };
+    if r.all && !r.workloads.is_empty() {
+        return Err(invalid("name workloads or ask for all of them, not both".into()));
+    }
+    if !r.all && r.workloads.is_empty() {
+        return Err(invalid("no workloads: name at least one, or ask for all".into()));
+    }
+    if r.workloads.len() > MAX_BATCH {
+        return Err(invalid(format!("{} workloads in one batch; at most {MAX_BATCH}", r.workloads.len())));
+    }
+    let mut bad = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in &r.workloads {
+        if !is_dns1123_label(&t.namespace) || !is_dns1123_subdomain(&t.name) {
+            bad.push(format!("{}/{} is not a valid workload name", t.namespace, t.name));
+        } else if !seen.insert((&t.namespace, &t.name)) {
+            bad.push(format!("{}/{} is named twice", t.namespace, t.name));
+        }
+    }
+    if !bad.is_empty() {
+        return Err(invalid(bad.join("; ")));
+    }
+    if r.set.is_empty() && r.add.is_empty() && r.remove.is_empty() {
+        return Err(invalid("nothing to change: give items to set, add or remove".into()));
+    }
+    let both = |s: bool, e: bool| s && e;
+    for (name, s, a, m) in [
+        (
+            "inboundPorts",
+            r.set.inbound_ports.is_some(),
+            r.add.inbound_ports.is_some(),
+            r.remove.inbound_ports.is_some(),
+        ),
+        (
+            "outboundPorts",
+            r.set.outbound_ports.is_some(),
+            r.add.outbound_ports.is_some(),
+            r.remove.outbound_ports.is_some(),
+        ),
+        (
+            "outboundIpRanges",
+            r.set.outbound_ip_ranges.is_some(),
+            r.add.outbound_ip_ranges.is_some(),
+            r.remove.outbound_ip_ranges.is_some(),
+        ),
+    ] {
+        if both(s, a || m) {
+            return Err(invalid(format!("{name} is both set outright and added to or removed from; do one")));
+        }
+    }
+    // Every item on its own, as the engine reads it (a removed item must be valid too: a
+    // typo would otherwise silently remove nothing).
+    let all_items = |l: &ListItems| l.clone();
+    let mut p = Passthrough::default();
+    for l in [all_items(&r.set), all_items(&r.add), all_items(&r.remove)] {
+        p.inbound_ports.extend(l.inbound_ports.unwrap_or_default());
+        p.outbound_ports.extend(l.outbound_ports.unwrap_or_default());
+        p.outbound_ip_ranges.extend(l.outbound_ip_ranges.unwrap_or_default());
+    }
+    passthrough::prepare(&BTreeMap::new(), &p, dialect)
+        .map(|_| ())
+        .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })
+}
+
+/// What one workload would get, or why it gets nothing.
+struct Decided {
+    info: WorkloadInfo,
+    before: Passthrough,
+    after: Passthrough,
+    set: BTreeMap<String, String>,
+    remove: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Change the passthrough lists of several workloads at once: add or remove items, or set
+/// lists outright; one result per workload. A workload that fails is left unchanged and
+/// does not stop the others.
+#[utoipa::path(post, path = "/api/v1/passthrough/batch", tag = "passthrough", operation_id = "batchPassthrough",
+    params(
+        ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
+    ),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per workload (`failed` > 0 when some were left unchanged)", body = BatchResult),
+        crate::routes::errors::Batch,
+    ))]
+pub(crate) async fn batch(
+    State(app): State<AppState>,
+    caller: Caller,
+    slot: AuditSlot,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> Result<Json<BatchResult>, ApiError> {
+    let backend = app.backend();
+    check_request(&req, backend.dialect())?;
+    let all = backend.list().await?;
+    let defaults = mesh_defaults(&app).await;
+    let targets: Vec<(WorkloadRef, Option<String>)> = if req.all {
+        let needle = req.search.clone().unwrap_or_default().to_lowercase();
+        all.iter()
+            .filter(|w| req.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == w.workload.namespace))
+            .filter(|w| needle.is_empty() || w.workload.to_string().to_lowercase().contains(&needle))
+            .map(|w| (w.workload.clone(), None))
+            .collect()
+    } else {
+        req.workloads.iter().map(|t| (WorkloadRef::new(&t.namespace, &t.name), t.resource_version.clone())).collect()
+    };
+    let by_ref: BTreeMap<&WorkloadRef, &WorkloadInfo> = all.iter().map(|w| (&w.workload, w)).collect();
+
+    // Decide each workload on its own.
+    let mut items: Vec<Result<Decided, BatchItem>> = Vec::with_capacity(targets.len());
+    for (w, expected) in &targets {
+        let Some(info) = by_ref.get(w).map(|i| (*i).clone()) else {
+            items.push(Err(failed(w, &ApiError::Backend(BackendError::NotFound(w.clone())))));
+            continue;
+        };
+        if let Some(expected) = expected.as_deref().filter(|e| !e.is_empty()) {
+            if *expected != info.resource_version {
+                let e = ApiError::Conflict(format!(
+                    "workload {w} changed since version {expected} (now {}); reload and retry",
+                    info.resource_version
+                ));
+                items.push(Err(failed(w, &e)));
+                continue;
+            }
+        }
+        let before = passthrough::from_annotations(&info.annotations);
+        let (after, mut notes) =
+            passthrough::edit_lists(&before, &info.annotations, &defaults, &req.set, &req.add, &req.remove);
+        let (after, settings) = match passthrough::prepare(&info.annotations, &after, backend.dialect()) {
+            Ok(p) => {
+                notes.extend(p.warnings);
+                (p.canonical, p.settings)
+            }
+            Err(e) => {
+                let err = ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) };
+                items.push(Err(failed(w, &err)));
+                continue;
+            }
+        };
+        let mut warnings = passthrough::warnings(&info, &settings, &all);
+        warnings.append(&mut notes);
+        let (set, remove) = passthrough::patch(&info.annotations, &after);
+        items.push(Ok(Decided { info, before, after, set, remove, warnings }));
+    }
+
+    // Write those that change, in one call.
+    let mut patches = Vec::new();
+    for d in items.iter().flatten() {
+        if !(d.set.is_empty() && d.remove.is_empty()) {
+            patches.push(AnnotationPatch {
+                workload: d.info.workload.clone(),
+                expected_version: d.info.resource_version.clone(),
+                set: d.set.clone(),
+                remove: d.remove.clone(),
+            });
+        }
+    }
+    let mut written: BTreeMap<WorkloadRef, Result<WorkloadInfo, BackendError>> = BTreeMap::new();
+    if !req.dry_run && !patches.is_empty() {
+        let refs: Vec<WorkloadRef> = patches.iter().map(|p| p.workload.clone()).collect();
+        let results = backend.patch_many(patches, req.live).await;
+        // The workload list served to readers is dropped, as after any write.
+        app.changed();
+        for (w, r) in refs.into_iter().zip(results) {
+            written.insert(w, r);
+        }
+    }
+
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let d = match item {
+            Ok(d) => d,
+            Err(f) => {
+                out.push(f);
+                continue;
+            }
+        };
+        let w = d.info.workload.clone();
+        let unchanged = d.set.is_empty() && d.remove.is_empty();
+        let (outcome, info) = if unchanged {
+            (BatchOutcome::Unchanged, d.info)
+        } else if req.dry_run {
+            (BatchOutcome::WouldChange, d.info)
+        } else {
+            let result = written.remove(&w).unwrap_or_else(|| Err(BackendError::failed("no answer for this workload")));
+            app.audit(&AuditEntry {
+                time: now(),
+                actor: caller.actor.clone(),
+                remote: caller.remote.clone(),
+                action: "passthrough.batch".into(),
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+                before: Some(d.before.clone()),
+                after: Some(d.after.clone()),
+                restart: false,
+                result: result
+                    .as_ref()
+                    .map_or_else(|e| e.report(), |_| if req.live { "ok (live)" } else { "ok" }.into()),
+                status: Some(result.as_ref().map_or_else(|e| ErrorCode::of_backend(e).status().as_u16(), |_| 200)),
+                error: result.as_ref().err().map(|e| ErrorCode::of_backend(e).as_str().to_string()),
+            });
+            match result {
+                Ok(info) => {
+                    app.inner.metrics.change("ok");
+                    (BatchOutcome::Changed, info)
+                }
+                Err(e) => {
+                    app.inner.metrics.change(match e {
+                        BackendError::Conflict { .. } => "conflict",
+                        BackendError::Invalid(_) => "invalid",
+                        _ => "error",
+                    });
+                    let mut f = failed(&w, &ApiError::Backend(e));
+                    f.before = Some(d.before);
+                    out.push(f);
+                    continue;
+                }
+            }
+        };
+        let (effective, replaced) =
+            match Settings::from_annotations(&passthrough::candidate(&info.annotations, &d.after)) {
+                Ok(s) => passthrough::effective(&s, &defaults),
+                Err(_) => (Vec::new(), Vec::new()),
+            };
+        let mut warnings = d.warnings;
+        warnings.extend(replaced);
+        out.push(BatchItem {
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+            outcome,
+            status: 200,
+            message: match outcome {
+                BatchOutcome::Unchanged => "unchanged: already as asked".into(),
+                BatchOutcome::WouldChange => "would change (dry run)".into(),
+                _ if req.live => "ok: applied to the running pods".into(),
+                _ if info.meshed => "ok: the running pods keep their old settings until a restart".into(),
+                _ => "ok".into(),
+            },
+            error: None,
+            errors: Vec::new(),
+            before: Some(d.before),
+            settings: Some(d.after),
+            effective,
+            warnings,
+            resource_version: Some(info.resource_version),
+        });
+    }
+    slot.note(|n| n.recorded = true);
+    let failed_n = out.iter().filter(|i| i.outcome == BatchOutcome::Failed).count();
+    Ok(Json(BatchResult {
+        succeeded: u32::try_from(out.len() - failed_n).unwrap_or(u32::MAX),
+        failed: u32::try_from(failed_n).unwrap_or(u32::MAX),
+        dry_run: req.dry_run,
+        items: out,
+    }))
+}
