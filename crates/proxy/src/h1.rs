@@ -345,7 +345,10 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Head {
         (false, Some(0) | None) => BodyFraming::Empty,
         (false, Some(n)) => BodyFraming::Length(n),
     };
-    let respace = first.windows(2).any(|w| w == b"  ").then_some((start, start + first.len()));
+    // The line is accepted with any runs of spaces, also before the method or after the
+    // version, but hyper takes single spaces only: such a line is forwarded normalised.
+    let spaced = first.starts_with(b" ") || first.ends_with(b" ") || first.windows(2).any(|w| w == b"  ");
+    let respace = spaced.then_some((start, start + first.len()));
     Head::Complete(HeadInfo { len: at, respace, body, websocket })
 }
 
@@ -551,6 +554,10 @@ mod tests {
         let Head::Complete(h) = head(b"\r\nGET  /  HTTP/1.1\r\nHost: a\r\n\r\n") else { panic!() };
         assert_eq!(h.respace, Some((2, 18)));
         assert_eq!(normalise_request_line(b"GET  /  HTTP/1.1"), b"GET / HTTP/1.1");
+        // A single space after the version (or before the method) is normalised too.
+        let Head::Complete(h) = head(b"GET /a HTTP/1.1 \r\nHost: a\r\n\r\n") else { panic!() };
+        assert_eq!(h.respace, Some((0, 16)));
+        assert_eq!(normalise_request_line(b" GET /a HTTP/1.1 "), b"GET /a HTTP/1.1");
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost:\r\nX: a\tb\xff\r\n\r\n"), 200);
         let Head::Complete(h) =
             head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\r\n")
