@@ -8,6 +8,7 @@ use meshpass_mesh::ipam::Cidr;
 use meshpass_mesh::sample::SampleApp;
 use meshpass_mesh::{Client, MeshConfig, Output, Stop};
 use nix::sys::signal::{SigSet, Signal};
+use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -298,10 +299,14 @@ pub(crate) fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {}", e.report());
         return Ok(ExitCode::from(1));
     }
-    for line in meshpass_mesh::down(&a.dir.state_dir)? {
-        println!("{line}");
+    let lines = meshpass_mesh::down(&a.dir.state_dir)?;
+    // The teardown is done: a reader that went away (`meshpass down | head -1`) must not turn
+    // it into a panic, so write errors are ignored.
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
     }
-    println!("mesh down (manifests kept in {})", a.dir.state_dir.display());
+    let _ = writeln!(out, "mesh down (manifests kept in {})", a.dir.state_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
