@@ -105,7 +105,13 @@ pub fn http_request(data: &[u8]) {
     assert!(matches!(parsed, Ok(httparse::Status::Complete(_))), "gate passed what httparse refuses: {parsed:?}");
     if let Some(target) = req.path.filter(|p| p.starts_with('/')) {
         if let Some(n) = path::normalize(target) {
-            assert_eq!(path::normalize(&n).as_deref(), Some(n.as_str()), "normalisation is stable");
+            // One pass, as Envoy's: decoding can form a new escape (`%6%41` → `%6A`), which
+            // a second pass would decode. Any escape of an unreserved character left in the
+            // output was formed so (the pass decodes those it is given); otherwise the output
+            // must be a fixed point.
+            if !has_unreserved_escape(&n) {
+                assert_eq!(path::normalize(&n).as_deref(), Some(n.as_str()), "normalisation is stable");
+            }
             let p = n.split('?').next().unwrap_or_default();
             assert!(!p.split('/').any(|s| s == "." || s == ".."), "dot segment left in {n:?}");
         }
@@ -128,4 +134,18 @@ pub fn http_request(data: &[u8]) {
         }
     }
     assert_eq!(whole, stepwise, "chunk verdict depends on how the bytes arrive");
+}
+
+/// Whether `s` holds a percent-escape of an RFC 3986 unreserved character (`%41`, `%7e`).
+fn has_unreserved_escape(s: &str) -> bool {
+    s.as_bytes().windows(3).any(|w| {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (w[0], hex(w[1]), hex(w[2])) {
+            (b'%', Some(h), Some(l)) => {
+                let c = (h * 16 + l) as u8;
+                c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+            }
+            _ => false,
+        }
+    })
 }
