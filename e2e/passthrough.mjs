@@ -27,7 +27,11 @@ const UI_TIMEOUT = 15000;
 const SUCCESS = 'Traffic passthrough setup successful';
 // The sample mesh's meshed client of helloworld:5000: excluding that port breaks it (its
 // sidecar keeps sending mutual TLS), which the dialog lists and offers to fix.
-const MTLS_CLIENT = NS === 'default' && NAME === 'helloworld-v1' && PORT === '5000' ? 'default/sleep' : null;
+// The meshed client that the exclusion breaks under mutual TLS; E2E_MTLS_CLIENT names another,
+// or (empty) skips the step for a server that cannot read Istio's policies.
+const MTLS_CLIENT = process.env.E2E_MTLS_CLIENT !== undefined
+  ? (process.env.E2E_MTLS_CLIENT || null)
+  : (NS === 'default' && NAME === 'helloworld-v1' && PORT === '5000' ? 'default/sleep' : null);
 
 if (!BASE || !TOKEN || !NS || !NAME) {
   console.error('usage: MESHPASS_URL=http://127.0.0.1:15180 MESHPASS_TOKEN=TOKEN [E2E_ARTIFACTS=dir] [E2E_WORKLOAD=ns/name] [E2E_PORT=5000] node e2e/passthrough.mjs');

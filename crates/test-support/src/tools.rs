@@ -116,7 +116,14 @@ fn run(what: &str, mut cmd: Command, timeout: Duration) -> Result<Output, String
 /// `default/helloworld-v1`, port 5000) against the server at `url`, screenshots into
 /// `artifacts`.
 pub fn run_browser_flow(url: &str, token: &str, artifacts: &Path) -> Result<(), String> {
+    run_browser_flow_with(url, token, artifacts, &[])
+}
+
+/// [`run_browser_flow`] with extra environment for the script (`E2E_MTLS_CLIENT=""` skips the
+/// mutual-TLS impact step where the server cannot read Istio's policies).
+pub fn run_browser_flow_with(url: &str, token: &str, artifacts: &Path, env: &[(&str, &str)]) -> Result<(), String> {
     let mut cmd = Command::new("node");
+    cmd.envs(env.iter().copied());
     cmd.arg("e2e/passthrough.mjs")
         .env("MESHPASS_URL", url)
         .env("MESHPASS_TOKEN", token)
