@@ -55,6 +55,9 @@ pub const ENV_INBOUND_SERVER_HEADER: &str = "MESHPASS_PROXY_INBOUND_SERVER_HEADE
 pub const ENV_OUTBOUND_SERVER_HEADER: &str = "MESHPASS_PROXY_OUTBOUND_SERVER_HEADER";
 /// `true` (default) / `false`: emit `x-envoy-upstream-service-time` and `x-envoy-attempt-count`.
 pub const ENV_ENVOY_DEBUG_HEADERS: &str = "MESHPASS_PROXY_ENVOY_DEBUG_HEADERS";
+/// `true` (default) / `false`: forward plain keep-alive HTTP/1 `GET` exchanges without hyper
+/// (the same bytes either way; `false` sends every request through hyper).
+pub const ENV_H1_FAST_LANE: &str = "MESHPASS_PROXY_H1_FAST_LANE";
 /// Protocol sniffing timeout, e.g. `200ms` (default). A client silent this long is opaque TCP.
 pub const ENV_SNIFF_TIMEOUT: &str = "MESHPASS_PROXY_SNIFF_TIMEOUT";
 /// Upstream TCP connect timeout (default `10s`, Istio's `connectTimeout`).
@@ -117,6 +120,7 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_INBOUND_SERVER_HEADER,
     ENV_OUTBOUND_SERVER_HEADER,
     ENV_ENVOY_DEBUG_HEADERS,
+    ENV_H1_FAST_LANE,
     ENV_SNIFF_TIMEOUT,
     ENV_CONNECT_TIMEOUT,
     ENV_RESPONSE_TIMEOUT,
@@ -211,6 +215,10 @@ pub struct ProxyConfig {
     /// Emit `x-envoy-upstream-service-time` (responses) and `x-envoy-attempt-count`
     /// (outbound requests). Istio's `proxyHeaders.envoyDebugHeaders.disabled` turns these off.
     pub envoy_debug_headers: bool,
+    /// Forward plain keep-alive HTTP/1 `GET` exchanges (a response with `Content-Length`)
+    /// without hyper: one parse and one buffer per direction, the same bytes on the wire as
+    /// through hyper. Default on.
+    pub h1_fast_lane: bool,
     /// How long to wait for the client's first bytes before treating the connection as opaque
     /// TCP (server-first protocols such as MySQL or SMTP). Default 200 ms.
     #[serde(with = "ms")]
@@ -292,6 +300,7 @@ impl Default for ProxyConfig {
             inbound_server_header: Some("istio-envoy".to_owned()),
             outbound_server_header: Some("envoy".to_owned()),
             envoy_debug_headers: true,
+            h1_fast_lane: true,
             sniff_timeout: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
             response_timeout: None,
@@ -396,6 +405,10 @@ impl ProxyConfig {
         });
         field(ENV_ENVOY_DEBUG_HEADERS, &mut |v| {
             c.envoy_debug_headers = parse_bool(v)?;
+            Ok(())
+        });
+        field(ENV_H1_FAST_LANE, &mut |v| {
+            c.h1_fast_lane = parse_bool(v)?;
             Ok(())
         });
         field(ENV_SNIFF_TIMEOUT, &mut |v| {

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 // tokio's clock (the same as `std`'s outside paused-time tests), so deadlines computed from
 // these instants agree with the timer wheel.
@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::{grpc_status, Checkin, GrpcWatch, RequestBody, ResponseBody};
 use crate::error::UpstreamError;
+use crate::fast::Handoff;
 use crate::gate::GateState;
 use crate::orig_dst::Direction;
 use crate::outcome::{Flag, Outcome};
@@ -79,6 +80,26 @@ pub(crate) struct HttpCtx {
     /// The downstream connection is HTTP/2 (its requests run concurrently, so the
     /// connection-wide [`LazyTimer`] cannot serve them).
     pub downstream_h2: bool,
+    /// What the HTTP/1 fast lane left for the first request hyper reads ([`crate::fast`]).
+    pub handoff: Mutex<Option<Handoff>>,
+    /// Whether `handoff` is set (read without the lock on every request).
+    pub handoff_set: AtomicBool,
+}
+
+impl HttpCtx {
+    /// Leave `h` for the next request the hyper path forwards.
+    pub(crate) fn set_handoff(&self, h: Handoff) {
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+        self.handoff_set.store(true, Ordering::Release);
+    }
+
+    fn take_handoff(&self) -> Option<Handoff> {
+        if !self.handoff_set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.handoff_set.store(false, Ordering::Release);
+        self.handoff.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Serve one downstream HTTP/2 connection (prior knowledge) until it closes, drains (a
@@ -411,7 +432,15 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                 };
 
                 let pool = &ctx.shared.pool;
-                let (mut tx, mut reused) = or_break!('forward, pool.get_at(key, start).await);
+                // After the fast lane sent this request itself, its connection carries the
+                // response (and goes back to no pool); a connect failure it met is the answer.
+                let handoff = ctx.take_handoff();
+                let pooled = handoff.is_none();
+                let (mut tx, mut reused) = match handoff {
+                    Some(Handoff::Failed(e)) => break 'forward Err(e),
+                    Some(Handoff::Sent(up)) => (or_break!('forward, up.into_sender().await), false),
+                    None => or_break!('forward, pool.get_at(key, start).await),
+                };
                 if !reused || !ctx.upstream_noted.swap(true, Ordering::Relaxed) {
                     // Only a new upstream connection can go elsewhere (another endpoint): one
                     // lock for the record per upstream connection, not one per request.
@@ -498,6 +527,8 @@ async fn handle(ctx: Arc<HttpCtx>, req: Request<Incoming>) -> Result<Response<Re
                     }
                     _ => {
                         let grpc = grpc_watch(ctx, resp.headers());
+                        // Never set: the connection is not pooled.
+                        let request_done = if pooled { request_done } else { Arc::default() };
                         resp.map(|inner| ResponseBody::Upstream {
                             inner,
                             checkin: Some(Checkin { pool: pool.clone(), key, sender: tx, request_done }),
@@ -1048,7 +1079,7 @@ fn bodiless_method(m: &http::Method) -> bool {
 
 /// `x-envoy-upstream-service-time` value: the usual small values come from a table built once
 /// (a clone is a reference-count bump), larger ones are formatted.
-fn service_time_value(ms: u128) -> HeaderValue {
+pub(crate) fn service_time_value(ms: u128) -> HeaderValue {
     const CACHED: usize = 100;
     static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
     match usize::try_from(ms) {
@@ -1116,10 +1147,15 @@ fn next_u64() -> u64 {
 /// A random UUIDv4 string, as Envoy's `x-request-id`: hex digits written straight into a stack
 /// buffer (formatting machinery and a temporary `String` cost several times more).
 fn request_id() -> HeaderValue {
+    // Hex digits and dashes are always a valid header value.
+    HeaderValue::from_bytes(&request_id_text()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The text of a new random UUIDv4.
+pub(crate) fn request_id_text() -> [u8; 36] {
     let hi = (next_u64() & 0xffff_ffff_ffff_0fff) | 0x4000;
     let lo = (next_u64() & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    // Hex digits and dashes are always a valid header value.
-    HeaderValue::from_bytes(&uuid_text(hi, lo)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    uuid_text(hi, lo)
 }
 
 /// `hi`/`lo` as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (lowercase hex).

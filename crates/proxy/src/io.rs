@@ -181,6 +181,18 @@ impl<T> Rewind<T> {
         Self { prefix, inner }
     }
 
+    /// Put `bytes` back in front of what is still to be read.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else if !bytes.is_empty() {
+            let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            all.extend_from_slice(&bytes);
+            all.extend_from_slice(&self.prefix);
+            self.prefix = all.freeze();
+        }
+    }
+
     /// The wrapped I/O object.
     pub fn get_ref(&self) -> &T {
         &self.inner

@@ -101,6 +101,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+mod fast;
 pub mod gate;
 pub mod h1;
 pub mod http;
@@ -672,6 +673,8 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
                     Handling::Sniff => proto == Protocol::Http2,
                     _ => false,
                 },
+                handoff: std::sync::Mutex::new(None),
+                handoff_set: std::sync::atomic::AtomicBool::new(false),
             });
             // Nothing watches an HTTP connection's idle time until it turns into a tunnel
             // (`http::spawn_tunnel` turns tracking back on): its timeouts are hyper's.
@@ -679,10 +682,18 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, direction: Direction, 
             // The layers, outermost first: the HTTP/1 gate (checks every request before hyper
             // sees it), the bytes the sniffer already read, byte counting, the socket. A TLS
             // stream, when there is one, belongs between the counting and the socket.
-            let io = Rewind::new(buf.freeze(), Metered::new(stream, conn.stats.clone()));
+            let mut io = Rewind::new(buf.freeze(), Metered::new(stream, conn.stats.clone()));
             if proto == Protocol::Http2 {
                 http::serve_h2(io, ctx).await;
             } else {
+                // Plain keep-alive exchanges take the fast lane; the first one it leaves goes
+                // through the gate and hyper, with the rest of the connection.
+                if fast::applies(&ctx) {
+                    match fast::serve(&mut io, &ctx, &limits).await {
+                        fast::Exit::Closed => return,
+                        fast::Exit::Handoff(rest) => io.unread(rest),
+                    }
+                }
                 let io = Gate::new(io, limits, gate_server, gate);
                 http::serve(io, ctx).await;
             }

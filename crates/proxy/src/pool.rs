@@ -64,6 +64,11 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// A connection opened elsewhere (the HTTP/1 fast lane's) and where it goes.
+    pub(crate) fn from_parts(tx: SendRequest<RequestBody>, info: Arc<UpstreamInfo>) -> Self {
+        Self { tx, info }
+    }
+
     /// Where the connection goes, and its TLS.
     pub fn info(&self) -> &Arc<UpstreamInfo> {
         &self.info
@@ -89,6 +94,14 @@ pub type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
 #[derive(Debug)]
 struct IdleConn {
     tx: Sender,
+    since: Instant,
+}
+
+/// An idle upstream connection of the HTTP/1 fast lane (no hyper client on it).
+#[derive(Debug)]
+struct IdleRaw {
+    io: Upstream,
+    info: Arc<UpstreamInfo>,
     since: Instant,
 }
 
@@ -156,6 +169,9 @@ impl Hasher for KeyHasher {
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConn>, KeyHasherBuilder>>,
+    /// Idle connections of the HTTP/1 fast lane ([`crate::fast`]), kept apart: a hyper client
+    /// connection cannot become a plain one again, nor the other way round.
+    raw: Mutex<HashMap<PoolKey, Vec<IdleRaw>, KeyHasherBuilder>>,
     /// One multiplexed HTTP/2 connection per key.
     h2: Mutex<HashMap<PoolKey, H2Sender, KeyHasherBuilder>>,
     h2_settings: H2Settings,
@@ -181,6 +197,7 @@ impl Pool {
     ) -> Self {
         Self {
             idle: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
+            raw: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
             h2: Mutex::new(HashMap::with_hasher(KeyHasherBuilder::new())),
             h2_settings,
             max_idle,
@@ -240,11 +257,46 @@ impl Pool {
             v.retain(|c| !c.tx.is_closed() && c.since.elapsed() <= self.idle_timeout);
             !v.is_empty()
         });
+        drop(g);
+        self.lock_raw().retain(|_, v| {
+            v.retain(|c| c.since.elapsed() <= self.idle_timeout);
+            !v.is_empty()
+        });
     }
 
     /// Idle connections currently pooled (for tests and the config dump).
     pub fn idle_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(Vec::len).sum::<usize>() + self.lock_raw().values().map(Vec::len).sum::<usize>()
+    }
+
+    fn lock_raw(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<IdleRaw>, KeyHasherBuilder>> {
+        self.raw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle fast-lane connection for `key` within the idle timeout, if any. The upstream
+    /// may have closed it meanwhile; the lane sends a request that found it closed again on
+    /// a new connection.
+    pub(crate) fn take_raw(&self, key: PoolKey, now: Instant) -> Option<(Upstream, Arc<UpstreamInfo>)> {
+        let mut g = self.lock_raw();
+        let v = g.get_mut(&key)?;
+        while let Some(c) = v.pop() {
+            if now.saturating_duration_since(c.since) <= self.idle_timeout {
+                return Some((c.io, c.info));
+            }
+        }
+        None
+    }
+
+    /// Return a fast-lane connection after a complete exchange.
+    pub(crate) fn put_raw(&self, key: PoolKey, io: Upstream, info: Arc<UpstreamInfo>) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let mut g = self.lock_raw();
+        let v = g.entry(key).or_default();
+        if v.len() < self.max_idle {
+            v.push(IdleRaw { io, info, since: Instant::now() });
+        }
     }
 
     /// Opens a connection for `key` carrying `proto`: routed and with TLS as the mesh says
