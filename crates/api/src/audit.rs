@@ -176,6 +176,7 @@ mod tests {
             actor: "bearer".into(),
             remote: "127.0.0.1:40000".into(),
             action: "passthrough.set".into(),
+            cluster: "local".into(),
             namespace: "default".into(),
             name: format!("app-{i}"),
             before: None,

@@ -12,6 +12,7 @@ use meshpass_policy::impact::Call;
 use meshpass_policy::{MeshView, PolicySet, Resource, ResourceRef};
 use meshpass_settings::MeshDefaults;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Which backend serves the API (shown in the GUI and `/api/v1/session`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -290,5 +291,72 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(MeshDefaultsInfo, Vec<String>), BackendError> {
         let _ = (values, expected_version, live);
         Err(BackendError::Unsupported("changing the mesh-wide capture defaults".into()))
+    }
+}
+
+/// One cluster the management plane serves: a backend and the name every answer about it
+/// carries.
+#[derive(Clone)]
+pub struct NamedBackend {
+    /// The cluster's name (`[A-Za-z0-9._-]+`, unique among those served).
+    pub name: String,
+    /// Its backend.
+    pub backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for NamedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedBackend").field("name", &self.name).field("kind", &self.backend.kind()).finish()
+    }
+}
+
+impl NamedBackend {
+    /// `backend` named `name`.
+    pub fn new(name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        NamedBackend { name: name.into(), backend }
+    }
+
+    /// The one cluster of a server over a single backend, named after its kind
+    /// ([`default_cluster_name`]).
+    pub fn single(backend: Arc<dyn Backend>) -> Self {
+        NamedBackend { name: default_cluster_name(backend.kind()).to_string(), backend }
+    }
+}
+
+/// The name of the one cluster a single backend serves: `local` for the local mesh, `kube`
+/// for a Kubernetes cluster whose context was not named.
+pub fn default_cluster_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Local => "local",
+        BackendKind::Kube => "kube",
+    }
+}
+
+/// Whether `name` can name a cluster: `[A-Za-z0-9._-]`, 1 to 63 characters (it travels in
+/// URL queries and is shown in a column).
+pub fn is_cluster_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Every problem with a list of cluster names at once: none at all, a name that is not
+/// [`is_cluster_name`], a name listed twice.
+pub fn check_cluster_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if !is_cluster_name(n) {
+            errors.push(format!("cluster name {n:?} must be 1 to 63 letters, digits, '.', '_' or '-'"));
+        }
+        if !seen.insert(n.to_string()) {
+            errors.push(format!("cluster name {n:?} is listed twice"));
+        }
+    }
+    if seen.is_empty() {
+        errors.push("no clusters listed".to_string());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     Invalid,
     /// 400: a malformed request.
     BadRequest,
+    /// 400: a workload named without its cluster exists in several clusters.
+    Ambiguous,
     /// 408: the request was not read and answered in time.
     RequestTimeout,
     /// 413: a body over the limit.
@@ -64,6 +66,7 @@ impl ErrorCode {
             ErrorCode::PreconditionRequired => "precondition_required",
             ErrorCode::Invalid => "invalid",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Ambiguous => "ambiguous",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UriTooLong => "uri_too_long",
@@ -85,7 +88,7 @@ impl ErrorCode {
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             ErrorCode::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest | ErrorCode::Ambiguous => StatusCode::BAD_REQUEST,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -167,6 +170,9 @@ pub enum ApiError {
     /// A malformed request: body, query or path (400 `bad_request`).
     #[error("{0}")]
     BadRequest(String),
+    /// A workload named without its cluster is in several clusters (400 `ambiguous`).
+    #[error("{0}")]
+    Ambiguous(String),
     /// A request body over the limit (413 `payload_too_large`).
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -182,6 +188,16 @@ pub enum ApiError {
     /// The backend failed; the status follows the [`BackendError`] variant.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The backend of one of several clusters failed; the status follows the
+    /// [`BackendError`] variant, the message names the cluster.
+    #[error("cluster {cluster}")]
+    InCluster {
+        /// The cluster.
+        cluster: String,
+        /// What its backend said.
+        #[source]
+        source: BackendError,
+    },
     /// A file of the state directory could not be read or written.
     #[error("{}", path.display())]
     Io {
@@ -232,10 +248,11 @@ impl ApiError {
             ApiError::PreconditionRequired => ErrorCode::PreconditionRequired,
             ApiError::Invalid { .. } => ErrorCode::Invalid,
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Ambiguous(_) => ErrorCode::Ambiguous,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::Unsupported(_) => ErrorCode::Unsupported,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
-            ApiError::Backend(e) => ErrorCode::of_backend(e),
+            ApiError::Backend(e) | ApiError::InCluster { source: e, .. } => ErrorCode::of_backend(e),
             ApiError::Internal(_) | ApiError::Io { .. } | ApiError::Bind { .. } => ErrorCode::Internal,
         }
     }

@@ -2,10 +2,12 @@
 //! [`ApiError`] (400 with the parser's own message, 413 for a body over the limit), so that the
 //! rejections are mapped in one place (`From` impls in [`crate::error`]) and handlers take only
 //! what they need: [`ApiJson`], [`ApiJsonOrEmpty`], [`ApiQuery`], [`ApiPath`], [`WorkloadPath`]
-//! and the authenticated [`Caller`].
+//! with the cluster it is in ([`Target`]), and the authenticated [`Caller`].
 
+use crate::backend::is_cluster_name;
 use crate::error::ApiError;
 use crate::model::{AuthKind, WorkloadRef};
+use crate::state::{AppState, Cluster};
 use crate::util::{is_dns1123_label, is_dns1123_subdomain};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -103,6 +105,67 @@ impl<S: Send + Sync> FromRequestParts<S> for WorkloadPath {
             )));
         }
         Ok(WorkloadPath(WorkloadRef::new(ns, name)))
+    }
+}
+
+/// `?cluster=`: the cluster a workload route or the mesh-wide defaults mean.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterParam {
+    /// The cluster (default: the only one served; for a workload, else the one cluster that
+    /// has it: 400 `ambiguous` when several do).
+    #[param(max_length = 63, pattern = r"^[A-Za-z0-9._-]+$")]
+    pub cluster: Option<String>,
+}
+
+impl ClusterParam {
+    /// The `cluster` of a request's query (other parameters are the route's own), checked as
+    /// a cluster name (400 otherwise).
+    pub fn of(parts: &Parts) -> Result<Option<String>, ApiError> {
+        let axum::extract::Query(ClusterParam { cluster }) =
+            axum::extract::Query::<ClusterParam>::try_from_uri(&parts.uri)?;
+        match cluster {
+            Some(c) if c.is_empty() => Ok(None),
+            Some(c) if !is_cluster_name(&c) => Err(ApiError::BadRequest(format!(
+                "cluster {c:?} is not a valid cluster name (letters, digits, '.', '_' and '-', at most 63)"
+            ))),
+            c => Ok(c),
+        }
+    }
+}
+
+/// The workload a route names ([`WorkloadPath`]) and the cluster it is in (`?cluster=`, or
+/// found as [`AppState::resolve`] says).
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The workload.
+    pub workload: WorkloadRef,
+}
+
+impl FromRequestParts<AppState> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let WorkloadPath(workload) = WorkloadPath::from_request_parts(parts, state).await?;
+        let name = ClusterParam::of(parts)?;
+        let cluster = state.resolve(name.as_deref(), Some(&workload)).await?;
+        Ok(Target { cluster, workload })
+    }
+}
+
+/// The cluster a route without a workload means (`?cluster=`; required when several are
+/// served).
+#[derive(Clone, Debug)]
+pub struct ClusterScope(pub Cluster);
+
+impl FromRequestParts<AppState> for ClusterScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let name = ClusterParam::of(parts)?;
+        state.resolve(name.as_deref(), None).await.map(ClusterScope)
     }
 }
 

@@ -31,7 +31,7 @@ pub mod state;
 pub mod util;
 
 pub use auth::load_or_create_token;
-pub use backend::{Backend, BackendError, BackendKind};
+pub use backend::{Backend, BackendError, BackendKind, NamedBackend};
 pub use client::{Client, ClientError};
 pub use error::ApiError;
-pub use server::{router, serve, AppState, Server, ServerConfig, Started};
+pub use server::{router, serve, serve_clusters, AppState, Server, ServerConfig, Started};

@@ -41,15 +41,22 @@ pub fn passthrough_direction(label: &str) -> Option<&'static str> {
     PASSTHROUGH_LABELS.iter().find(|(l, _)| *l == label).map(|(_, d)| *d)
 }
 
-/// One bypass series: namespace, workload, pod, direction, rule label.
-type SeriesKey = (String, String, String, &'static str, String);
+/// One bypass series: cluster (empty when one is served), namespace, workload, pod,
+/// direction, rule label.
+type SeriesKey = (String, String, String, String, &'static str, String);
+
+/// One cluster's part of a collection: its name (empty when the server serves one), its
+/// backend, and its workload list as read for the scrape.
+pub type ClusterFigures = (String, Arc<dyn Backend>, Result<Arc<Vec<WorkloadInfo>>, BackendError>);
 
 /// The backend's figures at one time.
 #[derive(Debug)]
 struct Collection {
     at: Instant,
     took: Duration,
-    by_status: [u64; 3],
+    /// Workloads by status, per cluster (one entry, `""`, when one is served), and whether the
+    /// cluster answered.
+    by_status: BTreeMap<String, ([u64; 3], bool)>,
     bypass: BTreeMap<SeriesKey, (u64, u64)>,
 }
 
@@ -73,6 +80,24 @@ impl Default for Metrics {
 /// Escapes a label value for the text format.
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// What [`read_counters`] gives.
+type CounterRead = (String, crate::model::WorkloadRef, Result<Vec<crate::model::RuleCounter>, BackendError>);
+
+/// One workload's rule counters, with the cluster and workload they belong to.
+async fn read_counters((cluster, backend, w): (String, Arc<dyn Backend>, crate::model::WorkloadRef)) -> CounterRead {
+    let result = backend.rule_counters(&w).await;
+    (cluster, w, result)
+}
+
+/// `cluster="NAME",` for a series of one of several clusters; nothing with one cluster.
+fn cluster_label(cluster: &str) -> String {
+    if cluster.is_empty() {
+        String::new()
+    } else {
+        format!("cluster=\"{}\",", esc(cluster))
+    }
 }
 
 const STATUSES: [&str; 3] = ["Injected", "Uninjected", "Pending restart"];
@@ -123,36 +148,42 @@ impl Metrics {
         *m.entry(result.to_string()).or_default() += 1;
     }
 
-    /// Reads the backend's figures: the workload list, then the rule counters of the meshed
-    /// workloads, [`COUNTER_READS`] (or as configured) at a time.
-    async fn collect(&self, backend: &dyn Backend, list: Result<Arc<Vec<WorkloadInfo>>, BackendError>) -> Collection {
+    /// Reads the backends' figures: each cluster's workload list, then the rule counters of
+    /// the meshed workloads, [`COUNTER_READS`] (or as configured) at a time.
+    async fn collect(&self, clusters: Vec<ClusterFigures>) -> Collection {
         let started = Instant::now();
-        let mut by_status = [0u64; 3];
+        let mut by_status = BTreeMap::new();
         let mut bypass: BTreeMap<SeriesKey, (u64, u64)> = BTreeMap::new();
-        let list = match list {
-            Ok(l) => l,
-            Err(_) => {
-                self.scrape_errors.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Vec::new())
+        let mut meshed = Vec::new();
+        for (cluster, backend, list) in clusters {
+            let (list, up) = match list {
+                Ok(l) => (l, true),
+                Err(_) => {
+                    self.scrape_errors.fetch_add(1, Ordering::Relaxed);
+                    (Arc::new(Vec::new()), false)
+                }
+            };
+            let entry = by_status.entry(cluster.clone()).or_insert(([0u64; 3], up));
+            for w in list.iter() {
+                entry.0[status_index(w)] += 1;
             }
-        };
-        for w in list.iter() {
-            by_status[status_index(w)] += 1;
+            meshed.extend(
+                list.iter().filter(|w| w.meshed).map(|w| (cluster.clone(), backend.clone(), w.workload.clone())),
+            );
         }
-        let meshed: Vec<crate::model::WorkloadRef> =
-            list.iter().filter(|w| w.meshed).map(|w| w.workload.clone()).collect();
-        let mut reads = futures::stream::iter(meshed)
-            .map(move |w| async move {
-                let result = backend.rule_counters(&w).await;
-                (w, result)
-            })
-            .buffer_unordered(self.counter_reads);
-        while let Some((w, result)) = reads.next().await {
+        // Boxed so that the stream's item type names no borrowed lifetime (the handler's
+        // future must be Send for every lifetime).
+        let reads: Vec<futures::future::BoxFuture<'static, CounterRead>> = meshed
+            .into_iter()
+            .map(|m| Box::pin(read_counters(m)) as futures::future::BoxFuture<'static, CounterRead>)
+            .collect();
+        let mut reads = futures::stream::iter(reads).buffer_unordered(self.counter_reads);
+        while let Some((cluster, w, result)) = reads.next().await {
             match result {
                 Ok(counters) => {
                     for c in counters {
                         let Some(dir) = passthrough_direction(&c.label) else { continue };
-                        let key = (w.namespace.clone(), w.name.clone(), c.pod, dir, c.label);
+                        let key = (cluster.clone(), w.namespace.clone(), w.name.clone(), c.pod, dir, c.label);
                         let e = bypass.entry(key).or_default();
                         e.0 += c.packets;
                         e.1 += c.bytes;
@@ -167,12 +198,14 @@ impl Metrics {
         Collection { at: Instant::now(), took: started.elapsed(), by_status, bypass }
     }
 
-    /// The exposition. `list` gives the workload list when a collection is due (the server
-    /// passes its shared, briefly cached list); `conns` are the listener's counters.
-    pub async fn render<F, Fut>(&self, backend: &dyn Backend, list: F, conns: &ConnStats) -> String
+    /// The exposition. `clusters` gives each cluster's backend and workload list when a
+    /// collection is due (the server passes its shared, briefly cached lists; with one
+    /// cluster, named `""`, no series carries a `cluster` label); `conns` are the listener's
+    /// counters.
+    pub async fn render<F, Fut>(&self, clusters: F, conns: &ConnStats) -> String
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Arc<Vec<WorkloadInfo>>, BackendError>>,
+        Fut: std::future::Future<Output = Vec<ClusterFigures>>,
     {
         let collection = {
             // One collection at a time: scrapes that arrive during one wait for it and share it.
@@ -180,7 +213,7 @@ impl Metrics {
             match last.as_ref().filter(|c| c.at.elapsed() < self.min_interval) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Arc::new(self.collect(backend, list().await).await);
+                    let c = Arc::new(self.collect(clusters().await).await);
                     *last = Some(c.clone());
                     c
                 }
@@ -192,11 +225,12 @@ impl Metrics {
             ("meshpass_bypassed_bytes_total", "Bytes that bypassed the sidecar.", 1),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((ns, wl, pod, dir, rule), (p, b)) in &collection.bypass {
+            for ((cluster, ns, wl, pod, dir, rule), (p, b)) in &collection.bypass {
                 let v = if pick == 0 { p } else { b };
                 let _ = writeln!(
                     out,
-                    "{name}{{namespace=\"{}\",workload=\"{}\",pod=\"{}\",direction=\"{dir}\",rule=\"{}\"}} {v}",
+                    "{name}{{{}namespace=\"{}\",workload=\"{}\",pod=\"{}\",direction=\"{dir}\",rule=\"{}\"}} {v}",
+                    cluster_label(cluster),
                     esc(ns),
                     esc(wl),
                     esc(pod),
@@ -206,8 +240,20 @@ impl Metrics {
         }
         let _ =
             writeln!(out, "# HELP meshpass_workloads Workloads by sidecar status.\n# TYPE meshpass_workloads gauge");
-        for (status, n) in STATUSES.iter().zip(collection.by_status) {
-            let _ = writeln!(out, "meshpass_workloads{{status=\"{status}\"}} {n}");
+        for (cluster, (counts, _)) in &collection.by_status {
+            for (status, n) in STATUSES.iter().zip(counts) {
+                let _ = writeln!(out, "meshpass_workloads{{{}status=\"{status}\"}} {n}", cluster_label(cluster));
+            }
+        }
+        if collection.by_status.keys().any(|c| !c.is_empty()) {
+            let _ = writeln!(
+                out,
+                "# HELP meshpass_cluster_up Whether the cluster's workloads could be listed at the last collection.\n\
+                 # TYPE meshpass_cluster_up gauge"
+            );
+            for (cluster, (_, up)) in &collection.by_status {
+                let _ = writeln!(out, "meshpass_cluster_up{{cluster=\"{}\"}} {}", esc(cluster), u8::from(*up));
+            }
         }
         let _ = writeln!(
             out,

@@ -260,6 +260,9 @@ pub struct RuleCounter {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
+    /// The cluster the workload is in (`local` for the local mesh; the name given to
+    /// `meshpass serve --kube --context`/`--clusters`).
+    pub cluster: String,
     /// Everything the backend reported.
     #[serde(flatten)]
     pub info: WorkloadInfo,
@@ -269,11 +272,47 @@ pub struct Workload {
     pub passthrough: Passthrough,
 }
 
+/// Whether a cluster answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// It answered.
+    Ok,
+    /// It could not be reached or did not answer in time (its workloads are missing from the
+    /// list; operations on them are 503).
+    Unreachable,
+    /// It answered with an error (for example RBAC refused the listing).
+    Failed,
+}
+
+/// One cluster the management plane serves, as the workload list found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether it answered.
+    pub state: ClusterState,
+    /// Its workloads in this list (after the filters).
+    pub workloads: u32,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The error code of that failure (as in [`ErrorBody::error`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::ErrorCode>)]
+    pub error: Option<String>,
+}
+
 /// `GET /api/v1/workloads`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkloadList {
     /// The workloads, filtered and sorted as asked.
     pub items: Vec<Workload>,
+    /// Every cluster asked (all of them, or the one filtered on), in the order served: one
+    /// that failed is listed with its error while the others' workloads are in `items`.
+    #[serde(default)]
+    pub clusters: Vec<ClusterStatus>,
 }
 
 /// A workload's passthrough settings with their version (`GET …/passthrough` and the answer
@@ -281,6 +320,8 @@ pub struct WorkloadList {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PassthroughDoc {
+    /// The cluster.
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -413,6 +454,8 @@ pub struct IstioArgsPair {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
+    /// The cluster of the workload.
+    pub cluster: String,
     /// The proposed settings as they would be stored (canonical: trimmed, no leading zeros,
     /// duplicates collapsed).
     pub settings: Passthrough,
@@ -467,6 +510,8 @@ pub struct Operation {
     pub id: String,
     /// What it is.
     pub kind: OperationKind,
+    /// The workload's cluster.
+    pub cluster: String,
     /// The workload's namespace.
     pub namespace: String,
     /// The workload's name.
@@ -499,6 +544,10 @@ pub struct AuditEntry {
     pub remote: String,
     /// `passthrough.set`, `passthrough.clear` or `restart`.
     pub action: String,
+    /// The cluster, as the request named it or as it was resolved (empty in entries written
+    /// before the server knew clusters).
+    #[serde(default)]
+    pub cluster: String,
     /// The workload's namespace, as the request named it.
     pub namespace: String,
     /// The workload's name, as the request named it.
@@ -579,6 +628,9 @@ pub struct SessionInfo {
     pub auth: AuthKind,
     /// The rule syntax of previews.
     pub rule_format: RuleFormat,
+    /// The clusters served, in order (one, `local`, for the local mesh). With more than one,
+    /// workload references name their cluster.
+    pub clusters: Vec<String>,
 }
 
 /// One rejected item (422), from `meshpass_settings::SettingError`.
@@ -636,6 +688,8 @@ pub struct EffectiveValue {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshDefaultsDoc {
+    /// The cluster whose defaults these are.
+    pub cluster: String,
     /// Every value by its Helm path (`global.proxy.excludeIPRanges` → `10.0.0.0/8`).
     pub values: BTreeMap<String, String>,
     /// The version to name when writing (empty when the backend keeps none).
@@ -669,6 +723,10 @@ pub struct MeshDefaultsUpdate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchTarget {
+    /// The cluster (default: the one cluster served, or the one cluster that has a workload of
+    /// this namespace and name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -711,6 +769,9 @@ pub struct BatchRequest {
     /// Every workload matching `namespace` and `search` instead of a list.
     #[serde(default)]
     pub all: bool,
+    /// With `all`: only this cluster (default: every cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// With `all`: only this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -752,6 +813,8 @@ pub enum BatchOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchItem {
+    /// The cluster (empty when the workload named could not be placed in one).
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -798,6 +861,10 @@ pub struct BatchResult {
     pub failed: u32,
     /// True when nothing was written (a dry run).
     pub dry_run: bool,
+    /// With `all`: every cluster asked for its workloads; one that failed is listed with its
+    /// error (its workloads were not changed). Otherwise empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterStatus>,
 }
 
 #[cfg(test)]

@@ -526,6 +526,8 @@ pub fn preview(
         (proposed_text, args.proposed) = render(&new_settings, values, format);
     }
     Ok(Preview {
+        // The server names the cluster; the engine does not know it.
+        cluster: String::new(),
         settings: prepared.canonical,
         format,
         diff: diff_lines(&current, &proposed_text),

@@ -3,7 +3,7 @@
 //! [`crate::routes`], the shared state in [`crate::state`].
 
 use crate::auth::{load_or_create_token, write_token, Auth, MAX_SESSIONS, SESSION_TTL};
-use crate::backend::Backend;
+use crate::backend::{check_cluster_names, Backend, NamedBackend};
 use crate::error::ApiError;
 pub use crate::listener::Limits;
 use axum::http::Method;
@@ -149,6 +149,14 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Prepares the state directory (token, `api-address`) and binds the listener.
     pub async fn bind(cfg: &ServerConfig, backend: Arc<dyn Backend>) -> Result<Server, ApiError> {
+        Self::bind_clusters(cfg, vec![NamedBackend::single(backend)]).await
+    }
+
+    /// As [`Server::bind`], serving several clusters (at least one, names unique and
+    /// [`crate::backend::is_cluster_name`]s; every problem is named at once).
+    pub async fn bind_clusters(cfg: &ServerConfig, clusters: Vec<NamedBackend>) -> Result<Server, ApiError> {
+        check_cluster_names(clusters.iter().map(|c| c.name.as_str()))
+            .map_err(|errors| ApiError::BadRequest(format!("clusters: {}", errors.join("; "))))?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| ApiError::io(&cfg.state_dir, e))?;
         let token = match &cfg.token {
             Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
@@ -173,7 +181,7 @@ impl Server {
         std::fs::write(&path, format!("{url}\n")).map_err(|e| ApiError::io(&path, e))?;
         let login_url = format!("{url}/?token={token}");
         let auth = Auth::with_max_sessions(token, cfg.session_ttl, cfg.max_sessions);
-        let app = AppState::with_reuse(backend, auth, &cfg.state_dir, cfg.reuse);
+        let app = AppState::with_clusters(clusters, auth, &cfg.state_dir, cfg.reuse);
         Ok(Server {
             listener,
             limits: cfg.limits,
@@ -216,7 +224,16 @@ pub async fn serve(
     backend: Arc<dyn Backend>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    let server = Server::bind(&cfg, backend).await?;
+    serve_clusters(cfg, vec![NamedBackend::single(backend)], shutdown).await
+}
+
+/// As [`serve`], over several clusters ([`Server::bind_clusters`]).
+pub async fn serve_clusters(
+    cfg: ServerConfig,
+    clusters: Vec<NamedBackend>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let server = Server::bind_clusters(&cfg, clusters).await?;
     if let Some(hook) = &cfg.on_started {
         hook(server.started());
     }

@@ -14,6 +14,7 @@ use meshpass_api::model::{
     WorkloadRef,
 };
 use meshpass_api::server::{routes, Reuse, Server};
+use meshpass_api::NamedBackend;
 use meshpass_api::{router, AppState, BackendKind, Client, ClientError, ServerConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -47,6 +48,27 @@ fn env_with(fake: FakeBackend) -> Env {
 
 fn env() -> Env {
     env_with(FakeBackend::sample())
+}
+
+/// A server over two fake clusters, `east` and `west`, both holding the sample mesh (so every
+/// workload name is in both); `fake` is east's.
+struct Clusters {
+    env: Env,
+    west: Arc<FakeBackend>,
+}
+
+fn two_clusters() -> Clusters {
+    let (east, west) = (Arc::new(FakeBackend::sample()), Arc::new(FakeBackend::sample()));
+    east.set_restart_step(Duration::from_millis(0));
+    west.set_restart_step(Duration::from_millis(0));
+    let dir = tempfile::tempdir().unwrap();
+    let token = meshpass_api::auth::load_or_create_token(dir.path()).unwrap();
+    let reuse = Reuse { list_ttl: Duration::ZERO, metrics_interval: Duration::ZERO, ..Reuse::default() };
+    let auth = meshpass_api::auth::Auth::new(token.clone(), meshpass_api::auth::SESSION_TTL);
+    let clusters = vec![NamedBackend::new("east", east.clone()), NamedBackend::new("west", west.clone())];
+    let app = AppState::with_clusters(clusters, auth, dir.path(), reuse);
+    let env = Env { router: router(app), fake: east, token, dir: dir.path().to_path_buf(), _dir: dir };
+    Clusters { env, west }
 }
 
 struct Answer {
@@ -152,7 +174,10 @@ async fn every_protected_route_answers_401_without_or_with_a_wrong_token() {
         }
     }
     let s = e.get("/api/v1/session").await.json();
-    assert_eq!(s, json!({"backend": "local", "csrfToken": null, "auth": "bearer", "ruleFormat": "nft"}));
+    assert_eq!(
+        s,
+        json!({"backend": "local", "csrfToken": null, "auth": "bearer", "ruleFormat": "nft", "clusters": ["local"]})
+    );
 }
 
 #[tokio::test]
@@ -985,6 +1010,18 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     check("GET", "/api/v1/workloads", &e.get("/api/v1/workloads").await);
     let k = env_with(FakeBackend::sample().with_kind(BackendKind::Kube, meshpass_api::model::RuleFormat::Iptables));
     check("GET", &format!("{W}/bypass"), &k.get(&format!("{HW}/bypass")).await);
+    // Two clusters: one failing its listing, an ambiguous name, a named cluster, a batch.
+    let m = two_clusters();
+    m.west.fail_next(FakeCall::List, BackendError::unavailable("cluster down"));
+    check("GET", "/api/v1/workloads", &m.env.get("/api/v1/workloads").await);
+    check("GET", W, &m.env.get(HW).await);
+    check("GET", W, &m.env.get(&format!("{HW}?cluster=west")).await);
+    check("GET", W, &m.env.get(&format!("{HW}?cluster=north")).await);
+    check("GET", "/api/v1/defaults", &m.env.get("/api/v1/defaults").await);
+    check("GET", "/api/v1/defaults", &m.env.get("/api/v1/defaults?cluster=west").await);
+    m.west.fail_next(FakeCall::List, BackendError::unavailable("cluster down"));
+    let body = r#"{"all":true,"namespace":"default","add":{"outboundPorts":["3306"]},"dryRun":true}"#;
+    check("POST", b, &m.env.call(Method::POST, b, &[], Some(body)).await);
 
     // Coverage: every property of the documented answer types was seen in some answer, so the
     // document names no field the server never sends.
@@ -1603,4 +1640,175 @@ async fn mesh_wide_defaults_their_source_and_the_replace_warning() {
     let sleep = r#"{"workloads":[{"namespace":"default","name":"sleep"}],"add":{"outboundIpRanges":["10.1.0.0/16"]}}"#;
     let r = e.call(Method::POST, "/api/v1/passthrough/batch", &[], Some(sleep)).await.json();
     assert_eq!(r["items"][0]["settings"]["outboundIpRanges"], json!(["198.19.0.0/16", "10.1.0.0/16"]), "{r:#}");
+}
+
+#[tokio::test]
+async fn several_clusters_name_each_workload_and_one_failing_does_not_stop_the_others() {
+    let Clusters { env: e, west } = two_clusters();
+    let east = e.fake.clone();
+    let s = e.get("/api/v1/session").await.json();
+    assert_eq!(s["clusters"], json!(["east", "west"]));
+
+    // The list: every workload of both, each naming its cluster; a filter; an unknown name.
+    let list = e.get("/api/v1/workloads").await.json();
+    let names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| format!("{}:{}/{}", w["cluster"].as_str().unwrap(), w["namespace"], w["name"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "east:default/helloworld-v1",
+            "west:default/helloworld-v1",
+            "east:default/sleep",
+            "west:default/sleep",
+            "east:external/external",
+            "west:external/external"
+        ]
+    );
+    assert_eq!(
+        list["clusters"],
+        json!([{"name": "east", "state": "ok", "workloads": 3}, {"name": "west", "state": "ok", "workloads": 3}])
+    );
+    let only = e.get("/api/v1/workloads?cluster=west&sort=cluster").await.json();
+    assert_eq!(only["items"].as_array().unwrap().len(), 3);
+    assert!(only["items"].as_array().unwrap().iter().all(|w| w["cluster"] == "west"));
+    assert_eq!(only["clusters"].as_array().unwrap().len(), 1);
+    let a = e.get("/api/v1/workloads?cluster=north").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.json()["message"], "no cluster named \"north\"; this server serves east, west");
+    let a = e.get("/api/v1/workloads?cluster=a%20b").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "not a name any cluster has");
+
+    // One cluster down: the other's workloads are listed, the failing one is shown unreachable.
+    west.fail_next(FakeCall::List, BackendError::unavailable("listing workloads"));
+    let list = e.get("/api/v1/workloads").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let list = list.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert_eq!(list["clusters"][1]["state"], "unreachable");
+    assert_eq!(list["clusters"][1]["error"], "unavailable");
+    assert_eq!(list["clusters"][1]["message"], "backend unavailable: listing workloads");
+
+    // A name both clusters have is ambiguous without a cluster; with one it is that cluster's.
+    let a = e.get(HW).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json()["error"], "ambiguous");
+    assert!(a.json()["message"].as_str().unwrap().contains("exists in clusters east, west"), "{}", a.text());
+    let doc = e.get(&format!("{HW}/passthrough?cluster=west")).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.json()["cluster"], "west");
+    let rv = west.resource_version(&e.hw());
+    let put = e
+        .call(
+            Method::PUT,
+            &format!("{HW}/passthrough?cluster=west"),
+            &[("if-match", &rv)],
+            Some(r#"{"inboundPorts":["5000"]}"#),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+    assert_eq!(put.json()["cluster"], "west");
+    assert_eq!(west.template_annotations(&e.hw()).get(INBOUND).map(String::as_str), Some("5000"));
+    assert_eq!(east.template_annotations(&e.hw()).get(INBOUND), None, "east untouched");
+    let audit = e.audit();
+    assert_eq!(
+        (audit.last().unwrap().cluster.as_str(), audit.last().unwrap().action.as_str()),
+        ("west", "passthrough.set")
+    );
+    // A name only one cluster has needs no cluster.
+    east.add(WorkloadRef::new("default", "reviews"), true, Vec::new(), std::collections::BTreeMap::new());
+    let r = e.get("/api/v1/namespaces/default/workloads/reviews").await;
+    assert_eq!((r.status, r.json()["cluster"].clone()), (StatusCode::OK, json!("east")));
+    // An operation on a cluster that fails says which cluster.
+    west.fail_next(FakeCall::Get, BackendError::unavailable("reading the workload"));
+    let a = e.get(&format!("{HW}?cluster=west")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.json()["message"], "cluster west: backend unavailable: reading the workload");
+    // A name in no cluster that answered, while one did not answer: unavailable, naming it.
+    west.fail_next(FakeCall::List, BackendError::unavailable("listing workloads"));
+    let a = e.get("/api/v1/namespaces/default/workloads/ratings").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.json()["message"].as_str().unwrap().starts_with("cluster west: "), "{}", a.text());
+
+    // A batch over both clusters: one result per workload, each naming its cluster.
+    let b = "/api/v1/passthrough/batch";
+    let west_sleep = west.resource_version(&WorkloadRef::new("default", "sleep"));
+    let body = format!(
+        r#"{{"workloads":[{{"cluster":"east","namespace":"default","name":"sleep"}},
+            {{"cluster":"west","namespace":"default","name":"sleep","resourceVersion":"{west_sleep}"}},
+            {{"cluster":"west","namespace":"default","name":"nope"}}],
+            "add":{{"outboundPorts":["3306"]}}}}"#
+    );
+    let r = e.call(Method::POST, b, &[], Some(&body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = r.json();
+    let got: Vec<(String, String, String)> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["cluster"].as_str().unwrap().into(),
+                i["name"].as_str().unwrap().into(),
+                i["outcome"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("east".into(), "sleep".into(), "changed".into()),
+            ("west".into(), "sleep".into(), "changed".into()),
+            ("west".into(), "nope".into(), "failed".into())
+        ]
+    );
+    assert_eq!(r["items"][2]["message"], "cluster west: workload default/nope not found");
+    assert_eq!((r["succeeded"].clone(), r["failed"].clone()), (json!(2), json!(1)));
+    // An ambiguous or unknown name refuses the whole batch: nothing is written anywhere.
+    let before = (east.resource_version(&e.hw()), west.resource_version(&e.hw()));
+    for body in [
+        r#"{"workloads":[{"namespace":"default","name":"helloworld-v1"}],"add":{"outboundPorts":["3307"]}}"#,
+        r#"{"workloads":[{"cluster":"east","namespace":"default","name":"helloworld-v1"},{"cluster":"north","namespace":"default","name":"sleep"}],"add":{"outboundPorts":["3307"]}}"#,
+    ] {
+        let a = e.call(Method::POST, b, &[], Some(body)).await;
+        assert!(a.status.is_client_error(), "{}", a.text());
+        assert!(a.text().contains("ambiguous") || a.text().contains("no cluster named \\\"north\\\""), "{}", a.text());
+    }
+    assert_eq!((east.resource_version(&e.hw()), west.resource_version(&e.hw())), before);
+    // `all` over one cluster down: the other's workloads are changed, the failure is reported.
+    west.fail_next(FakeCall::List, BackendError::unavailable("listing workloads"));
+    let body = r#"{"all":true,"namespace":"external","set":{"inboundPorts":["9000"]}}"#;
+    let r = e.call(Method::POST, b, &[], Some(body)).await.json();
+    assert_eq!(r["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r["items"][0]["cluster"], "east");
+    assert_eq!(r["clusters"][1]["state"], "unreachable");
+
+    // Mesh-wide defaults are per cluster: a cluster must be named, and a write changes only it.
+    let a = e.get("/api/v1/defaults").await;
+    assert_eq!((a.status, a.json()["error"].clone()), (StatusCode::BAD_REQUEST, json!("ambiguous")));
+    let d = e.get("/api/v1/defaults?cluster=west").await.json();
+    assert_eq!(d["cluster"], "west");
+    let v = d["resourceVersion"].as_str().unwrap().to_string();
+    let put = e
+        .call(
+            Method::PUT,
+            "/api/v1/defaults?cluster=west",
+            &[("if-match", &v)],
+            Some(r#"{"values":{"global.proxy.excludeIPRanges":"198.19.0.0/16"}}"#),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+    let east_d = e.get("/api/v1/defaults?cluster=east").await.json();
+    let west_d = e.get("/api/v1/defaults?cluster=west").await.json();
+    assert_eq!(west_d["values"]["global.proxy.excludeIPRanges"], "198.19.0.0/16");
+    assert_eq!(east_d["values"]["global.proxy.excludeIPRanges"], "");
+    assert_eq!(e.audit().last().unwrap().cluster, "west");
+
+    // A restart names its cluster in the operation.
+    let op = e.call(Method::POST, &format!("{HW}/restart?cluster=east"), &[], None).await.json();
+    assert_eq!(op["cluster"], "east");
+    e.wait_op(op["id"].as_str().unwrap()).await;
 }

@@ -8,6 +8,11 @@
 //! writes go to the backend in one [`Backend::patch_many`](crate::Backend::patch_many), each
 //! with the workload's version as precondition, so a concurrent change is a 409 for that
 //! workload, never lost.
+//!
+//! With several clusters, each workload is placed in its cluster first (named in its entry,
+//! or the one cluster that has it: a name several clusters have refuses the whole request,
+//! 400 `ambiguous`); each cluster is listed and written on its own, concurrently, so one
+//! that cannot be reached fails its own workloads only.
 
 use crate::audit::AuditSlot;
 use crate::backend::{AnnotationPatch, BackendError};
@@ -18,7 +23,7 @@ use crate::model::{
 };
 use crate::passthrough;
 use crate::routes::passthrough::mesh_defaults;
-use crate::state::AppState;
+use crate::state::{cluster_status, AppState, Cluster};
 use crate::util::{is_dns1123_label, is_dns1123_subdomain, now};
 use axum::extract::State;
 use axum::Json;
@@ -28,9 +33,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The most workloads one batch may name.
 pub const MAX_BATCH: usize = 5000;
 
-fn failed(w: &WorkloadRef, e: &ApiError) -> BatchItem {
+fn failed(cluster: &str, w: &WorkloadRef, e: &ApiError) -> BatchItem {
     let body = e.body();
     BatchItem {
+        cluster: cluster.to_string(),
         namespace: w.namespace.clone(),
         name: w.name.clone(),
         outcome: BatchOutcome::Failed,
@@ -48,7 +54,11 @@ fn failed(w: &WorkloadRef, e: &ApiError) -> BatchItem {
 
 /// The request as a whole: well-formed names, something to change, no list both set and
 /// edited, every item valid on its own. `Err`: nothing is done.
-fn check_request(r: &BatchRequest, dialect: meshpass_settings::Dialect) -> Result<(), ApiError> {
+fn check_request(
+    r: &BatchRequest,
+    clusters: &[String],
+    dialects: &[meshpass_settings::Dialect],
+) -> Result<(), ApiError> {
     let invalid = |m: String| ApiError::Invalid { message: m, errors: Vec::new() };
     if r.all && !r.workloads.is_empty() {
         return Err(invalid("name workloads or ask for all of them, not both".into()));
@@ -61,11 +71,31 @@ fn check_request(r: &BatchRequest, dialect: meshpass_settings::Dialect) -> Resul
     }
     let mut bad = Vec::new();
     let mut seen = BTreeSet::new();
+    let known = |c: &Option<String>| c.as_deref().is_none_or(|c| c.is_empty() || clusters.iter().any(|k| k == c));
+    if !known(&r.cluster) {
+        bad.push(format!(
+            "no cluster named {:?} (served: {})",
+            r.cluster.as_deref().unwrap_or_default(),
+            clusters.join(", ")
+        ));
+    }
+    if r.cluster.is_some() && !r.all {
+        bad.push("cluster (of the request) filters `all`; name each workload's cluster in its own entry".into());
+    }
     for t in &r.workloads {
+        let at = t.cluster.as_deref().filter(|c| !c.is_empty()).map(|c| format!(" (cluster {c})")).unwrap_or_default();
         if !is_dns1123_label(&t.namespace) || !is_dns1123_subdomain(&t.name) {
-            bad.push(format!("{}/{} is not a valid workload name", t.namespace, t.name));
-        } else if !seen.insert((&t.namespace, &t.name)) {
-            bad.push(format!("{}/{} is named twice", t.namespace, t.name));
+            bad.push(format!("{}/{}{at} is not a valid workload name", t.namespace, t.name));
+        } else if !known(&t.cluster) {
+            bad.push(format!(
+                "{}/{}: no cluster named {:?} (served: {})",
+                t.namespace,
+                t.name,
+                t.cluster.as_deref().unwrap_or_default(),
+                clusters.join(", ")
+            ));
+        } else if !seen.insert((t.cluster.as_deref().filter(|c| !c.is_empty()), &t.namespace, &t.name)) {
+            bad.push(format!("{}/{}{at} is named twice", t.namespace, t.name));
         }
     }
     if !bad.is_empty() {
@@ -108,13 +138,32 @@ fn check_request(r: &BatchRequest, dialect: meshpass_settings::Dialect) -> Resul
         p.outbound_ports.extend(l.outbound_ports.unwrap_or_default());
         p.outbound_ip_ranges.extend(l.outbound_ip_ranges.unwrap_or_default());
     }
-    passthrough::prepare(&BTreeMap::new(), &p, dialect)
-        .map(|_| ())
-        .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })
+    // Valid for every cluster's injector (they may differ: the local mesh takes port ranges).
+    for d in dialects {
+        passthrough::prepare(&BTreeMap::new(), &p, *d)
+            .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })?;
+    }
+    Ok(())
+}
+
+/// Where a workload named in a batch is: its cluster (index into the views), name and expected
+/// version; or why it could not be placed.
+enum Placement {
+    At(usize, WorkloadRef, Option<String>),
+    Failed(Box<BatchItem>),
+}
+
+/// One cluster as a batch sees it: its workloads as listed now, its mesh-wide defaults.
+struct View {
+    cluster: Cluster,
+    list: Result<Vec<WorkloadInfo>, BackendError>,
+    defaults: meshpass_settings::MeshDefaults,
 }
 
 /// What one workload would get, or why it gets nothing.
 struct Decided {
+    /// Its cluster (index into the views).
+    view: usize,
     info: WorkloadInfo,
     before: Passthrough,
     after: Passthrough,
@@ -141,27 +190,125 @@ pub(crate) async fn batch(
     slot: AuditSlot,
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<Json<BatchResult>, ApiError> {
-    let backend = app.backend();
-    check_request(&req, backend.dialect())?;
-    let all = backend.list().await?;
-    let defaults = mesh_defaults(&app).await;
-    let targets: Vec<(WorkloadRef, Option<String>)> = if req.all {
-        let needle = req.search.clone().unwrap_or_default().to_lowercase();
-        all.iter()
-            .filter(|w| req.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == w.workload.namespace))
-            .filter(|w| needle.is_empty() || w.workload.to_string().to_lowercase().contains(&needle))
-            .map(|w| (w.workload.clone(), None))
-            .collect()
-    } else {
-        req.workloads.iter().map(|t| (WorkloadRef::new(&t.namespace, &t.name), t.resource_version.clone())).collect()
+    let names = app.cluster_names();
+    let mut dialects: Vec<meshpass_settings::Dialect> = Vec::new();
+    for c in app.clusters() {
+        let d = c.backend().dialect();
+        if !dialects.contains(&d) {
+            dialects.push(d);
+        }
+    }
+    check_request(&req, &names, &dialects)?;
+    let wanted = |c: &Cluster| {
+        if req.all {
+            req.cluster.as_deref().is_none_or(|n| n.is_empty() || n == c.name())
+        } else {
+            !app.multi_cluster()
+                || req.workloads.iter().any(|t| t.cluster.as_deref().is_none_or(|n| n.is_empty() || n == c.name()))
+        }
     };
-    let by_ref: BTreeMap<&WorkloadRef, &WorkloadInfo> = all.iter().map(|w| (&w.workload, w)).collect();
+    // Every cluster concerned, listed afresh and concurrently, with its mesh-wide defaults.
+    let asked: Vec<Cluster> = app.clusters().filter(|c| wanted(c)).collect();
+    let listed = futures::future::join_all(asked.into_iter().map(|c| async move {
+        let list = c.backend().list().await;
+        let defaults = mesh_defaults(&c).await;
+        (c, list, defaults)
+    }))
+    .await;
+    let mut statuses = Vec::new();
+    let mut views: Vec<View> = Vec::new();
+    for (c, list, defaults) in listed {
+        statuses.push(cluster_status(c.name(), list.as_ref().map(|l| u32::try_from(l.len()).unwrap_or(u32::MAX))));
+        views.push(View { cluster: c, list, defaults });
+    }
+    let view = |name: &str| views.iter().position(|v| v.cluster.name() == name);
 
-    // Decide each workload on its own.
+    // Each workload placed in its cluster (index into `views`), or failed.
+    let mut targets: Vec<Placement> = Vec::new();
+    if req.all {
+        let needle = req.search.clone().unwrap_or_default().to_lowercase();
+        for (i, v) in views.iter().enumerate() {
+            let Ok(list) = &v.list else { continue };
+            targets.extend(
+                list.iter()
+                    .filter(|w| req.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == w.workload.namespace))
+                    .filter(|w| needle.is_empty() || w.workload.to_string().to_lowercase().contains(&needle))
+                    .map(|w| Placement::At(i, w.workload.clone(), None)),
+            );
+        }
+    } else {
+        let mut ambiguous = Vec::new();
+        for t in &req.workloads {
+            let w = WorkloadRef::new(&t.namespace, &t.name);
+            let placed = match t.cluster.as_deref().filter(|c| !c.is_empty()) {
+                Some(name) => {
+                    view(name).ok_or_else(|| failed(name, &w, &ApiError::NotFound(format!("no cluster {name:?}"))))
+                }
+                None if views.len() == 1 => Ok(0),
+                None => {
+                    let has: Vec<usize> = views
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.list.as_ref().is_ok_and(|l| l.iter().any(|i| i.workload == w)))
+                        .map(|(i, _)| i)
+                        .collect();
+                    match has.as_slice() {
+                        [one] => Ok(*one),
+                        [] => Err(match views.iter().find(|v| v.list.is_err()) {
+                            // Not found where asked, and a cluster could not be asked: unavailable.
+                            Some(down) => failed("", &w, &ApiError::InCluster {
+                                cluster: down.cluster.name().to_string(),
+                                source: BackendError::unavailable(format!(
+                                    "workload {w} is in none of the clusters that answered, and this one could not be asked"
+                                )),
+                            }),
+                            None => failed("", &w, &ApiError::NotFound(format!(
+                                "workload {w} not found in any cluster ({})", names.join(", ")
+                            ))),
+                        }),
+                        several => {
+                            let c: Vec<&str> = several.iter().map(|i| views[*i].cluster.name()).collect();
+                            ambiguous.push(format!("{w} exists in clusters {}", c.join(", ")));
+                            continue;
+                        }
+                    }
+                }
+            };
+            targets.push(match placed {
+                Ok(i) => Placement::At(i, w, t.resource_version.clone()),
+                Err(f) => Placement::Failed(Box::new(f)),
+            });
+        }
+        // An ambiguous name is a mistake in the request: nothing is done anywhere.
+        if !ambiguous.is_empty() {
+            return Err(ApiError::Ambiguous(format!("{}: name each one's cluster", ambiguous.join("; "))));
+        }
+    }
+
+    // Decide each workload on its own, against its cluster's list and defaults.
+    let multi = app.multi_cluster();
     let mut items: Vec<Result<Decided, BatchItem>> = Vec::with_capacity(targets.len());
-    for (w, expected) in &targets {
-        let Some(info) = by_ref.get(w).map(|i| (*i).clone()) else {
-            items.push(Err(failed(w, &ApiError::Backend(BackendError::NotFound(w.clone())))));
+    for t in targets {
+        let (i, w, expected) = match t {
+            Placement::At(i, w, expected) => (i, w, expected),
+            Placement::Failed(f) => {
+                items.push(Err(*f));
+                continue;
+            }
+        };
+        let v = &views[i];
+        let cname = v.cluster.name();
+        let all = match &v.list {
+            Ok(all) => all,
+            Err(e) => {
+                let e = BackendError::unavailable(format!("listing the workloads of cluster {cname}"))
+                    .caused_by(e.report());
+                items.push(Err(failed(cname, &w, &in_cluster(multi, cname, e))));
+                continue;
+            }
+        };
+        let Some(info) = all.iter().find(|i| i.workload == w).cloned() else {
+            items.push(Err(failed(cname, &w, &in_cluster(multi, cname, BackendError::NotFound(w.clone())))));
             continue;
         };
         if let Some(expected) = expected.as_deref().filter(|e| !e.is_empty()) {
@@ -170,50 +317,59 @@ pub(crate) async fn batch(
                     "workload {w} changed since version {expected} (now {}); reload and retry",
                     info.resource_version
                 ));
-                items.push(Err(failed(w, &e)));
+                items.push(Err(failed(cname, &w, &e)));
                 continue;
             }
         }
+        let dialect = v.cluster.backend().dialect();
         let before = passthrough::from_annotations(&info.annotations);
         let (after, mut notes) =
-            passthrough::edit_lists(&before, &info.annotations, &defaults, &req.set, &req.add, &req.remove);
-        let (after, settings) = match passthrough::prepare(&info.annotations, &after, backend.dialect()) {
+            passthrough::edit_lists(&before, &info.annotations, &v.defaults, &req.set, &req.add, &req.remove);
+        let (after, settings) = match passthrough::prepare(&info.annotations, &after, dialect) {
             Ok(p) => {
                 notes.extend(p.warnings);
                 (p.canonical, p.settings)
             }
             Err(e) => {
                 let err = ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) };
-                items.push(Err(failed(w, &err)));
+                items.push(Err(failed(cname, &w, &err)));
                 continue;
             }
         };
-        let mut warnings = passthrough::warnings(&info, &settings, &all);
+        let mut warnings = passthrough::warnings(&info, &settings, all);
         warnings.append(&mut notes);
         let (set, remove) = passthrough::patch(&info.annotations, &after);
-        items.push(Ok(Decided { info, before, after, set, remove, warnings }));
+        items.push(Ok(Decided { view: i, info, before, after, set, remove, warnings }));
     }
 
-    // Write those that change, in one call.
-    let mut patches = Vec::new();
-    for d in items.iter().flatten() {
-        if !(d.set.is_empty() && d.remove.is_empty()) {
-            patches.push(AnnotationPatch {
-                workload: d.info.workload.clone(),
-                expected_version: d.info.resource_version.clone(),
-                set: d.set.clone(),
-                remove: d.remove.clone(),
-            });
+    // Write those that change: one call per cluster, the clusters concurrently.
+    let mut written: BTreeMap<(usize, WorkloadRef), Result<WorkloadInfo, BackendError>> = BTreeMap::new();
+    if !req.dry_run {
+        let mut per_cluster: BTreeMap<usize, Vec<AnnotationPatch>> = BTreeMap::new();
+        for d in items.iter().flatten() {
+            if !(d.set.is_empty() && d.remove.is_empty()) {
+                per_cluster.entry(d.view).or_default().push(AnnotationPatch {
+                    workload: d.info.workload.clone(),
+                    expected_version: d.info.resource_version.clone(),
+                    set: d.set.clone(),
+                    remove: d.remove.clone(),
+                });
+            }
         }
-    }
-    let mut written: BTreeMap<WorkloadRef, Result<WorkloadInfo, BackendError>> = BTreeMap::new();
-    if !req.dry_run && !patches.is_empty() {
-        let refs: Vec<WorkloadRef> = patches.iter().map(|p| p.workload.clone()).collect();
-        let results = backend.patch_many(patches, req.live).await;
-        // The workload list served to readers is dropped, as after any write.
-        app.changed();
-        for (w, r) in refs.into_iter().zip(results) {
-            written.insert(w, r);
+        let writes = per_cluster.into_iter().map(|(i, patches)| {
+            let c = views[i].cluster.clone();
+            async move {
+                let refs: Vec<WorkloadRef> = patches.iter().map(|p| p.workload.clone()).collect();
+                let results = c.backend().patch_many(patches, req.live).await;
+                // The workload list served to readers is dropped, as after any write.
+                c.changed();
+                (i, refs, results)
+            }
+        });
+        for (i, refs, results) in futures::future::join_all(writes).await {
+            for (w, r) in refs.into_iter().zip(results) {
+                written.insert((i, w), r);
+            }
         }
     }
 
@@ -226,6 +382,8 @@ pub(crate) async fn batch(
                 continue;
             }
         };
+        let v = &views[d.view];
+        let cname = v.cluster.name().to_string();
         let w = d.info.workload.clone();
         let unchanged = d.set.is_empty() && d.remove.is_empty();
         let (outcome, info) = if unchanged {
@@ -233,12 +391,15 @@ pub(crate) async fn batch(
         } else if req.dry_run {
             (BatchOutcome::WouldChange, d.info)
         } else {
-            let result = written.remove(&w).unwrap_or_else(|| Err(BackendError::failed("no answer for this workload")));
+            let result = written
+                .remove(&(d.view, w.clone()))
+                .unwrap_or_else(|| Err(BackendError::failed("no answer for this workload")));
             app.audit(&AuditEntry {
                 time: now(),
                 actor: caller.actor.clone(),
                 remote: caller.remote.clone(),
                 action: "passthrough.batch".into(),
+                cluster: cname.clone(),
                 namespace: w.namespace.clone(),
                 name: w.name.clone(),
                 before: Some(d.before.clone()),
@@ -261,7 +422,7 @@ pub(crate) async fn batch(
                         BackendError::Invalid(_) => "invalid",
                         _ => "error",
                     });
-                    let mut f = failed(&w, &ApiError::Backend(e));
+                    let mut f = failed(&cname, &w, &in_cluster(multi, &cname, e));
                     f.before = Some(d.before);
                     out.push(f);
                     continue;
@@ -270,12 +431,13 @@ pub(crate) async fn batch(
         };
         let (effective, replaced) =
             match Settings::from_annotations(&passthrough::candidate(&info.annotations, &d.after)) {
-                Ok(s) => passthrough::effective(&s, &defaults),
+                Ok(s) => passthrough::effective(&s, &v.defaults),
                 Err(_) => (Vec::new(), Vec::new()),
             };
         let mut warnings = d.warnings;
         warnings.extend(replaced);
         out.push(BatchItem {
+            cluster: cname,
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             outcome,
@@ -303,5 +465,15 @@ pub(crate) async fn batch(
         failed: u32::try_from(failed_n).unwrap_or(u32::MAX),
         dry_run: req.dry_run,
         items: out,
+        clusters: if req.all { statuses } else { Vec::new() },
     }))
+}
+
+/// A backend error as the API names it: with its cluster when several are served.
+fn in_cluster(multi: bool, cluster: &str, e: BackendError) -> ApiError {
+    if multi {
+        ApiError::InCluster { cluster: cluster.to_string(), source: e }
+    } else {
+        ApiError::Backend(e)
+    }
 }

@@ -1,13 +1,14 @@
 //! The mesh-wide capture defaults (Istio's injector values `global.proxy.*`): `GET` and
-//! `PUT /api/v1/defaults` (precondition → validation → backend → audit).
+//! `PUT /api/v1/defaults` (precondition → validation → backend → audit). Each cluster has its
+//! own (its injector's ConfigMap); with several clusters served, `?cluster=` names one.
 
 use crate::audit::AuditSlot;
 use crate::backend::MeshDefaultsInfo;
 use crate::error::{ApiError, ErrorCode};
-use crate::extract::{ApiJson, Caller};
+use crate::extract::{ApiJson, Caller, ClusterParam, ClusterScope};
 use crate::model::{AuditEntry, FieldError, MeshDefaultsDoc, MeshDefaultsUpdate};
 use crate::routes::passthrough::{precondition, with_etag};
-use crate::state::AppState;
+use crate::state::{AppState, Cluster};
 use crate::util::now;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -16,8 +17,9 @@ use axum::Json;
 use meshpass_settings::MeshDefaults;
 use std::collections::BTreeMap;
 
-fn doc(info: MeshDefaultsInfo, changes: Vec<String>) -> MeshDefaultsDoc {
+fn doc(c: &Cluster, info: MeshDefaultsInfo, changes: Vec<String>) -> MeshDefaultsDoc {
     MeshDefaultsDoc {
+        cluster: c.name().to_string(),
         values: info.defaults.to_value_strings().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         resource_version: info.version,
         source: info.source,
@@ -66,12 +68,15 @@ pub(crate) fn validate(current: &MeshDefaults, values: &BTreeMap<String, String>
 /// The mesh-wide capture defaults: what every pod gets for each capture annotation its
 /// template does not have.
 #[utoipa::path(get, path = "/api/v1/defaults", tag = "defaults", operation_id = "getDefaults",
+    params(ClusterParam),
     responses(
         (status = 200, description = "The defaults", body = MeshDefaultsDoc,
             headers(("ETag" = String, description = "`\"RESOURCE_VERSION\"` (when they can be written): send it back as If-Match"))),
+        crate::routes::errors::DefaultsRead,
     ))]
-pub(crate) async fn get_defaults(State(app): State<AppState>) -> Result<Response, ApiError> {
-    Ok(answer(doc(app.backend().mesh_defaults().await?, Vec::new())))
+pub(crate) async fn get_defaults(ClusterScope(c): ClusterScope) -> Result<Response, ApiError> {
+    let info = c.backend().mesh_defaults().await.map_err(|e| c.err(e))?;
+    Ok(answer(doc(&c, info, Vec::new())))
 }
 
 /// Change mesh-wide capture defaults: the values named replace those, the others stay.
@@ -79,6 +84,7 @@ pub(crate) async fn get_defaults(State(app): State<AppState>) -> Result<Response
 /// their next restart, or at once with `live` (local mesh).
 #[utoipa::path(put, path = "/api/v1/defaults", tag = "defaults", operation_id = "putDefaults",
     params(
+        ClusterParam,
         ("If-Match" = String, Header, description = "`\"RESOURCE_VERSION\"` from the ETag (or the body's resourceVersion); with neither the write is refused with 428", min_length = 1, pattern = r"\S"),
         ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
     ),
@@ -92,12 +98,13 @@ pub(crate) async fn put_defaults(
     State(app): State<AppState>,
     caller: Caller,
     slot: AuditSlot,
+    ClusterScope(c): ClusterScope,
     headers: HeaderMap,
     ApiJson(update): ApiJson<MeshDefaultsUpdate>,
 ) -> Result<Response, ApiError> {
     let expected = precondition(&headers, update.resource_version.clone())?;
-    let backend = app.backend();
-    let current = backend.mesh_defaults().await?;
+    let backend = c.backend();
+    let current = backend.mesh_defaults().await.map_err(|e| c.err(e))?;
     validate(&current.defaults, &update.values)?;
     if current.version != expected {
         return Err(ApiError::Conflict(format!(
@@ -107,13 +114,14 @@ pub(crate) async fn put_defaults(
     }
     let result = backend.set_mesh_defaults(update.values.clone(), &expected, update.live).await;
     // Workloads' statuses may change with the defaults (pending restart): drop the shared list.
-    app.changed();
+    c.changed();
     let asked = update.values.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ");
     app.audit(&AuditEntry {
         time: now(),
         actor: caller.actor.clone(),
         remote: caller.remote.clone(),
         action: "defaults.set".into(),
+        cluster: c.name().to_string(),
         namespace: String::new(),
         name: String::new(),
         before: None,
@@ -127,6 +135,6 @@ pub(crate) async fn put_defaults(
         error: result.as_ref().err().map(|e| ErrorCode::of_backend(e).as_str().to_string()),
     });
     slot.note(|n| n.recorded = true);
-    let (info, changes) = result?;
-    Ok(answer(doc(info, changes)))
+    let (info, changes) = result.map_err(|e| c.err(e))?;
+    Ok(answer(doc(&c, info, changes)))
 }

@@ -9,6 +9,14 @@ use axum::response::{IntoResponse, Response};
 #[utoipa::path(get, path = "/metrics", tag = "metrics", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition 0.0.4", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.inner.metrics.render(app.backend().as_ref(), || app.workloads(), app.conn_stats()).await;
+    let figures = || async {
+        let multi = app.multi_cluster();
+        app.list_all()
+            .await
+            .into_iter()
+            .map(|(c, list)| (if multi { c.name().to_string() } else { String::new() }, c.backend().clone(), list))
+            .collect()
+    };
+    let text = app.inner.metrics.render(figures, app.conn_stats()).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

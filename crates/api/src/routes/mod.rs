@@ -130,6 +130,16 @@ async fn audit_writes(State(app): State<AppState>, mut req: Request, next: Next)
     } else {
         (String::new(), String::new())
     };
+    // The cluster as the request named it (a batch names it per workload, in its body).
+    let cluster = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "cluster")
+        .map(|(_, v)| percent_decode(&v.replace('+', " ")))
+        .unwrap_or_default();
     let remote = remote(&req);
     let slot = AuditSlot::default();
     req.extensions_mut().insert(slot.clone());
@@ -147,6 +157,7 @@ async fn audit_writes(State(app): State<AppState>, mut req: Request, next: Next)
         actor: note.actor.unwrap_or_else(|| "anonymous".into()),
         remote,
         action: action.to_string(),
+        cluster,
         namespace,
         name,
         before: note.before,
@@ -291,13 +302,25 @@ pub(crate) mod errors {
         BadRequest(ErrorBody),
     }
 
+    /// The workload list.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum WorkloadList {
+        /// Malformed query (`bad_request`)
+        #[response(status = 400)]
+        BadRequest(ErrorBody),
+        /// No cluster of the name given (`not_found`)
+        #[response(status = 404)]
+        NotFound(ErrorBody),
+    }
+
     /// The reads of one workload.
     #[derive(utoipa::IntoResponses)]
     pub(crate) enum WorkloadRead {
-        /// Malformed path (`bad_request`)
+        /// Malformed path or query, or a workload named without its cluster that several
+        /// clusters have (`bad_request`, `ambiguous`)
         #[response(status = 400)]
         BadRequest(ErrorBody),
-        /// No such workload (`not_found`)
+        /// No such workload or cluster (`not_found`)
         #[response(status = 404)]
         NotFound(ErrorBody),
     }
@@ -305,10 +328,11 @@ pub(crate) mod errors {
     /// The passthrough writes.
     #[derive(utoipa::IntoResponses)]
     pub(crate) enum Write {
-        /// Malformed request: JSON body, query or path parameter (`bad_request`)
+        /// Malformed request: JSON body, query or path parameter (`bad_request`), or a workload
+        /// named without its cluster that several clusters have (`ambiguous`)
         #[response(status = 400)]
         BadRequest(ErrorBody),
-        /// No such workload (`not_found`)
+        /// No such workload or cluster (`not_found`)
         #[response(status = 404)]
         NotFound(ErrorBody),
         /// The workload changed since the version named (`conflict`); nothing was written
@@ -328,7 +352,8 @@ pub(crate) mod errors {
     /// A batch: refused as a whole only before anything is written.
     #[derive(utoipa::IntoResponses)]
     pub(crate) enum Batch {
-        /// Malformed request: JSON body (`bad_request`)
+        /// Malformed request: JSON body (`bad_request`), or a workload named without its
+        /// cluster that several clusters have (`ambiguous`); nothing was written anywhere
         #[response(status = 400)]
         BadRequest(ErrorBody),
         /// The body is over the limit (`payload_too_large`)
@@ -340,12 +365,28 @@ pub(crate) mod errors {
         Invalid(ErrorBody),
     }
 
+    /// Reads of the mesh-wide defaults.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum DefaultsRead {
+        /// Malformed query (`bad_request`), or no cluster named while several are served
+        /// (`ambiguous`)
+        #[response(status = 400)]
+        BadRequest(ErrorBody),
+        /// No cluster of the name given (`not_found`)
+        #[response(status = 404)]
+        NotFound(ErrorBody),
+    }
+
     /// Writes of the mesh-wide defaults.
     #[derive(utoipa::IntoResponses)]
     pub(crate) enum DefaultsWrite {
-        /// Malformed request: JSON body (`bad_request`)
+        /// Malformed request: JSON body or query (`bad_request`), or no cluster named while
+        /// several are served (`ambiguous`)
         #[response(status = 400)]
         BadRequest(ErrorBody),
+        /// No cluster of the name given (`not_found`)
+        #[response(status = 404)]
+        NotFound(ErrorBody),
         /// The defaults changed since the version named (`conflict`); nothing was written
         #[response(status = 409)]
         Conflict(ErrorBody),
@@ -367,10 +408,11 @@ pub(crate) mod errors {
     /// Requests with a body that the engine or the backend can reject item by item.
     #[derive(utoipa::IntoResponses)]
     pub(crate) enum Evaluate {
-        /// Malformed request: JSON body or path parameter (`bad_request`)
+        /// Malformed request: JSON body, query or path parameter (`bad_request`), or a
+        /// workload named without its cluster that several clusters have (`ambiguous`)
         #[response(status = 400)]
         BadRequest(ErrorBody),
-        /// No such workload (`not_found`)
+        /// No such workload or cluster (`not_found`)
         #[response(status = 404)]
         NotFound(ErrorBody),
         /// The body is over the limit (`payload_too_large`)
@@ -388,10 +430,11 @@ pub(crate) mod errors {
     /// Reads the backend may not support.
     #[derive(utoipa::IntoResponses)]
     pub(crate) enum Counters {
-        /// Malformed path (`bad_request`)
+        /// Malformed path or query (`bad_request`), or a workload named without its cluster
+        /// that several clusters have (`ambiguous`)
         #[response(status = 400)]
         BadRequest(ErrorBody),
-        /// No such workload (`not_found`)
+        /// No such workload or cluster (`not_found`)
         #[response(status = 404)]
         NotFound(ErrorBody),
         /// The backend cannot read rule counters, e.g. on Kubernetes (`unsupported`)

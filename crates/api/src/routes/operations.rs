@@ -2,9 +2,9 @@
 //! follows it.
 
 use crate::error::ApiError;
-use crate::extract::{ApiPath, Caller, WorkloadParams, WorkloadPath};
+use crate::extract::{ApiPath, Caller, ClusterParam, Target, WorkloadParams};
 use crate::model::{AuditEntry, Operation, OperationKind, OperationState, WorkloadRef};
-use crate::state::{AppState, KEEP_OPERATIONS};
+use crate::state::{AppState, Cluster, KEEP_OPERATIONS};
 use crate::util::{now, random_hex};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,11 +14,17 @@ use axum::Json;
 /// Starts a restart of `w` in the background and returns the operation as it starts. Its end
 /// is audited (before the operation shows it finished, so whoever sees it finished also finds
 /// its entry).
-pub(crate) fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) -> Result<Operation, ApiError> {
+pub(crate) fn start_restart(
+    app: &AppState,
+    caller: &Caller,
+    cluster: &Cluster,
+    w: &WorkloadRef,
+) -> Result<Operation, ApiError> {
     let id = format!("op-{}", random_hex(8).map_err(|e| ApiError::io("/dev/urandom", e))?);
     let op = Operation {
         id: id.clone(),
         kind: OperationKind::Restart,
+        cluster: cluster.name().to_string(),
         namespace: w.namespace.clone(),
         name: w.name.clone(),
         state: OperationState::Running,
@@ -28,19 +34,20 @@ pub(crate) fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) ->
         finished_at: None,
     };
     app.add_op(op.clone());
-    app.changed();
-    let (app, caller, w) = (app.clone(), caller.clone(), w.clone());
+    cluster.changed();
+    let (app, caller, cluster, w) = (app.clone(), caller.clone(), cluster.clone(), w.clone());
     tokio::spawn(async move {
         let (app2, id2) = (app.clone(), id.clone());
         let progress: crate::backend::Progress =
             Box::new(move |line: String| app2.update_op(&id2, |o| o.progress.push(line)));
-        let result = app.backend().restart(&w, progress).await;
-        app.changed();
+        let result = cluster.backend().restart(&w, progress).await;
+        cluster.changed();
         app.audit(&AuditEntry {
             time: now(),
             actor: caller.actor,
             remote: caller.remote,
             action: "restart".into(),
+            cluster: cluster.name().to_string(),
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             before: None,
@@ -56,7 +63,7 @@ pub(crate) fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) ->
                 Ok(()) => o.state = OperationState::Succeeded,
                 Err(e) => {
                     o.state = OperationState::Failed;
-                    o.error = Some(e.report());
+                    o.error = Some(crate::backend::error_chain(&cluster.err(e)));
                 }
             }
         });
@@ -69,16 +76,17 @@ pub(crate) fn start_restart(app: &AppState, caller: &Caller, w: &WorkloadRef) ->
     operation_id = "restartWorkload",
     params(
         WorkloadParams,
+        ClusterParam,
         ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
     ),
     responses((status = 202, description = "Started", body = Operation), crate::routes::errors::WorkloadRead))]
 pub(crate) async fn restart(
     State(app): State<AppState>,
     caller: Caller,
-    WorkloadPath(w): WorkloadPath,
+    Target { cluster, workload }: Target,
 ) -> Result<Response, ApiError> {
-    app.backend().get(&w).await?;
-    let op = start_restart(&app, &caller, &w)?;
+    cluster.backend().get(&workload).await.map_err(|e| cluster.err(e))?;
+    let op = start_restart(&app, &caller, &cluster, &workload)?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 

@@ -4,14 +4,14 @@
 use crate::audit::AuditSlot;
 use crate::backend::BackendError;
 use crate::error::{ApiError, ErrorCode};
-use crate::extract::{ApiJson, ApiQuery, Caller, WorkloadParams, WorkloadPath};
+use crate::extract::{ApiJson, ApiQuery, Caller, ClusterParam, Target, WorkloadParams};
 use crate::impact::{self, Assessment};
 use crate::model::{
     AuditEntry, Operation, Passthrough, PassthroughDoc, PassthroughUpdate, Preview, WorkloadInfo, WorkloadRef,
 };
 use crate::passthrough;
 use crate::routes::operations::start_restart;
-use crate::state::AppState;
+use crate::state::{AppState, Cluster};
 use crate::util::now;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -54,11 +54,12 @@ pub(crate) fn with_etag(mut resp: Response, rv: &str) -> Response {
     resp
 }
 
-/// The document for `info`, with warnings computed against the other workloads.
-async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<Operation>) -> PassthroughDoc {
+/// The document for `info`, with warnings computed against the other workloads of its
+/// cluster.
+async fn passthrough_doc(c: &Cluster, info: WorkloadInfo, operation: Option<Operation>) -> PassthroughDoc {
     // Warnings are advice: a failing list only loses the cross-workload one.
-    let others = app.workloads().await.unwrap_or_default();
-    let defaults = mesh_defaults(app).await;
+    let others = c.workloads().await.unwrap_or_default();
+    let defaults = mesh_defaults(c).await;
     let mut effective = Vec::new();
     let mut warnings = match Settings::from_annotations(&info.annotations) {
         Ok(s) => {
@@ -70,9 +71,10 @@ async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<O
         }
         Err(e) => vec![format!("The template's capture annotations are invalid (Istio would reject the pods):\n{e}")],
     };
-    warnings.extend(passthrough::stored_warnings(&info.annotations, app.backend().dialect()));
+    warnings.extend(passthrough::stored_warnings(&info.annotations, c.backend().dialect()));
     warnings.extend(passthrough::unknown_key_warnings(&info.annotations));
     PassthroughDoc {
+        cluster: c.name().to_string(),
         namespace: info.workload.namespace.clone(),
         name: info.workload.name.clone(),
         resource_version: info.resource_version.clone(),
@@ -91,16 +93,15 @@ async fn passthrough_doc(app: &AppState, info: WorkloadInfo, operation: Option<O
 /// The impact of changing `info`'s settings to `settings` on the mesh's mutual TLS, computed
 /// from the backend's mesh and policies as they are now.
 async fn assess(
-    app: &AppState,
+    c: &Cluster,
     info: &WorkloadInfo,
     settings: &Passthrough,
     fix_clients: bool,
 ) -> Result<Assessment, BackendError> {
-    let backend = app.backend();
-    let mesh = backend.mesh_policies().await?;
-    let others = app.workloads().await?;
+    let mesh = c.backend().mesh_policies().await?;
+    let others = c.workloads().await?;
     let after = passthrough::candidate(&info.annotations, settings);
-    Ok(impact::assess(info, &after, &others, &app.inner.values, &mesh, fix_clients))
+    Ok(impact::assess(info, &after, &others, c.values(), &mesh, fix_clients))
 }
 
 /// The warning shown when the impact could not be computed (the change itself can still be
@@ -142,12 +143,20 @@ fn undo(
 }
 
 /// One audit line for a fix rule created or removed along with a passthrough write.
-fn audit_policy(app: &AppState, caller: &Caller, action: &str, r: &ResourceRef, result: &Result<(), BackendError>) {
+fn audit_policy(
+    app: &AppState,
+    c: &Cluster,
+    caller: &Caller,
+    action: &str,
+    r: &ResourceRef,
+    result: &Result<(), BackendError>,
+) {
     app.audit(&AuditEntry {
         time: now(),
         actor: caller.actor.clone(),
         remote: caller.remote.clone(),
         action: action.to_string(),
+        cluster: c.name().to_string(),
         namespace: r.namespace.clone(),
         name: r.name.clone(),
         before: None,
@@ -161,24 +170,21 @@ fn audit_policy(app: &AppState, caller: &Caller, action: &str, r: &ResourceRef, 
 
 /// The mesh-wide defaults the workloads' pods get; Istio's when the backend cannot say
 /// (the effective values shown are then those of a mesh without its own defaults).
-pub(crate) async fn mesh_defaults(app: &AppState) -> meshpass_settings::MeshDefaults {
-    app.backend().mesh_defaults().await.map(|d| d.defaults).unwrap_or_default()
+pub(crate) async fn mesh_defaults(c: &Cluster) -> meshpass_settings::MeshDefaults {
+    c.backend().mesh_defaults().await.map(|d| d.defaults).unwrap_or_default()
 }
 
 /// Passthrough settings, with the version (ETag) to write against.
 #[utoipa::path(get, path = "/api/v1/namespaces/{ns}/workloads/{name}/passthrough", tag = "passthrough",
-    operation_id = "getPassthrough", params(WorkloadParams),
+    operation_id = "getPassthrough", params(WorkloadParams, ClusterParam),
     responses(
         (status = 200, description = "The settings", body = PassthroughDoc,
             headers(("ETag" = String, description = "`\"RESOURCE_VERSION\"`: send it back as If-Match"))),
         crate::routes::errors::WorkloadRead,
     ))]
-pub(crate) async fn get_passthrough(
-    State(app): State<AppState>,
-    WorkloadPath(w): WorkloadPath,
-) -> Result<Response, ApiError> {
-    let info = app.backend().get(&w).await?;
-    let doc = passthrough_doc(&app, info, None).await;
+pub(crate) async fn get_passthrough(Target { cluster, workload }: Target) -> Result<Response, ApiError> {
+    let info = cluster.backend().get(&workload).await.map_err(|e| cluster.err(e))?;
+    let doc = passthrough_doc(&cluster, info, None).await;
     let rv = doc.resource_version.clone();
     Ok(with_etag(Json(doc).into_response(), &rv))
 }
@@ -197,11 +203,12 @@ async fn apply_change(
     app: &AppState,
     caller: &Caller,
     slot: &AuditSlot,
-    w: &WorkloadRef,
+    Target { cluster: cl, workload }: &Target,
     c: Change,
 ) -> Result<Response, ApiError> {
-    let backend = app.backend();
-    let info = backend.get(w).await?;
+    let w: &WorkloadRef = workload;
+    let backend = cl.backend();
+    let info = backend.get(w).await.map_err(|e| cl.err(e))?;
     let before = passthrough::from_annotations(&info.annotations);
     slot.note(|n| n.before = Some(before.clone()));
     if info.resource_version != c.expected {
@@ -226,11 +233,11 @@ async fn apply_change(
     // The impact is computed before anything is written, against the mesh as it is. Without
     // the fix it is advice; the fix cannot be made without it.
     let mut warnings = Vec::new();
-    let assessment = match assess(app, &info, &settings, c.fix_clients).await {
+    let assessment = match assess(cl, &info, &settings, c.fix_clients).await {
         Ok(a) => Some(a),
         Err(e) if c.fix_clients => {
             app.inner.metrics.change("error");
-            return Err(needs_policies(e).into());
+            return Err(cl.err(needs_policies(e)));
         }
         Err(BackendError::Unsupported(_)) => None,
         Err(e) => {
@@ -245,12 +252,13 @@ async fn apply_change(
         info
     } else {
         let result = backend.patch_annotations(w, &c.expected, set.clone(), remove.clone()).await;
-        app.changed();
+        cl.changed();
         app.audit(&AuditEntry {
             time: now(),
             actor: caller.actor.clone(),
             remote: caller.remote.clone(),
             action: c.action.to_string(),
+            cluster: cl.name().to_string(),
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             before: Some(before),
@@ -269,7 +277,7 @@ async fn apply_change(
                     crate::backend::BackendError::Invalid(_) => "invalid",
                     _ => "error",
                 });
-                return Err(e.into());
+                return Err(cl.err(e));
             }
         }
     };
@@ -280,38 +288,40 @@ async fn apply_change(
                 let r = Resource::DestinationRule(fix.clone());
                 let reference = r.reference();
                 let result = backend.create_policy(&r).await;
-                audit_policy(app, caller, "destinationrule.create", &reference, &result);
+                audit_policy(app, cl, caller, "destinationrule.create", &reference, &result);
                 if let Err(e) = result {
                     // Nothing half-applied: the rules made so far go, the annotations return.
                     for done in &created {
                         let undone = backend.delete_policy(done).await;
-                        audit_policy(app, caller, "destinationrule.delete", done, &undone);
+                        audit_policy(app, cl, caller, "destinationrule.delete", done, &undone);
                     }
                     let (back, drop) = undo(&original, &set, &remove);
                     if !(back.is_empty() && drop.is_empty()) {
                         let restored = backend.patch_annotations(w, &written.resource_version, back, drop).await;
-                        app.changed();
+                        cl.changed();
                         if let Err(u) = restored {
                             app.inner.metrics.change("error");
-                            return Err(BackendError::failed(format!(
-                                "creating {reference} failed, and the settings could not be restored ({}); they are written",
-                                u.report()
-                            ))
-                            .caused_by(e)
-                            .into());
+                            return Err(cl.err(
+                                BackendError::failed(format!(
+                                    "creating {reference} failed, and the settings could not be restored ({}); they \
+                                     are written",
+                                    u.report()
+                                ))
+                                .caused_by(e),
+                            ));
                         }
                     }
                     app.inner.metrics.change("error");
-                    return Err(BackendError::failed(format!("creating {reference} failed; nothing was changed"))
-                        .caused_by(e)
-                        .into());
+                    return Err(cl.err(
+                        BackendError::failed(format!("creating {reference} failed; nothing was changed")).caused_by(e),
+                    ));
                 }
                 created.push(reference);
             }
         }
         for stale in &a.stale {
             let result = backend.delete_policy(stale).await;
-            audit_policy(app, caller, "destinationrule.delete", stale, &result);
+            audit_policy(app, cl, caller, "destinationrule.delete", stale, &result);
             match result {
                 Ok(()) => removed.push(stale.clone()),
                 Err(e) => warnings.push(format!("{stale} is no longer needed but was not removed: {}", e.report())),
@@ -319,8 +329,8 @@ async fn apply_change(
         }
     }
     app.inner.metrics.change("ok");
-    let op = if c.restart { Some(start_restart(app, caller, w)?) } else { None };
-    let mut doc = passthrough_doc(app, written, op).await;
+    let op = if c.restart { Some(start_restart(app, caller, cl, w)?) } else { None };
+    let mut doc = passthrough_doc(cl, written, op).await;
     if let Some(a) = &assessment {
         doc.impact = impact::entries(&a.impact);
         doc.warnings.extend(a.impact.notes.iter().cloned());
@@ -342,6 +352,7 @@ given and differ, 409";
     operation_id = "putPassthrough",
     params(
         WorkloadParams,
+        ClusterParam,
         ("If-Match" = String, Header, description = IF_MATCH, min_length = 1, pattern = r"\S"),
         ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
     ),
@@ -355,7 +366,7 @@ pub(crate) async fn put_passthrough(
     State(app): State<AppState>,
     caller: Caller,
     slot: AuditSlot,
-    WorkloadPath(w): WorkloadPath,
+    target: Target,
     headers: HeaderMap,
     ApiJson(update): ApiJson<PassthroughUpdate>,
 ) -> Result<Response, ApiError> {
@@ -372,7 +383,7 @@ pub(crate) async fn put_passthrough(
         validate: true,
         fix_clients: update.fix_clients,
     };
-    apply_change(&app, &caller, &slot, &w, change).await
+    apply_change(&app, &caller, &slot, &target, change).await
 }
 
 /// `DELETE …/passthrough?restart=&resourceVersion=`.
@@ -384,6 +395,10 @@ pub(crate) struct DeleteQuery {
     restart: Option<bool>,
     /// The version the change is based on (instead of If-Match).
     resource_version: Option<String>,
+    /// The cluster (see the `cluster` parameter of the other workload routes).
+    #[param(max_length = 63, pattern = r"^[A-Za-z0-9._-]+$")]
+    #[allow(dead_code)]
+    cluster: Option<String>,
 }
 
 /// Remove all seven passthrough annotations; optionally restart.
@@ -404,7 +419,7 @@ pub(crate) async fn delete_passthrough(
     State(app): State<AppState>,
     caller: Caller,
     slot: AuditSlot,
-    WorkloadPath(w): WorkloadPath,
+    target: Target,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Response, ApiError> {
@@ -424,7 +439,7 @@ pub(crate) async fn delete_passthrough(
         validate: false,
         fix_clients: false,
     };
-    apply_change(&app, &caller, &slot, &w, change).await
+    apply_change(&app, &caller, &slot, &target, change).await
 }
 
 /// `POST …/passthrough/preview?fixClients=`.
@@ -434,6 +449,10 @@ pub(crate) async fn delete_passthrough(
 pub(crate) struct PreviewQuery {
     /// Compute the impact as it will be with the fix rules (`fixes`) created (default false).
     fix_clients: Option<bool>,
+    /// The cluster (see the `cluster` parameter of the other workload routes).
+    #[param(max_length = 63, pattern = r"^[A-Za-z0-9._-]+$")]
+    #[allow(dead_code)]
+    cluster: Option<String>,
 }
 
 /// The capture rules before and after a change, their diff, and the change's impact on meshed
@@ -448,18 +467,18 @@ pub(crate) struct PreviewQuery {
     request_body = Passthrough,
     responses((status = 200, description = "Preview", body = Preview), crate::routes::errors::Evaluate))]
 pub(crate) async fn preview(
-    State(app): State<AppState>,
-    WorkloadPath(w): WorkloadPath,
+    Target { cluster, workload }: Target,
     ApiQuery(q): ApiQuery<PreviewQuery>,
     ApiJson(proposed): ApiJson<Passthrough>,
 ) -> Result<Json<Preview>, ApiError> {
-    let backend = app.backend();
-    let info = backend.get(&w).await?;
-    let others = app.workloads().await.unwrap_or_default();
+    let backend = cluster.backend();
+    let info = backend.get(&workload).await.map_err(|e| cluster.err(e))?;
+    let others = cluster.workloads().await.unwrap_or_default();
     let mut preview =
-        passthrough::preview(&info, &proposed, &others, &app.inner.values, backend.rule_format(), backend.dialect())
+        passthrough::preview(&info, &proposed, &others, cluster.values(), backend.rule_format(), backend.dialect())
             .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })?;
-    match assess(&app, &info, &proposed, q.fix_clients.unwrap_or(false)).await {
+    preview.cluster = cluster.name().to_string();
+    match assess(&cluster, &info, &proposed, q.fix_clients.unwrap_or(false)).await {
         Ok(a) => {
             preview.impact = impact::entries(&a.impact);
             preview.fixes = a.impact.fixes.iter().map(impact::fix_rule).collect();

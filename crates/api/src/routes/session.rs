@@ -16,7 +16,13 @@ use axum::Json;
     responses((status = 200, description = "Session", body = SessionInfo)))]
 pub(crate) async fn get_session(State(app): State<AppState>, caller: Caller) -> Json<SessionInfo> {
     let b = app.backend();
-    Json(SessionInfo { backend: b.kind(), csrf_token: caller.csrf, auth: caller.auth, rule_format: b.rule_format() })
+    Json(SessionInfo {
+        backend: b.kind(),
+        csrf_token: caller.csrf,
+        auth: caller.auth,
+        rule_format: b.rule_format(),
+        clusters: app.cluster_names(),
+    })
 }
 
 /// Signs out: ends the browser session on the server (its cookie no longer opens anything,
