@@ -84,6 +84,7 @@ pub struct Client {
     authority: String,
     prefix: String,
     token: String,
+    cluster: Option<String>,
 }
 
 /// Percent-encodes a query value or path segment (everything but unreserved characters).
@@ -117,7 +118,39 @@ impl Client {
         let host_end = authority.rfind(']').unwrap_or(0);
         let authority =
             if authority[host_end..].contains(':') { authority.to_string() } else { format!("{authority}:80") };
-        Ok(Client { url: url.to_string(), authority, prefix: prefix.to_string(), token: token.trim().to_string() })
+        Ok(Client {
+            url: url.to_string(),
+            authority,
+            prefix: prefix.to_string(),
+            token: token.trim().to_string(),
+            cluster: None,
+        })
+    }
+
+    /// The same client, addressing workloads and mesh-wide defaults in `cluster` (`?cluster=`
+    /// on every workload route and the defaults, `cluster` in batch entries that name none);
+    /// `None`: the server decides (its only cluster, or the one that has the workload).
+    pub fn with_cluster(mut self, cluster: Option<String>) -> Self {
+        self.cluster = cluster.filter(|c| !c.is_empty());
+        self
+    }
+
+    /// The cluster this client addresses, when one was given.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// `path` with `cluster=` added when this client names a cluster and the route takes one.
+    fn scoped(&self, path: &str) -> String {
+        let takes =
+            ["/api/v1/namespaces/", "/api/v1/defaults", "/api/v1/workloads"].iter().any(|p| path.starts_with(p));
+        match &self.cluster {
+            Some(c) if takes => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}cluster={}", enc(c))
+            }
+            _ => path.to_string(),
+        }
     }
 
     /// The client of the server whose state directory is `dir` (`api-address`, `api-token`).
@@ -151,7 +184,7 @@ impl Client {
         let conn = tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.prefix))
+            .uri(format!("{}{}", self.prefix, self.scoped(path)))
             .header(header::HOST, &self.authority)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::ACCEPT, "application/json");
@@ -190,6 +223,25 @@ impl Client {
     /// `GET /api/v1/session`.
     pub async fn session(&self) -> Result<SessionInfo, ClientError> {
         self.get("/api/v1/session").await
+    }
+
+    /// `GET /api/v1/workloads` as the server answers it: the workloads and each cluster's
+    /// state (in this client's cluster only, when it names one).
+    pub async fn workload_list(
+        &self,
+        namespace: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<WorkloadList, ClientError> {
+        let mut q = Vec::new();
+        if let Some(ns) = namespace {
+            q.push(format!("namespace={}", enc(ns)));
+        }
+        if let Some(s) = search {
+            q.push(format!("search={}", enc(s)));
+        }
+        let path =
+            if q.is_empty() { "/api/v1/workloads".to_string() } else { format!("/api/v1/workloads?{}", q.join("&")) };
+        self.get::<WorkloadList>(&path).await
     }
 
     /// `GET /api/v1/workloads`, optionally in one namespace and matching `search`.
@@ -250,7 +302,19 @@ impl Client {
 
     /// `POST /api/v1/passthrough/batch`: one result per workload.
     pub async fn batch(&self, request: &BatchRequest) -> Result<BatchResult, ClientError> {
-        self.send(Method::POST, "/api/v1/passthrough/batch", Some(request), None).await
+        match &self.cluster {
+            Some(c) => {
+                let mut r = request.clone();
+                if r.all {
+                    r.cluster.get_or_insert_with(|| c.clone());
+                }
+                for t in &mut r.workloads {
+                    t.cluster.get_or_insert_with(|| c.clone());
+                }
+                self.send(Method::POST, "/api/v1/passthrough/batch", Some(&r), None).await
+            }
+            None => self.send(Method::POST, "/api/v1/passthrough/batch", Some(request), None).await,
+        }
     }
 
     /// `GET /api/v1/defaults`.
@@ -329,5 +393,14 @@ mod tests {
         assert_eq!(Client::new("http://[::1]", "t").unwrap().authority, "[::1]:80");
         assert!(Client::new("https://x", "t").is_err() && Client::new("http://", "t").is_err());
         assert_eq!(enc("a b/é"), "a%20b%2F%C3%A9");
+        let c = Client::new("http://127.0.0.1:15080", "t").unwrap().with_cluster(Some("east".into()));
+        let w = WorkloadRef::new("default", "sleep");
+        assert_eq!(c.scoped(&wpath(&w, "")), "/api/v1/namespaces/default/workloads/sleep?cluster=east");
+        assert_eq!(
+            c.scoped(&wpath(&w, "/passthrough?restart=true")),
+            "/api/v1/namespaces/default/workloads/sleep/passthrough?restart=true&cluster=east"
+        );
+        assert_eq!(c.scoped("/api/v1/defaults"), "/api/v1/defaults?cluster=east");
+        assert_eq!(c.scoped("/api/v1/session"), "/api/v1/session");
     }
 }
