@@ -65,30 +65,88 @@ pub struct ClustersFile {
     pub clusters: Vec<ClusterSpec>,
 }
 
-/// Reads and checks a clusters file: YAML or JSON, at least one cluster, names unique and
-/// usable in a URL query (`[A-Za-z0-9._-]`). Every problem is reported at once.
-pub fn read_clusters_file(path: &Path) -> Result<Vec<ClusterSpec>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file: ClustersFile = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    check_specs(&file.clusters).map_err(|errs| format!("{}: {}", path.display(), errs.join("; ")))?;
+/// Why a list of clusters (a clusters file, or `--context` flags) cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ClustersError {
+    /// The file could not be read.
+    #[error("cannot read the clusters file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not YAML (or JSON) of the expected shape; serde's message names the line,
+    /// column and field.
+    #[error("the clusters file {} is not a list of clusters (`clusters: [{{context: …}}]`)", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// Entries are wrong: every problem, each naming its entry and field.
+    #[error("{}{}", origin.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default(), problems.join("; "))]
+    Invalid {
+        /// The file, when the clusters came from one.
+        origin: Option<PathBuf>,
+        /// One line per problem (`clusters[1] (west): context is empty`).
+        problems: Vec<String>,
+    },
+}
+
+/// Reads and checks a clusters file: YAML or JSON, at least one cluster, every entry valid
+/// ([`check_specs`]). Every problem is reported at once.
+pub fn read_clusters_file(path: &Path) -> Result<Vec<ClusterSpec>, ClustersError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClustersError::Read { path: path.into(), source })?;
+    let file: ClustersFile =
+        serde_yaml::from_str(&text).map_err(|source| ClustersError::Parse { path: path.into(), source })?;
+    check_specs(&file.clusters).map_err(|problems| ClustersError::Invalid { origin: Some(path.into()), problems })?;
     Ok(file.clusters)
 }
 
-/// Every problem with a list of clusters: none at all, duplicate names, names that are not
-/// `[A-Za-z0-9._-]+`.
+/// Every problem with a list of clusters, each naming its entry (`clusters[N] (NAME)`) and
+/// field: none at all, a name that is not `[A-Za-z0-9._-]` (1 to 63) or is listed twice, an
+/// empty context, a namespace that is not a namespace name, a kubeconfig file that does not
+/// exist, an empty Istio namespace or ConfigMap name.
 pub fn check_specs(specs: &[ClusterSpec]) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
     if specs.is_empty() {
         errors.push("no clusters listed".to_string());
     }
     let mut seen = std::collections::BTreeSet::new();
-    for s in specs {
+    for (i, s) in specs.iter().enumerate() {
         let n = s.name();
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            errors.push(format!("cluster name {n:?} must be letters, digits, '.', '_' or '-'"));
+        let at = format!("clusters[{i}] ({n})");
+        if !meshpass_api::backend::is_cluster_name(n) {
+            let field = if s.name.is_some() { "name" } else { "context (the name when none is given)" };
+            errors.push(format!("{at}: {field} {n:?} must be 1 to 63 letters, digits, '.', '_' or '-'"));
+        } else if !seen.insert(n.to_string()) {
+            errors.push(format!("{at}: name {n:?} is listed twice (give each cluster its own name)"));
         }
-        if !seen.insert(n.to_string()) {
-            errors.push(format!("cluster name {n:?} is listed twice"));
+        if s.context.trim().is_empty() {
+            errors.push(format!("{at}: context is empty"));
+        }
+        for ns in &s.namespaces {
+            if !is_dns1123_label(ns) {
+                errors.push(format!("{at}: namespaces: {ns:?} is not a namespace name"));
+            }
+        }
+        if let Some(k) = &s.kubeconfig {
+            if !k.is_file() {
+                errors.push(format!("{at}: kubeconfig {} does not exist or is not a file", k.display()));
+            }
+        }
+        if s.istio_namespace.as_deref().is_some_and(|ns| !is_dns1123_label(ns)) {
+            errors.push(format!(
+                "{at}: istio_namespace {:?} is not a namespace name",
+                s.istio_namespace.as_deref().unwrap_or_default()
+            ));
+        }
+        if s.injector_configmap.as_deref().is_some_and(str::is_empty) {
+            errors.push(format!("{at}: injector_configmap is empty"));
         }
     }
     if errors.is_empty() {
@@ -96,6 +154,15 @@ pub fn check_specs(specs: &[ClusterSpec]) -> Result<(), Vec<String>> {
     } else {
         Err(errors)
     }
+}
+
+/// A Kubernetes namespace name (DNS-1123 label).
+fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// A named cluster.
@@ -149,6 +216,14 @@ impl Clusters {
         self.clusters.iter().find(|c| c.name == name)
     }
 
+    /// The clusters as the management plane serves them: each a named backend.
+    pub fn into_named(self) -> Vec<meshpass_api::NamedBackend> {
+        self.clusters
+            .into_iter()
+            .map(|c| meshpass_api::NamedBackend::new(c.name, std::sync::Arc::new(c.backend)))
+            .collect()
+    }
+
     /// Every cluster's workloads, asked concurrently; each cluster's own outcome, in order.
     pub async fn list(&self) -> Vec<(String, Result<Vec<WorkloadInfo>, BackendError>)> {
         use meshpass_api::Backend;
@@ -170,25 +245,44 @@ mod tests {
             "clusters:\n- {name: east, context: kind-east, namespaces: [default]}\n- context: west-admin\n  kubeconfig: /etc/west.kubeconfig\n  istioNamespace: istio\n",
         )
         .expect("write");
-        let err = read_clusters_file(&good).expect_err("istioNamespace is spelt istio_namespace");
-        assert!(err.contains("unknown field"), "{err}");
+        let err = meshpass_api::backend::error_chain(
+            &read_clusters_file(&good).expect_err("istioNamespace is spelt istio_namespace"),
+        );
+        assert!(err.contains("unknown field `istioNamespace`") && err.contains("line 5"), "{err}");
+        let kubeconfig = dir.path().join("west.kubeconfig");
+        std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").expect("write");
         std::fs::write(
             &good,
-            "clusters:\n- {name: east, context: kind-east, namespaces: [default]}\n- context: west-admin\n  kubeconfig: /etc/west.kubeconfig\n  istio_namespace: istio\n",
+            format!(
+                "clusters:\n- {{name: east, context: kind-east, namespaces: [default]}}\n- context: west-admin\n  kubeconfig: {}\n  istio_namespace: istio\n",
+                kubeconfig.display()
+            ),
         )
         .expect("write");
         let specs = read_clusters_file(&good).expect("valid");
         assert_eq!(specs.iter().map(ClusterSpec::name).collect::<Vec<_>>(), ["east", "west-admin"]);
-        assert_eq!(specs[1].kubeconfig.as_deref(), Some(Path::new("/etc/west.kubeconfig")));
+        assert_eq!(specs[1].kubeconfig.as_deref(), Some(kubeconfig.as_path()));
         let bad = dir.path().join("bad.yaml");
         std::fs::write(
             &bad,
-            "clusters:\n- {name: 'a b', context: x}\n- {name: east, context: y}\n- {name: east, context: z}\n",
+            "clusters:\n- {name: 'a b', context: x}\n- {name: east, context: y, namespaces: [Default]}\n- {name: east, context: '', kubeconfig: /nonexistent/kc}\n",
         )
         .expect("write");
-        let err = read_clusters_file(&bad).expect_err("invalid");
-        assert!(err.contains("\"a b\" must be") && err.contains("\"east\" is listed twice"), "{err}");
+        let err = read_clusters_file(&bad).expect_err("invalid").to_string();
+        for want in [
+            "clusters[0] (a b): name \"a b\" must be",
+            "clusters[1] (east): namespaces: \"Default\" is not a namespace name",
+            "clusters[2] (east): name \"east\" is listed twice",
+            "clusters[2] (east): context is empty",
+            "clusters[2] (east): kubeconfig /nonexistent/kc does not exist",
+        ] {
+            assert!(err.contains(want), "{want:?} in {err}");
+        }
+        assert!(err.starts_with(&format!("{}: ", bad.display())), "names the file: {err}");
         std::fs::write(&bad, "clusters: []\n").expect("write");
-        assert!(read_clusters_file(&bad).expect_err("empty").contains("no clusters listed"));
+        assert!(read_clusters_file(&bad).expect_err("empty").to_string().contains("no clusters listed"));
+        std::fs::write(&bad, "- context: x\n").expect("write");
+        let err = read_clusters_file(&bad).expect_err("a bare list");
+        assert!(matches!(err, ClustersError::Parse { .. }), "{err:?}");
     }
 }

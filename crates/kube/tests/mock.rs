@@ -237,6 +237,56 @@ fn describe_script(pods: Vec<Value>) -> Vec<Exchange> {
     ]
 }
 
+/// The pods (helloworld-v1's one running, injected pod) and Services (none) of namespace
+/// `default`, as `list` reads them.
+fn hello_pods_and_services() -> Vec<Exchange> {
+    vec![
+        ex(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            200,
+            list(
+                "PodList",
+                "v1",
+                "1500",
+                vec![pod(
+                    "helloworld-v1-7c8d9f6b5d-abcde",
+                    hello_labels(),
+                    json!({"sidecar.istio.io/status": "{}"}),
+                    "container",
+                    true,
+                )],
+            ),
+        ),
+        ex("GET", "/api/v1/namespaces/default/services", 200, list("ServiceList", "v1", "1500", vec![])),
+    ]
+}
+
+/// Every request `list` makes of a cluster whose one injected namespace, `default`, holds the
+/// Deployment `deployment` (helloworld-v1) and nothing else.
+fn hello_cluster_list(deployment: Value) -> Vec<Exchange> {
+    let mut script = vec![
+        ex(
+            "GET",
+            "/api/v1/namespaces",
+            200,
+            list("NamespaceList", "v1", "1500", vec![namespace("default", json!({"istio-injection": "enabled"}))]),
+        ),
+        ex("GET", "/apis/apps/v1/deployments", 200, list("DeploymentList", "apps/v1", "1500", vec![deployment])),
+        ex("GET", "/apis/apps/v1/statefulsets", 200, list("StatefulSetList", "apps/v1", "1500", vec![])),
+        ex("GET", "/apis/apps/v1/daemonsets", 200, list("DaemonSetList", "apps/v1", "1500", vec![])),
+    ];
+    script.extend(hello_pods_and_services());
+    script
+}
+
+/// A client whose API server is gone: every request fails to connect.
+fn unreachable() -> kube::Client {
+    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    drop(handle);
+    kube::Client::new(svc, "default")
+}
+
 const EXCLUDE_IN: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 const EXCLUDE_OUT: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 
@@ -1046,25 +1096,8 @@ async fn restricted_namespaces_work_without_permission_to_list_namespaces() {
             list("StatefulSetList", "apps/v1", "1500", vec![]),
         ),
         ex("GET", "/apis/apps/v1/namespaces/default/daemonsets", 200, list("DaemonSetList", "apps/v1", "1500", vec![])),
-        ex(
-            "GET",
-            "/api/v1/namespaces/default/pods",
-            200,
-            list(
-                "PodList",
-                "v1",
-                "1500",
-                vec![pod(
-                    "helloworld-v1-7c8d9f6b5d-abcde",
-                    hello_labels(),
-                    json!({"sidecar.istio.io/status": "{}"}),
-                    "container",
-                    true,
-                )],
-            ),
-        ),
-        ex("GET", "/api/v1/namespaces/default/services", 200, list("ServiceList", "v1", "1500", vec![])),
     ];
+    let script = script.into_iter().chain(hello_pods_and_services()).collect();
     let (client, server) = scripted(script);
     let b = KubeBackend::new(client, vec!["default".into()]);
     let items = b.list().await.expect("list");
@@ -1185,49 +1218,11 @@ async fn writing_the_defaults_patches_only_the_values_under_the_configmaps_versi
 #[tokio::test]
 async fn one_unreachable_cluster_does_not_stop_the_others() {
     use meshpass_kube::clusters::{Cluster, Clusters};
-    let deployments = list(
-        "DeploymentList",
-        "apps/v1",
-        "1500",
-        vec![with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment")],
-    );
-    let east = vec![
-        ex(
-            "GET",
-            "/api/v1/namespaces",
-            200,
-            list("NamespaceList", "v1", "1500", vec![namespace("default", json!({"istio-injection": "enabled"}))]),
-        ),
-        ex("GET", "/apis/apps/v1/deployments", 200, deployments),
-        ex("GET", "/apis/apps/v1/statefulsets", 200, list("StatefulSetList", "apps/v1", "1500", vec![])),
-        ex("GET", "/apis/apps/v1/daemonsets", 200, list("DaemonSetList", "apps/v1", "1500", vec![])),
-        ex(
-            "GET",
-            "/api/v1/namespaces/default/pods",
-            200,
-            list(
-                "PodList",
-                "v1",
-                "1500",
-                vec![pod(
-                    "helloworld-v1-7c8d9f6b5d-abcde",
-                    hello_labels(),
-                    json!({"sidecar.istio.io/status": "{}"}),
-                    "container",
-                    true,
-                )],
-            ),
-        ),
-        ex("GET", "/api/v1/namespaces/default/services", 200, list("ServiceList", "v1", "1500", vec![])),
-    ];
-    let (east_client, east_server) = scripted(east);
-    // West's API server is gone: every connection fails.
-    let (west_svc, west_handle) = mock::pair::<Request<Body>, Response<Body>>();
-    drop(west_handle);
-    let west_client = kube::Client::new(west_svc, "default");
+    let (east_client, east_server) =
+        scripted(hello_cluster_list(with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment")));
     let clusters = Clusters::new(vec![
         Cluster { name: "east".into(), backend: backend(east_client) },
-        Cluster { name: "west".into(), backend: backend(west_client).with_request_timeout(Duration::from_secs(5)) },
+        Cluster { name: "west".into(), backend: backend(unreachable()).with_request_timeout(Duration::from_secs(5)) },
     ]);
     let results = clusters.list().await;
     east_server.await.expect("script");
@@ -1238,6 +1233,117 @@ async fn one_unreachable_cluster_does_not_stop_the_others() {
     let err = west.as_ref().expect_err("west is down");
     assert!(matches!(err, BackendError::Unavailable { .. }), "{err:?}");
     assert!(err.report().contains("cannot reach the Kubernetes API server"), "{}", err.report());
+}
+
+/// The management API over two clusters, one of them unreachable: the list shows both (west
+/// unreachable), a batch over both writes east's workload under its resourceVersion and fails
+/// west's alone, and the mesh-wide defaults are each cluster's own injector ConfigMap.
+#[tokio::test]
+async fn the_api_over_two_clusters_with_one_unreachable() {
+    use meshpass_api::model::{BatchOutcome, BatchRequest, BatchTarget, ClusterState, ListItems};
+    use meshpass_api::server::{Reuse, Server, ServerConfig};
+    use meshpass_api::{Client, NamedBackend};
+
+    let dep = |rv: &str, ann: Value| with_type(deployment(rv, 3, ann, rolled_out(3)), "Deployment");
+    let before = json!({EXCLUDE_OUT: "8080"});
+    let after = json!({EXCLUDE_OUT: "8080,3306"});
+    // East, in the order the API asks: the list; the batch's fresh list, the ConfigMap, the
+    // workload's read and merge patch (under its resourceVersion), its description; then the
+    // defaults read on their own.
+    let mut east = hello_cluster_list(dep("1234", before.clone()));
+    east.extend(hello_cluster_list(dep("1234", before.clone())));
+    east.push(ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values("198.19.0.2/32"))));
+    east.push(ex("GET", "/apis/apps/v1/namespaces/default/deployments/helloworld-v1", 200, dep("1234", before)));
+    east.push(Exchange {
+        body: Some(json!({
+            "metadata": {"resourceVersion": "1234"},
+            "spec": {"template": {"metadata": {"annotations": {EXCLUDE_OUT: "8080,3306"}}}}
+        })),
+        ..ex(
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
+            200,
+            dep("1240", after),
+        )
+    });
+    east.extend(describe_script(vec![pod(
+        "helloworld-v1-7c8d9f6b5d-abcde",
+        hello_labels(),
+        json!({EXCLUDE_OUT: "8080", "sidecar.istio.io/status": "{}"}),
+        "container",
+        true,
+    )]));
+    east.push(ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values("198.19.0.2/32"))));
+    let (east_client, east_server) = scripted(east);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ServerConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), dir.path());
+    cfg.token = Some("two-clusters-token".into());
+    cfg.reuse = Reuse { list_ttl: Duration::ZERO, metrics_interval: Duration::ZERO, ..Reuse::default() };
+    let clusters = vec![
+        NamedBackend::new("east", Arc::new(backend(east_client))),
+        NamedBackend::new("west", Arc::new(backend(unreachable()))),
+    ];
+    let server = Server::bind_clusters(&cfg, clusters).await.expect("bind");
+    let url = server.started().url.clone();
+    let serving = tokio::spawn(server.run(std::future::pending()));
+    let api = Client::new(&url, "two-clusters-token").expect("client");
+
+    // The list: east's workload, naming its cluster; west shown unreachable.
+    let list = api.workload_list(None, None).await.expect("list");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        (list.items[0].cluster.as_str(), list.items[0].info.workload.to_string()),
+        ("east", "default/helloworld-v1".into())
+    );
+    let states: Vec<(&str, ClusterState)> = list.clusters.iter().map(|c| (c.name.as_str(), c.state)).collect();
+    assert_eq!(states, [("east", ClusterState::Ok), ("west", ClusterState::Unreachable)]);
+    let why = list.clusters[1].message.as_deref().unwrap_or_default();
+    assert!(why.contains("cannot reach the Kubernetes API server"), "{why}");
+
+    // A batch over both: east's workload written under its version, west's failing alone.
+    let target = |cluster: &str, rv: Option<&str>| BatchTarget {
+        cluster: Some(cluster.into()),
+        namespace: "default".into(),
+        name: "helloworld-v1".into(),
+        resource_version: rv.map(str::to_string),
+    };
+    let request = BatchRequest {
+        workloads: vec![target("east", Some("1234")), target("west", None)],
+        add: ListItems { outbound_ports: Some(vec!["3306".into()]), ..ListItems::default() },
+        ..BatchRequest::default()
+    };
+    let result = api.batch(&request).await.expect("batch");
+    let outcomes: Vec<(&str, BatchOutcome, u16)> =
+        result.items.iter().map(|i| (i.cluster.as_str(), i.outcome, i.status)).collect();
+    assert_eq!(outcomes, [("east", BatchOutcome::Changed, 200), ("west", BatchOutcome::Failed, 503)]);
+    assert_eq!(result.items[0].resource_version.as_deref(), Some("1240"));
+    assert_eq!(
+        result.items[0].settings.as_ref().map(|s| s.outbound_ports.clone()),
+        Some(vec!["8080".into(), "3306".into()])
+    );
+    assert!(result.items[1].message.starts_with("cluster west: "), "{}", result.items[1].message);
+    assert_eq!((result.succeeded, result.failed), (1, 1));
+
+    // Defaults are per cluster: east's from its ConfigMap, west's unavailable, naming it.
+    let east_api = Client::new(&url, "two-clusters-token").expect("client").with_cluster(Some("east".into()));
+    let d = east_api.get_defaults().await.expect("east's defaults");
+    assert_eq!((d.cluster.as_str(), d.resource_version.as_str()), ("east", "4711"));
+    assert_eq!(d.values.get("global.proxy.excludeIPRanges").map(String::as_str), Some("198.19.0.2/32"));
+    let west_api = Client::new(&url, "two-clusters-token").expect("client").with_cluster(Some("west".into()));
+    match west_api.get_defaults().await {
+        Err(meshpass_api::ClientError::Api { status: 503, body }) => {
+            assert!(body.message.starts_with("cluster west: "), "{}", body.message)
+        }
+        other => panic!("want 503 naming west, got {other:?}"),
+    }
+    let unnamed = api.get_defaults().await;
+    assert!(
+        matches!(unnamed, Err(meshpass_api::ClientError::Api { status: 400, ref body }) if body.error == "ambiguous"),
+        "{unnamed:?}"
+    );
+    serving.abort();
+    east_server.await.expect("east's script");
 }
 
 // ---- mutual-TLS policies ---------------------------------------------------------------------
