@@ -1,11 +1,17 @@
 //! `meshpass serve`: the management plane (REST API, web GUI, metrics) over the local mesh of
-//! a running `meshpass up`, or over a Kubernetes cluster with `--kube`. `meshpass up` starts
+//! a running `meshpass up`, or over Kubernetes clusters with `--kube` (the current context,
+//! one `--context`, several `--context` flags, or a `--clusters` file). `meshpass up` starts
 //! the same server itself ([`spawn_for_mesh`]).
+//!
+//! One cluster is connected as before: the API server must answer at start-up. Several are
+//! each loaded from their kubeconfig context without being asked anything, so that one that
+//! is down is shown as unreachable while the others are served.
 
 use anyhow::Context;
 use meshpass_api::model::RuleFormat;
 use meshpass_api::server::StartedHook;
-use meshpass_api::{Backend, ServerConfig, Started};
+use meshpass_api::{Backend, NamedBackend, ServerConfig, Started};
+use meshpass_kube::clusters::{check_specs, read_clusters_file, ClusterSpec, Clusters, ClustersError};
 use meshpass_mesh::{LocalBackend, Output, Stop};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,10 +26,16 @@ pub(crate) struct Args {
     /// account) instead of the local mesh.
     #[arg(long)]
     kube: bool,
-    /// Kubeconfig context (with --kube; default: the current context).
-    #[arg(long, requires = "kube")]
-    context: Option<String>,
-    /// Only these namespaces (with --kube; repeatable; default: every namespace with injection).
+    /// Kubeconfig context (with --kube; default: the current context). Repeat it to serve
+    /// several clusters, each named after its context.
+    #[arg(long = "context", requires = "kube")]
+    contexts: Vec<String>,
+    /// A YAML or JSON file listing the clusters to serve (with --kube; instead of --context):
+    /// `clusters: [{name, context, kubeconfig, namespaces, istio_namespace, injector_configmap}]`.
+    #[arg(long, requires = "kube", conflicts_with_all = ["contexts", "namespaces"], value_name = "FILE")]
+    clusters: Option<PathBuf>,
+    /// Only these namespaces (with --kube; repeatable; default: every namespace with injection;
+    /// with several contexts, in each cluster).
     #[arg(short = 'n', long = "namespace", requires = "kube")]
     namespaces: Vec<String>,
     /// Where the API and GUI listen. Keep it on loopback unless something in front of it
@@ -80,13 +92,13 @@ async fn ctrl_c_or_term() {
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let backend: Arc<dyn Backend> = if a.kube {
-            let b = meshpass_kube::KubeBackend::connect(a.context.clone(), a.namespaces.clone()).await?;
-            Arc::new(b)
+        let clusters: Vec<NamedBackend> = if a.kube {
+            kube_clusters(&a).await?
         } else {
             meshpass_mesh::Client::connect(&a.state_dir)
                 .context("serving the local mesh needs `meshpass up` running (or use --kube)")?;
-            Arc::new(LocalBackend::new(&a.state_dir, rule_format(&a.backend)))
+            let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(&a.state_dir, rule_format(&a.backend)));
+            vec![NamedBackend::single(b)]
         };
         let mut cfg = ServerConfig::new(a.listen, &a.state_dir);
         cfg.on_started = Some(announce(Output::stderr()));
@@ -103,7 +115,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
         tokio::select! {
-            r = meshpass_api::serve(cfg, backend, stop) => r?,
+            r = meshpass_api::serve_clusters(cfg, clusters, stop) => r?,
             () = grace => {}
         }
         drop(rx);
@@ -112,6 +124,32 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Browsers keep connections open; do not wait for them once told to stop.
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The clusters `--kube` serves: the current or one named context, connected and checked as a
+/// single cluster; several `--context`s or a `--clusters` file, each loaded (not asked) so that
+/// one that is down does not stop the others. Bad input is named (the entry and field of a
+/// clusters file) before anything is served.
+async fn kube_clusters(a: &Args) -> anyhow::Result<Vec<NamedBackend>> {
+    let specs = match (&a.clusters, a.contexts.as_slice()) {
+        (Some(file), _) => read_clusters_file(file)?,
+        (None, [] | [_]) => {
+            let context = a.contexts.first().cloned();
+            let b = meshpass_kube::KubeBackend::connect(context.clone(), a.namespaces.clone()).await?;
+            let name = context.unwrap_or_else(|| meshpass_api::backend::default_cluster_name(b.kind()).to_string());
+            // A context name that cannot name a cluster (a URL query value, a column) is kept
+            // as the kubeconfig has it only when it can; otherwise the default name.
+            let name = if meshpass_api::backend::is_cluster_name(&name) { name } else { "kube".to_string() };
+            return Ok(vec![NamedBackend::new(name, Arc::new(b))]);
+        }
+        (None, contexts) => {
+            let specs: Vec<ClusterSpec> =
+                contexts.iter().map(|c| ClusterSpec::context(c.clone(), a.namespaces.clone())).collect();
+            check_specs(&specs).map_err(|problems| ClustersError::Invalid { origin: None, problems })?;
+            specs
+        }
+    };
+    Ok(Clusters::connect(specs).await?.into_named())
 }
 
 /// Starts the management plane for the local mesh that `meshpass up` is bringing up, on its
