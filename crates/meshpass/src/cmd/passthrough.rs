@@ -29,6 +29,10 @@ pub(crate) struct Args {
     /// Namespace.
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
+    /// The cluster of the workload, when the server serves several (`meshpass serve --kube`
+    /// with several contexts); default: the one cluster that has it.
+    #[arg(long)]
+    cluster: Option<String>,
     /// Inbound ports that skip the sidecar (`5000,8000-8100`; `''` clears the list).
     #[arg(long)]
     inbound_ports: Option<String>,
@@ -96,7 +100,12 @@ fn client(a: &Args) -> anyhow::Result<Client> {
     })
 }
 
-fn show(doc: &PassthroughDoc, json: bool) -> anyhow::Result<()> {
+/// Whether the server serves several clusters (then text output names the workload's).
+async fn several_clusters(client: &Client) -> bool {
+    client.session().await.is_ok_and(|s| s.clusters.len() > 1)
+}
+
+fn show(doc: &PassthroughDoc, json: bool, cluster: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(doc)?);
         return Ok(());
@@ -108,6 +117,9 @@ fn show(doc: &PassthroughDoc, json: bool) -> anyhow::Result<()> {
         SidecarStatus::Uninjected => "Uninjected",
         SidecarStatus::PendingRestart => "Pending restart",
     };
+    if cluster {
+        println!("cluster:             {}", doc.cluster);
+    }
     println!("workload:            {}/{} ({status})", doc.namespace, doc.name);
     println!("inbound ports:       {}", list(&s.inbound_ports));
     println!("outbound ports:      {}", list(&s.outbound_ports));
@@ -181,16 +193,17 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.dry_run && a.restart {
         anyhow::bail!("--dry-run writes nothing, so it cannot --restart");
     }
-    let client = client(&a)?;
+    let client = client(&a)?.with_cluster(a.cluster.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let current = match client.get_passthrough(&w).await {
             Ok(d) => d,
             Err(e) => return report(e),
         };
+        let clusters = !json && several_clusters(&client).await;
         let mut sent: Option<Passthrough> = None;
         let written = match a.action.as_str() {
-            "get" => return show(&current, json).map(|()| ExitCode::SUCCESS),
+            "get" => return show(&current, json, clusters).map(|()| ExitCode::SUCCESS),
             "set" => {
                 let mut s: Passthrough = current.settings.clone();
                 if let Some(v) = &a.inbound_ports {
@@ -266,7 +279,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         } else {
             doc
         };
-        show(&after, json)?;
+        show(&after, json, clusters)?;
         Ok(code)
     })
 }
