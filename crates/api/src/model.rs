@@ -270,6 +270,11 @@ pub struct Workload {
     pub status: SidecarStatus,
     /// The passthrough settings of the pod template.
     pub passthrough: Passthrough,
+    /// One warning per workload value that replaces a mesh-wide default and so drops items
+    /// of it (Istio never merges the two); the values in force are the annotations present,
+    /// else the mesh-wide defaults (`GET /api/v1/defaults`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
 }
 
 /// Whether a cluster answered.

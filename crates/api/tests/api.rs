@@ -986,6 +986,19 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
         async move { e.call(Method::PUT, "/api/v1/defaults", &[("if-match", v.as_str())], Some(body)).await }
     };
     check("PUT", "/api/v1/defaults", &put(r#"{"values":{"global.proxy.excludeIPRanges":"198.19.0.0/16"}}"#, dv).await);
+    // A workload whose own range replaces the mesh-wide one is listed with the warning.
+    e.fake.set_template_annotation(
+        &WorkloadRef::new("default", "sleep"),
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+        "10.0.0.0/8",
+    );
+    let list = e.get("/api/v1/workloads").await;
+    let replaced = |key: &str| {
+        list.json()["items"].as_array().unwrap().iter().find(|w| w["name"] == key).unwrap()["replaced"].clone()
+    };
+    assert!(replaced("sleep")[0].as_str().unwrap().contains("198.19.0.0/16"), "{}", replaced("sleep"));
+    assert!(replaced("helloworld-v1").is_null(), "{}", replaced("helloworld-v1"));
+    check("GET", "/api/v1/workloads", &list);
     check("PUT", "/api/v1/defaults", &put(r#"{"values":{"global.proxy.excludeIPRanges":"x"}}"#, "1".into()).await);
     check("PUT", "/api/v1/defaults", &put(r#"{"values":{"global.proxy.excludeIPRanges":""}}"#, "0".into()).await);
     // Batch: one workload changed, one missing, a dry run, and a request refused whole.
@@ -1616,6 +1629,15 @@ async fn mesh_wide_defaults_their_source_and_the_replace_warning() {
     assert_eq!(range(&doc)["value"], "198.19.0.0/16");
     assert_eq!(range(&doc)["source"], "mesh");
     assert_eq!(range(&doc)["meshKey"], "global.proxy.excludeIPRanges");
+    // The preview of its own value warns before anything is written; an extending one does not.
+    let preview = |body: &'static str| {
+        let e = &e;
+        async move { e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(body)).await.json() }
+    };
+    let warns =
+        |p: &Value| p["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("198.19.0.0/16"));
+    assert!(warns(&preview(r#"{"outboundIpRanges":["10.0.0.0/8"]}"#).await));
+    assert!(!warns(&preview(r#"{"outboundIpRanges":["10.0.0.0/8","198.19.0.0/16"]}"#).await));
     // Its own value replaces it, with the warning.
     let rv = doc["resourceVersion"].as_str().unwrap().to_string();
     let put = e

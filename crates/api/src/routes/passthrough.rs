@@ -488,5 +488,11 @@ pub(crate) async fn preview(
         Err(BackendError::Unsupported(_)) => {}
         Err(e) => preview.warnings.push(not_assessed(&e)),
     }
+    // The proposed values that would replace mesh-wide ones instead of adding to them.
+    let (_, replaced) = passthrough::effective_of(
+        &passthrough::candidate(&info.annotations, &proposed),
+        &mesh_defaults(&cluster).await,
+    );
+    preview.warnings.extend(replaced);
     Ok(Json(preview))
 }

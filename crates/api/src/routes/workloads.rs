@@ -5,17 +5,22 @@ use crate::error::ApiError;
 use crate::extract::{ApiQuery, ClusterParam, Target, WorkloadParams};
 use crate::model::{SidecarStatus, Workload, WorkloadInfo, WorkloadList};
 use crate::passthrough;
+use crate::routes::passthrough::mesh_defaults;
 use crate::state::{cluster_status, AppState};
 use axum::extract::State;
 use axum::Json;
+use meshpass_settings::MeshDefaults;
 use serde::Deserialize;
 
-/// A workload as the API shows it: the backend's view, the status column and its settings.
-pub(crate) fn workload_view(cluster: &str, info: WorkloadInfo) -> Workload {
+/// A workload as the API shows it: the backend's view, the status column, its settings and
+/// the warnings about workload values that replace its cluster's mesh-wide `defaults`.
+pub(crate) fn workload_view(cluster: &str, info: WorkloadInfo, defaults: &MeshDefaults) -> Workload {
+    let (_, replaced) = passthrough::effective_of(&info.annotations, defaults);
     Workload {
         cluster: cluster.to_string(),
         status: info.status(),
         passthrough: passthrough::from_annotations(&info.annotations),
+        replaced,
         info,
     }
 }
@@ -80,13 +85,14 @@ pub(crate) async fn list_workloads(
                 continue;
             }
         };
+        let defaults = mesh_defaults(&c).await;
         let before = items.len();
         items.extend(
             list.iter()
                 .filter(|w| q.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == w.workload.namespace))
                 .filter(|w| needle.is_empty() || w.workload.to_string().to_lowercase().contains(&needle))
                 .cloned()
-                .map(|w| (index, workload_view(c.name(), w))),
+                .map(|w| (index, workload_view(c.name(), w, &defaults))),
         );
         clusters.push(cluster_status(c.name(), Ok(u32::try_from(items.len() - before).unwrap_or(u32::MAX))));
     }
@@ -118,5 +124,5 @@ fn status_rank(w: &Workload) -> u8 {
     responses((status = 200, description = "The workload", body = Workload), crate::routes::errors::WorkloadRead))]
 pub(crate) async fn get_workload(Target { cluster, workload }: Target) -> Result<Json<Workload>, ApiError> {
     let info = cluster.backend().get(&workload).await.map_err(|e| cluster.err(e))?;
-    Ok(Json(workload_view(cluster.name(), info)))
+    Ok(Json(workload_view(cluster.name(), info, &mesh_defaults(&cluster).await)))
 }
