@@ -8,6 +8,12 @@
 
 'use strict';
 
+import {
+  ANNOTATION_KEYS, KEY_TO_FIELD, BATCH_LISTS, MESH_VALUES, OUTCOME_LABEL, wkey, canonicalPortItem, validatePortItem as checkPortItem,
+  validateCidrItem, validateListValue, effectiveOf, appliesTo, changedValues, pageSelectionState, pageOf, batchRequest,
+  listChange, batchSummary, failureText, items as listItems,
+} from './logic.js';
+
 const API = '/api/v1';
 const REFRESH_MS = 5000;
 const OP_POLL_MS = 1000;
@@ -16,16 +22,6 @@ const SUCCESS_TOAST = 'Traffic passthrough setup successful';
 const INBOUND_HINT = 'Only ports are supported, i.e. ports for external access to workloads within the mesh';
 const OUTBOUND_HINT = 'You can set the port or IP range of the target';
 const ENVOY_HEADERS = ['server', 'x-envoy-upstream-service-time', 'x-envoy-decorator-operation'];
-const ANNOTATION_KEYS = {
-  inboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
-  outboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
-  outboundIpRanges: 'traffic.sidecar.istio.io/excludeOutboundIPRanges',
-  includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
-  includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
-  includeOutboundIpRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
-  interceptionMode: 'sidecar.istio.io/interceptionMode',
-};
-const KEY_TO_FIELD = Object.fromEntries(Object.entries(ANNOTATION_KEYS).map(([f, k]) => [k, f]));
 
 // ---------------------------------------------------------------------------------------------
 // DOM helpers
@@ -101,7 +97,6 @@ function icon(name, cls = '') {
 }
 
 const enc = encodeURIComponent;
-const wkey = (w) => `${w.namespace}/${w.name}`;
 const tid = (w) => `${w.namespace}-${w.name}`;
 const wpath = (ns, name) => `${API}/namespaces/${enc(ns)}/workloads/${enc(name)}`;
 
@@ -153,6 +148,13 @@ const state = {
   refreshTimer: null,
   refreshing: false,
   checkSeq: 0,
+  selected: new Set(), // workload keys ticked
+  selectMatching: false, // every workload matching the search and filters, on every page
+  page: 0,
+  pageSize: 20,
+  defaults: null, // GET /api/v1/defaults (null: not readable)
+  defaultsSig: '',
+  view: 'workloads',
 };
 
 async function api(method, path, { body, headers = {}, retry = true } = {}) {
@@ -240,6 +242,7 @@ function showSignedOut() {
   closeMenu();
   closeModal();
   $('#workloads-card').hidden = true;
+  $('#defaults-card').hidden = true;
   $('#signed-out').hidden = false;
   $('#backend-badge').hidden = true;
   $('#session-badge').hidden = true;
@@ -316,32 +319,90 @@ function renderNamespaceFilter() {
 
 function renderList(force = false) {
   if (!state.loaded) return;
-  const rows = visibleWorkloads();
+  const all = visibleWorkloads();
+  const pg = pageOf(all, state.page, state.pageSize);
+  state.page = pg.page;
+  const rows = pg.rows;
   const opsSig = [...state.ops.values()].map((o) => `${o.id}:${o.state}:${(o.progress || []).length}`).join(',');
-  const sig = JSON.stringify([rows, opsSig, state.sort]);
+  const sig = JSON.stringify([rows, opsSig, state.sort, [...state.selected], state.selectMatching, all.length, pg.page, state.defaultsSig]);
   if (!force && sig === state.lastRender) return;
   state.lastRender = sig;
 
-  // Keep keyboard focus on the same row's menu button across re-renders.
+  // Keep keyboard focus on the same row's control across re-renders.
   const active = document.activeElement;
-  const focusKey = active && active.closest && active.closest('tr[data-key]') ? active.closest('tr[data-key]').dataset.key : null;
+  const focusRow = active && active.closest && active.closest('tr[data-key]');
+  const focusKey = focusRow ? focusRow.dataset.key : null;
+  const focusTestid = focusRow && active.dataset ? active.dataset.testid : null;
 
   const tbody = $('#workload-rows');
   if (!rows.length) {
     const msg = state.workloads.length ? 'No workload matches the search or filters.' : 'No workloads.';
-    tbody.replaceChildren(h('tr', { class: 'row-placeholder' }, h('td', { colspan: 7, 'data-testid': 'empty-list' }, msg)));
+    tbody.replaceChildren(h('tr', { class: 'row-placeholder' }, h('td', { colspan: 8, 'data-testid': 'empty-list' }, msg)));
   } else {
     tbody.replaceChildren(...rows.map(renderRow));
   }
-  $('#table-foot').textContent = `${rows.length} of ${state.workloads.length} workloads`;
+  $('#table-foot').textContent = `${all.length} of ${state.workloads.length} workloads`;
+  $('#page-info').textContent = `Page ${pg.page + 1} of ${pg.pages}`;
+  $('#page-prev').disabled = pg.page === 0;
+  $('#page-next').disabled = pg.page >= pg.pages - 1;
   for (const th of $$('thead th[data-sort]')) {
     const on = th.dataset.sort === state.sort.key;
     th.setAttribute('aria-sort', on ? (state.sort.dir > 0 ? 'ascending' : 'descending') : 'none');
   }
+  renderSelection(rows, all);
   if (focusKey) {
-    const btn = rowMenuButton(focusKey);
-    if (btn) btn.focus();
+    const row = $(`tr[data-key="${CSS.escape(focusKey)}"]`);
+    const el = row && (focusTestid ? $(`[data-testid="${CSS.escape(focusTestid)}"]`, row) : null);
+    const target = el || rowMenuButton(focusKey);
+    if (target) target.focus();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selection: rows ticked one by one, the page, or every workload matching the filter
+
+/** The workloads a batch acts on now. */
+function selectedWorkloads() {
+  if (state.selectMatching) return visibleWorkloads();
+  return state.workloads.filter((w) => state.selected.has(wkey(w)));
+}
+
+function renderSelection(pageRows, all) {
+  const pageKeys = pageRows.map(wkey);
+  const head = $('#select-page');
+  const st = state.selectMatching ? (pageKeys.length ? 'all' : 'none') : pageSelectionState(pageKeys, state.selected);
+  head.checked = st === 'all';
+  head.indeterminate = st === 'some';
+  head.disabled = !pageKeys.length;
+  const n = state.selectMatching ? all.length : state.selected.size;
+  const bar = $('#batch-bar');
+  bar.hidden = n === 0;
+  const count = $('#batch-count');
+  const hiddenN = state.selectMatching ? 0 : [...state.selected].filter((k) => !all.some((w) => wkey(w) === k)).length;
+  count.textContent = state.selectMatching
+    ? `All ${n} workload${n === 1 ? '' : 's'} matching the filter selected`
+    : `${n} workload${n === 1 ? '' : 's'} selected${hiddenN ? ` (${hiddenN} not shown by the filter)` : ''}`;
+  const more = $('#select-matching');
+  // Offer "all matching the filter" once the whole page is ticked and there is more than the page.
+  more.hidden = state.selectMatching || st !== 'all' || all.length <= pageKeys.length;
+  more.textContent = `Select all ${all.length} workloads matching the filter`;
+  $('#batch-passthrough').disabled = n === 0;
+}
+
+function setSelected(key, on) {
+  if (state.selectMatching) {
+    // Leaving "all matching": the matching rows become an explicit selection first.
+    state.selected = new Set(visibleWorkloads().map(wkey));
+    state.selectMatching = false;
+  }
+  if (on) state.selected.add(key); else state.selected.delete(key);
+  renderList(true);
+}
+
+function clearSelection() {
+  state.selected.clear();
+  state.selectMatching = false;
+  renderList(true);
 }
 
 function renderRow(w) {
@@ -359,13 +420,30 @@ function renderRow(w) {
     : h('span', { class: 'muted' }, '—');
 
   const pt = [];
-  const group = (label, items, cls) => items.length && pt.push(h('div', { class: 'pt-line' },
-    h('span', { class: 'pt-label' }, label), items.map((i) => h('span', { class: `mini-chip ${cls}` }, i))));
-  group('In', p.inboundPorts, 'mc-in');
-  group('Out', p.outboundPorts, 'mc-out');
-  group('IP', p.outboundIpRanges, 'mc-ip');
+  // The value in force for each list: the workload's own, else the mesh-wide default (marked).
+  const eff = new Map(effectiveOf(w, state.defaults && state.defaults.values).map((e) => [e.field, e]));
+  const group = (label, field, cls) => {
+    const e = eff.get(field);
+    const mesh = e && e.source === 'mesh' && state.defaults;
+    const values = mesh ? listItems(e.value) : p[field];
+    if (!values.length) return;
+    pt.push(h('div', { class: `pt-line${mesh ? ' pt-mesh' : ''}`, 'data-source': mesh ? 'mesh' : 'workload', 'data-testid': `pt-${field}-${tid(w)}`,
+      title: mesh ? `From the mesh-wide default ${e.path} (the workload sets no ${e.annotation})` : null },
+    h('span', { class: 'pt-label' }, label), values.map((i) => h('span', { class: `mini-chip ${cls}` }, i)),
+    mesh ? h('span', { class: 'src-tag', 'data-testid': 'source-mesh' }, 'mesh') : null));
+  };
+  group('In', 'inboundPorts', 'mc-in');
+  group('Out', 'outboundPorts', 'mc-out');
+  group('IP', 'outboundIpRanges', 'mc-ip');
+  if ((w.replaced || []).length) {
+    pt.push(h('div', { class: 'pt-replaced', 'data-testid': `replaced-${tid(w)}`, title: w.replaced.join('\n') },
+      icon('warning'), h('span', null, 'Replaces mesh-wide value'), h('span', { class: 'visually-hidden' }, `: ${w.replaced.join(' ')}`)));
+  }
 
-  return h('tr', { 'data-testid': `workload-row-${tid(w)}`, 'data-key': key, class: running ? 'row-busy' : null },
+  const checked = state.selectMatching || state.selected.has(key);
+  return h('tr', { 'data-testid': `workload-row-${tid(w)}`, 'data-key': key, class: `${running ? 'row-busy' : ''}${checked ? ' row-selected' : ''}`.trim() || null, 'aria-selected': checked ? 'true' : 'false' },
+    h('td', { class: 'col-select' }, h('input', { type: 'checkbox', class: 'row-select', checked, 'data-testid': 'row-select', 'aria-label': `Select ${key}`,
+      onchange: (e) => setSelected(key, e.currentTarget.checked) })),
     h('td', null, h('div', { class: 'wl-name' }, w.name), h('div', { class: 'muted small' }, w.kind || '')),
     h('td', null,
       h('span', { class: `tag ${STATUS_CLASS[w.status] || 'tag-grey'}`, 'data-testid': `status-${tid(w)}` }, w.status),
@@ -393,9 +471,12 @@ async function refreshList({ quiet = false } = {}) {
   const btn = $('#refresh');
   btn.classList.add('spinning');
   try {
-    const { data } = await api('GET', `${API}/workloads`);
+    const [{ data }] = await Promise.all([api('GET', `${API}/workloads`), loadDefaults()]);
     state.workloads = (data && data.items) || [];
     state.loaded = true;
+    // A workload that is gone is no longer selected.
+    const keys = new Set(state.workloads.map(wkey));
+    for (const k of [...state.selected]) if (!keys.has(k)) state.selected.delete(k);
     $('#list-error').hidden = true;
     $('#updated').textContent = `Updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
     renderNamespaceFilter();
@@ -411,6 +492,21 @@ async function refreshList({ quiet = false } = {}) {
     state.refreshing = false;
     btn.classList.remove('spinning');
   }
+}
+
+/** The mesh-wide defaults, for the values workloads inherit; a failure only loses the marks. */
+async function loadDefaults() {
+  try {
+    const res = await api('GET', `${API}/defaults`);
+    state.defaults = res.data || null;
+    state.defaultsEtag = res.headers.get('ETag');
+  } catch (e) {
+    if (e.status === 401) throw e;
+    state.defaults = null;
+    state.defaultsError = e.message;
+  }
+  state.defaultsSig = JSON.stringify(state.defaults && state.defaults.values);
+  return state.defaults;
 }
 
 function startAutoRefresh() {
@@ -576,8 +672,9 @@ function closeModal() {
   document.body.classList.remove('modal-open');
   if (m.onClose) m.onClose();
   // The list may have re-rendered meanwhile: fall back to the same row's ⋮ button.
-  const target = m.restore && document.contains(m.restore) ? m.restore : m.restoreKey ? rowMenuButton(m.restoreKey) : null;
-  if (target) target.focus();
+  const target = m.restore && document.contains(m.restore) && m.restore.offsetParent !== null ? m.restore : m.restoreKey ? rowMenuButton(m.restoreKey) : null;
+  // The opener may be gone (the batch bar hides once nothing is selected): the page, then.
+  if (target) target.focus(); else if (!$('#main').hidden) $('#main').focus();
 }
 
 function alertBox(type, testid, ...content) {
@@ -588,87 +685,17 @@ function alertBox(type, testid, ...content) {
 // ---------------------------------------------------------------------------------------------
 // Client-side syntax checks (mirror meshpass-settings' reasons; the server's answer wins)
 
-function checkPort(s) {
-  if (!s || !/^[0-9]+$/.test(s)) return false;
-  s = s.replace(/^0+(?=\d)/, '');
-  if (s.length > 5) return false;
-  const n = Number(s);
-  return n >= 1 && n <= 65535 ? n : false;
-}
-
-/** A port item as the server stores it: no spaces, no leading zeros, `N-N` as `N`. */
-function canonicalPortItem(raw) {
-  const s = raw.replace(/\s+/g, '');
-  const unpad = (d) => d.replace(/^0+(?=\d)/, '');
-  let m = /^(\d+)$/.exec(s);
-  if (m) return unpad(m[1]);
-  m = /^(\d+)-(\d+)$/.exec(s);
-  if (m) return unpad(m[1]) === unpad(m[2]) ? unpad(m[1]) : `${unpad(m[1])}-${unpad(m[2])}`;
-  return s;
-}
-
 /** True when the backend's injector is Istio's, which refuses port ranges. */
 function istioDialect() {
   return !!(state.session && state.session.backend === 'kube');
 }
 
 function validatePortItem(raw) {
-  const s = raw.trim();
-  if (!s) return 'is an empty item (remove the extra comma)';
-  if (s === '*') return 'must be the whole value, not one item of a list';
-  for (const sep of ['-', ':']) {
-    const i = s.indexOf(sep);
-    if (i >= 0) {
-      const a = checkPort(s.slice(0, i).trim());
-      const b = checkPort(s.slice(i + 1).trim());
-      if (a === false || b === false) return 'is not a port (1-65535)';
-      if (sep === ':') return `is not a port range: write ${a}-${b} (Istio rejects the ':' form)`;
-      if (a > b) return `is not a port range: ${a} is greater than ${b}`;
-      if (a !== b && istioDialect()) return `is a port range, which Istio's sidecar injector refuses (it takes single ports)`;
-      return null;
-    }
-  }
-  return checkPort(s) === false ? 'is not a port (1-65535)' : null;
-}
-
-function isIPv4(s) {
-  const parts = s.split('.');
-  return parts.length === 4 && parts.every((p) => /^(0|[1-9][0-9]{0,2})$/.test(p) && Number(p) <= 255);
-}
-
-function isIPv6(s) {
-  if (!s.includes(':') || /[^0-9a-fA-F:.]/.test(s)) return false;
-  try {
-    new URL(`http://[${s}]/`); // the URL parser implements the IPv6 address grammar
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function validateCidrItem(raw) {
-  if (!raw.trim()) return 'is an empty item (remove the extra comma)';
-  if (/\s/.test(raw.trim())) return 'contains whitespace; IP ranges must be written without spaces (Istio rejects them)';
-  const s = raw.trim();
-  const slash = s.indexOf('/');
-  if (slash < 0) return 'is not an IP range: expected ADDRESS/PREFIX, e.g. 10.0.0.0/8 or 2001:db8::/32';
-  const addr = s.slice(0, slash);
-  const len = s.slice(slash + 1);
-  const v4 = isIPv4(addr);
-  const v6 = !v4 && isIPv6(addr);
-  if (!v4 && !v6) return `is not an IP range: "${addr}" is not an IPv4 or IPv6 address`;
-  if (!/^(0|[1-9][0-9]*)$/.test(len)) return `is not an IP range: prefix length "${len}" is not a number (no leading zeros)`;
-  const max = v4 ? 32 : 128;
-  if (Number(len) > max) return `is not an IP range: prefix length ${len} is out of range for ${v4 ? 'IPv4' : 'IPv6'} (0-${max})`;
-  return null;
+  return checkPortItem(raw, istioDialect());
 }
 
 function validateIncludeValue(raw, kind) {
-  const s = raw.trim();
-  if (s === '' || s === '*') return null;
-  const check = kind === 'cidr' ? validateCidrItem : validatePortItem;
-  const bad = s.split(',').map((i) => [i, check(i)]).filter(([, r]) => r);
-  return bad.length ? bad.map(([i, r]) => `"${i.trim()}" ${r}`).join('; ') : null;
+  return validateListValue(raw, kind, istioDialect());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -892,6 +919,18 @@ async function openPassthroughDialog(w) {
   impact.el = h('section', { class: 'pt-section impact', 'aria-labelledby': 'sec-impact', 'data-testid': 'impact', hidden: true },
     h('h3', { id: 'sec-impact', class: 'pt-section-title' }, 'Meshed clients (mutual TLS)'),
     impact.list, impact.fixRow, impact.removes);
+  // The values in force (the workload's own, else the mesh-wide default) with their source.
+  const effectiveView = h('tbody', null);
+  const effectiveSection = h('section', { class: 'pt-section', 'aria-labelledby': 'sec-effective', 'data-testid': 'effective', hidden: true },
+    h('h3', { id: 'sec-effective', class: 'pt-section-title' }, 'In force now'),
+    h('p', { class: 'field-help' }, 'A value the workload does not set comes from the mesh-wide defaults; setting it here replaces the mesh-wide value, it does not add to it.'),
+    h('table', { class: 'table table-compact effective-table' }, h('caption', { class: 'visually-hidden' }, 'Capture values in force and their source'),
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Annotation'), h('th', { scope: 'col' }, 'Value'), h('th', { scope: 'col' }, 'From'))), effectiveView));
+  const meshNotes = {};
+  for (const [field, ci] of [['inboundPorts', inbound], ['outboundPorts', outPorts], ['outboundIpRanges', outRanges]]) {
+    meshNotes[field] = h('div', { class: 'field-help mesh-note', 'data-testid': `mesh-note-${ci.name}`, hidden: true });
+    ci.el.appendChild(meshNotes[field]);
+  }
   const pendingNote = h('div', { class: 'field-help pending-note', 'data-testid': 'pending-note', hidden: true },
     'The running pods use older settings (Pending restart): tick Restart now to apply.');
 
@@ -925,7 +964,7 @@ async function openPassthroughDialog(w) {
     h('div', { class: 'restart-row' },
       h('label', { class: 'checkbox', for: 'restart-now' }, restart, h('span', null, 'Restart now')),
       h('span', { class: 'field-help' }, 'Without a restart the settings apply when the pods are next recreated.')),
-    pendingNote, impact.el);
+    pendingNote, impact.el, effectiveSection);
 
   const previewPane = h('section', { class: 'preview', 'aria-labelledby': 'preview-title', 'data-testid': 'preview' },
     h('div', { class: 'preview-head' },
@@ -1003,6 +1042,19 @@ async function openPassthroughDialog(w) {
     annotationsView.replaceChildren(...(ann.length ? ann.flatMap(([k, v]) => [h('dt', null, k), h('dd', null, v)]) : [h('dd', { class: 'muted' }, 'none')]));
     pendingNote.hidden = doc.status !== 'Pending restart';
     showWarnings(doc.warnings || []);
+    const eff = doc.effective || [];
+    effectiveSection.hidden = !eff.length;
+    effectiveView.replaceChildren(...eff.map((e) => h('tr', { 'data-testid': 'effective-row', 'data-annotation': e.annotation, 'data-source': e.source },
+      h('td', null, h('code', { class: 'small' }, e.annotation.replace(/^.*\//, ''))),
+      h('td', { class: 'mono small' }, e.value === '' ? h('span', { class: 'muted' }, 'none') : e.value),
+      h('td', null, h('span', { class: `tag ${e.source === 'mesh' ? 'tag-blue' : 'tag-grey'}`, title: e.source === 'mesh' ? `Mesh-wide default ${e.meshKey}` : `The workload's own ${e.annotation}` },
+        e.source === 'mesh' ? 'Mesh-wide' : 'Workload')))));
+    for (const [field, note] of Object.entries(meshNotes)) {
+      const e = eff.find((x) => x.annotation === ANNOTATION_KEYS[field]);
+      const inherited = e && e.source === 'mesh' && e.value !== '';
+      note.hidden = !inherited;
+      note.textContent = inherited ? `Not set here: the mesh-wide ${e.meshKey} applies (${e.value}). Adding items replaces it for this workload.` : '';
+    }
   }
 
   function showWarnings(list) {
@@ -1516,6 +1568,412 @@ function openBypassDialog(w) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Batch: one Traffic passthrough settings dialog for several workloads
+
+const BATCH_OPS = [['keep', 'Keep'], ['add', 'Add'], ['remove', 'Remove'], ['set', 'Set to']];
+const BATCH_CHUNK = 400; // workloads per request: far below the API's 64 KiB body limit
+
+/**
+ * POST /api/v1/passthrough/batch for any number of workloads: in requests of at most
+ * BATCH_CHUNK workloads, one after the other, their items joined in order. Every workload
+ * is decided on its own anyway; a request refused whole (422) is refused by the first chunk,
+ * before anything is written.
+ */
+async function postBatch(body) {
+  const all = body.workloads;
+  const out = { items: [], succeeded: 0, failed: 0, dryRun: !!body.dryRun };
+  for (let i = 0; i < all.length; i += BATCH_CHUNK) {
+    const chunk = all.slice(i, i + BATCH_CHUNK);
+    let data;
+    try {
+      ({ data } = await api('POST', `${API}/passthrough/batch`, { body: { ...body, workloads: chunk } }));
+    } catch (e) {
+      // Before anything was written the error is the whole answer; after that, the
+      // workloads of this chunk are reported as not changed, the earlier ones as they went.
+      if (i === 0 || e.status === 401) throw e;
+      data = { items: chunk.map((t) => ({ namespace: t.namespace, name: t.name, outcome: 'failed', status: e.status || 0, error: (e.body && e.body.error) || 'network', message: e.message })) };
+      data.failed = chunk.length;
+    }
+    out.items.push(...(data.items || []));
+    out.succeeded += data.succeeded || 0;
+    out.failed += data.failed || 0;
+  }
+  return out;
+}
+
+/**
+ * `workloads`: the selection. `preset`: `{lists, restart, live}` to start from (Retry failed).
+ * The preview is the batch API's dry run for exactly these workloads at the versions listed,
+ * so Confirm changes what was previewed or reports the workload as changed meanwhile (409).
+ */
+function openBatchDialog(workloads, preset = {}) {
+  if (!workloads.length) return;
+  const targets = workloads.map((w) => ({ namespace: w.namespace, name: w.name, resourceVersion: w.resourceVersion, meshed: w.meshed, status: w.status }));
+  const ctx = { seq: 0, timer: null, closed: false, done: false, last: null };
+  const onChange = () => schedule();
+  const lists = BATCH_LISTS.map((l) => {
+    const chips = new ChipInput({ name: `batch-${l.name}`, label: 'Items', ariaLabel: `${l.label}: items`, kind: l.kind,
+      placeholder: l.kind === 'cidr' ? 'e.g. 10.64.24.0/21, then Enter' : 'e.g. 3306, then Enter', onChange });
+    const p = (preset.lists || {})[l.field] || { op: 'keep', items: [] };
+    const radios = BATCH_OPS.map(([op, label]) => {
+      const id = `batch-op-${l.name}-${op}`;
+      const r = h('input', { type: 'radio', name: `batch-op-${l.name}`, id, value: op, checked: p.op === op, 'data-testid': id });
+      r.addEventListener('change', () => { sync(); schedule(); if (op !== 'keep') chips.input.focus(); });
+      return h('label', { for: id, class: 'seg' }, r, label);
+    });
+    const note = h('div', { class: 'field-help', 'data-testid': `batch-note-${l.name}` });
+    const op = () => (radios.map((x) => $('input', x)).find((r) => r.checked) || { value: 'keep' }).value;
+    const sync = () => {
+      const o = op();
+      chips.setDisabled(o === 'keep');
+      chips.el.hidden = o === 'keep';
+      note.textContent = {
+        keep: 'Each workload keeps its own list.',
+        add: 'Added to each workload\'s list (kept once). A workload without its own list starts from the mesh-wide value.',
+        remove: 'Removed from each workload\'s list where present.',
+        set: 'Replaces each workload\'s list. Empty: the workloads fall back to the mesh-wide value.',
+      }[o];
+    };
+    chips.set(p.items || []);
+    const el = h('fieldset', { class: 'batch-list', 'data-testid': `batch-list-${l.name}` },
+      h('legend', null, h('span', { class: `dir-badge ${l.field === 'inboundPorts' ? 'dir-in' : 'dir-out'}`, 'aria-hidden': 'true' }, l.field === 'inboundPorts' ? 'IN' : 'OUT'), l.label),
+      h('div', { class: 'seg-group', role: 'radiogroup', 'aria-label': `${l.label}: what to do` }, radios),
+      note, chips.el);
+    sync();
+    return { ...l, chips, op, el };
+  });
+
+  const restart = h('input', { type: 'checkbox', id: 'batch-restart-now', checked: !!preset.restart, 'data-testid': 'batch-restart-now' });
+  const live = h('input', { type: 'checkbox', id: 'batch-live', checked: !!preset.live && !istioDialect(), 'data-testid': 'batch-live' });
+  restart.addEventListener('change', () => { if (restart.checked) live.checked = false; });
+  live.addEventListener('change', () => { if (live.checked) restart.checked = false; });
+  const errorArea = h('div', { class: 'dialog-errors', 'data-testid': 'batch-error-area' });
+  const summary = h('div', { class: 'preview-status small', 'data-testid': 'batch-preview-summary', 'aria-live': 'polite' }, 'Choose what to change.');
+  const table = h('div', { class: 'batch-table-wrap', 'data-testid': 'batch-preview', role: 'region', 'aria-label': 'Result per workload', tabindex: '0' });
+
+  const names = targets.map(wkey);
+  const form = h('div', { class: 'batch-form' },
+    h('p', { class: 'pt-hint' }, INBOUND_HINT, '. ', OUTBOUND_HINT, '.'),
+    lists.map((l) => l.el),
+    h('div', { class: 'restart-row' },
+      h('label', { class: 'checkbox', for: 'batch-restart-now' }, restart, h('span', null, 'Restart now')),
+      h('span', { class: 'field-help' }, 'Restarts every changed meshed workload; without it the settings apply when the pods are next recreated.')),
+    istioDialect() ? null : h('div', { class: 'restart-row' },
+      h('label', { class: 'checkbox', for: 'batch-live' }, live, h('span', null, 'Apply to running pods now')),
+      h('span', { class: 'field-help' }, 'Local mesh: the running pods take the new capture rules in place, without a restart.')));
+  const preview = h('section', { class: 'preview batch-preview', 'aria-labelledby': 'batch-preview-title' },
+    h('div', { class: 'preview-head' }, h('h3', { id: 'batch-preview-title', class: 'pt-section-title' }, 'Result per workload')),
+    summary, table);
+  const body = h('div', { class: 'pt-dialog', 'data-testid': 'batch-form' }, errorArea, h('div', { class: 'pt-grid batch-grid' }, form, preview));
+
+  const confirmBtn = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'batch-confirm', disabled: true, onclick: () => submit() }, 'Confirm changes');
+  const cancelBtn = h('button', { type: 'button', class: 'btn', 'data-testid': 'batch-cancel', onclick: () => closeModal() }, 'Cancel');
+  const subtitle = h('span', { 'data-testid': 'batch-subtitle' }, `${targets.length} workload${targets.length === 1 ? '' : 's'}: `,
+    h('strong', null, names.slice(0, 3).join(', ')), names.length > 3 ? ` and ${names.length - 3} more` : '');
+  openModal({
+    title: 'Traffic passthrough settings', subtitle, testid: 'batch-dialog', size: 'xl', body, closeOnBackdrop: false,
+    footer: [h('span', { class: 'spacer' }), cancelBtn, confirmBtn],
+    onClose: () => { ctx.closed = true; clearTimeout(ctx.timer); },
+  });
+  const dialog = $('[data-testid="batch-dialog"]');
+  const footer = $('.modal-foot', dialog);
+
+  function request(dryRun) {
+    const spec = {};
+    for (const l of lists) spec[l.field] = { op: l.op(), items: l.chips.values() };
+    return batchRequest({ targets, lists: spec, dryRun, live: !dryRun && live.checked });
+  }
+
+  function showError(...content) { errorArea.replaceChildren(alertBox('error', 'batch-error', ...content)); }
+  function clearError() { errorArea.replaceChildren(); }
+
+  /** A 422 for the request as a whole: the API's message and each item marked in its list. */
+  function invalid(e) {
+    const errors = e.body.errors || [];
+    for (const l of lists) l.chips.setServerErrors(errors.filter((x) => (x.field || KEY_TO_FIELD[x.key]) === l.field), null);
+    const named = errors.length ? errors.map((x) => `${x.key || x.field}: ${x.item ? `"${x.item}" ` : ''}${x.reason}`).join('; ') : e.message;
+    showError(h('strong', null, 'Nothing was changed: the request is invalid.'), ' ', h('span', { 'data-testid': 'batch-error-detail' }, named));
+  }
+
+  function schedule() {
+    clearTimeout(ctx.timer);
+    summary.textContent = 'Updating preview…';
+    ctx.timer = setTimeout(runPreview, PREVIEW_DEBOUNCE_MS);
+  }
+
+  async function runPreview() {
+    if (ctx.closed || ctx.done) return;
+    const seq = ++ctx.seq;
+    let body0;
+    try {
+      body0 = request(true);
+    } catch (e) {
+      ctx.last = null;
+      confirmBtn.disabled = true;
+      summary.textContent = e.message;
+      table.replaceChildren();
+      clearError();
+      return;
+    }
+    try {
+      const data = await postBatch(body0);
+      if (seq !== ctx.seq || ctx.closed || ctx.done) return;
+      clearError();
+      for (const l of lists) l.chips.setServerErrors([], null);
+      ctx.last = data;
+      const s = batchSummary(data);
+      summary.textContent = `Preview: ${s.text}.`;
+      confirmBtn.disabled = !data.items.some((i) => i.outcome === 'wouldChange');
+      table.replaceChildren(resultTable(data.items, true));
+    } catch (e) {
+      if (seq !== ctx.seq || ctx.closed || ctx.done || e.status === 401) return;
+      ctx.last = null;
+      confirmBtn.disabled = e.status !== 422; // Confirm shows the same named error, and changes nothing
+      table.replaceChildren();
+      if (e.status === 422) {
+        invalid(e);
+        summary.textContent = 'Fix the marked values to see the result per workload.';
+      } else {
+        summary.textContent = `Preview unavailable: ${e.message}`;
+      }
+    }
+  }
+
+  async function submit() {
+    clearError();
+    for (const l of lists) if (l.op() !== 'keep' && l.chips.input.value.trim()) l.chips.commit();
+    let body0;
+    try {
+      body0 = request(false);
+    } catch (e) {
+      showError(e.message);
+      return;
+    }
+    confirmBtn.disabled = true;
+    confirmBtn.classList.add('busy');
+    confirmBtn.textContent = 'Saving…';
+    let data;
+    try {
+      data = await postBatch(body0);
+    } catch (e) {
+      if (ctx.closed || e.status === 401) return;
+      confirmBtn.classList.remove('busy');
+      confirmBtn.textContent = 'Confirm changes';
+      confirmBtn.disabled = false;
+      if (e.status === 422) invalid(e);
+      else showError(h('strong', null, `Not saved (${e.status || 'network'}):`), ` ${e.message}`);
+      return;
+    }
+    ctx.done = true;
+    clearTimeout(ctx.timer);
+    const spec = Object.fromEntries(lists.map((l) => [l.field, { op: l.op(), items: l.chips.values() }]));
+    showResults(data, spec);
+  }
+
+  function showResults(data, spec) {
+    const s = batchSummary(data);
+    const failedItems = data.items.filter((i) => i.outcome === 'failed');
+    const ok = !failedItems.length;
+    const outcome = h('div', { class: 'batch-outcome', 'data-testid': 'batch-results' },
+      ok ? alertBox('info', 'batch-results-summary', h('strong', null, SUCCESS_TOAST), ` — ${s.text}.`)
+        : alertBox('error', 'batch-results-summary', h('strong', null, `${failedItems.length} of ${data.items.length} workload${data.items.length === 1 ? '' : 's'} not changed.`),
+          ` ${s.text}. Each failed workload is left exactly as it was; the others are changed.`),
+      h('div', { class: 'batch-table-wrap', role: 'region', 'aria-label': 'Outcome per workload', tabindex: '0' }, resultTable(data.items, false)));
+    body.replaceChildren(outcome);
+    const retry = failedItems.length ? h('button', { type: 'button', class: 'btn', 'data-testid': 'batch-retry', onclick: async () => {
+      // From the workloads as they are now: a retry is based on their current versions.
+      retry.disabled = true;
+      let now;
+      try {
+        now = ((await api('GET', `${API}/workloads`)).data || {}).items || [];
+      } catch (e) {
+        retry.disabled = false;
+        if (e.status !== 401) toast('Could not reload the workloads', { type: 'error', detail: e.message });
+        return;
+      }
+      const failedKeys = new Set(failedItems.map((i) => `${i.namespace}/${i.name}`));
+      const again = now.filter((w) => failedKeys.has(wkey(w)));
+      closeModal();
+      if (again.length) openBatchDialog(again, { lists: spec, restart: restart.checked, live: live.checked });
+      else toast('The failed workloads no longer exist', { type: 'info' });
+    } }, `Retry failed (${failedItems.length})`) : null;
+    const close = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'batch-close', onclick: () => closeModal() }, 'Close');
+    footer.replaceChildren(h('span', { class: 'spacer' }), retry, close);
+    close.focus();
+    if (ok) {
+      toast(SUCCESS_TOAST, { detail: `${data.items.length} workload${data.items.length === 1 ? '' : 's'}: ${s.text}` });
+    } else {
+      toast(`Traffic passthrough: ${failedItems.length} of ${data.items.length} workloads failed`, {
+        type: 'error', timeout: 12000,
+        detail: failedItems.slice(0, 5).map((i) => `${i.namespace}/${i.name}: ${failureText(i)}`).join('\n') + (failedItems.length > 5 ? `\n… and ${failedItems.length - 5} more (see the dialog)` : ''),
+      });
+    }
+    // The failed workloads stay selected (for a retry); the others are done.
+    state.selectMatching = false;
+    state.selected = new Set(failedItems.map((i) => `${i.namespace}/${i.name}`));
+    refreshList({ quiet: true });
+    if (restart.checked) restartChanged(data.items.filter((i) => i.outcome === 'changed'));
+  }
+
+  /** Restarts each changed meshed workload, a few at a time; each row says how it went. */
+  async function restartChanged(changed) {
+    const queue = changed.filter((i) => { const w = findWorkload(`${i.namespace}/${i.name}`); return !w || w.meshed; });
+    const worker = async () => {
+      for (let i = queue.shift(); i; i = queue.shift()) {
+        const cell = $(`[data-testid="batch-restart-${i.namespace}-${i.name}"]`, dialog);
+        if (cell) cell.textContent = 'Restarting…';
+        try {
+          const { data } = await api('POST', `${wpath(i.namespace, i.name)}/restart`);
+          trackOperation(data);
+          if (cell) { cell.textContent = 'Restart started'; cell.dataset.state = 'started'; }
+        } catch (e) {
+          if (e.status === 401) return;
+          if (cell) { cell.textContent = `Restart failed: ${e.message}`; cell.dataset.state = 'failed'; cell.classList.add('text-error'); }
+          toast(`Restart of ${i.namespace}/${i.name} failed`, { type: 'error', detail: e.message });
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker()]);
+  }
+
+  function resultTable(itemsList, dry) {
+    const cell = (i, field) => {
+      if (!i.settings) return h('td', { class: 'muted' }, '—');
+      const c = listChange((i.before || {})[field], i.settings[field]);
+      const parts = [...c.kept.map((x) => h('span', { class: 'mini-chip' }, x)),
+        ...c.added.map((x) => h('span', { class: 'mini-chip chip-added', title: 'added' }, h('span', { class: 'visually-hidden' }, 'added '), `+${x}`)),
+        ...c.removed.map((x) => h('del', { class: 'mini-chip chip-removed', title: 'removed' }, h('span', { class: 'visually-hidden' }, 'removed '), x))];
+      return h('td', { 'data-field': field }, parts.length ? parts : h('span', { class: 'muted' }, 'none'));
+    };
+    const tagCls = { changed: 'tag-green', wouldChange: 'tag-blue', unchanged: 'tag-grey', failed: 'tag-red' };
+    return h('table', { class: 'table table-compact batch-table' },
+      h('caption', { class: 'visually-hidden' }, dry ? 'What each workload would get' : 'What happened to each workload'),
+      h('thead', null, h('tr', null, ['Workload', 'Result', 'Inbound ports', 'Outbound ports', 'Outbound IP ranges', dry ? 'Warnings' : 'Details'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('tbody', null, itemsList.map((i) => {
+        const key = `${i.namespace}/${i.name}`;
+        const failed = i.outcome === 'failed';
+        const w = findWorkload(key);
+        return h('tr', { 'data-testid': `batch-${dry ? 'row' : 'result'}-${i.namespace}-${i.name}`, 'data-outcome': i.outcome, class: failed ? 'row-failed' : null },
+          h('th', { scope: 'row', class: 'wl-name' }, key, w && !w.meshed ? h('div', { class: 'muted small' }, 'Uninjected: applies once a sidecar is injected') : null),
+          h('td', null, h('span', { class: `tag ${tagCls[i.outcome] || 'tag-grey'}`, 'data-testid': 'batch-outcome' }, OUTCOME_LABEL[i.outcome] || i.outcome),
+            failed ? h('div', { class: 'small text-error', 'data-testid': 'batch-failure', role: dry ? null : 'note' }, failureText(i)) : null),
+          cell(i, 'inboundPorts'), cell(i, 'outboundPorts'), cell(i, 'outboundIpRanges'),
+          h('td', { class: 'small' },
+            (i.warnings || []).length ? h('ul', { class: 'batch-warnings', 'data-testid': 'batch-warnings' }, i.warnings.map((x) => h('li', null, x))) : null,
+            !dry && i.outcome === 'changed' ? h('div', { class: 'muted', 'data-testid': `batch-restart-${i.namespace}-${i.name}` }, i.message) : null,
+            !dry && i.outcome === 'unchanged' ? h('div', { class: 'muted' }, i.message) : null));
+      })));
+  }
+
+  requestAnimationFrame(() => { const first = lists[0] && $('input[type="radio"]:checked', lists[0].el); if (first) first.focus(); });
+  schedule();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mesh-wide defaults page
+
+async function renderDefaultsPage() {
+  const root = $('#defaults-body');
+  root.setAttribute('aria-busy', 'true');
+  try {
+    await loadDefaults();
+    if (!state.loaded) await refreshList({ quiet: true });
+  } finally {
+    root.setAttribute('aria-busy', 'false');
+  }
+  const d = state.defaults;
+  const etag = state.defaultsEtag; // the version these values are; a save names it
+  if (!d) {
+    root.replaceChildren(alertBox('error', 'defaults-error', `Could not read the mesh-wide defaults: ${state.defaultsError || 'unknown error'}`));
+    return;
+  }
+  const usage = appliesTo(state.workloads);
+  const inputs = {};
+  const rows = MESH_VALUES.map((m) => {
+    const id = `default-${m.path.replace(/\W+/g, '-')}`;
+    const input = h('input', { id, type: 'text', class: 'input mono', value: d.values[m.path] || '', autocomplete: 'off', spellcheck: 'false',
+      readonly: !d.writable, 'data-testid': `default-input-${m.path}`, 'aria-describedby': `${id}-err ${id}-use` });
+    const err = h('div', { class: 'field-error', id: `${id}-err`, 'data-testid': `default-error-${m.path}`, hidden: true });
+    input.addEventListener('input', () => {
+      const msg = validateListValue(input.value, m.kind, istioDialect());
+      err.hidden = !msg;
+      err.textContent = msg || '';
+      input.setAttribute('aria-invalid', msg ? 'true' : 'false');
+      status.textContent = '';
+    });
+    inputs[m.path] = { input, err };
+    const u = usage[m.path];
+    const list = (keys) => (keys.length ? h('ul', { class: 'wl-list' }, keys.map((k) => h('li', null, k))) : h('div', { class: 'muted' }, 'none'));
+    return h('tr', { 'data-testid': `default-row-${m.path}` },
+      h('th', { scope: 'row' }, h('label', { for: id }, m.label), h('div', null, h('code', { class: 'small' }, m.path)),
+        h('div', { class: 'muted small' }, 'replaced by the annotation ', h('code', null, m.annotation))),
+      h('td', null, input, err),
+      h('td', { id: `${id}-use`, 'data-testid': `default-applies-${m.path}` },
+        h('details', { class: 'applies' },
+          h('summary', null, `Applies to ${u.inherit.length} workload${u.inherit.length === 1 ? '' : 's'}`, u.own.length ? `; ${u.own.length} set their own` : ''),
+          h('div', { class: 'applies-body small' }, h('div', { class: 'muted' }, 'Get this value:'), list(u.inherit),
+            h('div', { class: 'muted' }, 'Set their own (replacing it):'), list(u.own)))));
+  });
+  const live = h('input', { type: 'checkbox', id: 'defaults-live', 'data-testid': 'defaults-live' });
+  const saveBtn = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'defaults-save', disabled: !d.writable, onclick: () => save() }, 'Save changes');
+  const resetBtn = h('button', { type: 'button', class: 'btn', 'data-testid': 'defaults-reset', onclick: () => renderDefaultsPage() }, 'Reset');
+  const status = h('div', { class: 'defaults-status', 'data-testid': 'defaults-status', 'aria-live': 'polite' });
+  root.replaceChildren(
+    h('div', { class: 'muted small', 'data-testid': 'defaults-source' }, `Kept in ${d.source}`, d.resourceVersion ? ` · version ${d.resourceVersion}` : ''),
+    ...(d.problems || []).map((p) => alertBox('warning', 'defaults-problem', p)),
+    d.writable ? null : alertBox('info', 'defaults-readonly', 'These values can only be read here (the backend cannot write them, or the permission to is not granted).'),
+    h('div', { class: 'table-wrap' }, h('table', { class: 'table defaults-table', 'data-testid': 'defaults-table' },
+      h('caption', { class: 'visually-hidden' }, 'Mesh-wide capture defaults'),
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Setting'), h('th', { scope: 'col' }, 'Value (comma-separated; * for all where allowed)'), h('th', { scope: 'col' }, 'Workloads'))),
+      h('tbody', null, rows))),
+    d.writable ? h('div', { class: 'defaults-actions' },
+      istioDialect() ? null : h('label', { class: 'checkbox', for: 'defaults-live' }, live, h('span', null, 'Apply to running pods now')),
+      h('span', { class: 'field-help' }, istioDialect() ? 'Pods get the new values when they are next created (restart the workloads).' : 'Without it, pods get the new values on their next restart.'),
+      h('span', { class: 'spacer' }), resetBtn, saveBtn) : null,
+    status);
+
+  async function save() {
+    const edited = Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, v.input.value]));
+    const values = changedValues(d.values, edited);
+    for (const v of Object.values(inputs)) { v.err.hidden = true; v.input.removeAttribute('aria-invalid'); }
+    if (!Object.keys(values).length) {
+      status.replaceChildren(alertBox('info', 'defaults-nothing', 'Nothing changed: edit a value first.'));
+      return;
+    }
+    saveBtn.disabled = true;
+    saveBtn.classList.add('busy');
+    try {
+      const headers = etag ? { 'If-Match': etag } : {};
+      const body0 = { values, live: live.checked };
+      if (!etag && d.resourceVersion) body0.resourceVersion = d.resourceVersion;
+      const { data } = await api('PUT', `${API}/defaults`, { body: body0, headers });
+      toast('Mesh-wide defaults saved', { detail: Object.entries(values).map(([k, v]) => `${k} = ${v || '(empty)'}`).join('\n') });
+      await renderDefaultsPage();
+      $('[data-testid="defaults-status"]').replaceChildren(alertBox('info', 'defaults-changes', h('strong', null, 'Saved.'),
+        (data.changes || []).length ? h('ul', null, data.changes.map((c) => h('li', null, c))) : ' No workload is affected.'));
+      refreshList({ quiet: true });
+    } catch (e) {
+      if (e.status === 401) return;
+      if (e.status === 422) {
+        const errors = e.body.errors || [];
+        for (const x of errors) {
+          const f = inputs[x.field] || inputs[x.key];
+          if (f) { f.err.hidden = false; f.err.textContent = `${x.item ? `"${x.item}" ` : ''}${x.reason}`; f.input.setAttribute('aria-invalid', 'true'); }
+        }
+        status.replaceChildren(alertBox('error', 'defaults-error', h('strong', null, 'Nothing saved:'), ' ', e.message));
+      } else if (e.status === 409) {
+        status.replaceChildren(alertBox('error', 'defaults-error', h('strong', null, 'Nothing saved: the defaults changed since this page was loaded.'), ' Reset to see the current values, then change them again.'));
+      } else {
+        status.replaceChildren(alertBox('error', 'defaults-error', h('strong', null, `Nothing saved (${e.status || 'network'}):`), ` ${e.message}`));
+      }
+    } finally {
+      saveBtn.disabled = false;
+      saveBtn.classList.remove('busy');
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Start-up
 
 function decorateStatic() {
@@ -1525,9 +1983,25 @@ function decorateStatic() {
 
 function wireToolbar() {
   const search = $('#search');
-  search.addEventListener('input', () => { state.search = search.value; renderList(); });
-  $('#filter-status').addEventListener('change', (e) => { state.statusFilter = e.target.value; renderList(); });
-  $('#filter-namespace').addEventListener('change', (e) => { state.nsFilter = e.target.value; renderList(); });
+  // A new filter starts on its first page; "all matching" meant the old filter, so it ends.
+  const filtered = () => { state.page = 0; state.selectMatching = false; renderList(); };
+  search.addEventListener('input', () => { state.search = search.value; filtered(); });
+  $('#filter-status').addEventListener('change', (e) => { state.statusFilter = e.target.value; filtered(); });
+  $('#filter-namespace').addEventListener('change', (e) => { state.nsFilter = e.target.value; filtered(); });
+  $('#select-page').addEventListener('change', (e) => {
+    const on = e.currentTarget.checked;
+    if (state.selectMatching && !on) { clearSelection(); return; }
+    const page = pageOf(visibleWorkloads(), state.page, state.pageSize).rows;
+    for (const w of page) if (on) state.selected.add(wkey(w)); else state.selected.delete(wkey(w));
+    renderList(true);
+  });
+  $('#select-matching').addEventListener('click', () => { state.selectMatching = true; renderList(true); $('#batch-passthrough').focus(); });
+  $('#clear-selection').addEventListener('click', () => { clearSelection(); $('#select-page').focus(); });
+  $('#batch-passthrough').addEventListener('click', () => openBatchDialog(selectedWorkloads()));
+  $('#page-size').addEventListener('change', (e) => { state.pageSize = Number(e.target.value) || 20; state.page = 0; renderList(true); });
+  $('#page-prev').addEventListener('click', () => { state.page = Math.max(0, state.page - 1); renderList(true); });
+  $('#page-next').addEventListener('click', () => { state.page += 1; renderList(true); });
+  window.addEventListener('hashchange', () => route());
   $('#refresh').addEventListener('click', () => refreshList());
   for (const th of $$('thead th[data-sort]')) {
     $('button', th).addEventListener('click', () => {
@@ -1559,9 +2033,33 @@ async function init() {
     return;
   }
   $('#signed-out').hidden = true;
-  $('#workloads-card').hidden = false;
+  route();
   await refreshList();
   startAutoRefresh();
+}
+
+/** `#/workloads` (default) or `#/defaults`. */
+function route() {
+  if (!state.signedIn) return;
+  const view = location.hash === '#/defaults' ? 'defaults' : 'workloads';
+  const changed = state.view !== view;
+  state.view = view;
+  for (const a of $$('.nav-item')) {
+    const on = a.getAttribute('href') === `#/${view}`;
+    a.classList.toggle('active', on);
+    if (on) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  }
+  $('#workloads-card').hidden = view !== 'workloads';
+  $('#defaults-card').hidden = view !== 'defaults';
+  const title = view === 'defaults' ? 'Mesh-wide defaults' : 'Workload';
+  $('#page-title').textContent = title;
+  $('#crumb-page').textContent = title;
+  document.title = `${title} · meshpass`;
+  $('#page-sub').textContent = view === 'defaults'
+    ? 'The capture values every sidecar gets unless its workload sets its own.'
+    : 'Sidecar status of every workload, and the ports and IP ranges whose traffic passes through (bypasses) the sidecar.';
+  if (view === 'defaults') renderDefaultsPage();
+  if (changed) $('#main').focus();
 }
 
 decorateStatic();

@@ -149,7 +149,12 @@ async fn public_routes_need_no_token() {
     let o = e.raw(Method::GET, "/api/v1/openapi.json", &[], None).await;
     assert_eq!(o.status, StatusCode::OK);
     assert_eq!(o.json()["openapi"], "3.1.0");
-    for (path, ct) in [("/assets/app.js", "text/javascript"), ("/assets/app.css", "text/css"), ("/", "text/html")] {
+    for (path, ct) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/logic.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+        ("/", "text/html"),
+    ] {
         let a = e.raw(Method::GET, path, &[], None).await;
         assert_eq!(a.status, StatusCode::OK, "{path}");
         assert!(a.header("content-type").starts_with(ct), "{path}: {}", a.header("content-type"));
@@ -917,6 +922,7 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     let cookie = login.header("set-cookie").split(';').next().unwrap().to_string();
     check("GET", "/api/v1/session", &e.raw(Method::GET, "/api/v1/session", &[("cookie", &cookie)], None).await);
     check("GET", "/assets/app.js", &e.raw(Method::GET, "/assets/app.js", &[], None).await);
+    check("GET", "/assets/logic.js", &e.raw(Method::GET, "/assets/logic.js", &[], None).await);
     check("GET", "/api/v1/session", &e.get("/api/v1/session").await);
     check("GET", "/api/v1/session", &e.raw(Method::GET, "/api/v1/session", &[], None).await);
     check("DELETE", "/api/v1/session", &e.call(Method::DELETE, "/api/v1/session", &[], None).await);

@@ -8,13 +8,22 @@
 //! flavour (iptables previews, Bypassed traffic answers 501), one after the other (one browser
 //! at a time on a small machine).
 //!
+//! Then the fleet (`e2e/fleet.mjs`), in both flavours, over the sample mesh plus 200 workloads
+//! in namespace `fleet`: the mesh-wide defaults page (an invalid value refused by name, a
+//! change saved, the list and the dialog showing the value with its source `mesh` and the
+//! warning when a workload's own value replaces it), selecting rows (mouse and keyboard), the
+//! batch dialog (an invalid item refused whole with the API's error, the per-workload preview,
+//! one workload changed behind the dialog's back failing with 409 while the other is changed,
+//! the error toast naming it, Retry failed with Restart now), and all 200 workloads matching a
+//! filter changed in one batch, with the page and the dialog inside the window.
+//!
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM`) and `e2e/node_modules`; without them the
 //! tests are skipped with a message, unless `CI` is set: then they fail. Screenshots go to
 //! `E2E_ARTIFACTS`, else `target/e2e-artifacts/` (the Kubernetes run in its `kube/`
 //! subdirectory).
 
 use meshpass_api::fake::FakeBackend;
-use meshpass_api::model::RuleFormat;
+use meshpass_api::model::{RuleFormat, WorkloadRef};
 use meshpass_api::{BackendKind, Server, ServerConfig};
 use meshpass_test_support::tools;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,8 +43,42 @@ fn gui_passthrough_flow_kubernetes() -> anyhow::Result<()> {
     run_e2e(FakeBackend::sample().with_kind(BackendKind::Kube, RuleFormat::Iptables), "kube")
 }
 
+#[test]
+fn gui_fleet_flow_local_mesh() -> anyhow::Result<()> {
+    run_fleet(with_fleet(FakeBackend::sample()), "fleet")
+}
+
+#[test]
+fn gui_fleet_flow_kubernetes() -> anyhow::Result<()> {
+    run_fleet(with_fleet(FakeBackend::sample().with_kind(BackendKind::Kube, RuleFormat::Iptables)), "fleet-kube")
+}
+
+/// `backend` plus 200 meshed workloads `fleet/app-000` … `fleet/app-199`: more than ten pages.
+fn with_fleet(backend: FakeBackend) -> FakeBackend {
+    for i in 0..200 {
+        backend.add(WorkloadRef::new("fleet", format!("app-{i:03}")), true, Vec::new(), Default::default());
+    }
+    backend
+}
+
 /// Serves `backend` on 127.0.0.1:0 and runs e2e/passthrough.mjs against it.
 fn run_e2e(backend: FakeBackend, subdir: &str) -> anyhow::Result<()> {
+    serve_and(backend, subdir, tools::run_browser_flow)
+}
+
+/// Serves `backend` on 127.0.0.1:0 and runs e2e/fleet.mjs against it.
+fn run_fleet(backend: FakeBackend, subdir: &str) -> anyhow::Result<()> {
+    serve_and(backend, subdir, |url, token, artifacts| {
+        tools::run_browser_script("e2e/fleet.mjs", url, token, artifacts, &[("E2E_FLEET_NS", "fleet")])
+    })
+}
+
+/// Serves `backend` on 127.0.0.1:0 (with a token) and runs `flow(url, token, artifacts)`.
+fn serve_and(
+    backend: FakeBackend,
+    subdir: &str,
+    flow: impl FnOnce(&str, &str, &std::path::Path) -> Result<(), String>,
+) -> anyhow::Result<()> {
     if !tools::browser_ready("gui_e2e") {
         return Ok(());
     }
@@ -51,5 +94,5 @@ fn run_e2e(backend: FakeBackend, subdir: &str) -> anyhow::Result<()> {
     let url = server.started().url.clone();
     // Served until the runtime is dropped at the end of the test.
     rt.spawn(server.run(std::future::pending()));
-    tools::run_browser_flow(&url, token, &artifacts).map_err(anyhow::Error::msg)
+    flow(&url, token, &artifacts).map_err(anyhow::Error::msg)
 }

@@ -26,6 +26,20 @@ fn available(test: &str, missing: &[String]) -> bool {
     false
 }
 
+/// True when `node` runs (for the GUI's unit tests, which need no browser).
+pub fn node_ready(test: &str) -> bool {
+    let ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    available(test, &if ok { Vec::new() } else { vec!["node (apt-get install -y nodejs)".to_string()] })
+}
+
+/// Runs `node --test FILE` (a path under the repository root), bounded in time, its report
+/// shown; `Err` when a test failed.
+pub fn run_node_tests(file: &str) -> Result<(), String> {
+    let mut cmd = Command::new("node");
+    cmd.arg("--test").arg(file);
+    run(&format!("node --test {file}"), cmd, Duration::from_secs(120)).map(|_| ())
+}
+
 /// True when the browser test can run: node, Chromium (`CHROMIUM`, default
 /// `/usr/bin/chromium`) and `e2e/node_modules`.
 pub fn browser_ready(test: &str) -> bool {
@@ -122,15 +136,24 @@ pub fn run_browser_flow(url: &str, token: &str, artifacts: &Path) -> Result<(), 
 /// [`run_browser_flow`] with extra environment for the script (`E2E_MTLS_CLIENT=""` skips the
 /// mutual-TLS impact step where the server cannot read Istio's policies).
 pub fn run_browser_flow_with(url: &str, token: &str, artifacts: &Path, env: &[(&str, &str)]) -> Result<(), String> {
+    let mut env = env.to_vec();
+    env.extend([("E2E_WORKLOAD", "default/helloworld-v1"), ("E2E_PORT", "5000")]);
+    run_browser_script("e2e/passthrough.mjs", url, token, artifacts, &env)
+}
+
+/// Runs the browser script `script` (a path under the repository root, such as
+/// `e2e/fleet.mjs`) against the server at `url` with `env`, screenshots into `artifacts`.
+pub fn run_browser_script(
+    script: &str,
+    url: &str,
+    token: &str,
+    artifacts: &Path,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
     let mut cmd = Command::new("node");
+    cmd.arg(script).env("MESHPASS_URL", url).env("MESHPASS_TOKEN", token).env("E2E_ARTIFACTS", artifacts);
     cmd.envs(env.iter().copied());
-    cmd.arg("e2e/passthrough.mjs")
-        .env("MESHPASS_URL", url)
-        .env("MESHPASS_TOKEN", token)
-        .env("E2E_ARTIFACTS", artifacts)
-        .env("E2E_WORKLOAD", "default/helloworld-v1")
-        .env("E2E_PORT", "5000");
-    let result = run("e2e/passthrough.mjs", cmd, Duration::from_secs(600));
+    let result = run(script, cmd, Duration::from_secs(600));
     println!("screenshots in {}", artifacts.display());
     result.map(|_| ())
 }

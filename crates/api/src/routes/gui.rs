@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
+const LOGIC_JS: &str = include_str!("../../assets/logic.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
 
 /// The page `/` shows without a session: no data, just how to log in.
@@ -88,6 +89,13 @@ pub(crate) async fn index(
     responses((status = 200, description = "script", content_type = "text/javascript", body = String)))]
 pub(crate) async fn app_js() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS).into_response()
+}
+
+/// The GUI's logic without a DOM (imported by `app.js`).
+#[utoipa::path(get, path = "/assets/logic.js", tag = "public", operation_id = "logicJs",
+    responses((status = 200, description = "script", content_type = "text/javascript", body = String)))]
+pub(crate) async fn logic_js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], LOGIC_JS).into_response()
 }
 
 /// GUI style sheet.

@@ -49,6 +49,7 @@ pub fn public() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::openapi::openapi_json))
         .routes(routes!(gui::index))
         .routes(routes!(gui::app_js))
+        .routes(routes!(gui::logic_js))
         .routes(routes!(gui::app_css))
 }
 
