@@ -12,17 +12,14 @@
 // none), CHROMIUM (default /usr/bin/chromium), E2E_HEADED=1. Exit code 0 when every step
 // passed, 1 otherwise (2 on bad usage).
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { Flow, assert } from './harness.mjs';
 
 const BASE = (process.env.MESHPASS_URL || '').replace(/\/+$/, '');
 const TOKEN = process.env.MESHPASS_TOKEN || '';
 const ARTIFACTS = path.resolve(process.env.E2E_ARTIFACTS || 'e2e-artifacts');
 const BATCH = (process.env.E2E_BATCH || 'default/helloworld-v1,default/sleep').split(',').map((s) => s.trim().split('/'));
 const FLEET_NS = process.env.E2E_FLEET_NS || 'fleet';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const UI_TIMEOUT = 15000;
 const SUCCESS = 'Traffic passthrough setup successful';
 const MESH_RANGE = '10.96.0.0/12';
@@ -33,50 +30,15 @@ if (!BASE || !TOKEN || BATCH.length !== 2 || BATCH.some((b) => b.length !== 2)) 
   console.error('usage: MESHPASS_URL=http://127.0.0.1:15180 MESHPASS_TOKEN=TOKEN [E2E_BATCH=ns/a,ns/b] [E2E_FLEET_NS=fleet] node e2e/fleet.mjs');
   process.exit(2);
 }
-fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const [A, B] = BATCH.map(([ns, name]) => ({ ns, name, key: `${ns}/${name}`, tid: `${ns}-${name}` }));
 const row = (w) => `[data-testid="workload-row-${w.tid}"]`;
 
+const flow = new Flow({ tag: 'fleet', artifacts: ARTIFACTS, prefix: 'fleet-' });
+const log = (msg) => flow.log(msg);
+const shot = (name) => flow.shot(name);
+const step = (name, fn) => flow.step(name, fn);
 let page;
-let stepNo = 0;
-const t0 = Date.now();
-const problems = [];
-
-function log(msg) {
-  console.log(`[fleet ${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
-}
-
-async function shot(name) {
-  const file = path.join(ARTIFACTS, `fleet-${String(stepNo).padStart(2, '0')}-${name}.png`);
-  try { await page.screenshot({ path: file, fullPage: false }); } catch (e) { log(`  (screenshot failed: ${e.message})`); }
-  return file;
-}
-
-async function step(name, fn) {
-  stepNo += 1;
-  const start = Date.now();
-  log(`step ${stepNo}: ${name} …`);
-  try {
-    await fn();
-  } catch (e) {
-    const file = await shot(`${name}-FAILED`);
-    log(`step ${stepNo}: ${name} FAILED after ${Date.now() - start} ms: ${e.message.split('\n')[0]}`);
-    console.error(e.stack || e);
-    log(`  screenshot: ${file}`);
-    throw e;
-  }
-  if (problems.length) {
-    const p = problems.splice(0);
-    throw new Error(`the page reported errors during "${name}": ${p.join(' | ')}`);
-  }
-  const file = await shot(name);
-  log(`step ${stepNo}: ${name} ok (${Date.now() - start} ms) → ${path.basename(file)}`);
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
 
 async function apiCall(method, p, body, headers = {}) {
   const res = await fetch(`${BASE}${p}`, {
@@ -155,242 +117,222 @@ async function main() {
   log(`target ${BASE}, batch ${A.key} + ${B.key}, fleet namespace ${FLEET_NS}, artifacts ${ARTIFACTS}`);
   await ensureClean();
   const fleet = (await apiCall('GET', `/api/v1/workloads?namespace=${encodeURIComponent(FLEET_NS)}`)).data.items;
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meshpass-e2e-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: !process.env.E2E_HEADED,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-    viewport: { width: 1280, height: 800 },
-    deviceScaleFactor: 1,
+  page = await flow.open({ timeout: UI_TIMEOUT });
+
+  await step('workload-list-pages', async () => {
+    const resp = await page.goto(`${BASE}/?token=${encodeURIComponent(TOKEN)}`, { waitUntil: 'domcontentloaded' });
+    assert(resp && resp.ok(), `login page answered ${resp && resp.status()}`);
+    await page.locator('[data-testid="workload-rows"] tr[data-key]').first().waitFor();
+    const total = (await apiCall('GET', '/api/v1/workloads')).data.items.length;
+    const rows = await page.locator('[data-testid="workload-rows"] tr[data-key]').count();
+    assert(rows === Math.min(20, total), `${rows} rows on the first page of ${total} workloads, want ${Math.min(20, total)}`);
+    const info = await page.locator('[data-testid="page-info"]').innerText();
+    assert(info === `Page 1 of ${Math.max(1, Math.ceil(total / 20))}`, `pager says "${info}"`);
+    // 200 workloads do not break the layout: nothing wider than the window.
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(overflow <= 0, `the page is ${overflow}px wider than the window`);
+    assert(await page.locator('[data-testid="batch-bar"]').isHidden(), 'the batch bar shows with nothing selected');
   });
-  try {
-    page = context.pages()[0] || await context.newPage();
-    page.setDefaultTimeout(UI_TIMEOUT);
-    page.on('pageerror', (e) => problems.push(`uncaught: ${e.message}`));
-    page.on('console', (m) => {
-      const text = m.text();
-      if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(text)) problems.push(`CSP: ${text}`);
-      if (m.type() === 'error' && !/favicon|status of 4\d\d|status of 501/.test(text)) log(`  [browser console] ${text}`);
+
+  await step('defaults-view', async () => {
+    await page.locator('[data-testid="nav-defaults"]').click();
+    await page.locator('[data-testid="defaults-table"]').waitFor();
+    assert((await page.locator('[data-testid="page-title"]').innerText()) === 'Mesh-wide defaults', 'title');
+    assert(await page.locator('[data-testid="nav-defaults"][aria-current="page"]').count(), 'nav item not current');
+    const rows = await page.locator('[data-testid="defaults-table"] tbody tr').count();
+    assert(rows === 7, `${rows} mesh-wide values shown, want 7`);
+    const applies = await page.locator('[data-testid="default-applies-global.proxy.excludeIPRanges"] summary').innerText();
+    assert(/^Applies to \d+ workloads?/.test(applies), `applies-to says "${applies}"`);
+  });
+
+  await step('defaults-invalid-refused', async () => {
+    const input = page.locator('[data-testid="default-input-global.proxy.excludeInboundPorts"]');
+    await input.fill('70000');
+    const err = page.locator('[data-testid="default-error-global.proxy.excludeInboundPorts"]');
+    await err.waitFor({ state: 'visible' });
+    assert((await err.innerText()).includes('70000'), `inline error: ${await err.innerText()}`);
+    const before = (await apiCall('GET', '/api/v1/defaults')).data;
+    await page.locator('[data-testid="defaults-save"]').click();
+    const msg = page.locator('[data-testid="defaults-error"]');
+    await msg.waitFor();
+    const text = await msg.innerText();
+    assert(text.includes('Nothing saved') && text.includes('70000'), `the refusal does not name the value: ${text}`);
+    const after = (await apiCall('GET', '/api/v1/defaults')).data;
+    assert(after.resourceVersion === before.resourceVersion
+      && JSON.stringify(after.values) === JSON.stringify(before.values), 'an invalid value changed the defaults');
+    await page.locator('[data-testid="defaults-reset"]').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="default-input-global.proxy.excludeInboundPorts"]').value !== '70000');
+  });
+
+  await step('defaults-edit', async () => {
+    const input = page.locator('[data-testid="default-input-global.proxy.excludeIPRanges"]');
+    await input.fill(MESH_RANGE);
+    await page.locator('[data-testid="defaults-save"]').click();
+    const saved = page.locator('[data-testid="defaults-changes"]');
+    await saved.waitFor();
+    log(`  ${(await saved.innerText()).split('\n').slice(0, 3).join(' | ')}`);
+    const now = (await apiCall('GET', '/api/v1/defaults')).data;
+    assert(now.values['global.proxy.excludeIPRanges'] === MESH_RANGE, `the defaults hold ${now.values['global.proxy.excludeIPRanges']}`);
+    await toastText('success', 'Mesh-wide defaults saved');
+    await dismissToasts();
+  });
+
+  await step('list-shows-mesh-values', async () => {
+    await page.locator('[data-testid="nav-workload"]').click();
+    await page.locator('[data-testid="workloads-card"]').waitFor({ state: 'visible' });
+    await page.locator('#filter-namespace').selectOption(A.ns);
+    // A workload that sets no excludeOutboundIPRanges shows the mesh-wide range, marked.
+    const line = page.locator(`[data-testid="pt-outboundIpRanges-${A.tid}"]`);
+    await line.waitFor();
+    assert((await line.getAttribute('data-source')) === 'mesh', `source ${await line.getAttribute('data-source')}`);
+    assert((await line.innerText()).includes(MESH_RANGE), `list shows ${await line.innerText()}`);
+  });
+
+  await step('select-rows', async () => {
+    await page.locator(`${row(A)} [data-testid="row-select"]`).check();
+    // Keyboard: Tab-reachable checkbox, Space ticks it.
+    await page.locator(`${row(B)} [data-testid="row-select"]`).focus();
+    await page.keyboard.press('Space');
+    const count = await page.locator('[data-testid="batch-count"]').innerText();
+    assert(count.startsWith('2 workloads selected'), `batch bar says "${count}"`);
+    const head = await page.locator('[data-testid="select-page"]').evaluate((e) => ({ checked: e.checked, indeterminate: e.indeterminate }));
+    const onPage = await page.locator('[data-testid="workload-rows"] tr[data-key]').count();
+    assert(onPage === 2 ? head.checked : head.indeterminate, `header checkbox ${JSON.stringify(head)} with ${onPage} rows`);
+  });
+
+  let d;
+  await step('batch-dialog-invalid', async () => {
+    d = await openBatchDialog();
+    const sub = await d.locator('[data-testid="batch-subtitle"]').innerText();
+    assert(sub.includes('2 workloads') && sub.includes(A.key) && sub.includes(B.key), `subtitle "${sub}"`);
+    await editList(d, 'inbound', 'add', ['70000']);
+    const err = d.locator('[data-testid="batch-error-detail"]');
+    await err.waitFor();
+    const text = await err.innerText();
+    assert(text.includes('excludeInboundPorts') && text.includes('70000'), `the API's error is not named: ${text}`);
+    assert(await d.locator('[data-testid="chip-batch-inbound-70000"][data-invalid="true"]').count(), 'the bad chip is not marked');
+    const before = await settingsOf(A);
+    await d.locator('[data-testid="batch-confirm"]').click();
+    await d.locator('[data-testid="batch-error"]').waitFor();
+    assert(JSON.stringify(await settingsOf(A)) === JSON.stringify(before), 'an invalid batch changed a workload');
+    assert(await d.locator('[data-testid="batch-results"]').count() === 0, 'an invalid batch showed results');
+    await d.locator('[data-testid="batch-op-inbound-keep"]').check();
+  });
+
+  await step('batch-preview', async () => {
+    await editList(d, 'outbound-ports', 'add', [OUT_PORT]);
+    await page.waitForFunction(() => !document.querySelector('[data-testid="batch-error"]'));
+    const outcomes = await previewRows(2);
+    assert(outcomes[A.key] === 'wouldChange' && outcomes[B.key] === 'wouldChange', `preview ${JSON.stringify(outcomes)}`);
+    const cell = d.locator(`[data-testid="batch-row-${A.tid}"] td[data-field="outboundPorts"]`);
+    assert((await cell.innerText()).includes(`+${OUT_PORT}`), `preview cell: ${await cell.innerText()}`);
+    // Nothing is written by the preview.
+    assert(!((await settingsOf(A)).outboundPorts || []).includes(OUT_PORT), 'the preview wrote');
+  });
+
+  await step('batch-one-fails-others-succeed', async () => {
+    // Someone changes B behind the dialog's back: B alone fails (409), A is changed.
+    const bBefore = (await settingsOf(B)).outboundPorts || [];
+    await setOutbound(B, [...bBefore, '9']);
+    await d.locator('[data-testid="batch-confirm"]').click();
+    const results = d.locator('[data-testid="batch-results"]');
+    await results.waitFor();
+    const a = d.locator(`[data-testid="batch-result-${A.tid}"]`);
+    const b = d.locator(`[data-testid="batch-result-${B.tid}"]`);
+    assert((await a.getAttribute('data-outcome')) === 'changed', `${A.key}: ${await a.getAttribute('data-outcome')}`);
+    assert((await b.getAttribute('data-outcome')) === 'failed', `${B.key}: ${await b.getAttribute('data-outcome')}`);
+    const why = await b.locator('[data-testid="batch-failure"]').innerText();
+    assert(why.includes('409') && /changed since/.test(why), `the failure does not say why: ${why}`);
+    const sum = await d.locator('[data-testid="batch-results-summary"]').innerText();
+    assert(sum.includes('1 of 2 workloads not changed'), `summary: ${sum}`);
+    // The toast says a workload failed and names it; it is not the success toast.
+    const t = await toastText('error', 'failed');
+    assert(t.includes(B.key), `the error toast does not name ${B.key}: ${t}`);
+    assert(!(await page.locator('[data-testid="toast"][data-type="success"]', { hasText: SUCCESS }).count()), 'a success toast hid the failure');
+    assert(((await settingsOf(A)).outboundPorts || []).includes(OUT_PORT), `${A.key} did not get ${OUT_PORT}`);
+    assert(!((await settingsOf(B)).outboundPorts || []).includes(OUT_PORT), `${B.key} was changed although it failed`);
+    assert(((await settingsOf(B)).outboundPorts || []).includes('9'), `${B.key} lost the concurrent change`);
+    await dismissToasts();
+  });
+
+  await step('retry-failed-with-restart', async () => {
+    await d.locator('[data-testid="batch-retry"]').click();
+    d = page.locator('[data-testid="batch-dialog"]');
+    await d.waitFor();
+    const sub = await d.locator('[data-testid="batch-subtitle"]').innerText();
+    assert(sub.includes('1 workload') && sub.includes(B.key), `retry dialog subtitle "${sub}"`);
+    const outcomes = await previewRows(1);
+    assert(outcomes[B.key] === 'wouldChange', `retry preview ${JSON.stringify(outcomes)}`);
+    await d.locator('[data-testid="batch-restart-now"]').check();
+    await d.locator('[data-testid="batch-confirm"]').click();
+    await d.locator('[data-testid="batch-results"]').waitFor();
+    assert((await d.locator(`[data-testid="batch-result-${B.tid}"]`).getAttribute('data-outcome')) === 'changed', 'retry did not change');
+    await toastText('success', SUCCESS);
+    await page.locator(`[data-testid="operation-${B.tid}"]`).waitFor();
+    const s = await settingsOf(B);
+    assert(s.outboundPorts.includes(OUT_PORT) && s.outboundPorts.includes('9'), `${B.key} has ${JSON.stringify(s.outboundPorts)}`);
+    await d.locator('[data-testid="batch-close"]').click();
+    await d.waitFor({ state: 'detached' });
+    await dismissToasts();
+  });
+
+  await step('single-dialog-effective', async () => {
+    await page.locator(`${row(A)} [data-testid="row-menu"]`).click();
+    await page.locator('[data-testid="menu-passthrough"]').click();
+    const dlg = page.locator('[data-testid="passthrough-dialog"]');
+    await dlg.waitFor();
+    const eff = dlg.locator('[data-testid="effective-row"][data-annotation="traffic.sidecar.istio.io/excludeOutboundIPRanges"]');
+    await eff.waitFor();
+    assert((await eff.getAttribute('data-source')) === 'mesh', `excludeOutboundIPRanges source ${await eff.getAttribute('data-source')}`);
+    assert((await eff.innerText()).includes(MESH_RANGE), `in force: ${await eff.innerText()}`);
+    const note = dlg.locator('[data-testid="mesh-note-outbound-ip-ranges"]');
+    assert((await note.innerText()).includes(MESH_RANGE), `no mesh note: ${await note.innerText()}`);
+    // Setting the workload's own range replaces the mesh-wide one: the preview warns.
+    const input = dlg.locator('[data-testid="chip-input-outbound-ip-ranges"]');
+    await input.fill('192.168.0.0/16');
+    await input.press('Enter');
+    await dlg.locator('[data-testid="warning"]', { hasText: MESH_RANGE }).first().waitFor();
+    await page.keyboard.press('Escape');
+    await dlg.waitFor({ state: 'detached' });
+  });
+
+  if (fleet.length > 20) {
+    await step('select-all-matching-filter', async () => {
+      if (await page.locator('[data-testid="clear-selection"]').isVisible()) await page.locator('[data-testid="clear-selection"]').click();
+      await page.locator('#filter-namespace').selectOption(FLEET_NS);
+      await page.locator('[data-testid="select-page"]').check();
+      let count = await page.locator('[data-testid="batch-count"]').innerText();
+      assert(count.startsWith('20 workloads selected'), `after ticking the page: "${count}"`);
+      await page.locator('[data-testid="select-matching"]').click();
+      count = await page.locator('[data-testid="batch-count"]').innerText();
+      assert(count === `All ${fleet.length} workloads matching the filter selected`, `after select-all-matching: "${count}"`);
+      await page.locator('[data-testid="page-next"]').click();
+      assert(await page.locator('[data-testid="workload-rows"] tr[data-key] [data-testid="row-select"]:not(:checked)').count() === 0, 'page 2 rows are not selected');
     });
 
-    await step('workload-list-pages', async () => {
-      const resp = await page.goto(`${BASE}/?token=${encodeURIComponent(TOKEN)}`, { waitUntil: 'domcontentloaded' });
-      assert(resp && resp.ok(), `login page answered ${resp && resp.status()}`);
-      await page.locator('[data-testid="workload-rows"] tr[data-key]').first().waitFor();
-      const total = (await apiCall('GET', '/api/v1/workloads')).data.items.length;
-      const rows = await page.locator('[data-testid="workload-rows"] tr[data-key]').count();
-      assert(rows === Math.min(20, total), `${rows} rows on the first page of ${total} workloads, want ${Math.min(20, total)}`);
-      const info = await page.locator('[data-testid="page-info"]').innerText();
-      assert(info === `Page 1 of ${Math.max(1, Math.ceil(total / 20))}`, `pager says "${info}"`);
-      // 200 workloads do not break the layout: nothing wider than the window.
-      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-      assert(overflow <= 0, `the page is ${overflow}px wider than the window`);
-      assert(await page.locator('[data-testid="batch-bar"]').isHidden(), 'the batch bar shows with nothing selected');
-    });
-
-    await step('defaults-view', async () => {
-      await page.locator('[data-testid="nav-defaults"]').click();
-      await page.locator('[data-testid="defaults-table"]').waitFor();
-      assert((await page.locator('[data-testid="page-title"]').innerText()) === 'Mesh-wide defaults', 'title');
-      assert(await page.locator('[data-testid="nav-defaults"][aria-current="page"]').count(), 'nav item not current');
-      const rows = await page.locator('[data-testid="defaults-table"] tbody tr').count();
-      assert(rows === 7, `${rows} mesh-wide values shown, want 7`);
-      const applies = await page.locator('[data-testid="default-applies-global.proxy.excludeIPRanges"] summary').innerText();
-      assert(/^Applies to \d+ workloads?/.test(applies), `applies-to says "${applies}"`);
-    });
-
-    await step('defaults-invalid-refused', async () => {
-      const input = page.locator('[data-testid="default-input-global.proxy.excludeInboundPorts"]');
-      await input.fill('70000');
-      const err = page.locator('[data-testid="default-error-global.proxy.excludeInboundPorts"]');
-      await err.waitFor({ state: 'visible' });
-      assert((await err.innerText()).includes('70000'), `inline error: ${await err.innerText()}`);
-      const before = (await apiCall('GET', '/api/v1/defaults')).data;
-      await page.locator('[data-testid="defaults-save"]').click();
-      const msg = page.locator('[data-testid="defaults-error"]');
-      await msg.waitFor();
-      const text = await msg.innerText();
-      assert(text.includes('Nothing saved') && text.includes('70000'), `the refusal does not name the value: ${text}`);
-      const after = (await apiCall('GET', '/api/v1/defaults')).data;
-      assert(after.resourceVersion === before.resourceVersion
-        && JSON.stringify(after.values) === JSON.stringify(before.values), 'an invalid value changed the defaults');
-      await page.locator('[data-testid="defaults-reset"]').click();
-      await page.waitForFunction(() => document.querySelector('[data-testid="default-input-global.proxy.excludeInboundPorts"]').value !== '70000');
-    });
-
-    await step('defaults-edit', async () => {
-      const input = page.locator('[data-testid="default-input-global.proxy.excludeIPRanges"]');
-      await input.fill(MESH_RANGE);
-      await page.locator('[data-testid="defaults-save"]').click();
-      const saved = page.locator('[data-testid="defaults-changes"]');
-      await saved.waitFor();
-      log(`  ${(await saved.innerText()).split('\n').slice(0, 3).join(' | ')}`);
-      const now = (await apiCall('GET', '/api/v1/defaults')).data;
-      assert(now.values['global.proxy.excludeIPRanges'] === MESH_RANGE, `the defaults hold ${now.values['global.proxy.excludeIPRanges']}`);
-      await toastText('success', 'Mesh-wide defaults saved');
-      await dismissToasts();
-    });
-
-    await step('list-shows-mesh-values', async () => {
-      await page.locator('[data-testid="nav-workload"]').click();
-      await page.locator('[data-testid="workloads-card"]').waitFor({ state: 'visible' });
-      await page.locator('#filter-namespace').selectOption(A.ns);
-      // A workload that sets no excludeOutboundIPRanges shows the mesh-wide range, marked.
-      const line = page.locator(`[data-testid="pt-outboundIpRanges-${A.tid}"]`);
-      await line.waitFor();
-      assert((await line.getAttribute('data-source')) === 'mesh', `source ${await line.getAttribute('data-source')}`);
-      assert((await line.innerText()).includes(MESH_RANGE), `list shows ${await line.innerText()}`);
-    });
-
-    await step('select-rows', async () => {
-      await page.locator(`${row(A)} [data-testid="row-select"]`).check();
-      // Keyboard: Tab-reachable checkbox, Space ticks it.
-      await page.locator(`${row(B)} [data-testid="row-select"]`).focus();
-      await page.keyboard.press('Space');
-      const count = await page.locator('[data-testid="batch-count"]').innerText();
-      assert(count.startsWith('2 workloads selected'), `batch bar says "${count}"`);
-      const head = await page.locator('[data-testid="select-page"]').evaluate((e) => ({ checked: e.checked, indeterminate: e.indeterminate }));
-      const onPage = await page.locator('[data-testid="workload-rows"] tr[data-key]').count();
-      assert(onPage === 2 ? head.checked : head.indeterminate, `header checkbox ${JSON.stringify(head)} with ${onPage} rows`);
-    });
-
-    let d;
-    await step('batch-dialog-invalid', async () => {
+    await step('batch-over-the-filter', async () => {
       d = await openBatchDialog();
-      const sub = await d.locator('[data-testid="batch-subtitle"]').innerText();
-      assert(sub.includes('2 workloads') && sub.includes(A.key) && sub.includes(B.key), `subtitle "${sub}"`);
-      await editList(d, 'inbound', 'add', ['70000']);
-      const err = d.locator('[data-testid="batch-error-detail"]');
-      await err.waitFor();
-      const text = await err.innerText();
-      assert(text.includes('excludeInboundPorts') && text.includes('70000'), `the API's error is not named: ${text}`);
-      assert(await d.locator('[data-testid="chip-batch-inbound-70000"][data-invalid="true"]').count(), 'the bad chip is not marked');
-      const before = await settingsOf(A);
-      await d.locator('[data-testid="batch-confirm"]').click();
-      await d.locator('[data-testid="batch-error"]').waitFor();
-      assert(JSON.stringify(await settingsOf(A)) === JSON.stringify(before), 'an invalid batch changed a workload');
-      assert(await d.locator('[data-testid="batch-results"]').count() === 0, 'an invalid batch showed results');
-      await d.locator('[data-testid="batch-op-inbound-keep"]').check();
-    });
-
-    await step('batch-preview', async () => {
-      await editList(d, 'outbound-ports', 'add', [OUT_PORT]);
-      await page.waitForFunction(() => !document.querySelector('[data-testid="batch-error"]'));
-      const outcomes = await previewRows(2);
-      assert(outcomes[A.key] === 'wouldChange' && outcomes[B.key] === 'wouldChange', `preview ${JSON.stringify(outcomes)}`);
-      const cell = d.locator(`[data-testid="batch-row-${A.tid}"] td[data-field="outboundPorts"]`);
-      assert((await cell.innerText()).includes(`+${OUT_PORT}`), `preview cell: ${await cell.innerText()}`);
-      // Nothing is written by the preview.
-      assert(!((await settingsOf(A)).outboundPorts || []).includes(OUT_PORT), 'the preview wrote');
-    });
-
-    await step('batch-one-fails-others-succeed', async () => {
-      // Someone changes B behind the dialog's back: B alone fails (409), A is changed.
-      const bBefore = (await settingsOf(B)).outboundPorts || [];
-      await setOutbound(B, [...bBefore, '9']);
-      await d.locator('[data-testid="batch-confirm"]').click();
-      const results = d.locator('[data-testid="batch-results"]');
-      await results.waitFor();
-      const a = d.locator(`[data-testid="batch-result-${A.tid}"]`);
-      const b = d.locator(`[data-testid="batch-result-${B.tid}"]`);
-      assert((await a.getAttribute('data-outcome')) === 'changed', `${A.key}: ${await a.getAttribute('data-outcome')}`);
-      assert((await b.getAttribute('data-outcome')) === 'failed', `${B.key}: ${await b.getAttribute('data-outcome')}`);
-      const why = await b.locator('[data-testid="batch-failure"]').innerText();
-      assert(why.includes('409') && /changed since/.test(why), `the failure does not say why: ${why}`);
-      const sum = await d.locator('[data-testid="batch-results-summary"]').innerText();
-      assert(sum.includes('1 of 2 workloads not changed'), `summary: ${sum}`);
-      // The toast says a workload failed and names it; it is not the success toast.
-      const t = await toastText('error', 'failed');
-      assert(t.includes(B.key), `the error toast does not name ${B.key}: ${t}`);
-      assert(!(await page.locator('[data-testid="toast"][data-type="success"]', { hasText: SUCCESS }).count()), 'a success toast hid the failure');
-      assert(((await settingsOf(A)).outboundPorts || []).includes(OUT_PORT), `${A.key} did not get ${OUT_PORT}`);
-      assert(!((await settingsOf(B)).outboundPorts || []).includes(OUT_PORT), `${B.key} was changed although it failed`);
-      assert(((await settingsOf(B)).outboundPorts || []).includes('9'), `${B.key} lost the concurrent change`);
-      await dismissToasts();
-    });
-
-    await step('retry-failed-with-restart', async () => {
-      await d.locator('[data-testid="batch-retry"]').click();
-      d = page.locator('[data-testid="batch-dialog"]');
-      await d.waitFor();
-      const sub = await d.locator('[data-testid="batch-subtitle"]').innerText();
-      assert(sub.includes('1 workload') && sub.includes(B.key), `retry dialog subtitle "${sub}"`);
-      const outcomes = await previewRows(1);
-      assert(outcomes[B.key] === 'wouldChange', `retry preview ${JSON.stringify(outcomes)}`);
-      await d.locator('[data-testid="batch-restart-now"]').check();
+      assert((await d.locator('[data-testid="batch-subtitle"]').innerText()).includes(`${fleet.length} workloads`), 'subtitle count');
+      await editList(d, 'outbound-ip-ranges', 'add', [FLEET_RANGE]);
+      const outcomes = await previewRows(fleet.length);
+      assert(Object.values(outcomes).every((o) => o === 'wouldChange'), 'not every fleet workload would change');
+      const box = await d.boundingBox();
+      assert(box && box.y >= 0 && box.y + box.height <= 800 + 1, `the dialog leaves the window: ${JSON.stringify(box)}`);
       await d.locator('[data-testid="batch-confirm"]').click();
       await d.locator('[data-testid="batch-results"]').waitFor();
-      assert((await d.locator(`[data-testid="batch-result-${B.tid}"]`).getAttribute('data-outcome')) === 'changed', 'retry did not change');
+      const changed = await d.locator('[data-testid^="batch-result-"][data-outcome="changed"]').count();
+      assert(changed === fleet.length, `${changed} of ${fleet.length} changed`);
       await toastText('success', SUCCESS);
-      await page.locator(`[data-testid="operation-${B.tid}"]`).waitFor();
-      const s = await settingsOf(B);
-      assert(s.outboundPorts.includes(OUT_PORT) && s.outboundPorts.includes('9'), `${B.key} has ${JSON.stringify(s.outboundPorts)}`);
-      await d.locator('[data-testid="batch-close"]').click();
-      await d.waitFor({ state: 'detached' });
-      await dismissToasts();
-    });
-
-    await step('single-dialog-effective', async () => {
-      await page.locator(`${row(A)} [data-testid="row-menu"]`).click();
-      await page.locator('[data-testid="menu-passthrough"]').click();
-      const dlg = page.locator('[data-testid="passthrough-dialog"]');
-      await dlg.waitFor();
-      const eff = dlg.locator('[data-testid="effective-row"][data-annotation="traffic.sidecar.istio.io/excludeOutboundIPRanges"]');
-      await eff.waitFor();
-      assert((await eff.getAttribute('data-source')) === 'mesh', `excludeOutboundIPRanges source ${await eff.getAttribute('data-source')}`);
-      assert((await eff.innerText()).includes(MESH_RANGE), `in force: ${await eff.innerText()}`);
-      const note = dlg.locator('[data-testid="mesh-note-outbound-ip-ranges"]');
-      assert((await note.innerText()).includes(MESH_RANGE), `no mesh note: ${await note.innerText()}`);
-      // Setting the workload's own range replaces the mesh-wide one: the preview warns.
-      const input = dlg.locator('[data-testid="chip-input-outbound-ip-ranges"]');
-      await input.fill('192.168.0.0/16');
-      await input.press('Enter');
-      await dlg.locator('[data-testid="warning"]', { hasText: MESH_RANGE }).first().waitFor();
+      const one = fleet[fleet.length - 1];
+      const s = await settingsOf({ ns: one.namespace, name: one.name });
+      assert(s.outboundIpRanges.includes(FLEET_RANGE), `${one.namespace}/${one.name} has ${JSON.stringify(s.outboundIpRanges)}`);
       await page.keyboard.press('Escape');
-      await dlg.waitFor({ state: 'detached' });
+      await d.waitFor({ state: 'detached' });
     });
-
-    if (fleet.length > 20) {
-      await step('select-all-matching-filter', async () => {
-        if (await page.locator('[data-testid="clear-selection"]').isVisible()) await page.locator('[data-testid="clear-selection"]').click();
-        await page.locator('#filter-namespace').selectOption(FLEET_NS);
-        await page.locator('[data-testid="select-page"]').check();
-        let count = await page.locator('[data-testid="batch-count"]').innerText();
-        assert(count.startsWith('20 workloads selected'), `after ticking the page: "${count}"`);
-        await page.locator('[data-testid="select-matching"]').click();
-        count = await page.locator('[data-testid="batch-count"]').innerText();
-        assert(count === `All ${fleet.length} workloads matching the filter selected`, `after select-all-matching: "${count}"`);
-        await page.locator('[data-testid="page-next"]').click();
-        assert(await page.locator('[data-testid="workload-rows"] tr[data-key] [data-testid="row-select"]:not(:checked)').count() === 0, 'page 2 rows are not selected');
-      });
-
-      await step('batch-over-the-filter', async () => {
-        d = await openBatchDialog();
-        assert((await d.locator('[data-testid="batch-subtitle"]').innerText()).includes(`${fleet.length} workloads`), 'subtitle count');
-        await editList(d, 'outbound-ip-ranges', 'add', [FLEET_RANGE]);
-        const outcomes = await previewRows(fleet.length);
-        assert(Object.values(outcomes).every((o) => o === 'wouldChange'), 'not every fleet workload would change');
-        const box = await d.boundingBox();
-        assert(box && box.y >= 0 && box.y + box.height <= 800 + 1, `the dialog leaves the window: ${JSON.stringify(box)}`);
-        await d.locator('[data-testid="batch-confirm"]').click();
-        await d.locator('[data-testid="batch-results"]').waitFor();
-        const changed = await d.locator('[data-testid^="batch-result-"][data-outcome="changed"]').count();
-        assert(changed === fleet.length, `${changed} of ${fleet.length} changed`);
-        await toastText('success', SUCCESS);
-        const one = fleet[fleet.length - 1];
-        const s = await settingsOf({ ns: one.namespace, name: one.name });
-        assert(s.outboundIpRanges.includes(FLEET_RANGE), `${one.namespace}/${one.name} has ${JSON.stringify(s.outboundIpRanges)}`);
-        await page.keyboard.press('Escape');
-        await d.waitFor({ state: 'detached' });
-      });
-    } else {
-      log(`  namespace ${FLEET_NS} has ${fleet.length} workloads (one page): the all-matching steps are skipped`);
-    }
-  } finally {
-    await context.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+  } else {
+    log(`  namespace ${FLEET_NS} has ${fleet.length} workloads (one page): the all-matching steps are skipped`);
   }
+  await flow.close();
   // Leave the two workloads and the defaults as found.
   await ensureClean();
   for (const w of [B]) {
@@ -399,12 +341,4 @@ async function main() {
   }
 }
 
-main().then(() => {
-  log(`PASS: ${stepNo} steps; screenshots in ${ARTIFACTS}`);
-  console.log(`${stepNo} passed, 0 failed`);
-  process.exit(0);
-}, (e) => {
-  log(`FAIL: ${e.message.split('\n')[0]}`);
-  console.log(`${Math.max(0, stepNo - 1)} passed, 1 failed`);
-  process.exit(1);
-});
+flow.run(main);

@@ -18,15 +18,10 @@ const RESTART_MS = Number(process.env.MOCK_RESTART_MS || 2500);
 const sessions = new Map(); // id -> csrf
 let rvCounter = 100;
 const ops = new Map();
-const KEYS = {
-  inboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
-  outboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
-  outboundIpRanges: 'traffic.sidecar.istio.io/excludeOutboundIPRanges',
-  includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
-  includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
-  includeOutboundIpRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
-  interceptionMode: 'sidecar.istio.io/interceptionMode',
-};
+// The annotation keys by field, from the GUI's own logic module (loaded as an ES module
+// whatever Node's rule for a `.js` file outside a `"type": "module"` package is).
+const logic = await import(`data:text/javascript;base64,${fs.readFileSync(path.join(assets, 'logic.js')).toString('base64')}`);
+const KEYS = logic.ANNOTATION_KEYS;
 
 function wl(namespace, name, meshed, services, annotations = {}) {
   return { namespace, name, kind: 'Deployment', meshed, pendingRestart: false, ready: 1, total: 1, injected: meshed ? 1 : 0,

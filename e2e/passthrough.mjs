@@ -9,10 +9,8 @@
 // Works against the fake dev server and a real `meshpass up`: it needs nothing but the URL and
 // the token. Exit code 0 when every step passed, 1 otherwise (2 on bad usage).
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { Flow, assert } from './harness.mjs';
 
 const BASE = (process.env.MESHPASS_URL || '').replace(/\/+$/, '');
 const TOKEN = process.env.MESHPASS_TOKEN || '';
@@ -22,7 +20,6 @@ const PORT = String(process.env.E2E_PORT || '5000');
 // An outbound port for the "save without restart" and conflict steps (discard protocol: no effect).
 const OUT_PORT = String(process.env.E2E_OUT_PORT || '9');
 const RESTART_TIMEOUT = Number(process.env.E2E_RESTART_TIMEOUT_MS || 60000);
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const UI_TIMEOUT = 15000;
 const SUCCESS = 'Traffic passthrough setup successful';
 // The sample mesh's meshed client of helloworld:5000: excluding that port breaks it (its
@@ -37,7 +34,6 @@ if (!BASE || !TOKEN || !NS || !NAME) {
   console.error('usage: MESHPASS_URL=http://127.0.0.1:15180 MESHPASS_TOKEN=TOKEN [E2E_ARTIFACTS=dir] [E2E_WORKLOAD=ns/name] [E2E_PORT=5000] node e2e/passthrough.mjs');
   process.exit(2);
 }
-fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const tid = `${NS}-${NAME}`;
 const sel = {
@@ -49,45 +45,11 @@ const sel = {
   chip: (v) => `[data-testid="chip-inbound-${v}"]`,
 };
 
+const flow = new Flow({ tag: 'e2e', artifacts: ARTIFACTS, prefix: '' });
+const log = (msg) => flow.log(msg);
+const shot = (name) => flow.shot(name);
+const step = (name, fn) => flow.step(name, fn);
 let page;
-let stepNo = 0;
-const t0 = Date.now();
-const problems = []; // page errors / CSP violations seen while running
-
-function log(msg) {
-  console.log(`[e2e ${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
-}
-
-async function shot(name) {
-  const file = path.join(ARTIFACTS, `${String(stepNo).padStart(2, '0')}-${name}.png`);
-  try { await page.screenshot({ path: file, fullPage: false }); } catch (e) { log(`  (screenshot failed: ${e.message})`); }
-  return file;
-}
-
-async function step(name, fn) {
-  stepNo += 1;
-  const start = Date.now();
-  log(`step ${stepNo}: ${name} …`);
-  try {
-    await fn();
-  } catch (e) {
-    const file = await shot(`${name}-FAILED`);
-    log(`step ${stepNo}: ${name} FAILED after ${Date.now() - start} ms: ${e.message.split('\n')[0]}`);
-    console.error(e.stack || e);
-    log(`  screenshot: ${file}`);
-    throw e;
-  }
-  if (problems.length) {
-    const p = problems.splice(0);
-    throw new Error(`the page reported errors during "${name}": ${p.join(' | ')}`);
-  }
-  const file = await shot(name);
-  log(`step ${stepNo}: ${name} ok (${Date.now() - start} ms) → ${path.basename(file)}`);
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
 
 async function apiGet(p) {
   const res = await fetch(`${BASE}${p}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
@@ -221,370 +183,341 @@ async function main() {
   assert(health.ok, `${BASE}/healthz answered ${health.status}`);
   if (await ensureClean()) log('  pre-clean done');
 
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meshpass-e2e-chromium-'));
-  // A fresh --user-data-dir (playwright passes it for a persistent context).
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: !process.env.E2E_HEADED,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-    viewport: { width: 1280, height: 800 },
-    deviceScaleFactor: 1,
+  page = await flow.open({ timeout: UI_TIMEOUT });
+
+  await step('workload-list', async () => {
+    const resp = await page.goto(`${BASE}/?token=${encodeURIComponent(TOKEN)}`, { waitUntil: 'domcontentloaded' });
+    assert(resp && resp.ok(), `login page answered ${resp && resp.status()}`);
+    assert(!new URL(page.url()).searchParams.has('token'), `the token stayed in the address bar: ${page.url()}`);
+    const csp = resp.headers()['content-security-policy'] || '';
+    if (!csp.includes("default-src 'self'")) log(`  WARNING: the page's Content-Security-Policy is ${JSON.stringify(csp)}`);
+    await page.locator('[data-testid="page-title"]', { hasText: 'Workload' }).waitFor();
+    await page.locator(sel.row).waitFor({ state: 'visible' });
+    assert(await page.locator('[data-testid="signed-out"]').isHidden(), 'the page says "Not signed in"');
+    for (const col of ['Workload', 'Status', 'Namespace', 'Service', 'Injected Pod/All Pods', 'Passthrough', 'Operation']) {
+      assert(await page.locator('thead th', { hasText: col }).count(), `no column "${col}"`);
+    }
+    const status = (await page.locator(sel.status).innerText()).trim();
+    assert(status === 'Injected', `${NS}/${NAME} status is "${status}", want Injected`);
   });
-  try {
-    page = context.pages()[0] || await context.newPage();
-    page.setDefaultTimeout(UI_TIMEOUT);
-    page.on('pageerror', (e) => problems.push(`uncaught: ${e.message}`));
-    page.on('console', (m) => {
-      const text = m.text();
-      if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(text)) problems.push(`CSP: ${text}`);
-      if (m.type() === 'error' && !/favicon|status of 4\d\d|status of 501/.test(text)) log(`  [browser console] ${text}`);
+
+  await step('search-sort-filter', async () => {
+    const rows = () => page.locator('tbody tr[data-key]');
+    const search = page.locator('[data-testid="search"]');
+    await search.fill(NAME);
+    await page.waitForFunction(() => document.querySelectorAll('tbody tr[data-key]').length >= 1);
+    for (const k of await rows().evaluateAll((rs) => rs.map((r) => r.dataset.key))) assert(k.split('/')[1].includes(NAME), `search ${NAME} shows ${k}`);
+    await search.fill('no-such-workload-xyz');
+    await page.locator('[data-testid="empty-list"]').waitFor();
+    await search.fill('');
+    await page.locator(sel.row).waitFor();
+    await page.locator('[data-testid="filter-status"]').selectOption('Injected');
+    for (const t of await page.locator('[data-testid^="status-"]').allInnerTexts()) assert(t.trim() === 'Injected', `status filter shows ${t}`);
+    await page.locator('[data-testid="filter-status"]').selectOption('');
+    const th = page.locator('thead th[data-sort="namespace"]');
+    await th.locator('button').click();
+    assert((await th.getAttribute('aria-sort')) === 'ascending', 'namespace sort is not ascending');
+    const ns1 = await page.locator('tbody tr[data-key]').evaluateAll((rs) => rs.map((r) => r.dataset.key));
+    await th.locator('button').click();
+    assert((await th.getAttribute('aria-sort')) === 'descending', 'namespace sort is not descending');
+    const ns2 = await page.locator('tbody tr[data-key]').evaluateAll((rs) => rs.map((r) => r.dataset.key));
+    assert(JSON.stringify([...ns1].sort()) === JSON.stringify([...ns2].sort()) && (ns1.length < 2 || ns1[0].split('/')[0] <= ns1[ns1.length - 1].split('/')[0]), `sorting lost rows or is wrong: ${ns1} / ${ns2}`);
+    await page.locator('thead th[data-sort="name"] button').click();
+  });
+
+  await step('keyboard-menu-dialog-esc', async () => {
+    const btn = page.locator(`${sel.row} [data-testid="row-menu"]`);
+    await btn.focus();
+    await page.keyboard.press('Enter');
+    await page.locator('[data-testid="row-menu-popup"]').waitFor();
+    const focused = await page.evaluate(() => document.activeElement && document.activeElement.dataset.testid);
+    assert(focused === 'menu-passthrough', `the menu opened with focus on ${focused}`);
+    await page.keyboard.press('Enter');
+    await page.locator(sel.dialog).waitFor();
+    await page.waitForFunction((s) => { const d = document.querySelector(s); return d && !d.classList.contains('loading'); }, sel.dialog);
+    for (let i = 0; i < 25; i += 1) await page.keyboard.press('Tab');
+    assert(await page.evaluate((s) => document.querySelector(s).contains(document.activeElement), sel.dialog), 'Tab left the dialog');
+    for (let i = 0; i < 5; i += 1) await page.keyboard.press('Shift+Tab');
+    assert(await page.evaluate((s) => document.querySelector(s).contains(document.activeElement), sel.dialog), 'Shift+Tab left the dialog');
+    await page.keyboard.press('Escape');
+    await page.locator(sel.dialog).waitFor({ state: 'detached' });
+    const back = await page.evaluate(() => { const a = document.activeElement; const r = a && a.closest('tr[data-key]'); return a && a.dataset.testid === 'row-menu' && r ? r.dataset.key : null; });
+    assert(back === `${NS}/${NAME}`, `after Esc the focus is not on the row's ⋮ button (${back})`);
+  });
+
+  await step('check-effect-before', async () => {
+    const r = await checkEffect();
+    log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
+    assert(r.verdict === 'sidecar', `verdict before passthrough is ${r.verdict}, want sidecar`);
+    assert(r.server === 'istio-envoy', `server header before passthrough is ${r.server}, want istio-envoy`);
+  });
+  await closeDialog();
+
+  await step('dialog-waits-for-settings', async () => {
+    // Hold the settings' GET: until it is answered, nothing in the dialog can be typed,
+    // ticked or confirmed (the load replaces the form, so anything entered before would be
+    // lost and a quick Confirm would save an empty change).
+    let release;
+    const held = new Promise((r) => { release = r; });
+    const settingsUrl = `${BASE}${wpath}/passthrough`;
+    const puts = [];
+    const onRequest = (r) => { if (r.method() === 'PUT') puts.push(r.url()); };
+    page.on('request', onRequest);
+    await page.route((u) => u.toString() === settingsUrl, async (route) => {
+      if (route.request().method() !== 'GET') return route.continue();
+      await held;
+      return route.continue();
     });
-
-    await step('workload-list', async () => {
-      const resp = await page.goto(`${BASE}/?token=${encodeURIComponent(TOKEN)}`, { waitUntil: 'domcontentloaded' });
-      assert(resp && resp.ok(), `login page answered ${resp && resp.status()}`);
-      assert(!new URL(page.url()).searchParams.has('token'), `the token stayed in the address bar: ${page.url()}`);
-      const csp = resp.headers()['content-security-policy'] || '';
-      if (!csp.includes("default-src 'self'")) log(`  WARNING: the page's Content-Security-Policy is ${JSON.stringify(csp)}`);
-      await page.locator('[data-testid="page-title"]', { hasText: 'Workload' }).waitFor();
-      await page.locator(sel.row).waitFor({ state: 'visible' });
-      assert(await page.locator('[data-testid="signed-out"]').isHidden(), 'the page says "Not signed in"');
-      for (const col of ['Workload', 'Status', 'Namespace', 'Service', 'Injected Pod/All Pods', 'Passthrough', 'Operation']) {
-        assert(await page.locator('thead th', { hasText: col }).count(), `no column "${col}"`);
-      }
-      const status = (await page.locator(sel.status).innerText()).trim();
-      assert(status === 'Injected', `${NS}/${NAME} status is "${status}", want Injected`);
-    });
-
-    await step('search-sort-filter', async () => {
-      const rows = () => page.locator('tbody tr[data-key]');
-      const search = page.locator('[data-testid="search"]');
-      await search.fill(NAME);
-      await page.waitForFunction(() => document.querySelectorAll('tbody tr[data-key]').length >= 1);
-      for (const k of await rows().evaluateAll((rs) => rs.map((r) => r.dataset.key))) assert(k.split('/')[1].includes(NAME), `search ${NAME} shows ${k}`);
-      await search.fill('no-such-workload-xyz');
-      await page.locator('[data-testid="empty-list"]').waitFor();
-      await search.fill('');
-      await page.locator(sel.row).waitFor();
-      await page.locator('[data-testid="filter-status"]').selectOption('Injected');
-      for (const t of await page.locator('[data-testid^="status-"]').allInnerTexts()) assert(t.trim() === 'Injected', `status filter shows ${t}`);
-      await page.locator('[data-testid="filter-status"]').selectOption('');
-      const th = page.locator('thead th[data-sort="namespace"]');
-      await th.locator('button').click();
-      assert((await th.getAttribute('aria-sort')) === 'ascending', 'namespace sort is not ascending');
-      const ns1 = await page.locator('tbody tr[data-key]').evaluateAll((rs) => rs.map((r) => r.dataset.key));
-      await th.locator('button').click();
-      assert((await th.getAttribute('aria-sort')) === 'descending', 'namespace sort is not descending');
-      const ns2 = await page.locator('tbody tr[data-key]').evaluateAll((rs) => rs.map((r) => r.dataset.key));
-      assert(JSON.stringify([...ns1].sort()) === JSON.stringify([...ns2].sort()) && (ns1.length < 2 || ns1[0].split('/')[0] <= ns1[ns1.length - 1].split('/')[0]), `sorting lost rows or is wrong: ${ns1} / ${ns2}`);
-      await page.locator('thead th[data-sort="name"] button').click();
-    });
-
-    await step('keyboard-menu-dialog-esc', async () => {
-      const btn = page.locator(`${sel.row} [data-testid="row-menu"]`);
-      await btn.focus();
-      await page.keyboard.press('Enter');
-      await page.locator('[data-testid="row-menu-popup"]').waitFor();
-      const focused = await page.evaluate(() => document.activeElement && document.activeElement.dataset.testid);
-      assert(focused === 'menu-passthrough', `the menu opened with focus on ${focused}`);
-      await page.keyboard.press('Enter');
-      await page.locator(sel.dialog).waitFor();
-      await page.waitForFunction((s) => { const d = document.querySelector(s); return d && !d.classList.contains('loading'); }, sel.dialog);
-      for (let i = 0; i < 25; i += 1) await page.keyboard.press('Tab');
-      assert(await page.evaluate((s) => document.querySelector(s).contains(document.activeElement), sel.dialog), 'Tab left the dialog');
-      for (let i = 0; i < 5; i += 1) await page.keyboard.press('Shift+Tab');
-      assert(await page.evaluate((s) => document.querySelector(s).contains(document.activeElement), sel.dialog), 'Shift+Tab left the dialog');
-      await page.keyboard.press('Escape');
-      await page.locator(sel.dialog).waitFor({ state: 'detached' });
-      const back = await page.evaluate(() => { const a = document.activeElement; const r = a && a.closest('tr[data-key]'); return a && a.dataset.testid === 'row-menu' && r ? r.dataset.key : null; });
-      assert(back === `${NS}/${NAME}`, `after Esc the focus is not on the row's ⋮ button (${back})`);
-    });
-
-    await step('check-effect-before', async () => {
-      const r = await checkEffect();
-      log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
-      assert(r.verdict === 'sidecar', `verdict before passthrough is ${r.verdict}, want sidecar`);
-      assert(r.server === 'istio-envoy', `server header before passthrough is ${r.server}, want istio-envoy`);
-    });
-    await closeDialog();
-
-    await step('dialog-waits-for-settings', async () => {
-      // Hold the settings' GET: until it is answered, nothing in the dialog can be typed,
-      // ticked or confirmed (the load replaces the form, so anything entered before would be
-      // lost and a quick Confirm would save an empty change).
-      let release;
-      const held = new Promise((r) => { release = r; });
-      const settingsUrl = `${BASE}${wpath}/passthrough`;
-      const puts = [];
-      const onRequest = (r) => { if (r.method() === 'PUT') puts.push(r.url()); };
-      page.on('request', onRequest);
-      await page.route((u) => u.toString() === settingsUrl, async (route) => {
-        if (route.request().method() !== 'GET') return route.continue();
-        await held;
-        return route.continue();
-      });
-      try {
-        await openRowMenu();
-        await page.locator('[data-testid="menu-passthrough"]').click();
-        const dialog = page.locator(sel.dialog);
-        await dialog.waitFor({ state: 'visible', timeout: UI_TIMEOUT });
-        assert((await dialog.getAttribute('aria-busy')) === 'true', 'the loading dialog is not marked busy');
-        for (const t of ['chip-input-inbound', 'chip-input-outbound-ports', 'chip-input-outbound-ip-ranges', 'restart-now', 'confirm-changes', 'adv-includeInboundPorts', 'adv-interceptionMode']) {
-          assert(await page.locator(`${sel.dialog} [data-testid="${t}"]`).isDisabled(), `${t} is enabled before the settings loaded`);
-        }
-        await shot('dialog-loading-disabled');
-        // A quick operator: type and confirm before the load. Nothing may reach the server.
-        await page.keyboard.type(PORT);
-        await page.locator('[data-testid="confirm-changes"]').click({ force: true, timeout: 2000 }).catch(() => {});
-        assert(puts.length === 0, `a write was sent before the settings loaded: ${puts}`);
-        release();
-        await page.waitForFunction((s) => { const d = document.querySelector(s); return d && !d.classList.contains('loading'); }, sel.dialog, { timeout: UI_TIMEOUT });
-        for (const t of ['chip-input-inbound', 'restart-now', 'confirm-changes']) {
-          assert(await page.locator(`${sel.dialog} [data-testid="${t}"]`).isEnabled(), `${t} is still disabled after the settings loaded`);
-        }
-        assert((await page.locator('[data-testid="chip-input-inbound"]').inputValue()) === '', 'text typed during the load landed in the form');
-        assert(!(await dialog.locator(sel.chip(PORT)).count()), `chip ${PORT} appeared from typing during the load`);
-        assert(puts.length === 0, `a write was sent: ${puts}`);
-      } finally {
-        release();
-        page.off('request', onRequest);
-        await page.unroute((u) => u.toString() === settingsUrl).catch(() => {});
-      }
-    });
-    await closeDialog();
-
-    await step('dialog-open', async () => {
-      const dialog = await openSettings();
-      assert((await dialog.locator('.modal-title').innerText()).trim() === 'Traffic passthrough settings', 'dialog title');
-      assert((await dialog.locator('[data-testid="hint-inbound"]').innerText()).trim() === 'Only ports are supported, i.e. ports for external access to workloads within the mesh', 'inbound hint');
-      assert((await dialog.locator('[data-testid="hint-outbound"]').innerText()).trim() === 'You can set the port or IP range of the target', 'outbound hint');
-      assert(!(await dialog.locator(sel.chip(PORT)).count()), `chip ${PORT} is already there`);
-      await page.locator('[data-testid="preview-status"]').filter({ hasNotText: 'Loading' }).waitFor();
-    });
-
-    await step('invalid-port-70000', async () => {
-      const input = page.locator('[data-testid="chip-input-inbound"]');
-      await input.click();
-      await input.pressSequentially('70000', { delay: 20 });
-      const typing = page.locator('[data-testid="input-error-inbound"]');
-      await typing.waitFor({ state: 'visible' });
-      log(`  as typed: ${await typing.innerText()}`);
-      await input.press('Enter');
-      const chip = page.locator(sel.chip('70000'));
-      await chip.waitFor();
-      assert((await chip.getAttribute('data-invalid')) === 'true', 'chip 70000 is not marked invalid');
-      await page.locator('[data-testid="confirm-changes"]').click();
-      await page.locator('[data-testid="dialog-error"]').waitFor({ state: 'visible' });
-      const reason = await page.locator(`${sel.dialog} [data-testid="chip-error"]`).first().innerText();
-      log(`  after Confirm: ${await page.locator('[data-testid="dialog-error"]').innerText()} / next to the chip: ${reason}`);
-      assert(await page.locator(sel.dialog).isVisible(), 'the dialog closed after an invalid Confirm');
-      assert(!(await page.locator('[data-testid="toast"]', { hasText: SUCCESS }).count()), 'a success toast appeared for 70000');
-      const { data } = await apiGet(`${wpath}/passthrough`);
-      assert(!(data.settings.inboundPorts || []).includes('70000'), 'the server stored 70000');
-    });
-
-    await step('add-inbound-port', async () => {
-      await page.locator(`${sel.chip('70000')} [data-testid="chip-remove"]`).click();
-      await page.locator(sel.chip('70000')).waitFor({ state: 'detached' });
-      const input = page.locator('[data-testid="chip-input-inbound"]');
-      await input.fill(PORT);
-      await input.press('Enter');
-      const chip = page.locator(sel.chip(PORT));
-      await chip.waitFor();
-      assert((await chip.getAttribute('data-invalid')) !== 'true', `chip ${PORT} is marked invalid: ${await chip.getAttribute('title')}`);
-      // The preview follows: the proposed rules add lines.
-      await page.locator('[data-testid="preview-diff"] [data-op="add"]').first().waitFor({ timeout: UI_TIMEOUT });
-      const warnings = await page.locator('[data-testid="warning"]').allInnerTexts();
-      if (warnings.length) log(`  warnings: ${warnings.join(' | ').slice(0, 300)}`);
-      await page.locator('[data-testid="restart-now"]').check();
-    });
-
-    if (MTLS_CLIENT) {
-      await step('impact-and-fix-clients', async () => {
-        // Before anything changes, the dialog lists the meshed client that would fail...
-        const row = (effect) => `[data-testid="impact-row"][data-client="${MTLS_CLIENT}"][data-effect="${effect}"]`;
-        await page.locator(row('fails')).waitFor({ timeout: UI_TIMEOUT });
-        log(`  impact: ${(await page.locator('[data-testid="impact-list"]').innerText()).replace(/\s+/g, ' ').slice(0, 200)}`);
-        // ...and with the fix ticked, the preview says it keeps working (in plaintext).
-        const fix = page.locator('[data-testid="fix-clients"]');
-        await fix.waitFor({ timeout: UI_TIMEOUT });
-        await fix.check();
-        await page.locator(row('loses-mtls')).waitFor({ timeout: UI_TIMEOUT });
-      });
-    }
-
-    let opId;
-    await step('confirm-toast', async () => {
-      opId = await confirmAndWaitForToast(true, MTLS_CLIENT ? 'created DestinationRule' : null);
-      assert(opId, 'no restart operation is shown');
-      log(`  restart operation ${opId}`);
-    });
-    await dismissToasts();
-
-    await step('restart-finished', async () => { await waitForRestart(opId); });
-
-    await step('check-effect-passthrough', async () => {
-      const r = await checkEffect();
-      log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
-      assert(r.verdict === 'passthrough', `verdict after passthrough is ${r.verdict}, want passthrough`);
-      assert(r.server !== 'istio-envoy', 'the response still has server: istio-envoy');
-      assert(r.server, 'the response has no Server header of the app');
-      assert(!r.headers.some(([k]) => k.toLowerCase() === 'x-envoy-upstream-service-time'), 'x-envoy-upstream-service-time is still there');
-      assert(await page.locator(`${sel.checkDialog} [data-testid="check-result-before"][data-verdict="sidecar"]`).count(), 'the Before result is not kept');
-    });
-    await closeDialog();
-
-    await step('reopen-shows-chip', async () => {
-      await openSettings();
-      await page.locator(sel.chip(PORT)).waitFor();
-    });
-
-    await step('remove-chip', async () => {
-      await page.locator(`${sel.chip(PORT)} [data-testid="chip-remove"]`).click();
-      await page.locator(sel.chip(PORT)).waitFor({ state: 'detached' });
-      await page.locator('[data-testid="preview-diff"] [data-op="del"]').first().waitFor({ timeout: UI_TIMEOUT });
-      if (MTLS_CLIENT) {
-        // The fix rule goes with the exclusion.
-        await page.locator('[data-testid="impact-removes"]', { hasText: 'DestinationRule' }).waitFor({ timeout: UI_TIMEOUT });
-      }
-      await page.locator('[data-testid="restart-now"]').check();
-    });
-
-    await step('confirm-clear-toast', async () => {
-      opId = await confirmAndWaitForToast(true, MTLS_CLIENT ? 'removed DestinationRule' : null);
-      assert(opId, 'no restart operation is shown');
-    });
-    await dismissToasts();
-
-    await step('restart-finished-again', async () => { await waitForRestart(opId); });
-
-    await step('check-effect-sidecar-again', async () => {
-      const r = await checkEffect();
-      log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
-      assert(r.server === 'istio-envoy', `server header after clearing is ${r.server}, want istio-envoy`);
-      assert(r.verdict === 'sidecar', `verdict after clearing is ${r.verdict}, want sidecar`);
-    });
-    await closeDialog();
-
-    await step('final-list', async () => {
-      const txt = await page.locator(`[data-testid="passthrough-${tid}"]`).innerText();
-      assert(!txt.includes(PORT), `the list still shows ${PORT} as passthrough: ${txt}`);
-    });
-
-    // Saved without "Restart now": the list says "Pending restart".
-    await step('save-without-restart', async () => {
-      // Advanced settings the GUI must keep (values equal to Istio's defaults: no behaviour change).
-      const { data, etag } = await apiGet(`${wpath}/passthrough`);
-      await apiSend('PUT', `${wpath}/passthrough`, { ...data.settings, includeInboundPorts: '*', interceptionMode: 'REDIRECT', restart: false }, { 'If-Match': etag });
-      await openSettings();
-      assert(await page.locator('[data-testid="advanced"]').evaluate((d) => d.open), 'Advanced is collapsed although it has values');
-      assert((await page.locator('[data-testid="adv-includeInboundPorts"]').inputValue()) === '*', 'includeInboundPorts is not shown');
-      assert((await page.locator('[data-testid="adv-interceptionMode"]').inputValue()) === 'REDIRECT', 'interceptionMode is not shown');
-      const input = page.locator('[data-testid="chip-input-outbound-ports"]');
-      await input.fill(OUT_PORT);
-      await input.press('Enter');
-      await page.locator(`[data-testid="chip-outbound-ports-${OUT_PORT}"]`).waitFor();
-      assert(!(await page.locator('[data-testid="restart-now"]').isChecked()), '"Restart now" is ticked by default');
-      await page.locator('[data-testid="preview-status"]', { hasNotText: 'Updating' }).waitFor();
-      await shot('dialog-advanced');
-      await confirmAndWaitForToast(false);
-      await page.waitForFunction((s) => { const el = document.querySelector(s); return el && el.textContent.trim() === 'Pending restart'; }, sel.status, { timeout: UI_TIMEOUT });
-      const { data: after } = await apiGet(`${wpath}/passthrough`);
-      assert(after.settings.includeInboundPorts === '*' && after.settings.interceptionMode === 'REDIRECT',
-        `the GUI's PUT lost the advanced settings: ${JSON.stringify(after.settings)}`);
-      assert((after.settings.outboundPorts || []).includes(OUT_PORT), `outbound port ${OUT_PORT} was not saved`);
-    });
-    await dismissToasts();
-
-    // The workload changes while the dialog is open: Confirm gets 409, the dialog says so and
-    // reloads the current values; confirming those (cleared, with a restart) then works.
-    await step('conflict-409-reloads', async () => {
-      await openSettings();
-      await page.locator(`[data-testid="chip-outbound-ports-${OUT_PORT}"]`).waitFor();
-      const { data, etag } = await apiGet(`${wpath}/passthrough`);
-      await apiSend('PUT', `${wpath}/passthrough`, { ...data.settings, outboundPorts: [], includeInboundPorts: null, interceptionMode: null, restart: false }, { 'If-Match': etag });
-      await page.locator('[data-testid="restart-now"]').check();
-      await page.locator('[data-testid="confirm-changes"]').click();
-      const err = page.locator('[data-testid="dialog-error"]');
-      await err.waitFor({ state: 'visible' });
-      const text = await err.innerText();
-      assert(/changed/i.test(text), `the 409 message does not say the workload changed: ${text}`);
-      await page.locator(`[data-testid="chip-outbound-ports-${OUT_PORT}"]`).waitFor({ state: 'detached' });
-      assert(await page.locator(sel.dialog).isVisible(), 'the dialog closed on 409');
-      assert((await page.locator('[data-testid="adv-interceptionMode"]').inputValue()) === '', 'the reloaded values still show interceptionMode');
-    });
-
-    await step('confirm-after-conflict', async () => {
-      await page.locator('[data-testid="restart-now"]').check();
-      const id = await confirmAndWaitForToast();
-      await dismissToasts();
-      await waitForRestart(id);
-    });
-
-    await step('bypassed-traffic-panel', async () => {
+    try {
       await openRowMenu();
-      await page.locator('[data-testid="menu-bypass"]').click();
-      const d = page.locator('[data-testid="bypass-dialog"]');
-      await d.waitFor({ state: 'visible' });
-      await page.locator('[data-testid="bypass-total-inbound"], [data-testid="bypass-unsupported"]').first().waitFor();
-      log(`  ${(await d.locator('[data-testid="bypass-content"]').innerText()).split('\n').slice(0, 3).join(' | ')}`);
-    });
-    await closeDialog();
-
-    const unmeshed = page.locator('tr[data-key]', { has: page.locator('[data-testid^="status-"]', { hasText: /^Uninjected$/ }) }).first();
-    if (await unmeshed.count()) {
-      await step('uninjected-menu-disabled', async () => {
-        await unmeshed.locator('[data-testid="row-menu"]').click();
-        const item = page.locator('[data-testid="menu-passthrough"]');
-        await item.waitFor();
-        assert((await item.getAttribute('aria-disabled')) === 'true', 'passthrough settings are enabled for an Uninjected workload');
-        assert(((await item.getAttribute('title')) || '').length > 10, 'no tooltip on the disabled item');
-        await item.hover();
-        await page.waitForTimeout(150);
-        await shot('uninjected-menu-tooltip');
-        await item.click({ force: true });
-        assert(!(await page.locator(sel.dialog).count()), 'the disabled item opened the dialog');
-        await page.keyboard.press('Escape');
-        await page.locator('[data-testid="row-menu-popup"]').waitFor({ state: 'detached' });
-      });
+      await page.locator('[data-testid="menu-passthrough"]').click();
+      const dialog = page.locator(sel.dialog);
+      await dialog.waitFor({ state: 'visible', timeout: UI_TIMEOUT });
+      assert((await dialog.getAttribute('aria-busy')) === 'true', 'the loading dialog is not marked busy');
+      for (const t of ['chip-input-inbound', 'chip-input-outbound-ports', 'chip-input-outbound-ip-ranges', 'restart-now', 'confirm-changes', 'adv-includeInboundPorts', 'adv-interceptionMode']) {
+        assert(await page.locator(`${sel.dialog} [data-testid="${t}"]`).isDisabled(), `${t} is enabled before the settings loaded`);
+      }
+      await shot('dialog-loading-disabled');
+      // A quick operator: type and confirm before the load. Nothing may reach the server.
+      await page.keyboard.type(PORT);
+      await page.locator('[data-testid="confirm-changes"]').click({ force: true, timeout: 2000 }).catch(() => {});
+      assert(puts.length === 0, `a write was sent before the settings loaded: ${puts}`);
+      release();
+      await page.waitForFunction((s) => { const d = document.querySelector(s); return d && !d.classList.contains('loading'); }, sel.dialog, { timeout: UI_TIMEOUT });
+      for (const t of ['chip-input-inbound', 'restart-now', 'confirm-changes']) {
+        assert(await page.locator(`${sel.dialog} [data-testid="${t}"]`).isEnabled(), `${t} is still disabled after the settings loaded`);
+      }
+      assert((await page.locator('[data-testid="chip-input-inbound"]').inputValue()) === '', 'text typed during the load landed in the form');
+      assert(!(await dialog.locator(sel.chip(PORT)).count()), `chip ${PORT} appeared from typing during the load`);
+      assert(puts.length === 0, `a write was sent: ${puts}`);
+    } finally {
+      release();
+      page.off('request', onRequest);
+      await page.unroute((u) => u.toString() === settingsUrl).catch(() => {});
     }
+  });
+  await closeDialog();
 
-    await step('sign-out', async () => {
-      const cookies = await page.context().cookies();
-      const session = cookies.find((c) => c.name === 'meshpass_session');
-      assert(session, 'no session cookie to sign out of');
-      await page.locator('[data-testid="sign-out"]').click();
-      const panel = page.locator('[data-testid="signed-out"]');
-      await panel.waitFor({ state: 'visible' });
-      const text = await panel.innerText();
-      assert(text.includes('Not signed in: open the login URL printed by meshpass up'), `signed-out text: ${text}`);
-      assert(!(await page.locator('[data-testid="sign-out"]').isVisible()), 'Sign out still shown');
-      // The session ended on the server: the old cookie, sent again, opens nothing.
-      const again = await page.request.get(`${BASE}/api/v1/session`, { headers: { cookie: `meshpass_session=${session.value}` } });
-      assert(again.status() === 401, `the old session cookie still works after sign-out (${again.status()})`);
-    });
+  await step('dialog-open', async () => {
+    const dialog = await openSettings();
+    assert((await dialog.locator('.modal-title').innerText()).trim() === 'Traffic passthrough settings', 'dialog title');
+    assert((await dialog.locator('[data-testid="hint-inbound"]').innerText()).trim() === 'Only ports are supported, i.e. ports for external access to workloads within the mesh', 'inbound hint');
+    assert((await dialog.locator('[data-testid="hint-outbound"]').innerText()).trim() === 'You can set the port or IP range of the target', 'outbound hint');
+    assert(!(await dialog.locator(sel.chip(PORT)).count()), `chip ${PORT} is already there`);
+    await page.locator('[data-testid="preview-status"]').filter({ hasNotText: 'Loading' }).waitFor();
+  });
 
-    await step('signed-out-panel', async () => {
-      await page.context().clearCookies();
-      await page.locator('#signed-out-retry').click();
-      const panel = page.locator('[data-testid="signed-out"]');
-      await panel.waitFor({ state: 'visible' });
-      const text = await panel.innerText();
-      assert(text.includes('Not signed in: open the login URL printed by meshpass up'), `signed-out text: ${text}`);
+  await step('invalid-port-70000', async () => {
+    const input = page.locator('[data-testid="chip-input-inbound"]');
+    await input.click();
+    await input.pressSequentially('70000', { delay: 20 });
+    const typing = page.locator('[data-testid="input-error-inbound"]');
+    await typing.waitFor({ state: 'visible' });
+    log(`  as typed: ${await typing.innerText()}`);
+    await input.press('Enter');
+    const chip = page.locator(sel.chip('70000'));
+    await chip.waitFor();
+    assert((await chip.getAttribute('data-invalid')) === 'true', 'chip 70000 is not marked invalid');
+    await page.locator('[data-testid="confirm-changes"]').click();
+    await page.locator('[data-testid="dialog-error"]').waitFor({ state: 'visible' });
+    const reason = await page.locator(`${sel.dialog} [data-testid="chip-error"]`).first().innerText();
+    log(`  after Confirm: ${await page.locator('[data-testid="dialog-error"]').innerText()} / next to the chip: ${reason}`);
+    assert(await page.locator(sel.dialog).isVisible(), 'the dialog closed after an invalid Confirm');
+    assert(!(await page.locator('[data-testid="toast"]', { hasText: SUCCESS }).count()), 'a success toast appeared for 70000');
+    const { data } = await apiGet(`${wpath}/passthrough`);
+    assert(!(data.settings.inboundPorts || []).includes('70000'), 'the server stored 70000');
+  });
+
+  await step('add-inbound-port', async () => {
+    await page.locator(`${sel.chip('70000')} [data-testid="chip-remove"]`).click();
+    await page.locator(sel.chip('70000')).waitFor({ state: 'detached' });
+    const input = page.locator('[data-testid="chip-input-inbound"]');
+    await input.fill(PORT);
+    await input.press('Enter');
+    const chip = page.locator(sel.chip(PORT));
+    await chip.waitFor();
+    assert((await chip.getAttribute('data-invalid')) !== 'true', `chip ${PORT} is marked invalid: ${await chip.getAttribute('title')}`);
+    // The preview follows: the proposed rules add lines.
+    await page.locator('[data-testid="preview-diff"] [data-op="add"]').first().waitFor({ timeout: UI_TIMEOUT });
+    const warnings = await page.locator('[data-testid="warning"]').allInnerTexts();
+    if (warnings.length) log(`  warnings: ${warnings.join(' | ').slice(0, 300)}`);
+    await page.locator('[data-testid="restart-now"]').check();
+  });
+
+  if (MTLS_CLIENT) {
+    await step('impact-and-fix-clients', async () => {
+      // Before anything changes, the dialog lists the meshed client that would fail...
+      const row = (effect) => `[data-testid="impact-row"][data-client="${MTLS_CLIENT}"][data-effect="${effect}"]`;
+      await page.locator(row('fails')).waitFor({ timeout: UI_TIMEOUT });
+      log(`  impact: ${(await page.locator('[data-testid="impact-list"]').innerText()).replace(/\s+/g, ' ').slice(0, 200)}`);
+      // ...and with the fix ticked, the preview says it keeps working (in plaintext).
+      const fix = page.locator('[data-testid="fix-clients"]');
+      await fix.waitFor({ timeout: UI_TIMEOUT });
+      await fix.check();
+      await page.locator(row('loses-mtls')).waitFor({ timeout: UI_TIMEOUT });
     });
-  } finally {
-    await context.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
   }
+
+  let opId;
+  await step('confirm-toast', async () => {
+    opId = await confirmAndWaitForToast(true, MTLS_CLIENT ? 'created DestinationRule' : null);
+    assert(opId, 'no restart operation is shown');
+    log(`  restart operation ${opId}`);
+  });
+  await dismissToasts();
+
+  await step('restart-finished', async () => { await waitForRestart(opId); });
+
+  await step('check-effect-passthrough', async () => {
+    const r = await checkEffect();
+    log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
+    assert(r.verdict === 'passthrough', `verdict after passthrough is ${r.verdict}, want passthrough`);
+    assert(r.server !== 'istio-envoy', 'the response still has server: istio-envoy');
+    assert(r.server, 'the response has no Server header of the app');
+    assert(!r.headers.some(([k]) => k.toLowerCase() === 'x-envoy-upstream-service-time'), 'x-envoy-upstream-service-time is still there');
+    assert(await page.locator(`${sel.checkDialog} [data-testid="check-result-before"][data-verdict="sidecar"]`).count(), 'the Before result is not kept');
+  });
+  await closeDialog();
+
+  await step('reopen-shows-chip', async () => {
+    await openSettings();
+    await page.locator(sel.chip(PORT)).waitFor();
+  });
+
+  await step('remove-chip', async () => {
+    await page.locator(`${sel.chip(PORT)} [data-testid="chip-remove"]`).click();
+    await page.locator(sel.chip(PORT)).waitFor({ state: 'detached' });
+    await page.locator('[data-testid="preview-diff"] [data-op="del"]').first().waitFor({ timeout: UI_TIMEOUT });
+    if (MTLS_CLIENT) {
+      // The fix rule goes with the exclusion.
+      await page.locator('[data-testid="impact-removes"]', { hasText: 'DestinationRule' }).waitFor({ timeout: UI_TIMEOUT });
+    }
+    await page.locator('[data-testid="restart-now"]').check();
+  });
+
+  await step('confirm-clear-toast', async () => {
+    opId = await confirmAndWaitForToast(true, MTLS_CLIENT ? 'removed DestinationRule' : null);
+    assert(opId, 'no restart operation is shown');
+  });
+  await dismissToasts();
+
+  await step('restart-finished-again', async () => { await waitForRestart(opId); });
+
+  await step('check-effect-sidecar-again', async () => {
+    const r = await checkEffect();
+    log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
+    assert(r.server === 'istio-envoy', `server header after clearing is ${r.server}, want istio-envoy`);
+    assert(r.verdict === 'sidecar', `verdict after clearing is ${r.verdict}, want sidecar`);
+  });
+  await closeDialog();
+
+  await step('final-list', async () => {
+    const txt = await page.locator(`[data-testid="passthrough-${tid}"]`).innerText();
+    assert(!txt.includes(PORT), `the list still shows ${PORT} as passthrough: ${txt}`);
+  });
+
+  // Saved without "Restart now": the list says "Pending restart".
+  await step('save-without-restart', async () => {
+    // Advanced settings the GUI must keep (values equal to Istio's defaults: no behaviour change).
+    const { data, etag } = await apiGet(`${wpath}/passthrough`);
+    await apiSend('PUT', `${wpath}/passthrough`, { ...data.settings, includeInboundPorts: '*', interceptionMode: 'REDIRECT', restart: false }, { 'If-Match': etag });
+    await openSettings();
+    assert(await page.locator('[data-testid="advanced"]').evaluate((d) => d.open), 'Advanced is collapsed although it has values');
+    assert((await page.locator('[data-testid="adv-includeInboundPorts"]').inputValue()) === '*', 'includeInboundPorts is not shown');
+    assert((await page.locator('[data-testid="adv-interceptionMode"]').inputValue()) === 'REDIRECT', 'interceptionMode is not shown');
+    const input = page.locator('[data-testid="chip-input-outbound-ports"]');
+    await input.fill(OUT_PORT);
+    await input.press('Enter');
+    await page.locator(`[data-testid="chip-outbound-ports-${OUT_PORT}"]`).waitFor();
+    assert(!(await page.locator('[data-testid="restart-now"]').isChecked()), '"Restart now" is ticked by default');
+    await page.locator('[data-testid="preview-status"]', { hasNotText: 'Updating' }).waitFor();
+    await shot('dialog-advanced');
+    await confirmAndWaitForToast(false);
+    await page.waitForFunction((s) => { const el = document.querySelector(s); return el && el.textContent.trim() === 'Pending restart'; }, sel.status, { timeout: UI_TIMEOUT });
+    const { data: after } = await apiGet(`${wpath}/passthrough`);
+    assert(after.settings.includeInboundPorts === '*' && after.settings.interceptionMode === 'REDIRECT',
+      `the GUI's PUT lost the advanced settings: ${JSON.stringify(after.settings)}`);
+    assert((after.settings.outboundPorts || []).includes(OUT_PORT), `outbound port ${OUT_PORT} was not saved`);
+  });
+  await dismissToasts();
+
+  // The workload changes while the dialog is open: Confirm gets 409, the dialog says so and
+  // reloads the current values; confirming those (cleared, with a restart) then works.
+  await step('conflict-409-reloads', async () => {
+    await openSettings();
+    await page.locator(`[data-testid="chip-outbound-ports-${OUT_PORT}"]`).waitFor();
+    const { data, etag } = await apiGet(`${wpath}/passthrough`);
+    await apiSend('PUT', `${wpath}/passthrough`, { ...data.settings, outboundPorts: [], includeInboundPorts: null, interceptionMode: null, restart: false }, { 'If-Match': etag });
+    await page.locator('[data-testid="restart-now"]').check();
+    await page.locator('[data-testid="confirm-changes"]').click();
+    const err = page.locator('[data-testid="dialog-error"]');
+    await err.waitFor({ state: 'visible' });
+    const text = await err.innerText();
+    assert(/changed/i.test(text), `the 409 message does not say the workload changed: ${text}`);
+    await page.locator(`[data-testid="chip-outbound-ports-${OUT_PORT}"]`).waitFor({ state: 'detached' });
+    assert(await page.locator(sel.dialog).isVisible(), 'the dialog closed on 409');
+    assert((await page.locator('[data-testid="adv-interceptionMode"]').inputValue()) === '', 'the reloaded values still show interceptionMode');
+  });
+
+  await step('confirm-after-conflict', async () => {
+    await page.locator('[data-testid="restart-now"]').check();
+    const id = await confirmAndWaitForToast();
+    await dismissToasts();
+    await waitForRestart(id);
+  });
+
+  await step('bypassed-traffic-panel', async () => {
+    await openRowMenu();
+    await page.locator('[data-testid="menu-bypass"]').click();
+    const d = page.locator('[data-testid="bypass-dialog"]');
+    await d.waitFor({ state: 'visible' });
+    await page.locator('[data-testid="bypass-total-inbound"], [data-testid="bypass-unsupported"]').first().waitFor();
+    log(`  ${(await d.locator('[data-testid="bypass-content"]').innerText()).split('\n').slice(0, 3).join(' | ')}`);
+  });
+  await closeDialog();
+
+  const unmeshed = page.locator('tr[data-key]', { has: page.locator('[data-testid^="status-"]', { hasText: /^Uninjected$/ }) }).first();
+  if (await unmeshed.count()) {
+    await step('uninjected-menu-disabled', async () => {
+      await unmeshed.locator('[data-testid="row-menu"]').click();
+      const item = page.locator('[data-testid="menu-passthrough"]');
+      await item.waitFor();
+      assert((await item.getAttribute('aria-disabled')) === 'true', 'passthrough settings are enabled for an Uninjected workload');
+      assert(((await item.getAttribute('title')) || '').length > 10, 'no tooltip on the disabled item');
+      await item.hover();
+      await page.waitForTimeout(150);
+      await shot('uninjected-menu-tooltip');
+      await item.click({ force: true });
+      assert(!(await page.locator(sel.dialog).count()), 'the disabled item opened the dialog');
+      await page.keyboard.press('Escape');
+      await page.locator('[data-testid="row-menu-popup"]').waitFor({ state: 'detached' });
+    });
+  }
+
+  await step('sign-out', async () => {
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === 'meshpass_session');
+    assert(session, 'no session cookie to sign out of');
+    await page.locator('[data-testid="sign-out"]').click();
+    const panel = page.locator('[data-testid="signed-out"]');
+    await panel.waitFor({ state: 'visible' });
+    const text = await panel.innerText();
+    assert(text.includes('Not signed in: open the login URL printed by meshpass up'), `signed-out text: ${text}`);
+    assert(!(await page.locator('[data-testid="sign-out"]').isVisible()), 'Sign out still shown');
+    // The session ended on the server: the old cookie, sent again, opens nothing.
+    const again = await page.request.get(`${BASE}/api/v1/session`, { headers: { cookie: `meshpass_session=${session.value}` } });
+    assert(again.status() === 401, `the old session cookie still works after sign-out (${again.status()})`);
+  });
+
+  await step('signed-out-panel', async () => {
+    await page.context().clearCookies();
+    await page.locator('#signed-out-retry').click();
+    const panel = page.locator('[data-testid="signed-out"]');
+    await panel.waitFor({ state: 'visible' });
+    const text = await panel.innerText();
+    assert(text.includes('Not signed in: open the login URL printed by meshpass up'), `signed-out text: ${text}`);
+  });
+  await flow.close();
 }
 
-main().then(() => {
-  log(`PASS: ${stepNo} steps; screenshots in ${ARTIFACTS}`);
-  console.log(`${stepNo} passed, 0 failed`);
-  process.exit(0);
-}, (e) => {
-  log(`FAIL: ${e.message.split('\n')[0]}`);
-  console.log(`${Math.max(0, stepNo - 1)} passed, 1 failed`);
-  process.exit(1);
-});
+flow.run(main);
