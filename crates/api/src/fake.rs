@@ -177,16 +177,10 @@ impl FakeBackend {
         let mut s = self.lock();
         s.version += 1;
         let info = WorkloadInfo {
-            workload: workload.clone(),
-            kind: "Deployment".into(),
-            meshed,
-            pending_restart: false,
-            ready: 1,
-            total: 1,
-            injected: u32::from(meshed),
             services,
             annotations: annotations.clone(),
             resource_version: s.version.to_string(),
+            ..WorkloadInfo::deployment(workload.clone(), meshed)
         };
         s.workloads.insert(workload, FakeWorkload { info, running: annotations, generation: 0, bypassed: 0 });
     }

@@ -165,7 +165,7 @@ pub fn notes(a: &Assessment) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ServiceInfo, WorkloadRef};
+    use crate::model::WorkloadRef;
     use meshpass_policy::{MeshView, PolicySet, Service, ServicePort, Workload};
 
     const INBOUND: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
@@ -173,16 +173,8 @@ mod tests {
 
     fn info(ns: &str, name: &str, meshed: bool, annotations: &[(&str, &str)]) -> WorkloadInfo {
         WorkloadInfo {
-            workload: WorkloadRef::new(ns, name),
-            kind: "Deployment".into(),
-            meshed,
-            pending_restart: false,
-            ready: 1,
-            total: 1,
-            injected: u32::from(meshed),
-            services: Vec::<ServiceInfo>::new(),
             annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            resource_version: "1".into(),
+            ..WorkloadInfo::deployment(WorkloadRef::new(ns, name), meshed)
         }
     }
 

@@ -96,6 +96,24 @@ pub enum SidecarStatus {
 }
 
 impl WorkloadInfo {
+    /// A Deployment whose one pod is ready and runs its current template (with a sidecar when
+    /// `meshed`), without Services or annotations, at version `1`: the starting point of the
+    /// fake backend's and the tests' workloads.
+    pub fn deployment(workload: WorkloadRef, meshed: bool) -> Self {
+        WorkloadInfo {
+            workload,
+            kind: "Deployment".into(),
+            meshed,
+            pending_restart: false,
+            ready: 1,
+            total: 1,
+            injected: u32::from(meshed),
+            services: Vec::new(),
+            annotations: BTreeMap::new(),
+            resource_version: "1".into(),
+        }
+    }
+
     /// The status shown in the list.
     pub fn status(&self) -> SidecarStatus {
         if !self.meshed {

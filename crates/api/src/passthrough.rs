@@ -598,13 +598,6 @@ mod tests {
 
     fn workload(ns: &str, name: &str, meshed: bool, target: Option<u16>) -> WorkloadInfo {
         WorkloadInfo {
-            workload: WorkloadRef::new(ns, name),
-            kind: "Deployment".into(),
-            meshed,
-            pending_restart: false,
-            ready: 1,
-            total: 1,
-            injected: u32::from(meshed),
             services: target
                 .map(|t| ServiceInfo {
                     name: name.into(),
@@ -613,8 +606,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
-            annotations: BTreeMap::new(),
-            resource_version: "1".into(),
+            ..WorkloadInfo::deployment(WorkloadRef::new(ns, name), meshed)
         }
     }
 
