@@ -257,6 +257,8 @@ async function main() {
 
   await step('retry-failed-with-restart', async () => {
     await d.locator('[data-testid="batch-retry"]').click();
+    // The results dialog gives way to a new one once the workloads' versions are re-read.
+    await page.locator('[data-testid="batch-retry"]').waitFor({ state: 'detached' });
     d = page.locator('[data-testid="batch-dialog"]');
     await d.waitFor();
     const sub = await d.locator('[data-testid="batch-subtitle"]').innerText();

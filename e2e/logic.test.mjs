@@ -85,14 +85,14 @@ test('selection of a page and paging', () => {
 });
 
 test('the batch request: versions kept, keep-lists left out, empty add refused, set [] allowed', () => {
-  const targets = [{ namespace: 'default', name: 'a', resourceVersion: '7' }, { namespace: 'default', name: 'b' }];
+  const targets = [{ cluster: 'east', namespace: 'default', name: 'a', resourceVersion: '7' }, { namespace: 'default', name: 'b' }];
   const body = batchRequest({
     targets,
     lists: { inboundPorts: { op: 'keep', items: ['1'] }, outboundPorts: { op: 'add', items: [' 3306 '] }, outboundIpRanges: { op: 'set', items: [] } },
     dryRun: true,
   });
   assert.deepEqual(body, {
-    workloads: [{ namespace: 'default', name: 'a', resourceVersion: '7' }, { namespace: 'default', name: 'b' }],
+    workloads: [{ cluster: 'east', namespace: 'default', name: 'a', resourceVersion: '7' }, { namespace: 'default', name: 'b' }],
     add: { outboundPorts: ['3306'] },
     set: { outboundIpRanges: [] },
     dryRun: true,

@@ -152,7 +152,9 @@ const state = {
   selectMatching: false, // every workload matching the search and filters, on every page
   page: 0,
   pageSize: 20,
-  defaults: null, // GET /api/v1/defaults (null: not readable)
+  defaults: new Map(), // cluster name -> {doc, etag} from GET /api/v1/defaults (absent: not readable)
+  defaultsError: null,
+  defaultsCluster: '', // the cluster the defaults page shows
   defaultsSig: '',
   view: 'workloads',
 };
@@ -421,10 +423,11 @@ function renderRow(w) {
 
   const pt = [];
   // The value in force for each list: the workload's own, else the mesh-wide default (marked).
-  const eff = new Map(effectiveOf(w, state.defaults && state.defaults.values).map((e) => [e.field, e]));
+  const defaults = defaultsOf(w.cluster);
+  const eff = new Map(effectiveOf(w, defaults && defaults.values).map((e) => [e.field, e]));
   const group = (label, field, cls) => {
     const e = eff.get(field);
-    const mesh = e && e.source === 'mesh' && state.defaults;
+    const mesh = e && e.source === 'mesh' && defaults;
     const values = mesh ? listItems(e.value) : p[field];
     if (!values.length) return;
     pt.push(h('div', { class: `pt-line${mesh ? ' pt-mesh' : ''}`, 'data-source': mesh ? 'mesh' : 'workload', 'data-testid': `pt-${field}-${tid(w)}`,
@@ -494,19 +497,42 @@ async function refreshList({ quiet = false } = {}) {
   }
 }
 
-/** The mesh-wide defaults, for the values workloads inherit; a failure only loses the marks. */
+/** The clusters the server serves (one: the list and the defaults need not name it). */
+function clusterNames() {
+  return (state.session && state.session.clusters) || [];
+}
+
+/** `?cluster=NAME` when several clusters are served, else nothing. */
+function clusterQuery(name, sep = '?') {
+  return name && clusterNames().length > 1 ? `${sep}cluster=${enc(name)}` : '';
+}
+
+/** The mesh-wide defaults of a workload's cluster (null when they could not be read). */
+function defaultsOf(cluster) {
+  const one = state.defaults.size === 1 ? [...state.defaults.values()][0] : null;
+  const e = state.defaults.get(cluster || '') || (clusterNames().length <= 1 ? one : null);
+  return e ? e.doc : null;
+}
+
+/** The mesh-wide defaults of every cluster, for the values workloads inherit; a failure only
+ * loses the marks of that cluster's workloads. */
 async function loadDefaults() {
-  try {
-    const res = await api('GET', `${API}/defaults`);
-    state.defaults = res.data || null;
-    state.defaultsEtag = res.headers.get('ETag');
-  } catch (e) {
-    if (e.status === 401) throw e;
-    state.defaults = null;
-    state.defaultsError = e.message;
-  }
-  state.defaultsSig = JSON.stringify(state.defaults && state.defaults.values);
-  return state.defaults;
+  const names = clusterNames().length > 1 ? clusterNames() : [''];
+  const next = new Map();
+  state.defaultsError = null;
+  await Promise.all(names.map(async (name) => {
+    try {
+      const res = await api('GET', `${API}/defaults${clusterQuery(name)}`);
+      const doc = res.data || {};
+      next.set(name || doc.cluster || '', { doc, etag: res.headers.get('ETag') });
+    } catch (e) {
+      if (e.status === 401) throw e;
+      state.defaultsError = `${name ? `cluster ${name}: ` : ''}${e.message}`;
+    }
+  }));
+  state.defaults = next;
+  state.defaultsSig = JSON.stringify([...next].map(([k, v]) => [k, v.doc.values]));
+  return next;
 }
 
 function startAutoRefresh() {
@@ -1608,7 +1634,7 @@ async function postBatch(body) {
  */
 function openBatchDialog(workloads, preset = {}) {
   if (!workloads.length) return;
-  const targets = workloads.map((w) => ({ namespace: w.namespace, name: w.name, resourceVersion: w.resourceVersion, meshed: w.meshed, status: w.status }));
+  const targets = workloads.map((w) => ({ cluster: w.cluster, namespace: w.namespace, name: w.name, resourceVersion: w.resourceVersion, meshed: w.meshed, status: w.status }));
   const ctx = { seq: 0, timer: null, closed: false, done: false, last: null };
   const onChange = () => schedule();
   const lists = BATCH_LISTS.map((l) => {
@@ -1651,7 +1677,7 @@ function openBatchDialog(workloads, preset = {}) {
   const summary = h('div', { class: 'preview-status small', 'data-testid': 'batch-preview-summary', 'aria-live': 'polite' }, 'Choose what to change.');
   const table = h('div', { class: 'batch-table-wrap', 'data-testid': 'batch-preview', role: 'region', 'aria-label': 'Result per workload', tabindex: '0' });
 
-  const names = targets.map(wkey);
+  const names = targets.map((t) => (clusterNames().length > 1 && t.cluster ? `${t.cluster}: ${wkey(t)}` : wkey(t)));
   const form = h('div', { class: 'batch-form' },
     h('p', { class: 'pt-hint' }, INBOUND_HINT, '. ', OUTBOUND_HINT, '.'),
     lists.map((l) => l.el),
@@ -1791,8 +1817,9 @@ function openBatchDialog(workloads, preset = {}) {
         if (e.status !== 401) toast('Could not reload the workloads', { type: 'error', detail: e.message });
         return;
       }
-      const failedKeys = new Set(failedItems.map((i) => `${i.namespace}/${i.name}`));
-      const again = now.filter((w) => failedKeys.has(wkey(w)));
+      const ckey = (x) => `${x.cluster || ''}|${x.namespace}/${x.name}`;
+      const failedKeys = new Set(failedItems.map(ckey));
+      const again = now.filter((w) => failedKeys.has(ckey(w)));
       closeModal();
       if (again.length) openBatchDialog(again, { lists: spec, restart: restart.checked, live: live.checked });
       else toast('The failed workloads no longer exist', { type: 'info' });
@@ -1823,7 +1850,7 @@ function openBatchDialog(workloads, preset = {}) {
         const cell = $(`[data-testid="batch-restart-${i.namespace}-${i.name}"]`, dialog);
         if (cell) cell.textContent = 'Restarting…';
         try {
-          const { data } = await api('POST', `${wpath(i.namespace, i.name)}/restart`);
+          const { data } = await api('POST', `${wpath(i.namespace, i.name)}/restart${clusterQuery(i.cluster)}`);
           trackOperation(data);
           if (cell) { cell.textContent = 'Restart started'; cell.dataset.state = 'started'; }
         } catch (e) {
@@ -1853,8 +1880,8 @@ function openBatchDialog(workloads, preset = {}) {
         const key = `${i.namespace}/${i.name}`;
         const failed = i.outcome === 'failed';
         const w = findWorkload(key);
-        return h('tr', { 'data-testid': `batch-${dry ? 'row' : 'result'}-${i.namespace}-${i.name}`, 'data-outcome': i.outcome, class: failed ? 'row-failed' : null },
-          h('th', { scope: 'row', class: 'wl-name' }, key, w && !w.meshed ? h('div', { class: 'muted small' }, 'Uninjected: applies once a sidecar is injected') : null),
+        return h('tr', { 'data-testid': `batch-${dry ? 'row' : 'result'}-${i.namespace}-${i.name}`, 'data-outcome': i.outcome, 'data-cluster': i.cluster || null, class: failed ? 'row-failed' : null },
+          h('th', { scope: 'row', class: 'wl-name' }, key, clusterNames().length > 1 && i.cluster ? h('div', { class: 'muted small' }, `cluster ${i.cluster}`) : null, w && !w.meshed ? h('div', { class: 'muted small' }, 'Uninjected: applies once a sidecar is injected') : null),
           h('td', null, h('span', { class: `tag ${tagCls[i.outcome] || 'tag-grey'}`, 'data-testid': 'batch-outcome' }, OUTCOME_LABEL[i.outcome] || i.outcome),
             failed ? h('div', { class: 'small text-error', 'data-testid': 'batch-failure', role: dry ? null : 'note' }, failureText(i)) : null),
           cell(i, 'inboundPorts'), cell(i, 'outboundPorts'), cell(i, 'outboundIpRanges'),
@@ -1881,13 +1908,21 @@ async function renderDefaultsPage() {
   } finally {
     root.setAttribute('aria-busy', 'false');
   }
-  const d = state.defaults;
-  const etag = state.defaultsEtag; // the version these values are; a save names it
+  // Several clusters: each has its own defaults (its injector); one is shown at a time.
+  const names = clusterNames();
+  if (names.length > 1 && !names.includes(state.defaultsCluster)) state.defaultsCluster = names[0];
+  const cluster = names.length > 1 ? state.defaultsCluster : '';
+  const picker = names.length > 1 ? h('label', { class: 'select-label defaults-cluster' }, 'Cluster ',
+    h('select', { 'data-testid': 'defaults-cluster', onchange: (e) => { state.defaultsCluster = e.target.value; renderDefaultsPage(); } },
+      names.map((n) => h('option', { value: n, selected: n === cluster }, n)))) : null;
+  const entry = cluster ? state.defaults.get(cluster) : [...state.defaults.values()][0];
+  const d = entry && entry.doc;
+  const etag = entry && entry.etag; // the version these values are; a save names it
   if (!d) {
-    root.replaceChildren(alertBox('error', 'defaults-error', `Could not read the mesh-wide defaults: ${state.defaultsError || 'unknown error'}`));
+    root.replaceChildren(picker || '', alertBox('error', 'defaults-error', `Could not read the mesh-wide defaults: ${state.defaultsError || 'unknown error'}`));
     return;
   }
-  const usage = appliesTo(state.workloads);
+  const usage = appliesTo(state.workloads.filter((w) => !cluster || w.cluster === cluster));
   const inputs = {};
   const rows = MESH_VALUES.map((m) => {
     const id = `default-${m.path.replace(/\W+/g, '-')}`;
@@ -1919,6 +1954,7 @@ async function renderDefaultsPage() {
   const resetBtn = h('button', { type: 'button', class: 'btn', 'data-testid': 'defaults-reset', onclick: () => renderDefaultsPage() }, 'Reset');
   const status = h('div', { class: 'defaults-status', 'data-testid': 'defaults-status', 'aria-live': 'polite' });
   root.replaceChildren(
+    picker,
     h('div', { class: 'muted small', 'data-testid': 'defaults-source' }, `Kept in ${d.source}`, d.resourceVersion ? ` · version ${d.resourceVersion}` : ''),
     ...(d.problems || []).map((p) => alertBox('warning', 'defaults-problem', p)),
     d.writable ? null : alertBox('info', 'defaults-readonly', 'These values can only be read here (the backend cannot write them, or the permission to is not granted).'),
@@ -1946,7 +1982,7 @@ async function renderDefaultsPage() {
       const headers = etag ? { 'If-Match': etag } : {};
       const body0 = { values, live: live.checked };
       if (!etag && d.resourceVersion) body0.resourceVersion = d.resourceVersion;
-      const { data } = await api('PUT', `${API}/defaults`, { body: body0, headers });
+      const { data } = await api('PUT', `${API}/defaults${clusterQuery(cluster)}`, { body: body0, headers });
       toast('Mesh-wide defaults saved', { detail: Object.entries(values).map(([k, v]) => `${k} = ${v || '(empty)'}`).join('\n') });
       await renderDefaultsPage();
       $('[data-testid="defaults-status"]').replaceChildren(alertBox('info', 'defaults-changes', h('strong', null, 'Saved.'),

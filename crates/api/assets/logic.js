@@ -196,14 +196,18 @@ export function pageOf(rows, page, size) {
 }
 
 /**
- * The body of POST /api/v1/passthrough/batch. `targets`: workloads `{namespace, name,
- * resourceVersion?}`; `lists`: `{field: {op: 'keep'|'add'|'remove'|'set', items: [String]}}`.
+ * The body of POST /api/v1/passthrough/batch. `targets`: workloads `{cluster?, namespace,
+ * name, resourceVersion?}`; `lists`: `{field: {op: 'keep'|'add'|'remove'|'set', items: [String]}}`.
  * Throws an Error naming what is missing (no workload, nothing to change, an add/remove
  * without items) — the same cases the server refuses whole.
  */
 export function batchRequest({ targets, lists, dryRun = false, live = false }) {
   if (!targets || !targets.length) throw new Error('No workloads selected.');
-  const body = { workloads: targets.map((t) => (t.resourceVersion ? { namespace: t.namespace, name: t.name, resourceVersion: t.resourceVersion } : { namespace: t.namespace, name: t.name })) };
+  const body = {
+    workloads: targets.map((t) => ({
+      ...(t.cluster ? { cluster: t.cluster } : {}), namespace: t.namespace, name: t.name, ...(t.resourceVersion ? { resourceVersion: t.resourceVersion } : {}),
+    })),
+  };
   let any = false;
   for (const { field, label } of BATCH_LISTS) {
     const l = lists[field] || { op: 'keep' };
