@@ -13,7 +13,7 @@
 // passed, 1 otherwise (2 on bad usage).
 
 import path from 'node:path';
-import { Flow, assert } from './harness.mjs';
+import { Flow, apiClient, assert } from './harness.mjs';
 
 const BASE = (process.env.MESHPASS_URL || '').replace(/\/+$/, '');
 const TOKEN = process.env.MESHPASS_TOKEN || '';
@@ -40,14 +40,7 @@ const shot = (name) => flow.shot(name);
 const step = (name, fn) => flow.step(name, fn);
 let page;
 
-async function apiCall(method, p, body, headers = {}) {
-  const res = await fetch(`${BASE}${p}`, {
-    method, headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json', ...headers }, body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text.slice(0, 300)}`);
-  return { data: text ? JSON.parse(text) : null, etag: res.headers.get('etag') };
-}
+const apiCall = apiClient(BASE, TOKEN);
 
 const ppath = (w) => `/api/v1/namespaces/${encodeURIComponent(w.ns)}/workloads/${encodeURIComponent(w.name)}/passthrough`;
 const settingsOf = async (w) => (await apiCall('GET', ppath(w))).data.settings;

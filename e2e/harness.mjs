@@ -11,6 +11,19 @@ export function assert(cond, msg) {
   if (!cond) throw new Error(msg);
 }
 
+/** `call(method, path, body?, headers?)` against the API at `base` with the bearer `token`:
+ * `{data, etag}`, or an Error naming the request and the answer. */
+export function apiClient(base, token) {
+  return async (method, p, body, headers = {}) => {
+    const res = await fetch(`${base}${p}`, {
+      method, headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json', ...headers }, body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text.slice(0, 300)}`);
+    return { data: text ? JSON.parse(text) : null, etag: res.headers.get('etag') };
+  };
+}
+
 export class Flow {
   /** `tag`: the log prefix; `artifacts`: the screenshot folder; `prefix`: of each file name. */
   constructor({ tag, artifacts, prefix = '' }) {

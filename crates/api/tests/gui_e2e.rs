@@ -17,11 +17,16 @@
 //! the error toast naming it, Retry failed with Restart now), and all 200 workloads matching a
 //! filter changed in one batch, with the page and the dialog inside the window.
 //!
+//! And a server over two clusters (`e2e/clusters.mjs`): the defaults page picks the cluster and
+//! changes one cluster's defaults only, the list marks each workload's inherited values from its
+//! own cluster's, and one batch changes a workload in each cluster.
+//!
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM`) and `e2e/node_modules`; without them the
 //! tests are skipped with a message, unless `CI` is set: then they fail. Screenshots go to
 //! `E2E_ARTIFACTS`, else `target/e2e-artifacts/` (the Kubernetes run in its `kube/`
 //! subdirectory).
 
+use meshpass_api::backend::NamedBackend;
 use meshpass_api::fake::FakeBackend;
 use meshpass_api::model::{RuleFormat, WorkloadRef};
 use meshpass_api::{BackendKind, Server, ServerConfig};
@@ -53,6 +58,25 @@ fn gui_fleet_flow_kubernetes() -> anyhow::Result<()> {
     run_fleet(with_fleet(FakeBackend::sample().with_kind(BackendKind::Kube, RuleFormat::Iptables)), "fleet-kube")
 }
 
+#[test]
+fn gui_two_clusters() -> anyhow::Result<()> {
+    // `east` is the sample mesh; `west` another mesh whose workload names differ from east's.
+    let west = FakeBackend::new();
+    west.add(WorkloadRef::new("shop", "cart"), true, Vec::new(), Default::default());
+    west.add(WorkloadRef::new("shop", "checkout"), true, Vec::new(), Default::default());
+    let clusters =
+        vec![NamedBackend::new("east", Arc::new(FakeBackend::sample())), NamedBackend::new("west", Arc::new(west))];
+    serve_clusters_and(clusters, "clusters", |url, token, artifacts| {
+        tools::run_browser_script(
+            "e2e/clusters.mjs",
+            url,
+            token,
+            artifacts,
+            &[("E2E_A", "east/default/sleep"), ("E2E_B", "west/shop/cart")],
+        )
+    })
+}
+
 /// `backend` plus 200 meshed workloads `fleet/app-000` … `fleet/app-199`: more than ten pages.
 fn with_fleet(backend: FakeBackend) -> FakeBackend {
     for i in 0..200 {
@@ -79,6 +103,16 @@ fn serve_and(
     subdir: &str,
     flow: impl FnOnce(&str, &str, &std::path::Path) -> Result<(), String>,
 ) -> anyhow::Result<()> {
+    backend.set_restart_step(Duration::from_millis(150));
+    serve_clusters_and(vec![NamedBackend::single(Arc::new(backend))], subdir, flow)
+}
+
+/// Serves `clusters` on 127.0.0.1:0 (with a token) and runs `flow(url, token, artifacts)`.
+fn serve_clusters_and(
+    clusters: Vec<NamedBackend>,
+    subdir: &str,
+    flow: impl FnOnce(&str, &str, &std::path::Path) -> Result<(), String>,
+) -> anyhow::Result<()> {
     if !tools::browser_ready("gui_e2e") {
         return Ok(());
     }
@@ -89,8 +123,7 @@ fn serve_and(
     let token = "gui-e2e-token-0123456789abcdef";
     let mut cfg = ServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), state.path());
     cfg.token = Some(token.to_string());
-    backend.set_restart_step(Duration::from_millis(150));
-    let server = rt.block_on(Server::bind(&cfg, Arc::new(backend)))?;
+    let server = rt.block_on(Server::bind_clusters(&cfg, clusters))?;
     let url = server.started().url.clone();
     // Served until the runtime is dropped at the end of the test.
     rt.spawn(server.run(std::future::pending()));
