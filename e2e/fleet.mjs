@@ -125,6 +125,7 @@ async function main() {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert(overflow <= 0, `the page is ${overflow}px wider than the window`);
     assert(await page.locator('[data-testid="batch-bar"]').isHidden(), 'the batch bar shows with nothing selected');
+    await flow.accessibility('the workload list');
   });
 
   await step('defaults-view', async () => {
@@ -136,6 +137,7 @@ async function main() {
     assert(rows === 7, `${rows} mesh-wide values shown, want 7`);
     const applies = await page.locator('[data-testid="default-applies-global.proxy.excludeIPRanges"] summary').innerText();
     assert(/^Applies to \d+ workloads?/.test(applies), `applies-to says "${applies}"`);
+    await flow.accessibility('the defaults page');
   });
 
   await step('defaults-invalid-refused', async () => {
@@ -191,6 +193,7 @@ async function main() {
     const head = await page.locator('[data-testid="select-page"]').evaluate((e) => ({ checked: e.checked, indeterminate: e.indeterminate }));
     const onPage = await page.locator('[data-testid="workload-rows"] tr[data-key]').count();
     assert(onPage === 2 ? head.checked : head.indeterminate, `header checkbox ${JSON.stringify(head)} with ${onPage} rows`);
+    await flow.accessibility('the list with a selection');
   });
 
   let d;
@@ -221,6 +224,7 @@ async function main() {
     assert((await cell.innerText()).includes(`+${OUT_PORT}`), `preview cell: ${await cell.innerText()}`);
     // Nothing is written by the preview.
     assert(!((await settingsOf(A)).outboundPorts || []).includes(OUT_PORT), 'the preview wrote');
+    await flow.accessibility('the batch dialog with its preview');
   });
 
   await step('batch-one-fails-others-succeed', async () => {
@@ -245,6 +249,7 @@ async function main() {
     assert(((await settingsOf(A)).outboundPorts || []).includes(OUT_PORT), `${A.key} did not get ${OUT_PORT}`);
     assert(!((await settingsOf(B)).outboundPorts || []).includes(OUT_PORT), `${B.key} was changed although it failed`);
     assert(((await settingsOf(B)).outboundPorts || []).includes('9'), `${B.key} lost the concurrent change`);
+    await flow.accessibility('the batch outcome');
     await dismissToasts();
   });
 
@@ -287,6 +292,7 @@ async function main() {
     await input.fill('192.168.0.0/16');
     await input.press('Enter');
     await dlg.locator('[data-testid="warning"]', { hasText: MESH_RANGE }).first().waitFor();
+    await flow.accessibility('the single-workload dialog');
     await page.keyboard.press('Escape');
     await dlg.waitFor({ state: 'detached' });
   });

@@ -4,8 +4,11 @@
 
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+
+const require = createRequire(import.meta.url);
 
 export function assert(cond, msg) {
   if (!cond) throw new Error(msg);
@@ -91,6 +94,43 @@ export class Flow {
     });
     this.page = page;
     return page;
+  }
+
+  /**
+   * Checks the page as it is now with axe-core against WCAG 2.1 A and AA: any serious or
+   * critical violation fails, naming the rule and the first elements. Without axe-core
+   * installed this is skipped with a message, unless CI is set: then it fails.
+   */
+  async accessibility(label) {
+    let source;
+    try {
+      source = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+    } catch (e) {
+      const msg = 'axe-core is missing (cd e2e && npm ci)';
+      if (process.env.CI) throw new Error(msg);
+      this.log(`  SKIPPED accessibility check of ${label}: ${msg}`);
+      return;
+    }
+    // Colours are judged as they end up, not half-way through a dialog's fade-in.
+    await this.page.evaluate(() => Promise.all(document.getAnimations()
+      .filter((a) => a.effect && a.effect.getTiming().iterations !== Infinity)
+      .map((a) => a.finished.catch(() => {}))));
+    // Evaluated over the DevTools protocol, so the page's Content-Security-Policy stays as it is.
+    if (!(await this.page.evaluate(() => typeof window.axe === 'object'))) await this.page.evaluate(source);
+    const result = await this.page.evaluate(() => window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+      resultTypes: ['violations'],
+    }));
+    const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+    if (process.env.E2E_A11Y_DETAIL) {
+      for (const v of result.violations) for (const n of v.nodes) this.log(`  ${v.id}: ${n.target.join(' ')}: ${(n.failureSummary || '').replace(/\s+/g, ' ')}`);
+    }
+    for (const v of result.violations.filter((x) => !bad.includes(x))) this.log(`  accessibility (${label}, ${v.impact}): ${v.id}: ${v.help}`);
+    if (bad.length) {
+      throw new Error(`accessibility of ${label}: ${bad.map((v) => `${v.id} (${v.impact}): ${v.help} — ${
+        v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}${v.nodes.length > 3 ? ` and ${v.nodes.length - 3} more` : ''}`).join('; ')}`);
+    }
+    this.log(`  accessibility of ${label}: no serious or critical WCAG 2.1 AA violation (${result.violations.length} minor)`);
   }
 
   async close() {

@@ -250,6 +250,7 @@ async function main() {
     log(`  verdict ${r.verdict}, ${r.statusLine}, server: ${r.server}`);
     assert(r.verdict === 'sidecar', `verdict before passthrough is ${r.verdict}, want sidecar`);
     assert(r.server === 'istio-envoy', `server header before passthrough is ${r.server}, want istio-envoy`);
+    await flow.accessibility('the Check effect dialog');
   });
   await closeDialog();
 
@@ -342,6 +343,7 @@ async function main() {
     const warnings = await page.locator('[data-testid="warning"]').allInnerTexts();
     if (warnings.length) log(`  warnings: ${warnings.join(' | ').slice(0, 300)}`);
     await page.locator('[data-testid="restart-now"]').check();
+    await flow.accessibility('the Traffic passthrough settings dialog');
   });
 
   if (MTLS_CLIENT) {
@@ -473,6 +475,7 @@ async function main() {
     await d.waitFor({ state: 'visible' });
     await page.locator('[data-testid="bypass-total-inbound"], [data-testid="bypass-unsupported"]').first().waitFor();
     log(`  ${(await d.locator('[data-testid="bypass-content"]').innerText()).split('\n').slice(0, 3).join(' | ')}`);
+    await flow.accessibility('the Bypassed traffic panel');
   });
   await closeDialog();
 
@@ -516,6 +519,7 @@ async function main() {
     await panel.waitFor({ state: 'visible' });
     const text = await panel.innerText();
     assert(text.includes('Not signed in: open the login URL printed by meshpass up'), `signed-out text: ${text}`);
+    await flow.accessibility('the signed-out panel');
   });
   await flow.close();
 }
