@@ -196,6 +196,27 @@ async function main() {
     await flow.accessibility('the list with a selection');
   });
 
+  await step('batch-dialog-keyboard', async () => {
+    // The batch action, its dialog and the list operations all work from the keyboard.
+    await page.locator('[data-testid="batch-passthrough"]').focus();
+    await page.keyboard.press('Enter');
+    const dlg = page.locator('[data-testid="batch-dialog"]');
+    await dlg.waitFor();
+    await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'batch-op-inbound-keep');
+    await page.keyboard.press('ArrowRight');
+    assert(await dlg.locator('[data-testid="batch-op-inbound-add"]').isChecked(), 'ArrowRight did not choose Add');
+    await page.keyboard.press('Tab');
+    const focused = await page.evaluate(() => document.activeElement && document.activeElement.dataset.testid);
+    assert(focused === 'chip-input-batch-inbound', `Tab after Add focuses ${focused}, want the items input`);
+    // Focus stays inside the dialog however far one tabs.
+    for (let i = 0; i < 40; i += 1) await page.keyboard.press('Tab');
+    assert(await dlg.evaluate((el) => el.contains(document.activeElement)), 'Tab left the dialog');
+    await page.keyboard.press('Escape');
+    await dlg.waitFor({ state: 'detached' });
+    const back = await page.evaluate(() => document.activeElement && document.activeElement.dataset.testid);
+    assert(back === 'batch-passthrough', `after Esc the focus is on ${back}, want the batch button`);
+  });
+
   let d;
   await step('batch-dialog-invalid', async () => {
     d = await openBatchDialog();

@@ -1644,7 +1644,9 @@ function openBatchDialog(workloads, preset = {}) {
     const radios = BATCH_OPS.map(([op, label]) => {
       const id = `batch-op-${l.name}-${op}`;
       const r = h('input', { type: 'radio', name: `batch-op-${l.name}`, id, value: op, checked: p.op === op, 'data-testid': id });
-      r.addEventListener('change', () => { sync(); schedule(); if (op !== 'keep') chips.input.focus(); });
+      r.addEventListener('change', () => { sync(); schedule(); });
+      // A click goes on to the items; arrow keys stay in the group (to reach the other choices).
+      r.addEventListener('click', (e) => { if (e.detail > 0 && op !== 'keep') chips.input.focus(); });
       return h('label', { for: id, class: 'seg' }, r, label);
     });
     const note = h('div', { class: 'field-help', 'data-testid': `batch-note-${l.name}` });
