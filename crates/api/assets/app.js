@@ -9,7 +9,7 @@
 'use strict';
 
 import {
-  ANNOTATION_KEYS, KEY_TO_FIELD, BATCH_LISTS, MESH_VALUES, OUTCOME_LABEL, wkey, canonicalPortItem, validatePortItem as checkPortItem,
+  ANNOTATION_KEYS, KEY_TO_FIELD, BATCH_LISTS, MESH_VALUES, OUTCOME_LABEL, wkey as nsName, canonicalPortItem, validatePortItem as checkPortItem,
   validateCidrItem, validateListValue, effectiveOf, appliesTo, changedValues, pageSelectionState, pageOf, batchRequest,
   listChange, batchSummary, failureText, items as listItems,
 } from './logic.js';
@@ -97,8 +97,18 @@ function icon(name, cls = '') {
 }
 
 const enc = encodeURIComponent;
+// Several clusters: a workload is its cluster + namespace + name (keys, test ids and every
+// workload request name the cluster); with one cluster, namespace + name as before.
+const multiCluster = () => !!(state.session && (state.session.clusters || []).length > 1);
+const cpre = (w, sep) => (multiCluster() && w.cluster ? `${w.cluster}${sep}` : '');
+const wkey = (w) => `${cpre(w, ':')}${nsName(w)}`;
+// Test ids stay namespace-name: the browser tests find a workload by them in any cluster.
 const tid = (w) => `${w.namespace}-${w.name}`;
 const wpath = (ns, name) => `${API}/namespaces/${enc(ns)}/workloads/${enc(name)}`;
+const wurl = (w, suffix = '', query = '') => {
+  const q = [query, multiCluster() && w.cluster ? `cluster=${enc(w.cluster)}` : ''].filter(Boolean).join('&');
+  return `${wpath(w.namespace, w.name)}${suffix}${q ? `?${q}` : ''}`;
+};
 
 function fmtTime(iso) {
   if (!iso) return '';
@@ -140,6 +150,8 @@ const state = {
   loaded: false,
   search: '',
   nsFilter: '',
+  clusterFilter: '',
+  clusters: [], // each cluster's state in the last list (name, state, message)
   statusFilter: '',
   sort: { key: 'name', dir: 1 },
   ops: new Map(), // workload key -> Operation (latest)
@@ -197,7 +209,7 @@ async function loadSession() {
   const backend = $('#backend-badge');
   const kind = state.session.backend === 'kube' ? 'Kubernetes' : 'Local mesh';
   const fmt = state.session.ruleFormat === 'iptables' ? 'iptables' : 'nftables';
-  backend.textContent = `${kind} · ${fmt}`;
+  backend.textContent = `${kind} · ${fmt}${multiCluster() ? ` · ${state.session.clusters.length} clusters` : ''}`;
   backend.hidden = false;
   const who = $('#session-badge');
   who.textContent = state.session.auth === 'bearer' ? 'Signed in (token)' : 'Signed in';
@@ -283,6 +295,7 @@ function passthroughText(p) {
 function sortValue(w, key) {
   switch (key) {
     case 'namespace': return `${w.namespace}\u0000${w.name}`;
+    case 'cluster': return `${w.cluster}\u0000${w.namespace}\u0000${w.name}`;
     case 'status': return `${w.status}\u0000${w.name}`;
     case 'service': return `${(w.services && w.services[0] && w.services[0].name) || '\uffff'}\u0000${w.name}`;
     case 'injected': return w.total ? w.injected / w.total + w.total / 1e6 : -1;
@@ -296,6 +309,7 @@ function visibleWorkloads() {
   const rows = state.workloads.filter((w) =>
     (!q || w.name.toLowerCase().includes(q))
     && (!state.nsFilter || w.namespace === state.nsFilter)
+    && (!state.clusterFilter || w.cluster === state.clusterFilter)
     && (!state.statusFilter || w.status === state.statusFilter));
   const { key, dir } = state.sort;
   rows.sort((a, b) => {
@@ -319,6 +333,28 @@ function renderNamespaceFilter() {
   state.nsFilter = sel.value;
 }
 
+// The Cluster column, filter and the badges of clusters that did not answer: only when the
+// server serves several clusters.
+function renderClusters() {
+  const multi = multiCluster();
+  for (const el of $$('.col-cluster')) el.hidden = !multi;
+  const sel = $('#filter-cluster');
+  sel.hidden = !multi;
+  const names = multi ? state.session.clusters : [];
+  const down = new Map(state.clusters.filter((c) => c.state !== 'ok').map((c) => [c.name, c]));
+  const label = (n) => (down.has(n) ? `${n} (${down.get(n).state})` : n);
+  const want = names.map(label);
+  if ($$('option', sel).slice(1).map((o) => o.textContent).join('\n') !== want.join('\n')) {
+    const cur = sel.value;
+    sel.replaceChildren(h('option', { value: '' }, 'All clusters'), ...names.map((n) => h('option', { value: n }, label(n))));
+    sel.value = names.includes(cur) ? cur : '';
+    state.clusterFilter = sel.value;
+  }
+  $('#cluster-status').replaceChildren(...[...down.values()].map((c) => h('span', {
+    class: 'tag tag-red', 'data-testid': `cluster-unreachable-${c.name}`, title: c.message || '',
+  }, `${c.name}: ${c.state}`)));
+}
+
 function renderList(force = false) {
   if (!state.loaded) return;
   const all = visibleWorkloads();
@@ -339,7 +375,7 @@ function renderList(force = false) {
   const tbody = $('#workload-rows');
   if (!rows.length) {
     const msg = state.workloads.length ? 'No workload matches the search or filters.' : 'No workloads.';
-    tbody.replaceChildren(h('tr', { class: 'row-placeholder' }, h('td', { colspan: 8, 'data-testid': 'empty-list' }, msg)));
+    tbody.replaceChildren(h('tr', { class: 'row-placeholder' }, h('td', { colspan: multiCluster() ? 9 : 8, 'data-testid': 'empty-list' }, msg)));
   } else {
     tbody.replaceChildren(...rows.map(renderRow));
   }
@@ -453,6 +489,7 @@ function renderRow(w) {
       running ? h('span', { class: 'tag tag-blue tag-op', 'data-testid': `op-${tid(w)}`, title: (op.progress || []).slice(-1)[0] || 'Restarting' },
         h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Restarting') : null,
       op && op.state === 'failed' ? h('span', { class: 'tag tag-red', 'data-testid': `op-${tid(w)}`, title: op.error || '' }, 'Restart failed') : null),
+    multiCluster() ? h('td', { class: 'col-cluster', 'data-testid': `cluster-${tid(w)}` }, w.cluster) : null,
     h('td', null, w.namespace),
     h('td', null, services),
     h('td', null, h('span', {
@@ -476,10 +513,12 @@ async function refreshList({ quiet = false } = {}) {
   try {
     const [{ data }] = await Promise.all([api('GET', `${API}/workloads`), loadDefaults()]);
     state.workloads = (data && data.items) || [];
+    state.clusters = (data && data.clusters) || [];
     state.loaded = true;
     // A workload that is gone is no longer selected.
     const keys = new Set(state.workloads.map(wkey));
     for (const k of [...state.selected]) if (!keys.has(k)) state.selected.delete(k);
+    renderClusters();
     $('#list-error').hidden = true;
     $('#updated').textContent = `Updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
     renderNamespaceFilter();
@@ -887,7 +926,7 @@ class ChipInput {
 
 async function openPassthroughDialog(w) {
   const key = wkey(w);
-  const path = `${wpath(w.namespace, w.name)}/passthrough`;
+  const path = wurl(w, '/passthrough');
   const ctx = { etag: null, doc: null, previewSeq: 0, previewTimer: null, closed: false, adv: {} };
 
   const errorArea = h('div', { class: 'dialog-errors', 'data-testid': 'dialog-error-area' });
@@ -1004,7 +1043,8 @@ async function openPassthroughDialog(w) {
 
   openModal({
     title: 'Traffic passthrough settings',
-    subtitle: h('span', null, 'Workload ', h('strong', { 'data-testid': 'dialog-workload' }, key)),
+    subtitle: h('span', null, multiCluster() ? ['Cluster ', h('strong', { 'data-testid': 'dialog-cluster' }, w.cluster), ' · '] : null,
+      'Workload ', h('strong', { 'data-testid': 'dialog-workload' }, `${w.namespace}/${w.name}`)),
     testid: 'passthrough-dialog', size: 'xl', body, closeOnBackdrop: false,
     footer: [checkBtn, h('span', { class: 'spacer' }), cancelBtn, confirmBtn],
     onClose: () => { ctx.closed = true; clearTimeout(ctx.previewTimer); },
@@ -1128,7 +1168,7 @@ async function openPassthroughDialog(w) {
     const seq = ++ctx.previewSeq;
     const sent = currentSettings();
     try {
-      const { data } = await api('POST', `${path}/preview${fixClients.checked ? '?fixClients=true' : ''}`, { body: sent });
+      const { data } = await api('POST', wurl(w, '/passthrough/preview', fixClients.checked ? 'fixClients=true' : ''), { body: sent });
       if (seq !== ctx.previewSeq || ctx.closed) return;
       clearServerErrors(sent);
       preview.last = data;
@@ -1294,7 +1334,7 @@ async function openPassthroughDialog(w) {
 // Restart operations: tracked in the row and in the Operations panel
 
 function trackOperation(op) {
-  const key = `${op.namespace}/${op.name}`;
+  const key = wkey(op);
   state.ops.set(key, op);
   renderOps();
   renderList();
@@ -1377,7 +1417,7 @@ function confirmRestart(w) {
   const go = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'confirm-restart', onclick: async () => {
     go.disabled = true;
     try {
-      const { data } = await api('POST', `${wpath(w.namespace, w.name)}/restart`);
+      const { data } = await api('POST', wurl(w, '/restart'));
       closeModal();
       trackOperation(data);
     } catch (e) {
@@ -1468,7 +1508,7 @@ function openCheckDialog(w) {
     const cur = findWorkload(key) || w;
     const entry = { seq: ++state.checkSeq + Date.now(), time: new Date().toISOString(), request: req, settings: passthroughText(passthroughOf(cur)), status: cur.status };
     try {
-      const { data } = await api('POST', `${wpath(w.namespace, w.name)}/check`, { body: req });
+      const { data } = await api('POST', wurl(w, '/check'), { body: req });
       entry.report = data;
     } catch (e) {
       if (e.status === 401) return;
@@ -1544,7 +1584,7 @@ function openBypassDialog(w) {
   let closed = false;
   const load = async () => {
     try {
-      const { data } = await api('GET', `${wpath(w.namespace, w.name)}/bypass`);
+      const { data } = await api('GET', wurl(w, '/bypass'));
       if (closed) return;
       render(data || {});
     } catch (e) {
@@ -1679,7 +1719,7 @@ function openBatchDialog(workloads, preset = {}) {
   const summary = h('div', { class: 'preview-status small', 'data-testid': 'batch-preview-summary', 'aria-live': 'polite' }, 'Choose what to change.');
   const table = h('div', { class: 'batch-table-wrap', 'data-testid': 'batch-preview', role: 'region', 'aria-label': 'Result per workload', tabindex: '0' });
 
-  const names = targets.map((t) => (clusterNames().length > 1 && t.cluster ? `${t.cluster}: ${wkey(t)}` : wkey(t)));
+  const names = targets.map((t) => (clusterNames().length > 1 && t.cluster ? `${t.cluster}: ${nsName(t)}` : nsName(t)));
   const form = h('div', { class: 'batch-form' },
     h('p', { class: 'pt-hint' }, INBOUND_HINT, '. ', OUTBOUND_HINT, '.'),
     lists.map((l) => l.el),
@@ -2026,6 +2066,7 @@ function wireToolbar() {
   search.addEventListener('input', () => { state.search = search.value; filtered(); });
   $('#filter-status').addEventListener('change', (e) => { state.statusFilter = e.target.value; filtered(); });
   $('#filter-namespace').addEventListener('change', (e) => { state.nsFilter = e.target.value; filtered(); });
+  $('#filter-cluster').addEventListener('change', (e) => { state.clusterFilter = e.target.value; filtered(); });
   $('#select-page').addEventListener('change', (e) => {
     const on = e.currentTarget.checked;
     if (state.selectMatching && !on) { clearSelection(); return; }

@@ -86,6 +86,7 @@ struct State {
     policies: PolicySet,
     defaults: meshpass_settings::MeshDefaults,
     defaults_version: u64,
+    unreachable: bool,
 }
 
 /// An in-memory mesh. Cheap to create; share it as `Arc<FakeBackend>`.
@@ -289,9 +290,17 @@ impl FakeBackend {
         }
     }
 
+    /// Makes every call fail as a cluster that cannot be reached does (503), until set back.
+    pub fn set_unreachable(&self, down: bool) {
+        self.lock().unreachable = down;
+    }
+
     fn take_failure(&self, call: FakeCall) -> Result<(), BackendError> {
         let mut s = self.lock();
         *s.calls.entry(call).or_default() += 1;
+        if s.unreachable {
+            return Err(BackendError::unavailable("the fake cluster cannot be reached"));
+        }
         match s.failures.iter().position(|(c, _)| *c == call) {
             Some(i) => Err(s.failures.remove(i).1),
             None => Ok(()),
@@ -452,6 +461,9 @@ impl Backend for FakeBackend {
     }
 
     async fn mesh_defaults(&self) -> Result<MeshDefaultsInfo, BackendError> {
+        if self.lock().unreachable {
+            return Err(BackendError::unavailable("the fake cluster cannot be reached"));
+        }
         let st = self.lock();
         Ok(MeshDefaultsInfo {
             defaults: st.defaults.clone(),
