@@ -282,6 +282,17 @@ mod tests {
         std::fs::write(&bad, "clusters: []\n").expect("write");
         assert!(read_clusters_file(&bad).expect_err("empty").to_string().contains("no clusters listed"));
         std::fs::write(&bad, "- context: x\n").expect("write");
+        // The example of the documentation reads as a clusters file.
+        let example: serde_yaml::Value = serde_yaml::from_str(include_str!("../../../examples/multi-cluster.yaml"))
+            .expect("examples/multi-cluster.yaml is YAML");
+        let text = example["data"]["clusters.yaml"].as_str().expect("the ConfigMap's clusters.yaml");
+        let mut file: ClustersFile = serde_yaml::from_str(text).expect("a clusters file");
+        for c in &mut file.clusters {
+            // Its kubeconfig is the Secret mounted in the pod, not a file of this machine.
+            assert_eq!(c.kubeconfig.take().as_deref(), Some(Path::new("/etc/meshpass/kubeconfig/kubeconfig")));
+        }
+        check_specs(&file.clusters).expect("valid");
+        assert_eq!(file.clusters.iter().map(ClusterSpec::name).collect::<Vec<_>>(), ["east", "west", "canary"]);
         let err = read_clusters_file(&bad).expect_err("a bare list");
         assert!(matches!(err, ClustersError::Parse { .. }), "{err:?}");
     }
