@@ -115,6 +115,30 @@ fn scripted(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
     (kube::Client::new(svc, "default"), task)
 }
 
+/// `B.CALL` on a backend whose API server plays `SCRIPT`, which must be played whole (every
+/// request asserted, none missing): `played!(script, b => b.list())`.
+macro_rules! played {
+    ($script:expr, $b:ident => $call:expr) => {{
+        let (client, server) = scripted($script);
+        let $b = backend(client);
+        let out = $call.await;
+        server.await.expect("script");
+        out
+    }};
+}
+
+/// `err` is a 403 whose message names `permission` and carries the API server's `message`.
+fn assert_forbidden(err: BackendError, permission: &str, message: &str) {
+    match err {
+        e @ BackendError::Forbidden { .. } => {
+            let m = e.report();
+            assert!(m.contains(permission), "{m}");
+            assert!(m.contains(message), "{m}");
+        }
+        other => panic!("want Forbidden, got {other:?}"),
+    }
+}
+
 fn backend(client: kube::Client) -> KubeBackend {
     KubeBackend::new(client, Vec::new()).with_rewatch_pause(Duration::from_millis(1))
 }
@@ -400,9 +424,7 @@ async fn list_reads_namespaces_workloads_pods_and_services() {
             ),
         ),
     ];
-    let (client, server) = scripted(script);
-    let items = backend(client).list().await.expect("list");
-    server.await.expect("script");
+    let items = played!(script, b => b.list()).expect("list");
     let names: Vec<String> = items.iter().map(|w| w.workload.to_string()).collect();
     assert_eq!(names, ["data/db", "default/helloworld-v1"], "kube-system/kube-proxy is not Istio's concern");
     let db = &items[0];
@@ -442,17 +464,8 @@ async fn list_forbidden_names_the_permission_and_the_servers_message() {
             status(403, "Forbidden", msg, json!({"group": "apps", "kind": "deployments"})),
         ),
     ];
-    let (client, server) = scripted(script);
-    let err = backend(client).list().await.expect_err("forbidden");
-    server.await.expect("script");
-    match err {
-        e @ BackendError::Forbidden { .. } => {
-            let m = e.report();
-            assert!(m.contains("list deployments.apps"), "{m}");
-            assert!(m.contains(msg), "{m}");
-        }
-        other => panic!("want Forbidden, got {other:?}"),
-    }
+    let err = played!(script, b => b.list()).expect_err("forbidden");
+    assert_forbidden(err, "list deployments.apps", msg);
 }
 
 // ---- get ------------------------------------------------------------------------------------
@@ -472,9 +485,7 @@ async fn get_of_a_missing_workload_tries_each_kind_then_is_not_found() {
         ex("GET", "/apis/apps/v1/namespaces/default/statefulsets/nope", 404, nf("statefulsets")),
         ex("GET", "/apis/apps/v1/namespaces/default/daemonsets/nope", 404, nf("daemonsets")),
     ];
-    let (client, server) = scripted(script);
-    let err = backend(client).get(&WorkloadRef::new("default", "nope")).await.expect_err("missing");
-    server.await.expect("script");
+    let err = played!(script, b => b.get(&WorkloadRef::new("default", "nope"))).expect_err("missing");
     assert!(matches!(err, BackendError::NotFound(ref w) if w.name == "nope"), "{err:?}");
 }
 
@@ -708,23 +719,9 @@ async fn restart_lines(script: Vec<Exchange>) -> Vec<String> {
 async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_and_a_410() {
     let restarted = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z"});
     let progressing = |rv: &str, st: Value| with_type(deployment(rv, 4, restarted.clone(), st), "Deployment");
-    let script = vec![
-        ex(
-            "GET",
-            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
-            200,
-            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
-        ),
-        Exchange {
-            body_check: Some(check_restart_body),
-            // The patch answer: generation 4 not yet observed.
-            ..ex(
-                "PATCH",
-                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
-                200,
-                progressing("1250", rolled_out(3)),
-            )
-        },
+    // The patch answer: generation 4 not yet observed.
+    let mut script = restart_start();
+    script.extend([
         // The watcher lists the object first, then watches from the list's version.
         relist("1250", deployment("1250", 4, restarted.clone(), rolled_out(3))),
         // First watch: one step, a bookmark, then the server ends the watch.
@@ -756,7 +753,7 @@ async fn restart_patches_restarted_at_and_follows_the_rollout_through_bookmarks_
             ),
         ),
         watch("1310", 290, watch_body(&[json!({"type": "MODIFIED", "object": progressing("1320", rolled_out(4))})])),
-    ];
+    ]);
     let lines = restart_lines(script).await;
     assert_eq!(
         lines,
@@ -814,22 +811,8 @@ async fn a_rollout_past_its_progress_deadline_fails() {
         "unavailableReplicas": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
         "message": "ReplicaSet \"helloworld-v1-5d6c7b8a9f\" has timed out progressing.",
         "lastUpdateTime": "2026-11-26T10:10:00Z", "lastTransitionTime": "2026-11-26T10:10:00Z"}]});
-    let script = vec![
-        ex(
-            "GET",
-            "/apis/apps/v1/namespaces/default/deployments/helloworld-v1",
-            200,
-            with_type(deployment("1234", 3, json!({}), rolled_out(3)), "Deployment"),
-        ),
-        Exchange {
-            body_check: Some(check_restart_body),
-            ..ex(
-                "PATCH",
-                "/apis/apps/v1/namespaces/default/deployments/helloworld-v1?fieldManager=meshpass",
-                200,
-                with_type(deployment("1250", 4, restarted.clone(), rolled_out(3)), "Deployment"),
-            )
-        },
+    let mut script = restart_start();
+    script.extend([
         relist("1250", deployment("1250", 4, restarted.clone(), rolled_out(3))),
         watch(
             "1250",
@@ -838,10 +821,8 @@ async fn a_rollout_past_its_progress_deadline_fails() {
                 json!({"type": "MODIFIED", "object": with_type(deployment("1251", 4, restarted, stuck), "Deployment")}),
             ]),
         ),
-    ];
-    let (client, server) = scripted(script);
-    let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("deadline");
-    server.await.expect("script");
+    ]);
+    let err = played!(script, b => b.restart(&hello(), Box::new(|_| {}))).expect_err("deadline");
     assert!(matches!(err, BackendError::Failed { .. }), "{err:?}");
     assert!(err.report().contains("exceeded its progress deadline"), "{err}");
 }
@@ -878,9 +859,7 @@ async fn a_rollout_whose_watch_rbac_forbids_names_the_permission() {
         403,
         status(403, "Forbidden", msg, json!({"group": "apps", "kind": "deployments"})),
     ));
-    let (client, server) = scripted(script);
-    let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("forbidden");
-    server.await.expect("script");
+    let err = played!(script, b => b.restart(&hello(), Box::new(|_| {}))).expect_err("forbidden");
     assert!(matches!(err, BackendError::Forbidden { .. }), "{err:?}");
     let m = err.report();
     assert!(m.contains("list and watch deployments.apps") && m.contains(msg), "{m}");
@@ -895,9 +874,7 @@ async fn a_workload_deleted_during_its_rollout_fails() {
         200,
         list("DeploymentList", "apps/v1", "1300", vec![]),
     ));
-    let (client, server) = scripted(script);
-    let err = backend(client).restart(&hello(), Box::new(|_| {})).await.expect_err("deleted");
-    server.await.expect("script");
+    let err = played!(script, b => b.restart(&hello(), Box::new(|_| {}))).expect_err("deleted");
     assert_eq!(err.report(), "Deployment default/helloworld-v1 was deleted during its rollout");
 }
 
@@ -1049,17 +1026,8 @@ async fn check_passthrough_shows_the_apps_own_headers() {
 async fn check_forbidden_by_rbac_names_services_proxy() {
     let msg = "services \"helloworld:5000\" is forbidden: User \"system:serviceaccount:meshpass-system:meshpass\" cannot get resource \"services/proxy\" in API group \"\" in the namespace \"default\"";
     let body = status(403, "Forbidden", msg, json!({"name": "helloworld:5000", "kind": "services"})).to_string();
-    let (client, server) = scripted(check_script(403, vec![("content-type", "application/json")], &body));
-    let err = backend(client).check(&hello(), &inbound(Some(5000))).await.expect_err("forbidden");
-    server.await.expect("script");
-    match err {
-        e @ BackendError::Forbidden { .. } => {
-            let m = e.report();
-            assert!(m.contains("`get` on `services/proxy`"), "{m}");
-            assert!(m.contains(msg), "{m}");
-        }
-        other => panic!("want Forbidden, got {other:?}"),
-    }
+    let err = played!(check_script(403, vec![("content-type", "application/json")], &body), b => b.check(&hello(), &inbound(Some(5000)))).expect_err("forbidden");
+    assert_forbidden(err, "`get` on `services/proxy`", msg);
 }
 
 #[tokio::test]
@@ -1138,9 +1106,7 @@ fn chart_values(exclude_ip_ranges: &str) -> Value {
 #[tokio::test]
 async fn the_injector_configmap_is_read_as_istios_template_reads_it() {
     let script = vec![ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values("198.19.0.2/32")))];
-    let (client, server) = scripted(script);
-    let v = backend(client).mesh_values().await.expect("read");
-    server.await.expect("script");
+    let v = played!(script, b => b.mesh_values()).expect("read");
     assert_eq!(v.defaults.exclude_ip_ranges.to_string(), "198.19.0.2/32");
     assert_eq!(v.defaults.include_ip_ranges.to_string(), "*");
     assert_eq!(v.defaults.status_port, 15020);
@@ -1160,9 +1126,7 @@ async fn the_injector_configmap_is_read_as_istios_template_reads_it() {
             json!({"name": "istio-sidecar-injector", "kind": "configmaps"}),
         ),
     )];
-    let (client, server) = scripted(script);
-    let v = backend(client).mesh_values().await.expect("absent is no error");
-    server.await.expect("script");
+    let v = played!(script, b => b.mesh_values()).expect("absent is no error");
     assert_eq!((v.defaults, v.version), (meshpass_settings::MeshDefaults::default(), None));
     assert!(v.problems[0].starts_with("no ConfigMap istio-system/istio-sidecar-injector"), "{:?}", v.problems);
 }
@@ -1180,15 +1144,11 @@ async fn writing_the_defaults_patches_only_the_values_under_the_configmaps_versi
             ..ex("PATCH", &format!("{INJECTOR_CM}?fieldManager=meshpass"), 200, injector_configmap("4712", &after))
         },
     ];
-    let (client, server) = scripted(script);
-    let v = backend(client).set_mesh_values(&d, "4711").await.expect("written");
-    server.await.expect("script");
+    let v = played!(script, b => b.set_mesh_values(&d, "4711")).expect("written");
     assert_eq!((v.defaults, v.version.as_deref()), (d.clone(), Some("4712")));
 
     // A stale version writes nothing.
-    let (client, server) = scripted(vec![ex("GET", INJECTOR_CM, 200, injector_configmap("4799", &chart_values("")))]);
-    let err = backend(client).set_mesh_values(&d, "4711").await.expect_err("stale");
-    server.await.expect("script");
+    let err = played!(vec![ex("GET", INJECTOR_CM, 200, injector_configmap("4799", &chart_values("")))], b => b.set_mesh_values(&d, "4711")).expect_err("stale");
     assert!(
         matches!(err, BackendError::Conflict { ref expected, ref actual, .. } if expected == "4711" && actual == "4799"),
         "{err:?}"
@@ -1204,9 +1164,7 @@ async fn writing_the_defaults_patches_only_the_values_under_the_configmaps_versi
                 json!({"name": "istio-sidecar-injector", "kind": "configmaps"})))
         },
     ];
-    let (client, server) = scripted(script);
-    let err = backend(client).set_mesh_values(&d, "4711").await.expect_err("forbidden");
-    server.await.expect("script");
+    let err = played!(script, b => b.set_mesh_values(&d, "4711")).expect_err("forbidden");
     let text = err.report();
     assert!(matches!(err, BackendError::Forbidden { .. }), "{text}");
     assert!(text.contains("patch configmaps (istio-sidecar-injector in namespace istio-system)"), "{text}");
