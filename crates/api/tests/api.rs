@@ -1835,6 +1835,14 @@ async fn several_clusters_name_each_workload_and_one_failing_does_not_stop_the_o
     assert_eq!(east_d["values"]["global.proxy.excludeIPRanges"], "");
     assert_eq!(e.audit().last().unwrap().cluster, "west");
 
+    // /metrics: the backends' series carry their cluster, and each cluster says whether it answered.
+    west.fail_next(FakeCall::List, BackendError::unavailable("listing workloads"));
+    let m = e.get("/metrics").await.text();
+    assert!(m.contains("meshpass_workloads{cluster=\"east\",status=\"Pending restart\"} 1"), "{m}");
+    assert!(m.contains("meshpass_workloads{cluster=\"west\",status=\"Injected\"} 0"), "{m}");
+    assert!(m.contains("meshpass_cluster_up{cluster=\"east\"} 1"), "{m}");
+    assert!(m.contains("meshpass_cluster_up{cluster=\"west\"} 0"), "{m}");
+
     // A restart names its cluster in the operation.
     let op = e.call(Method::POST, &format!("{HW}/restart?cluster=east"), &[], None).await.json();
     assert_eq!(op["cluster"], "east");
