@@ -61,3 +61,33 @@ async fn an_unreachable_api_server_is_named() {
         }
     }
 }
+
+/// Several clusters from a kubeconfig file: each context is loaded without contacting its API
+/// server (so one that is down does not stop the server starting), the server then reports it
+/// unreachable; a context the file does not have is named, as is the file itself.
+#[tokio::test]
+async fn several_contexts_are_loaded_without_contacting_them() {
+    use meshpass_kube::clusters::{ClusterSpec, Clusters};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kubeconfig");
+    let two = KUBECONFIG
+        .replace("contexts:\n", "contexts:\n- name: kind-west\n  context:\n    cluster: local\n    user: local\n");
+    std::fs::write(&path, two).expect("write kubeconfig");
+    let spec = |context: &str, name: Option<&str>| ClusterSpec {
+        name: name.map(str::to_string),
+        kubeconfig: Some(path.clone()),
+        ..ClusterSpec::context(context, vec!["default".into()])
+    };
+    let clusters =
+        Clusters::connect(vec![spec("kind-meshpass", Some("east")), spec("kind-west", None)]).await.expect("loaded");
+    let named = clusters.clone().into_named();
+    assert_eq!(named.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["east", "kind-west"]);
+    for (name, result) in clusters.list().await {
+        let err = result.expect_err("nothing listens on 127.0.0.1:1");
+        assert!(matches!(err, meshpass_api::BackendError::Unavailable { .. }), "{name}: {err:?}");
+    }
+    match Clusters::connect(vec![spec("kind-east", None)]).await {
+        Err(e @ KubeError::Kubeconfig { .. }) => assert!(e.to_string().contains("kind-east"), "{e}"),
+        other => panic!("want KubeError::Kubeconfig naming the context, got {other:?}"),
+    }
+}
