@@ -27,6 +27,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -41,7 +42,7 @@ use crate::http::HttpCtx;
 use crate::io::Rewind;
 use crate::orig_dst::Direction;
 use crate::outcome::{Flag, Outcome, Source};
-use crate::pool::{PoolKey, Sender, UpstreamInfo};
+use crate::pool::{Sender, UpstreamInfo};
 use crate::timer::LazyTimer;
 use crate::tls::{AppProtocol, Upstream};
 use crate::Phase;
@@ -163,26 +164,15 @@ enum Wait {
     Timeout,
 }
 
-/// Serve `io`'s requests while they take the lane (see the module docs). The upstream
-/// connection goes back to the pool when the lane is done with the downstream one.
+/// Serve `io`'s requests while they take the lane (see the module docs). Each exchange
+/// takes an upstream connection from the pool and puts it back when the response is through,
+/// as the hyper path does, so one upstream connection serves downstream connections that
+/// follow one another.
 pub(crate) async fn serve<I>(io: &mut I, ctx: &HttpCtx, limits: &Limits) -> Exit
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let Ok(key) = ctx.target else { return Exit::Handoff(Bytes::new()) };
-    let mut up = None;
-    let exit = lane(io, ctx, limits, key, &mut up).await;
-    // Only a connection between exchanges is kept here.
-    if let Some(c) = up {
-        ctx.shared.pool.put_raw(key, c.io, c.info);
-    }
-    exit
-}
-
-async fn lane<I>(io: &mut I, ctx: &HttpCtx, limits: &Limits, key: PoolKey, up: &mut Option<Up>) -> Exit
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
     let shared = &*ctx.shared;
     let cfg = &shared.config;
     let mut drain_rx = shared.drain.clone();
@@ -194,6 +184,8 @@ where
     let m = shared.metrics.dir(ctx.direction);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // The upstream read buffer, kept across exchanges (the connections come and go).
+    let mut spare = BytesMut::with_capacity(READ_CHUNK);
     loop {
         // The next request head.
         let mut deadline = None;
@@ -258,25 +250,26 @@ where
         // A connection the upstream closed while idle is not used: as through hyper, whose
         // client notices the close before it sends. (A close racing the request is the
         // upstream's failure, answered as hyper answers it.)
-        if up.as_ref().is_some_and(|c| closed_while_idle(&c.io)) {
-            *up = None;
-        }
-        while up.is_none() {
-            let Some((io, info)) = shared.pool.take_raw(key, start) else { break };
+        let mut up = None;
+        while let Some((io, info)) = shared.pool.take_raw(key, start) {
             if !closed_while_idle(&io) {
-                ctx.conn.set_upstream_info(&info);
-                *up = Some(Up { io, info, rbuf: BytesMut::with_capacity(READ_CHUNK) });
+                // One lock for the record per downstream connection, as on the hyper path.
+                if !ctx.upstream_noted.swap(true, Ordering::Relaxed) {
+                    ctx.conn.set_upstream_info(&info);
+                }
+                up = Some(Up { io, info, rbuf: std::mem::take(&mut spare) });
+                break;
             }
         }
         let mut sent_at = start;
-        let mut c = match up.take() {
+        let mut c = match up {
             Some(c) => c,
             None => match shared.pool.connect_upstream(key, AppProtocol::Http1).await {
                 Ok((io, info)) => {
                     ctx.conn.set_upstream_info(&info);
-                    ctx.upstream_noted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    ctx.upstream_noted.store(true, Ordering::Relaxed);
                     sent_at = Instant::now();
-                    Up { io, info, rbuf: BytesMut::with_capacity(READ_CHUNK) }
+                    Up { io, info, rbuf: std::mem::take(&mut spare) }
                 }
                 Err(e) => {
                     ctx.set_handoff(Handoff::Failed(e));
@@ -361,8 +354,9 @@ where
         }
         c.rbuf.clear();
         if keep {
-            *up = Some(c);
+            shared.pool.put_raw(key, c.io, c.info);
         }
+        spare = c.rbuf;
         if closing {
             return Exit::Closed;
         }
@@ -396,13 +390,15 @@ async fn or_force<F: Future>(fut: F, mut force: Pin<&mut impl Future<Output = ()
     .await
 }
 
-/// Write `req` to `c` and read until a complete response head is in `c.rbuf`: `Some(length
-/// of the head)`, or `None` if the upstream failed or closed first, or the head is not one
-/// the lane parses (too large, malformed: hyper's to report).
+/// Write `req` to `c` and read until a whole response head is in `c.rbuf`: `Some(length of
+/// the head)`, or `None` if the upstream failed or closed first or the head grows too large
+/// (hyper's to report). Only the end of the head is looked for here; it is parsed once, by
+/// [`downstream_response`].
 async fn exchange_head(c: &mut Up, req: &[u8]) -> Option<usize> {
     if c.io.write_all(req).await.is_err() {
         return None;
     }
+    let mut scanned = 0;
     loop {
         if c.rbuf.capacity() - c.rbuf.len() < READ_CHUNK / 2 {
             c.rbuf.reserve(READ_CHUNK);
@@ -411,13 +407,31 @@ async fn exchange_head(c: &mut Up, req: &[u8]) -> Option<usize> {
             Ok(n) if n > 0 => {}
             _ => return None,
         }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        match httparse::Response::new(&mut fields).parse(&c.rbuf) {
-            Ok(httparse::Status::Complete(n)) => return Some(n),
-            Ok(httparse::Status::Partial) if c.rbuf.len() < MAX_RESPONSE_HEAD => {}
-            _ => return None,
+        if let Some(end) = head_end(&c.rbuf, scanned) {
+            return Some(end);
+        }
+        if c.rbuf.len() >= MAX_RESPONSE_HEAD {
+            return None;
+        }
+        // The empty line may straddle two reads.
+        scanned = c.rbuf.len().saturating_sub(2);
+    }
+}
+
+/// Where the head at the start of `buf` ends (just after its empty line, `LF LF` or
+/// `LF CR LF`), looking from `from` on.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(p) = buf.get(at..)?.iter().position(|&b| b == b'\n') {
+        let nl = at + p;
+        match buf.get(nl + 1..nl + 3) {
+            Some([b'\n', _]) => return Some(nl + 2),
+            Some([b'\r', b'\n']) => return Some(nl + 3),
+            None if buf.get(nl + 1) == Some(&b'\n') => return Some(nl + 2),
+            _ => at = nl + 1,
         }
     }
+    None
 }
 
 fn is_plain_target_byte(b: u8) -> bool {
@@ -467,7 +481,9 @@ impl<'a> Fields<'a> {
 
     fn write(&self, out: &mut Vec<u8>) {
         for (n, v) in &self.list[..self.len] {
-            out.extend(n.bytes().map(|b| b.to_ascii_lowercase()));
+            let at = out.len();
+            out.extend_from_slice(n.as_bytes());
+            out[at..].make_ascii_lowercase();
             out.extend_from_slice(b": ");
             out.extend_from_slice(v);
             out.extend_from_slice(b"\r\n");
@@ -565,7 +581,7 @@ struct Plan {
 fn downstream_response(head: &[u8], ctx: &HttpCtx, service_ms: u128, closing: bool, out: &mut Vec<u8>) -> Option<Plan> {
     let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut parsed);
-    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+    if resp.parse(head) != Ok(httparse::Status::Complete(head.len())) {
         return None;
     }
     let (Some(1), Some(code)) = (resp.version, resp.code) else { return None };
@@ -660,4 +676,25 @@ fn downstream_response(head: &[u8], ctx: &HttpCtx, service_ms: u128, closing: bo
     fields.write(out);
     out.extend_from_slice(b"\r\n");
     Some(Plan { status: code, length, keep_alive })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_finds_the_empty_line_in_either_style() {
+        let crlf = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody";
+        assert_eq!(head_end(crlf, 0), Some(crlf.len() - 4));
+        let lf = b"HTTP/1.1 200 OK\nA: b\n\nbody";
+        assert_eq!(head_end(lf, 0), Some(lf.len() - 4));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0), None);
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r", 0), None);
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\n\n", 0), Some(23));
+        // Resumed after a read that ended inside the empty line.
+        let whole = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        assert_eq!(head_end(whole, whole.len() - 3), Some(whole.len()));
+        assert_eq!(head_end(b"", 0), None);
+        assert_eq!(head_end(b"ab", 5), None);
+    }
 }
