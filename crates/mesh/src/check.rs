@@ -17,6 +17,13 @@
 //!   it verified, the server's sidecar the TLS it terminated and the client identity it
 //!   verified; a refusal (plaintext on a STRICT port, a bad certificate) is in its record too.
 //!   A failed request is a result, not an error: the outcome says why.
+//! * Matching a record to this check's connection: the client address alone is not enough.
+//!   A pod's app and its sidecar take ephemeral ports from the same range of the same pod
+//!   address, so an old outbound record of the app (or an old connection whose port was
+//!   reused) can carry the very address the sidecar now connects from. A record counts only
+//!   when it is of the expected direction and the connection was alive when the check began
+//!   (open, or closed after it; a connection the check opened itself must have started after
+//!   it).
 
 use crate::error::Cause;
 use crate::{Client, MeshError, PodStatus};
@@ -24,6 +31,7 @@ use meshpass_capture::explain::{explain, Flow};
 use meshpass_capture::ir::Family;
 use meshpass_capture::linux::{self, iptables::Tools, Netns, NetnsRunner, RuleBackend};
 use meshpass_capture::parse::{iptables_save::parse_save, nft_json::parse_ruleset};
+use meshpass_settings::Direction;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -234,8 +242,49 @@ pub fn exchange(t: &Target) -> Exchange {
     ex
 }
 
-/// A sidecar's record of the connection from `client`, if it has one.
-fn sidecar_record(netns: &str, client: SocketAddr) -> Result<Option<serde_json::Value>, MeshError> {
+/// Which of a sidecar's records can be this check's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Wanted {
+    /// The listener that accepted it.
+    direction: Direction,
+    /// The downstream address it came from.
+    client: SocketAddr,
+    /// When the check began, milliseconds since the Unix epoch.
+    since_ms: u64,
+    /// The check opened this connection itself, so it started after `since_ms`; otherwise
+    /// (a client sidecar's pooled upstream connection) it only has to be alive then.
+    fresh: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The newest record in a sidecar's `/connections` answer that can be the connection
+/// `want` describes.
+fn pick_record(connections: &serde_json::Value, want: &Wanted) -> Option<serde_json::Value> {
+    let client = want.client.to_string();
+    let ms = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0);
+    // Both fields are truncated to milliseconds: start + duration may fall up to 2 ms short
+    // of the real end.
+    let alive = |r: &serde_json::Value| {
+        r["state"] == "open" || ms(r, "start_unix_ms") + ms(r, "duration_ms") + 1 >= want.since_ms
+    };
+    let opened = |r: &serde_json::Value| !want.fresh || ms(r, "start_unix_ms") >= want.since_ms;
+    connections["connections"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["client_addr"] == client.as_str() && r["direction"] == want.direction.as_str())
+        .filter(|r| alive(r) && opened(r))
+        .max_by_key(|r| (ms(r, "start_unix_ms"), ms(r, "id")))
+        .cloned()
+}
+
+/// A sidecar's record of the connection `want` describes, if it has one.
+fn sidecar_record(netns: &str, want: &Wanted) -> Result<Option<serde_json::Value>, MeshError> {
     let body = in_netns(netns, || {
         let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
         let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(failed("sidecar admin"))?;
@@ -251,18 +300,22 @@ fn sidecar_record(netns: &str, client: SocketAddr) -> Result<Option<serde_json::
     let (Some(a), Some(b)) = (json.find('{'), json.rfind('}')) else { return Ok(None) };
     let v: serde_json::Value = serde_json::from_str(&json[a..=b])
         .map_err(|e| MeshError::protocol("sidecar /connections is not JSON")(e.into()))?;
-    let want = client.to_string();
-    Ok(v["connections"]
-        .as_array()
-        .and_then(|recs| recs.iter().rev().find(|r| r["client_addr"] == want.as_str()).cloned()))
+    Ok(pick_record(&v, want))
 }
 
-/// Asks every meshed pod's sidecar, at once, for its record of a connection from `client`.
-fn find_inbound(pods: &[PodStatus], client: SocketAddr) -> Option<(&PodStatus, serde_json::Value)> {
+/// Asks every meshed pod's sidecar, at once, for its inbound record of the connection from
+/// `client` (see [`Wanted`] for `since_ms` and `fresh`).
+fn find_inbound(
+    pods: &[PodStatus],
+    client: SocketAddr,
+    since_ms: u64,
+    fresh: bool,
+) -> Option<(&PodStatus, serde_json::Value)> {
     let meshed: Vec<&PodStatus> = pods.iter().filter(|p| p.meshed).collect();
+    let want = Wanted { direction: Direction::Inbound, client, since_ms, fresh };
     // One after the other, a check took seconds on the sample mesh.
     let records: Vec<_> = std::thread::scope(|s| {
-        let asks: Vec<_> = meshed.iter().map(|pod| s.spawn(move || sidecar_record(&pod.netns, client))).collect();
+        let asks: Vec<_> = meshed.iter().map(|pod| s.spawn(move || sidecar_record(&pod.netns, &want))).collect();
         asks.into_iter().map(|h| h.join().ok().and_then(|r| r.ok().flatten())).collect()
     });
     meshed.into_iter().zip(records).find_map(|(pod, rec)| rec.map(|r| (pod, r)))
@@ -344,13 +397,14 @@ fn proxy_error(ex: &Exchange) -> Option<String> {
 /// Requests `target` from the node (outside the mesh) and decides from the sidecars' records.
 pub fn from_node(client: &Client, target: &Target) -> Result<CheckOutcome, MeshError> {
     let node = client.node_netns()?;
+    let since_ms = now_ms();
     let ex = in_netns(&node, || Ok(exchange(target)))?;
     let mut evidence = Vec::new();
     let mut path = PathTaken::Direct;
     let mut error = ex.error.clone();
     let pods = client.pods(None)?;
     let mut tls = HopTls::default();
-    match ex.local.and_then(|local| find_inbound(&pods, local)) {
+    match ex.local.and_then(|local| find_inbound(&pods, local, since_ms, true)) {
         Some((pod, rec)) => {
             path = PathTaken::Sidecar;
             if let Some(refused) = server_evidence(pod, &rec, &mut evidence) {
@@ -393,13 +447,17 @@ pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Resul
         .iter()
         .find(|p| p.namespace == ns && p.workload == name && p.ready)
         .ok_or_else(|| MeshError::NotFound(format!("a ready pod of workload {ns}/{name}")))?;
+    let since_ms = now_ms();
     let ex = in_netns(&pod.netns, || Ok(exchange(target)))?;
     let mut evidence = Vec::new();
     let mut error = ex.error.clone();
     let mut tls = HopTls::default();
     // The client side: the pod's sidecar, or the rule that let the connection pass.
     let own = match (pod.meshed, ex.local) {
-        (true, Some(local)) => sidecar_record(&pod.netns, local)?,
+        (true, Some(local)) => sidecar_record(
+            &pod.netns,
+            &Wanted { direction: Direction::Outbound, client: local, since_ms, fresh: true },
+        )?,
         _ => None,
     };
     let client_side = if !pod.meshed {
@@ -447,13 +505,17 @@ pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Resul
     };
     // The server side: the destination's sidecar, found by the address the connection came
     // from (the client's sidecar's, or the pod's own when it went around its sidecar).
-    let from_addr = own
-        .as_ref()
-        .and_then(|r| r["upstream_local_addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()))
-        .or(ex.local);
+    // The sidecar's upstream connection may be one it pooled before the check; the pod's own
+    // connection is the check's.
+    let upstream =
+        own.as_ref().and_then(|r| r["upstream_local_addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()));
+    let (from_addr, fresh) = match upstream {
+        Some(a) => (Some(a), false),
+        None => (ex.local, true),
+    };
     let dests = destination_pods(client, &pods, target.addr)?;
     let dest_meshed = dests.iter().any(|p| p.meshed);
-    let server = from_addr.and_then(|a| find_inbound(&pods, a));
+    let server = from_addr.and_then(|a| find_inbound(&pods, a, since_ms, fresh));
     let server_side = match &server {
         Some((p, rec)) => {
             if let Some(refused) = server_evidence(p, rec, &mut evidence) {
@@ -500,6 +562,49 @@ pub fn from_pod(client: &Client, ns: &str, name: &str, target: &Target) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(id: u64, state: &str, direction: &str, client: &str, start: u64, duration: u64) -> serde_json::Value {
+        serde_json::json!({"id": id, "state": state, "direction": direction, "client_addr": client,
+            "start_unix_ms": start, "duration_ms": duration})
+    }
+
+    fn want(direction: Direction, client: &str, since_ms: u64, fresh: bool) -> Wanted {
+        Wanted { direction, client: client.parse().unwrap(), since_ms, fresh }
+    }
+
+    #[test]
+    fn a_record_of_the_app_with_the_sidecars_address_is_not_the_servers() {
+        // The client pod's own sidecar once proxied an app connection from the port its
+        // upstream connection now uses: an outbound record, and long finished.
+        let sleep_sidecar = serde_json::json!({"connections": [
+            rec(7, "closed", "outbound", "198.18.81.5:40112", 1_000, 30),
+        ]});
+        let w = want(Direction::Inbound, "198.18.81.5:40112", 50_000, false);
+        assert_eq!(pick_record(&sleep_sidecar, &w), None);
+        // Even asked for outbound, it ended before the check began.
+        let w = want(Direction::Outbound, "198.18.81.5:40112", 50_000, false);
+        assert_eq!(pick_record(&sleep_sidecar, &w), None);
+    }
+
+    #[test]
+    fn a_pooled_connection_counts_while_it_lives_and_a_fresh_one_only_from_the_check_on() {
+        let recs = serde_json::json!({"connections": [
+            rec(3, "open", "inbound", "198.18.81.5:40112", 10_000, 40_000),
+            rec(1, "closed", "inbound", "198.18.81.5:40112", 1_000, 5),
+        ]});
+        let pooled = want(Direction::Inbound, "198.18.81.5:40112", 50_000, false);
+        assert_eq!(pick_record(&recs, &pooled).unwrap()["id"], 3);
+        // The check's own connection cannot have started before the check.
+        let fresh = want(Direction::Inbound, "198.18.81.5:40112", 50_000, true);
+        assert_eq!(pick_record(&recs, &fresh), None);
+        // Closed after the check began (Connection: close): still this check's.
+        let recs = serde_json::json!({"connections": [
+            rec(9, "closed", "inbound", "198.18.81.5:40112", 50_002, 3),
+            rec(4, "closed", "inbound", "198.18.81.5:40112", 20_000, 10),
+        ]});
+        assert_eq!(pick_record(&recs, &fresh).unwrap()["id"], 9);
+        assert_eq!(pick_record(&recs, &want(Direction::Inbound, "198.18.81.5:40113", 50_000, true)), None);
+    }
 
     #[test]
     fn targets_parse() {
