@@ -171,6 +171,51 @@ async function checkEffect() {
   return { verdict, server, headers, statusLine };
 }
 
+/**
+ * Check effect from another workload's row (MTLS_CLIENT): an outbound request to `target`,
+ * run until `want(result)` holds (a sidecar takes a changed policy within about a second).
+ * Returns what the result card shows: verdict, status line, the mutual-TLS line and identities.
+ */
+async function checkFrom(client, target, want) {
+  const [cns, cname] = client.split('/');
+  await page.locator(`[data-testid="workload-row-${cns}-${cname}"] [data-testid="row-menu"]`).click();
+  await page.locator('[data-testid="row-menu-popup"]').waitFor({ state: 'visible', timeout: UI_TIMEOUT });
+  await page.locator('[data-testid="menu-check-effect"]').click();
+  const dialog = page.locator(sel.checkDialog);
+  await dialog.waitFor({ state: 'visible', timeout: UI_TIMEOUT });
+  await dialog.locator('[data-testid="check-direction-outbound"]').check();
+  await dialog.locator('[data-testid="check-target"]').fill(target);
+  const result = dialog.locator('[data-testid="check-result"]');
+  const text = async (t) => {
+    const el = result.locator(`[data-testid="${t}"]`);
+    return (await el.count()) ? (await el.innerText()).trim() : null;
+  };
+  let r;
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    const before = (await result.count()) ? await result.getAttribute('data-seq') : null;
+    await dialog.locator('[data-testid="check-run"]').click();
+    await page.waitForFunction(([s, prev]) => {
+      const el = document.querySelector(s);
+      return el && el.dataset.seq !== prev;
+    }, [`${sel.checkDialog} [data-testid="check-result"]`, before], { timeout: 30000 });
+    const verdict = await result.getAttribute('data-verdict');
+    if (verdict === 'error') throw new Error(`check failed: ${await result.innerText()}`);
+    const tls = result.locator('[data-testid="check-mtls"]');
+    r = {
+      verdict,
+      mtls: await tls.getAttribute('data-mtls'),
+      tlsText: (await tls.innerText()).replace(/\s+/g, ' ').trim(),
+      client: await text('check-identity-client'),
+      server: await text('check-identity-server'),
+      statusLine: await text('check-status-line'),
+      error: await text('check-request-error'),
+    };
+    if (want(r)) return r;
+    await page.waitForTimeout(500);
+  }
+  return r;
+}
+
 async function closeDialog() {
   await page.keyboard.press('Escape');
   await page.locator('[role="dialog"]').first().waitFor({ state: 'detached', timeout: UI_TIMEOUT })
@@ -253,6 +298,30 @@ async function main() {
     await flow.accessibility('the Check effect dialog');
   });
   await closeDialog();
+
+  // The meshed client's hop to the workload's Service port, as Check effect shows it.
+  let mtlsTarget;
+  const expectMtls = (r) => {
+    assert(r.mtls === 'true' && r.tlsText.startsWith('mutual TLS: yes'), `mutual TLS from ${MTLS_CLIENT}: ${JSON.stringify(r)}`);
+    assert(r.verdict === 'sidecar' && /\b200\b/.test(r.statusLine || ''), `the call from ${MTLS_CLIENT}: ${JSON.stringify(r)}`);
+    const [cns, cname] = MTLS_CLIENT.split('/');
+    const clientId = MTLS_CLIENT === 'default/sleep' ? 'spiffe://cluster.local/ns/default/sa/sleep' : null;
+    assert(clientId ? r.client === clientId : (r.client || '').startsWith(`spiffe://cluster.local/ns/${cns}/sa/`), `client identity of ${cname}: ${r.client}`);
+    assert((r.server || '').startsWith(`spiffe://cluster.local/ns/${NS}/sa/`), `server identity: ${r.server}`);
+    if (NS === 'default' && NAME === 'helloworld-v1') assert(r.server === 'spiffe://cluster.local/ns/default/sa/default', `server identity: ${r.server}`);
+  };
+  if (MTLS_CLIENT) {
+    await step('check-effect-mutual-tls', async () => {
+      const { data } = await apiGet(wpath);
+      const svc = (data.services || []).find((s) => s.clusterIp && (s.ports || []).some((p) => String(p.port) === PORT));
+      assert(svc, `no Service of ${NS}/${NAME} with port ${PORT} and a ClusterIP`);
+      mtlsTarget = `http://${svc.clusterIp}:${PORT}${NAME.startsWith('helloworld') ? '/hello' : '/'}`;
+      const r = await checkFrom(MTLS_CLIENT, mtlsTarget, (x) => x.mtls === 'true');
+      log(`  ${MTLS_CLIENT} → ${mtlsTarget}: ${r.tlsText}`);
+      expectMtls(r);
+    });
+    await closeDialog();
+  }
 
   await step('dialog-waits-for-settings', async () => {
     // Hold the settings' GET: until it is answered, nothing in the dialog can be typed,
@@ -381,6 +450,19 @@ async function main() {
   });
   await closeDialog();
 
+  if (MTLS_CLIENT) {
+    // With the fix the client speaks plaintext to the app, past the workload's sidecar.
+    await step('check-effect-fixed-client', async () => {
+      const r = await checkFrom(MTLS_CLIENT, mtlsTarget, (x) => x.mtls === 'false' && /\b200\b/.test(x.statusLine || ''));
+      log(`  ${MTLS_CLIENT} → ${mtlsTarget}: ${r.tlsText}, ${r.statusLine}, verdict ${r.verdict}`);
+      assert(r.mtls === 'false' && r.tlsText === 'mutual TLS: no', `mutual TLS after the fix: ${JSON.stringify(r)}`);
+      assert(/\b200\b/.test(r.statusLine || '') && !r.error, `the fixed call: ${JSON.stringify(r)}`);
+      assert(r.verdict === 'passthrough', `the fixed call went through ${NAME}'s sidecar: ${JSON.stringify(r)}`);
+      assert(!r.client && !r.server, `identities shown for plaintext: ${JSON.stringify(r)}`);
+    });
+    await closeDialog();
+  }
+
   await step('reopen-shows-chip', async () => {
     await openSettings();
     await page.locator(sel.chip(PORT)).waitFor();
@@ -412,6 +494,15 @@ async function main() {
     assert(r.verdict === 'sidecar', `verdict after clearing is ${r.verdict}, want sidecar`);
   });
   await closeDialog();
+
+  if (MTLS_CLIENT) {
+    await step('check-effect-mutual-tls-again', async () => {
+      const r = await checkFrom(MTLS_CLIENT, mtlsTarget, (x) => x.mtls === 'true');
+      log(`  ${MTLS_CLIENT} → ${mtlsTarget}: ${r.tlsText}`);
+      expectMtls(r);
+    });
+    await closeDialog();
+  }
 
   await step('final-list', async () => {
     const txt = await page.locator(`[data-testid="passthrough-${tid}"]`).innerText();

@@ -1542,6 +1542,16 @@ function openCheckDialog(w) {
   }
 }
 
+/** The hop's mutual TLS and the identities the sidecars verified. */
+function tlsRow(r) {
+  const ids = r.peerIdentities || {};
+  const id = (role, v) => (v ? h('div', { class: 'tls-id small' }, h('span', { class: 'muted' }, `${role}: `),
+    h('code', { 'data-testid': `check-identity-${role}` }, v)) : null);
+  return h('div', { class: 'check-tls', 'data-testid': 'check-mtls', 'data-mtls': String(Boolean(r.mtls)) },
+    h('div', null, h('span', { class: 'muted' }, 'mutual TLS: '), h('strong', null, r.mtls ? 'yes' : 'no')),
+    id('client', ids.client), id('server', ids.server));
+}
+
 function resultCard(entry, label, testid) {
   const r = entry.report;
   if (!r) {
@@ -1559,6 +1569,8 @@ function resultCard(entry, label, testid) {
       h('span', { class: 'muted small', title: 'Passthrough settings at the time of the check' }, entry.settings)),
     h('div', { class: 'check-target mono small' }, h('span', { class: 'muted' }, `from ${r.from}: `), r.target),
     r.statusLine ? h('div', { class: 'status-line mono', 'data-testid': 'check-status-line' }, r.statusLine) : h('div', { class: 'muted small' }, 'No HTTP response line.'),
+    r.error ? alertBox('warning', 'check-request-error', r.error) : null,
+    tlsRow(r),
     h('div', { class: 'signals' }, ENVOY_HEADERS.map((name) => {
       const val = hmap.get(name);
       const envoyish = name === 'server' ? val === 'istio-envoy' || val === 'envoy' : val !== undefined;

@@ -11,12 +11,12 @@
 
 use crate::backend::{AnnotationPatch, Backend, BackendError, BackendKind, MeshDefaultsInfo, MeshPolicies, Progress};
 use crate::model::{
-    CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
-    WorkloadRef,
+    CheckReport, CheckRequest, Direction, PeerIdentities, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict,
+    WorkloadInfo, WorkloadRef,
 };
 use async_trait::async_trait;
 use meshpass_capture::compile::labels;
-use meshpass_policy::{MeshView, PolicyErrors, PolicySet, Resource, ResourceRef, WorkloadId};
+use meshpass_policy::{MeshView, MtlsMode, PolicyErrors, PolicySet, Resource, ResourceRef, WorkloadId};
 use meshpass_settings::{IpNet, Settings};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -57,6 +57,8 @@ struct FakeWorkload {
     generation: u32,
     /// Connections that bypassed the sidecar (grows with inbound checks that pass through).
     bypassed: u64,
+    /// The pods' service account (their SPIFFE identity's `sa`).
+    service_account: String,
 }
 
 impl FakeWorkload {
@@ -121,8 +123,8 @@ impl FakeBackend {
     }
 
     /// The sample mesh: `default/helloworld-v1` (meshed, Service `helloworld` 5000→5000 at
-    /// 198.19.0.10), `default/sleep` (meshed, Service `sleep` 80→80 at 198.19.0.11) and
-    /// `external/external` (unmeshed).
+    /// 198.19.0.10), `default/sleep` (meshed, Service `sleep` 80→80 at 198.19.0.11, service
+    /// account `sleep`) and `external/external` (unmeshed).
     pub fn sample() -> Self {
         let b = Self::new();
         b.add(
@@ -145,6 +147,7 @@ impl FakeBackend {
             }],
             BTreeMap::new(),
         );
+        b.set_service_account(&WorkloadRef::new("default", "sleep"), "sleep");
         b.add(WorkloadRef::new("external", "external"), false, Vec::new(), BTreeMap::new());
         b
     }
@@ -183,7 +186,16 @@ impl FakeBackend {
             resource_version: s.version.to_string(),
             ..WorkloadInfo::deployment(workload.clone(), meshed)
         };
-        s.workloads.insert(workload, FakeWorkload { info, running: annotations, generation: 0, bypassed: 0 });
+        let service_account = "default".to_string();
+        s.workloads
+            .insert(workload, FakeWorkload { info, running: annotations, generation: 0, bypassed: 0, service_account });
+    }
+
+    /// Sets the service account of a workload's pods (`default` unless set).
+    pub fn set_service_account(&self, workload: &WorkloadRef, account: &str) {
+        if let Some(w) = self.lock().workloads.get_mut(workload) {
+            w.service_account = account.to_string();
+        }
     }
 
     /// Makes the next call of kind `call` fail with `error` (queued: several may wait).
@@ -244,17 +256,7 @@ impl FakeBackend {
         let mut view = MeshView::default();
         for w in s.workloads.values() {
             let info = &w.info;
-            let mut labels: BTreeMap<String, String> =
-                info.services.iter().map(|svc| ("app".to_string(), svc.name.clone())).collect();
-            if labels.is_empty() {
-                labels.insert("app".into(), info.workload.name.clone());
-            }
-            view.workloads.push(meshpass_policy::Workload {
-                id: WorkloadId::new(&info.workload.namespace, &info.workload.name),
-                labels,
-                service_account: "default".into(),
-                sidecar: info.meshed,
-            });
+            view.workloads.push(policy_workload(w));
             for svc in &info.services {
                 view.services.push(meshpass_policy::Service {
                     namespace: info.workload.namespace.clone(),
@@ -312,6 +314,22 @@ impl FakeBackend {
         let State { workloads, version, .. } = &mut *s;
         let wl = workloads.get_mut(w).ok_or_else(|| BackendError::NotFound(w.clone()))?;
         Ok(f(wl, version))
+    }
+}
+
+/// A workload as policies see it: labelled `app: SERVICE` for its Services.
+fn policy_workload(w: &FakeWorkload) -> meshpass_policy::Workload {
+    let info = &w.info;
+    let mut labels: BTreeMap<String, String> =
+        info.services.iter().map(|svc| ("app".to_string(), svc.name.clone())).collect();
+    if labels.is_empty() {
+        labels.insert("app".into(), info.workload.name.clone());
+    }
+    meshpass_policy::Workload {
+        id: WorkloadId::new(&info.workload.namespace, &info.workload.name),
+        labels,
+        service_account: w.service_account.clone(),
+        sidecar: info.meshed,
     }
 }
 
@@ -531,11 +549,20 @@ impl Backend for FakeBackend {
 
     async fn check(&self, workload: &WorkloadRef, request: &CheckRequest) -> Result<CheckReport, BackendError> {
         self.take_failure(FakeCall::Check)?;
+        // What the sidecars on the way would decide: the policies and every workload as the
+        // check begins.
+        let (policies, mesh) = {
+            let s = self.lock();
+            (s.policies.clone(), s.workloads.values().cloned().collect::<Vec<_>>())
+        };
+        let view = self.mesh_view();
         self.with(workload, |w, _| {
             let running = Settings::from_annotations(&w.running).unwrap_or_default();
             match request.direction {
-                Direction::Inbound => inbound_check(w, &running, request),
-                Direction::Outbound => outbound_check(w, &running, request),
+                Direction::Inbound => inbound_check(w, &running, request, &policies),
+                Direction::Outbound => {
+                    outbound_check(w, &running, request, &Peers { policies: &policies, view: &view, mesh: &mesh })
+                }
             }
         })?
     }
@@ -581,7 +608,30 @@ impl Backend for FakeBackend {
     }
 }
 
-fn inbound_check(w: &mut FakeWorkload, running: &Settings, r: &CheckRequest) -> Result<CheckReport, BackendError> {
+/// Whether the running pods of `w` hand inbound `port` to their sidecar.
+fn captures_inbound(w: &FakeWorkload, port: u16) -> bool {
+    let running = Settings::from_annotations(&w.running).unwrap_or_default();
+    w.info.meshed && !running.exclude_inbound_ports.as_ref().is_some_and(|p| p.contains(port))
+}
+
+/// The refusal of a plaintext client by a STRICT port, as the local mesh's sidecar words it.
+fn strict_refusal(w: &FakeWorkload, port: u16, policies: &PolicySet) -> Option<String> {
+    let mode = meshpass_policy::server_mode(policies, &w.info.workload.namespace, &policy_workload(w).labels, port);
+    (mode.mode == MtlsMode::Strict).then(|| {
+        format!(
+            "refused by the sidecar of pod {}/{}: port {port} requires mutual TLS (PeerAuthentication STRICT) and the client sent plaintext",
+            w.info.workload.namespace,
+            w.pod()
+        )
+    })
+}
+
+fn inbound_check(
+    w: &mut FakeWorkload,
+    running: &Settings,
+    r: &CheckRequest,
+    policies: &PolicySet,
+) -> Result<CheckReport, BackendError> {
     let me = w.info.workload.clone();
     let found = w.info.services.iter().find_map(|s| {
         s.ports.iter().find(|p| r.port.is_none_or(|want| want == p.port)).map(|p| (s.clone(), p.clone()))
@@ -596,6 +646,26 @@ fn inbound_check(w: &mut FakeWorkload, running: &Settings, r: &CheckRequest) -> 
     let ip = svc.cluster_ip.clone().unwrap_or_else(|| "198.19.0.1".into());
     let target = format!("GET http://{ip}:{}{path}", port.port);
     let excluded = running.exclude_inbound_ports.as_ref().is_some_and(|p| p.contains(port.target_port));
+    // The node is outside the mesh: plaintext, which a STRICT port refuses.
+    if w.info.meshed && !excluded {
+        if let Some(refusal) = strict_refusal(w, port.target_port, policies) {
+            return Ok(CheckReport {
+                direction: Direction::Inbound,
+                from: "node".into(),
+                target,
+                verdict: Verdict::Sidecar,
+                status_line: None,
+                headers: Vec::new(),
+                evidence: vec![
+                    format!("sidecar inbound listener 15006 accepted the connection to port {}", port.target_port),
+                    refusal.clone(),
+                ],
+                mtls: false,
+                peer_identities: PeerIdentities::default(),
+                error: Some(refusal),
+            });
+        }
+    }
     let app = me.name.trim_end_matches("-v1");
     let (verdict, status_line, headers, evidence) = if !w.info.meshed || excluded {
         w.bypassed += 1;
@@ -640,10 +710,101 @@ fn inbound_check(w: &mut FakeWorkload, running: &Settings, r: &CheckRequest) -> 
         status_line: Some(status_line),
         headers,
         evidence,
+        mtls: false,
+        peer_identities: PeerIdentities::default(),
+        error: None,
     })
 }
 
-fn outbound_check(w: &FakeWorkload, running: &Settings, r: &CheckRequest) -> Result<CheckReport, BackendError> {
+/// What an outbound check sees of the rest of the mesh.
+struct Peers<'a> {
+    policies: &'a PolicySet,
+    view: &'a MeshView,
+    mesh: &'a [FakeWorkload],
+}
+
+/// The hop from a meshed client's sidecar to `ip:port`, when that is a Service of the fake
+/// mesh: what the client's sidecar originates (auto mTLS, destination rules) and what the
+/// destination does with it.
+struct Hop {
+    verdict: Verdict,
+    evidence: Vec<String>,
+    mtls: bool,
+    ids: PeerIdentities,
+    error: Option<String>,
+}
+
+fn service_hop(client: &FakeWorkload, ip: IpAddr, port: u16, peers: &Peers<'_>) -> Option<Hop> {
+    let ip_text = ip.to_string();
+    let (svc, endpoint) = peers.view.services.iter().find_map(|svc| {
+        let sp = svc.ports.iter().find(|p| p.port == port)?;
+        (svc.cluster_ip == Some(ip)).then_some(())?;
+        let dest = peers.mesh.iter().find(|w| {
+            w.info.services.iter().any(|s| s.name == svc.name && s.cluster_ip.as_deref() == Some(ip_text.as_str()))
+        })?;
+        Some(((svc, sp), dest))
+    })?;
+    let (svc, sp) = svc;
+    let me = policy_workload(client);
+    let dest = policy_workload(endpoint);
+    let decision = meshpass_policy::Resolver::new(peers.policies, peers.view).client(&me, svc, sp, &dest);
+    let dest_pod = format!("{}/{}", endpoint.info.workload.namespace, endpoint.pod());
+    let mut evidence = vec![format!(
+        "sidecar outbound listener 15001 recorded a connection to {ip}:{port} ({}): {}",
+        svc.hostname(),
+        decision.reason
+    )];
+    let captured = captures_inbound(endpoint, sp.target_port);
+    let hop = match (decision.origination.is_mtls(), captured) {
+        (true, true) => {
+            evidence.push(format!(
+                "the sidecar of pod {dest_pod} recorded this connection (inbound, with mutual TLS from {})",
+                me.identity()
+            ));
+            Hop {
+                verdict: Verdict::Sidecar,
+                evidence,
+                mtls: true,
+                ids: PeerIdentities { client: Some(me.identity()), server: Some(dest.identity()) },
+                error: None,
+            }
+        }
+        (true, false) => {
+            let why = format!(
+                "port {} of pod {dest_pod} is not captured by its sidecar: the app received mutual TLS it cannot read and closed the connection",
+                sp.target_port
+            );
+            evidence.push(why.clone());
+            Hop {
+                verdict: Verdict::Passthrough,
+                evidence,
+                mtls: false,
+                ids: PeerIdentities::default(),
+                error: Some(why),
+            }
+        }
+        (false, true) => {
+            let error = strict_refusal(endpoint, sp.target_port, peers.policies);
+            evidence.push(format!("the sidecar of pod {dest_pod} recorded this connection (inbound, in plaintext)"));
+            evidence.extend(error.clone());
+            Hop { verdict: Verdict::Sidecar, evidence, mtls: false, ids: PeerIdentities::default(), error }
+        }
+        (false, false) => {
+            evidence.push(format!(
+                "the destination {dest_pod} has a sidecar, and it has no record of this connection: it went straight to the app"
+            ));
+            Hop { verdict: Verdict::Passthrough, evidence, mtls: false, ids: PeerIdentities::default(), error: None }
+        }
+    };
+    Some(hop)
+}
+
+fn outbound_check(
+    w: &FakeWorkload,
+    running: &Settings,
+    r: &CheckRequest,
+    peers: &Peers<'_>,
+) -> Result<CheckReport, BackendError> {
     let target = r.target.as_deref().unwrap_or_default();
     let Some((ip, port)) = parse_target(target) else {
         return Err(BackendError::Invalid(vec![format!(
@@ -652,23 +813,40 @@ fn outbound_check(w: &FakeWorkload, running: &Settings, r: &CheckRequest) -> Res
     };
     let by_port = running.exclude_outbound_ports.as_ref().is_some_and(|p| p.contains(port));
     let by_range = running.exclude_outbound_ip_ranges.as_ref().is_some_and(|r| r.contains(ip));
-    let (verdict, evidence) = if !w.info.meshed {
-        (Verdict::Passthrough, vec![format!("{} has no sidecar", w.info.workload)])
-    } else if by_port {
-        (Verdict::Passthrough, vec![format!("rule exclude-outbound-ports matched port {port} (counter +1)")])
-    } else if by_range {
-        let net = IpNet::host(ip);
-        (Verdict::Passthrough, vec![format!("rule exclude-outbound-ip-ranges matched {net} (counter +1)")])
-    } else {
-        (Verdict::Sidecar, vec![format!("sidecar outbound listener 15001 recorded a connection to {ip}:{port}")])
+    let bypass = |evidence: String| Hop {
+        verdict: Verdict::Passthrough,
+        evidence: vec![evidence],
+        mtls: false,
+        ids: PeerIdentities::default(),
+        error: None,
     };
+    let hop = if !w.info.meshed {
+        bypass(format!("{} has no sidecar", w.info.workload))
+    } else if by_port {
+        bypass(format!("rule exclude-outbound-ports matched port {port} (counter +1)"))
+    } else if by_range {
+        bypass(format!("rule exclude-outbound-ip-ranges matched {} (counter +1)", IpNet::host(ip)))
+    } else {
+        service_hop(w, ip, port, peers).unwrap_or(Hop {
+            verdict: Verdict::Sidecar,
+            evidence: vec![format!("sidecar outbound listener 15001 recorded a connection to {ip}:{port}")],
+            mtls: false,
+            ids: PeerIdentities::default(),
+            error: None,
+        })
+    };
+    let http = target.starts_with("http://");
+    let answered = http && hop.error.is_none();
     Ok(CheckReport {
         direction: Direction::Outbound,
         from: format!("pod {}/{}", w.info.workload.namespace, w.pod()),
-        target: format!("tcp {ip}:{port}"),
-        verdict,
-        status_line: None,
-        headers: Vec::new(),
-        evidence,
+        target: if http { format!("GET {target}") } else { format!("tcp {ip}:{port}") },
+        verdict: hop.verdict,
+        status_line: answered.then(|| "HTTP/1.1 200 OK".to_string()),
+        headers: if answered { vec![("content-type".into(), "text/plain; charset=utf-8".into())] } else { Vec::new() },
+        evidence: hop.evidence,
+        mtls: hop.mtls,
+        peer_identities: hop.ids,
+        error: hop.error,
     })
 }

@@ -247,6 +247,30 @@ pub struct CheckReport {
     /// Human-readable evidence lines, strongest first (sidecar connection record, rule and
     /// counter, headers).
     pub evidence: Vec<String>,
+    /// Whether the hop into the workload (inbound) or out of it (outbound) was Istio mutual
+    /// TLS between two sidecars, as the sidecars recorded it. `false` for plaintext, for a
+    /// request refused before it was answered, and for a client outside the mesh (the node,
+    /// the API server's proxy).
+    pub mtls: bool,
+    /// The SPIFFE identities of the hop's two ends, as the sidecars verified them (`null`
+    /// where a side's identity is not known, as with plaintext).
+    pub peer_identities: PeerIdentities,
+    /// Why the request failed (refused, reset, a sidecar's refusal), when it did.
+    #[schema(nullable = false)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The SPIFFE identities of a checked hop (`spiffe://cluster.local/ns/NS/sa/SA`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerIdentities {
+    /// The client's identity, as the server's sidecar verified it (or as the client's sidecar
+    /// presented it).
+    pub client: Option<String>,
+    /// The server's identity, as the client's sidecar verified it (or as the server's sidecar
+    /// presented it).
+    pub server: Option<String>,
 }
 
 /// One capture rule with its counters, read from a pod's live rules.

@@ -742,6 +742,66 @@ async fn strict_servers_refuse_what_an_outbound_exclusion_sends() {
     assert!(p["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("STRICT")), "{p:#}");
 }
 
+/// The check reports the hop's mutual TLS and both identities: sleep → helloworld is mutual
+/// TLS; an excluded inbound port makes sleep's mutual TLS fail at the app, the fix turns it
+/// into plaintext past helloworld's sidecar; a STRICT port refuses the node's plaintext.
+#[tokio::test]
+async fn check_reports_mutual_tls_and_peer_identities() {
+    let e = env();
+    let sleep_check = "/api/v1/namespaces/default/workloads/sleep/check";
+    let to_hw = r#"{"direction":"outbound","target":"http://198.19.0.10:5000/hello"}"#;
+    let c = e.call(Method::POST, sleep_check, &[], Some(to_hw)).await.json();
+    assert_eq!(
+        (&c["verdict"], &c["mtls"], &c["statusLine"]),
+        (&json!("sidecar"), &json!(true), &json!("HTTP/1.1 200 OK"))
+    );
+    assert_eq!(
+        c["peerIdentities"],
+        json!({"client": "spiffe://cluster.local/ns/default/sa/sleep", "server": "spiffe://cluster.local/ns/default/sa/default"}),
+        "{c:#}"
+    );
+    assert!(c.get("error").is_none(), "{c:#}");
+    // Inbound from the node: plaintext, no identities.
+    let c = e.call(Method::POST, &format!("{HW}/check"), &[], None).await.json();
+    assert_eq!((&c["mtls"], &c["peerIdentities"]), (&json!(false), &json!({"client": null, "server": null})));
+
+    // Port 5000 excluded and restarted, no fix: sleep's sidecar still sends mutual TLS.
+    let url = format!("{HW}/passthrough");
+    let rv = e.fake.resource_version(&e.hw());
+    let body = format!(r#"{{"inboundPorts":["5000"],"restart":true,"resourceVersion":"{rv}"}}"#);
+    let doc = e.call(Method::PUT, &url, &[], Some(&body)).await.json();
+    assert_eq!(e.wait_op(doc["operation"]["id"].as_str().unwrap()).await["state"], "succeeded");
+    let c = e.call(Method::POST, sleep_check, &[], Some(to_hw)).await.json();
+    assert_eq!((&c["verdict"], &c["mtls"], &c["statusLine"]), (&json!("passthrough"), &json!(false), &json!(null)));
+    assert!(c["error"].as_str().unwrap().contains("received mutual TLS it cannot read"), "{c:#}");
+
+    // With the fix: plaintext, straight to the app, answered.
+    let rv = e.fake.resource_version(&e.hw());
+    let body = format!(r#"{{"inboundPorts":["5000"],"fixClients":true,"resourceVersion":"{rv}"}}"#);
+    assert_eq!(e.call(Method::PUT, &url, &[], Some(&body)).await.status, StatusCode::OK);
+    let c = e.call(Method::POST, sleep_check, &[], Some(to_hw)).await.json();
+    assert_eq!(
+        (&c["verdict"], &c["mtls"], &c["statusLine"]),
+        (&json!("passthrough"), &json!(false), &json!("HTTP/1.1 200 OK"))
+    );
+    assert!(c.get("error").is_none(), "{c:#}");
+
+    // Cleared: mutual TLS again; STRICT refuses the node's plaintext, with the reason.
+    let rv = e.fake.resource_version(&e.hw());
+    let doc = e.call(Method::DELETE, &format!("{url}?restart=true&resourceVersion={rv}"), &[], None).await.json();
+    assert_eq!(e.wait_op(doc["operation"]["id"].as_str().unwrap()).await["state"], "succeeded");
+    assert_eq!(e.call(Method::POST, sleep_check, &[], Some(to_hw)).await.json()["mtls"], true);
+    e.fake
+        .apply_policies(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: hw, namespace: default}\nspec: {selector: {matchLabels: {app: helloworld}}, mtls: {mode: STRICT}}\n",
+        )
+        .unwrap();
+    let c = e.call(Method::POST, &format!("{HW}/check"), &[], None).await.json();
+    assert_eq!((&c["verdict"], &c["mtls"], &c["statusLine"]), (&json!("sidecar"), &json!(false), &json!(null)));
+    assert!(c["error"].as_str().unwrap().contains("requires mutual TLS (PeerAuthentication STRICT)"), "{c:#}");
+    assert_eq!(e.call(Method::POST, sleep_check, &[], Some(to_hw)).await.json()["mtls"], true);
+}
+
 #[tokio::test]
 async fn check_errors() {
     let e = env();
@@ -966,6 +1026,18 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     );
     let big = format!(r#"{{"inboundPorts":["{}"]}}"#, "1".repeat(100_000));
     check("POST", &pv, &e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(&big)).await);
+    // Checks with mutual TLS and identities, and one that fails (the error): STRICT refuses
+    // the node's plaintext.
+    let ck = format!("{W}/check");
+    let sleep_check = "/api/v1/namespaces/default/workloads/sleep/check";
+    let to_hw = r#"{"direction":"outbound","target":"http://198.19.0.10:5000/hello"}"#;
+    check("POST", &ck, &e.call(Method::POST, sleep_check, &[], Some(to_hw)).await);
+    e.fake
+        .apply_policies(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: hw, namespace: default}\nspec: {selector: {matchLabels: {app: helloworld}}, mtls: {mode: STRICT}}\n",
+        )
+        .unwrap();
+    check("POST", &ck, &e.call(Method::POST, &format!("{HW}/check"), &[], None).await);
     let restart = e.call(Method::POST, &format!("{HW}/restart"), &[], None).await;
     check("POST", &format!("{W}/restart"), &restart);
     let op = e.wait_op(restart.json()["id"].as_str().unwrap()).await;

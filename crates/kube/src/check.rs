@@ -5,7 +5,7 @@
 
 use crate::error::{map_kube_error, timed_out, Action, ApiServerSaid};
 use kube::core::Status;
-use meshpass_api::model::{CheckReport, CheckRequest, Direction, ServiceInfo, Verdict, WorkloadRef};
+use meshpass_api::model::{CheckReport, CheckRequest, Direction, PeerIdentities, ServiceInfo, Verdict, WorkloadRef};
 use meshpass_api::BackendError;
 use std::time::Duration;
 
@@ -143,6 +143,11 @@ pub(crate) async fn inbound(
         status_line: Some(format!("HTTP/1.1 {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))),
         headers,
         evidence,
+        // The API server has no sidecar: its hop into the pod is plaintext (a STRICT port
+        // refuses it), and no identity is verified on it.
+        mtls: false,
+        peer_identities: PeerIdentities::default(),
+        error: None,
     })
 }
 

@@ -10,8 +10,8 @@ use crate::{Client, MeshError, ServiceStatus, WorkloadStatus};
 use async_trait::async_trait;
 use meshpass_api::backend::{AnnotationPatch, MeshDefaultsInfo, MeshPolicies, Progress};
 use meshpass_api::model::{
-    CheckReport, CheckRequest, Direction, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict, WorkloadInfo,
-    WorkloadRef,
+    CheckReport, CheckRequest, Direction, PeerIdentities, RuleCounter, RuleFormat, ServiceInfo, ServicePort, Verdict,
+    WorkloadInfo, WorkloadRef,
 };
 use meshpass_api::{Backend, BackendError, BackendKind};
 use meshpass_capture::ir::{Effective, Family};
@@ -317,6 +317,12 @@ impl Backend for LocalBackend {
                 status_line: outcome.response.status_line,
                 headers: outcome.response.headers,
                 evidence: outcome.evidence,
+                mtls: outcome.tls.mtls,
+                peer_identities: PeerIdentities {
+                    client: outcome.tls.client_identity,
+                    server: outcome.tls.server_identity,
+                },
+                error: outcome.error,
             })
         })
         .await
