@@ -48,6 +48,7 @@ async function main() {
     assert((await badge.getAttribute('title') || '').length > 0, 'the badge does not say why');
     const options = await page.locator('[data-testid="filter-cluster"] option').allInnerTexts();
     assert(JSON.stringify(options) === JSON.stringify(['All clusters', UP, `${DOWN} (unreachable)`]), `filter options ${JSON.stringify(options)}`);
+    await flow.accessibility('the workload list with the Cluster column and an unreachable cluster');
   });
 
   await step('cluster-filter', async () => {
@@ -70,6 +71,7 @@ async function main() {
     assert(c === UP && w === `${NS}/${NAME}`, `dialog names cluster "${c}", workload "${w}"`);
     const errors = (await dialog.locator('[data-testid="dialog-error-area"]').innerText()).trim();
     assert(!errors, `the dialog shows an error: ${errors}`);
+    await flow.accessibility('the Traffic passthrough settings dialog of a cluster\'s workload');
     await page.keyboard.press('Escape');
     await dialog.waitFor({ state: 'hidden' });
   });
