@@ -121,8 +121,14 @@ pub fn check_specs(specs: &[ClusterSpec]) -> Result<(), Vec<String>> {
         let n = s.name();
         let at = format!("clusters[{i}] ({n})");
         if !meshpass_api::backend::is_cluster_name(n) {
-            let field = if s.name.is_some() { "name" } else { "context (the name when none is given)" };
-            errors.push(format!("{at}: {field} {n:?} must be 1 to 63 letters, digits, '.', '_' or '-'"));
+            if s.name.is_some() {
+                errors.push(format!("{at}: name {n:?} must be 1 to 63 letters, digits, '.', '_' or '-'"));
+            } else {
+                errors.push(format!(
+                    "{at}: context {n:?} cannot name the cluster (1 to 63 letters, digits, '.', '_' or '-'): give it a \
+                     `name` in a clusters file"
+                ));
+            }
         } else if !seen.insert(n.to_string()) {
             errors.push(format!("{at}: name {n:?} is listed twice (give each cluster its own name)"));
         }
