@@ -342,9 +342,21 @@ async fn apply_change(
     Ok(with_etag(Json(doc).into_response(), &rv))
 }
 
-const IF_MATCH: &str = "`\"RESOURCE_VERSION\"` from the ETag. A PUT may name the version in its body's \
-resourceVersion instead, a DELETE in ?resourceVersion=; with neither the write is refused with 428; when both are \
-given and differ, 409";
+/// The headers of a write of a workload's settings (`PUT` and `DELETE …/passthrough`), for the
+/// OpenAPI document; [`precondition`] and the authentication read them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct WriteHeaders {
+    /// `"RESOURCE_VERSION"` from the ETag. A PUT may name the version in its body's
+    /// resourceVersion instead, a DELETE in ?resourceVersion=; with neither the write is refused
+    /// with 428; when both are given and differ, 409
+    #[param(rename = "If-Match", min_length = 1, pattern = r"\S")]
+    if_match: String,
+    /// required with the session cookie (from GET /api/v1/session); not with a bearer token
+    #[param(rename = "X-CSRF-Token", required = false)]
+    x_csrf_token: String,
+}
 
 /// Set the passthrough settings (the seven annotations become exactly the body); optionally
 /// restart.
@@ -353,8 +365,7 @@ given and differ, 409";
     params(
         WorkloadParams,
         ClusterParam,
-        ("If-Match" = String, Header, description = IF_MATCH, min_length = 1, pattern = r"\S"),
-        ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
+        WriteHeaders,
     ),
     request_body = PassthroughUpdate,
     responses(
@@ -406,8 +417,7 @@ pub(crate) struct DeleteQuery {
     operation_id = "deletePassthrough",
     params(
         WorkloadParams,
-        ("If-Match" = String, Header, description = IF_MATCH, min_length = 1, pattern = r"\S"),
-        ("X-CSRF-Token" = Option<String>, Header, nullable = false, description = "required with the session cookie (from GET /api/v1/session); not with a bearer token"),
+        WriteHeaders,
         DeleteQuery,
     ),
     responses(
