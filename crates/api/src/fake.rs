@@ -149,6 +149,10 @@ impl FakeBackend {
         );
         b.set_service_account(&WorkloadRef::new("default", "sleep"), "sleep");
         b.add(WorkloadRef::new("external", "external"), false, Vec::new(), BTreeMap::new());
+        // The sample's pod labels, as in the local mesh.
+        b.set_labels(&WorkloadRef::new("default", "helloworld-v1"), &[("app", "helloworld"), ("version", "v1")]);
+        b.set_labels(&WorkloadRef::new("default", "sleep"), &[("app", "sleep")]);
+        b.set_labels(&WorkloadRef::new("external", "external"), &[("app", "external")]);
         b
     }
 
@@ -183,6 +187,7 @@ impl FakeBackend {
         let info = WorkloadInfo {
             services,
             annotations: annotations.clone(),
+            labels: BTreeMap::new(),
             resource_version: s.version.to_string(),
             ..WorkloadInfo::deployment(workload.clone(), meshed)
         };
@@ -208,6 +213,14 @@ impl FakeBackend {
     /// read and its write.
     pub fn concurrent_write_before_next_patch(&self) {
         self.lock().concurrent_write_before_patch = true;
+    }
+
+    /// Sets the labels of a workload's pods (its template's), as when it was created: the
+    /// version stays.
+    pub fn set_labels(&self, workload: &WorkloadRef, labels: &[(&str, &str)]) {
+        if let Some(w) = self.lock().workloads.get_mut(workload) {
+            w.info.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        }
     }
 
     /// Writes a template annotation directly, as `kubectl edit` would (bumps the version).

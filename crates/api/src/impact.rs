@@ -60,13 +60,49 @@ impl Captures {
     }
 }
 
+fn inbound_captured(plan: Option<&Plan>, port: u16) -> bool {
+    plan.is_some_and(|p| explain_plan(p, &Flow::inbound(port)).verdict.is_captured())
+}
+
+fn outbound_captured(plan: Option<&Plan>, dst: IpAddr, port: u16) -> bool {
+    plan.is_some_and(|p| explain_plan(p, &Flow::outbound(dst, port)).verdict.is_captured())
+}
+
 impl Capture for Captures {
     fn inbound(&self, w: &WorkloadId, port: u16) -> bool {
-        self.plan(w).is_some_and(|p| explain_plan(p, &Flow::inbound(port)).verdict.is_captured())
+        inbound_captured(self.plan(w), port)
     }
 
     fn outbound(&self, w: &WorkloadId, dst: IpAddr, port: u16) -> bool {
-        self.plan(w).is_some_and(|p| explain_plan(p, &Flow::outbound(dst, port)).verdict.is_captured())
+        outbound_captured(self.plan(w), dst, port)
+    }
+}
+
+/// [`Captures`] with one workload's plan replaced: the mesh before or after one change,
+/// without compiling every other workload again.
+struct Overlay<'a> {
+    base: &'a Captures,
+    changed: &'a WorkloadId,
+    plan: Option<Plan>,
+}
+
+impl Overlay<'_> {
+    fn plan(&self, w: &WorkloadId) -> Option<&Plan> {
+        if w == self.changed {
+            self.plan.as_ref()
+        } else {
+            self.base.plan(w)
+        }
+    }
+}
+
+impl Capture for Overlay<'_> {
+    fn inbound(&self, w: &WorkloadId, port: u16) -> bool {
+        inbound_captured(self.plan(w), port)
+    }
+
+    fn outbound(&self, w: &WorkloadId, dst: IpAddr, port: u16) -> bool {
+        outbound_captured(self.plan(w), dst, port)
     }
 }
 
@@ -96,21 +132,35 @@ pub fn assess(
     mesh: &MeshPolicies,
     fix_clients: bool,
 ) -> Assessment {
-    let changed = id(workload);
-    let rest = others.iter().filter(|w| id(w) != changed);
-    let baseline = crate::passthrough::candidate(&workload.annotations, &crate::model::Passthrough::default());
-    let now = Captures::new(
-        rest.clone().map(|w| (id(w), w.meshed, &w.annotations)).chain([(changed.clone(), workload.meshed, &baseline)]),
-        values,
-    );
-    let later = Captures::new(
-        rest.map(|w| (id(w), w.meshed, &w.annotations)).chain([(changed.clone(), workload.meshed, after)]),
-        values,
-    );
-    let proposal = Proposal { workload: &changed, before: &now, after: &later, fix_clients };
-    let impact = meshpass_policy::impact(&mesh.view, &mesh.policies, &proposal, &mesh.calls);
-    let stale = stale_fixes(&mesh.policies, &mesh.view, &later);
-    Assessment { impact, stale }
+    Assessor::new(others, values, mesh).assess(workload, after, fix_clients)
+}
+
+/// [`assess`] for several changes, each judged on its own against the mesh as it is (a
+/// batch): the other workloads' captures are compiled once, not once per change.
+pub struct Assessor<'a> {
+    base: Captures,
+    values: &'a InjectorValues,
+    mesh: &'a MeshPolicies,
+}
+
+impl<'a> Assessor<'a> {
+    /// The mesh with `workloads` as they are now, under `mesh`'s policies.
+    pub fn new(workloads: &[WorkloadInfo], values: &'a InjectorValues, mesh: &'a MeshPolicies) -> Self {
+        let base = Captures::new(workloads.iter().map(|w| (id(w), w.meshed, &w.annotations)), values);
+        Assessor { base, values, mesh }
+    }
+
+    /// As [`assess`]: what `workload`'s annotations `after` cost.
+    pub fn assess(&self, workload: &WorkloadInfo, after: &BTreeMap<String, String>, fix_clients: bool) -> Assessment {
+        let changed = id(workload);
+        let baseline = crate::passthrough::candidate(&workload.annotations, &crate::model::Passthrough::default());
+        let now = Overlay { base: &self.base, changed: &changed, plan: plan(workload.meshed, &baseline, self.values) };
+        let later = Overlay { base: &self.base, changed: &changed, plan: plan(workload.meshed, after, self.values) };
+        let proposal = Proposal { workload: &changed, before: &now, after: &later, fix_clients };
+        let impact = meshpass_policy::impact(&self.mesh.view, &self.mesh.policies, &proposal, &self.mesh.calls);
+        let stale = stale_fixes(&self.mesh.policies, &self.mesh.view, &later);
+        Assessment { impact, stale }
+    }
 }
 
 /// The API's form of the impact entries.

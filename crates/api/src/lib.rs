@@ -26,6 +26,7 @@ pub mod model;
 pub mod openapi;
 pub mod passthrough;
 pub mod routes;
+pub mod selector;
 pub mod server;
 pub mod state;
 pub mod util;

@@ -77,6 +77,10 @@ pub struct WorkloadInfo {
     pub services: Vec<ServiceInfo>,
     /// The pod template's annotations (`spec.template.metadata.annotations`).
     pub annotations: BTreeMap<String, String>,
+    /// The labels of its pods (`spec.template.metadata.labels`): what Services select on and
+    /// what a batch's label selector matches.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Opaque version of the workload; changes on every write. Writes name the version they
     /// were based on and fail with [`crate::BackendError::Conflict`] when it moved.
     pub resource_version: String,
@@ -110,6 +114,7 @@ impl WorkloadInfo {
             injected: u32::from(meshed),
             services: Vec::new(),
             annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
             resource_version: "1".into(),
         }
     }
@@ -825,6 +830,10 @@ pub struct BatchRequest {
     /// With `all`: only workloads whose `NAMESPACE/NAME` contains this (case-insensitive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<String>,
+    /// With `all`: only workloads whose pods' labels match this selector, as `kubectl -l`
+    /// writes it (`app=helloworld,version!=v1`, `canary`, `!canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Lists set outright: a list given replaces the workload's.
     #[serde(default)]
     pub set: ListItems,
@@ -891,6 +900,11 @@ pub struct BatchItem {
     /// Things the operator should know about the new settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The meshed clients and destinations the new settings affect and how (as a single
+    /// write's `impact`), computed before writing; empty when nothing is affected or the
+    /// backend cannot read the mesh's policies (a warning then says why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impact: Vec<ImpactEntry>,
     /// The workload's version after the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,

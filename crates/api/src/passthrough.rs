@@ -401,9 +401,9 @@ fn list_slots<'a>(p: &'a mut Passthrough, items: &'a ListItems) -> [ListSlot<'a>
     ]
 }
 
-/// The same item, as a list compares them: trimmed; IP ranges and ports by what they cover
-/// when they parse (`10.0.0.0/8` = `10.0.0.0/08`), else as written.
-fn same_item(key: &str, a: &str, b: &str) -> bool {
+/// The same item of annotation `key`'s list, as a list compares them: trimmed; IP ranges and
+/// ports by what they cover when they parse (`10.0.0.0/8` = `10.0.0.0/08`), else as written.
+pub fn same_item(key: &str, a: &str, b: &str) -> bool {
     let (a, b) = (a.trim(), b.trim());
     if a == b {
         return true;

@@ -1086,6 +1086,9 @@ async fn openapi_documents_every_route_and_every_field_the_server_sends() {
     check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
     let body = r#"{"all":true,"namespace":"default","add":{"outboundPorts":["3306"]},"dryRun":true}"#;
     check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
+    // By label, with an impact on meshed clients.
+    let body = r#"{"all":true,"selector":"app=helloworld","add":{"inboundPorts":["5000"]},"dryRun":true}"#;
+    check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
     let body =
         r#"{"workloads":[{"namespace":"default","name":"sleep","resourceVersion":"1"}],"set":{"inboundPorts":["80"]}}"#;
     check("POST", b, &e.call(Method::POST, b, &[], Some(body)).await);
@@ -1919,4 +1922,71 @@ async fn several_clusters_name_each_workload_and_one_failing_does_not_stop_the_o
     let op = e.call(Method::POST, &format!("{HW}/restart?cluster=east"), &[], None).await.json();
     assert_eq!(op["cluster"], "east");
     e.wait_op(op["id"].as_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn batch_by_label_selector_with_each_workloads_impact() {
+    let e = env();
+    let b = "/api/v1/passthrough/batch";
+    // The sample's pods are labelled as in the local mesh: app=helloworld,version=v1 / app=sleep.
+    let list = e.get("/api/v1/workloads").await.json();
+    assert_eq!(list["items"][0]["labels"], json!({"app": "helloworld", "version": "v1"}), "{list:#}");
+    let body = r#"{"all":true,"selector":"app=helloworld","add":{"inboundPorts":["5000"]},"dryRun":true}"#;
+    let r = e.call(Method::POST, b, &[], Some(body)).await.json();
+    let items = r["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{r:#}");
+    assert_eq!((items[0]["name"].as_str(), items[0]["outcome"].as_str()), (Some("helloworld-v1"), Some("wouldChange")));
+    // Excluding helloworld's Service port breaks sleep's mutual TLS: the item says so, as a
+    // single write's answer would.
+    let impact = items[0]["impact"].as_array().unwrap();
+    assert!(
+        impact.iter().any(|i| i["client"] == "default/sleep" && i["port"] == 5000 && i["effect"] == "fails"),
+        "{r:#}"
+    );
+    // Set-based and negated selectors, and a namespace.
+    let r = e
+        .call(Method::POST, b, &[], Some(r#"{"all":true,"selector":"app,!version","add":{"outboundPorts":["9"]}}"#))
+        .await
+        .json();
+    let names: Vec<&str> = r["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sleep", "external"], "sorted by namespace and name: {r:#}");
+    assert!(r["items"][0]["impact"].as_array().is_none(), "nothing affected, no impact: {r:#}");
+    let r = e
+        .call(
+            Method::POST,
+            b,
+            &[],
+            Some(r#"{"all":true,"namespace":"default","selector":"app","dryRun":true,"add":{"outboundPorts":["9"]}}"#),
+        )
+        .await
+        .json();
+    assert_eq!(r["items"].as_array().unwrap().len(), 2, "{r:#}");
+    // A bad selector, or one without `all`: refused whole, nothing written.
+    let before = e.snapshot();
+    for body in [
+        r#"{"all":true,"selector":"app in (a,b)","add":{"outboundPorts":["1"]}}"#,
+        r#"{"all":true,"selector":"-app=x","add":{"outboundPorts":["1"]}}"#,
+        r#"{"workloads":[{"namespace":"default","name":"sleep"}],"selector":"app=sleep","add":{"outboundPorts":["1"]}}"#,
+    ] {
+        let a = e.call(Method::POST, b, &[], Some(body)).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", a.text());
+        assert!(a.json()["message"].as_str().unwrap().contains("selector"), "{}", a.text());
+    }
+    assert_eq!(e.snapshot(), before);
+}
+
+#[tokio::test]
+async fn previews_use_the_mesh_wide_defaults_as_they_are_now() {
+    let e = env();
+    let rules = |p: &Value| p["proposed"].as_str().unwrap_or_default().to_string();
+    let ask = r#"{"inboundPorts":["5000"]}"#;
+    let p = e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(ask)).await.json();
+    assert!(!rules(&p).contains("198.19.7.0/24"), "{p:#}");
+    // The defaults change after the server started: the next preview compiles with them.
+    let v = e.get("/api/v1/defaults").await.json()["resourceVersion"].as_str().unwrap().to_string();
+    let body = r#"{"values":{"global.proxy.excludeIPRanges":"198.19.7.0/24"}}"#;
+    assert_eq!(e.call(Method::PUT, "/api/v1/defaults", &[("if-match", &v)], Some(body)).await.status, StatusCode::OK);
+    let p = e.call(Method::POST, &format!("{HW}/passthrough/preview"), &[], Some(ask)).await.json();
+    assert!(rules(&p).contains("198.19.7.0/24"), "the new mesh-wide range is in the proposed rules: {p:#}");
+    assert!(p["current"].as_str().unwrap_or_default().contains("198.19.7.0/24"), "and in the current ones: {p:#}");
 }

@@ -357,6 +357,7 @@ impl KubeBackend {
             injected: u32::try_from(injected).unwrap_or(u32::MAX),
             services: inspect::services_for(workload, services),
             annotations: template,
+            labels: workload.template_labels(),
             resource_version: workload.resource_version().to_string(),
         }
     }

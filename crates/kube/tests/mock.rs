@@ -1205,15 +1205,16 @@ async fn the_api_over_two_clusters_with_one_unreachable() {
     let dep = |rv: &str, ann: Value| with_type(deployment(rv, 3, ann, rolled_out(3)), "Deployment");
     let before = json!({EXCLUDE_OUT: "8080"});
     let after = json!({EXCLUDE_OUT: "8080,3306"});
-    // East, in the order the API asks: the list and the ConfigMap; the batch's fresh list, the ConfigMap, the
-    // workload's read and merge patch (under its resourceVersion), its description; then the
-    // defaults read on their own.
+    // East, in the order the API asks: the list and the ConfigMap; the batch's fresh list, the
+    // ConfigMap, the mesh's policies (for each change's impact), the workload's read and merge
+    // patch (under its resourceVersion), its description; then the defaults read on their own.
     let configmap = || ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values("198.19.0.2/32")));
     // The list, with the cluster's mesh-wide defaults (what each workload inherits).
     let mut east = hello_cluster_list(dep("1234", before.clone()));
     east.push(configmap());
     east.extend(hello_cluster_list(dep("1234", before.clone())));
     east.push(ex("GET", INJECTOR_CM, 200, injector_configmap("4711", &chart_values("198.19.0.2/32"))));
+    east.extend(mesh_policies_script(vec![], vec![]));
     east.push(ex("GET", "/apis/apps/v1/namespaces/default/deployments/helloworld-v1", 200, dep("1234", before)));
     east.push(Exchange {
         body: Some(json!({

@@ -84,6 +84,7 @@ fn info(w: WorkloadStatus, services: &[ServiceStatus]) -> WorkloadInfo {
         injected: w.injected,
         services,
         annotations: w.annotations,
+        labels: w.labels,
         resource_version: w.resource_version,
     }
 }

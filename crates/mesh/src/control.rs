@@ -42,6 +42,9 @@ pub struct WorkloadStatus {
     /// Changes on every change of the Deployment (see [`Client::annotate_if`]).
     #[serde(default)]
     pub resource_version: String,
+    /// The labels of its pods (the pod template's).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The mesh-wide capture defaults and their version.

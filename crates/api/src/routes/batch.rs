@@ -18,11 +18,13 @@ use crate::audit::AuditSlot;
 use crate::backend::{AnnotationPatch, BackendError};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{ApiJson, Caller};
+use crate::impact::{self, Assessor};
 use crate::model::{
     AuditEntry, BatchItem, BatchOutcome, BatchRequest, BatchResult, ListItems, Passthrough, WorkloadInfo, WorkloadRef,
 };
 use crate::passthrough;
-use crate::routes::passthrough::mesh_defaults;
+use crate::routes::passthrough::{mesh_defaults, with_defaults};
+use crate::selector::LabelSelector;
 use crate::state::{cluster_status, AppState, Cluster};
 use crate::util::{is_dns1123_label, is_dns1123_subdomain, now};
 use axum::extract::State;
@@ -48,6 +50,7 @@ fn failed(cluster: &str, w: &WorkloadRef, e: &ApiError) -> BatchItem {
         settings: None,
         effective: Vec::new(),
         warnings: Vec::new(),
+        impact: Vec::new(),
         resource_version: None,
     }
 }
@@ -62,6 +65,12 @@ fn check_request(
     let invalid = |m: String| ApiError::Invalid { message: m, errors: Vec::new() };
     if r.all && !r.workloads.is_empty() {
         return Err(invalid("name workloads or ask for all of them, not both".into()));
+    }
+    if !r.all && r.selector.is_some() {
+        return Err(invalid("a selector picks workloads with all: true, not among named ones".into()));
+    }
+    if let Some(sel) = &r.selector {
+        sel.parse::<LabelSelector>().map_err(|e| invalid(e.to_string()))?;
     }
     if !r.all && r.workloads.is_empty() {
         return Err(invalid("no workloads: name at least one, or ask for all".into()));
@@ -153,11 +162,14 @@ enum Placement {
     Failed(Box<BatchItem>),
 }
 
-/// One cluster as a batch sees it: its workloads as listed now, its mesh-wide defaults.
+/// One cluster as a batch sees it: its workloads as listed now, its mesh-wide defaults and
+/// the injector values around them, its mutual-TLS policies.
 struct View {
     cluster: Cluster,
     list: Result<Vec<WorkloadInfo>, BackendError>,
     defaults: meshpass_settings::MeshDefaults,
+    values: meshpass_capture::InjectorValues,
+    policies: Result<crate::backend::MeshPolicies, BackendError>,
 }
 
 /// What one workload would get, or why it gets nothing.
@@ -165,6 +177,7 @@ struct Decided {
     /// Its cluster (index into the views).
     view: usize,
     info: WorkloadInfo,
+    impact: Vec<crate::model::ImpactEntry>,
     before: Passthrough,
     after: Passthrough,
     set: BTreeMap<String, String>,
@@ -212,27 +225,51 @@ pub(crate) async fn batch(
     let listed = futures::future::join_all(asked.into_iter().map(|c| async move {
         let list = c.backend().list().await;
         let defaults = mesh_defaults(&c).await;
-        (c, list, defaults)
+        let policies = c.backend().mesh_policies().await;
+        (c, list, defaults, policies)
     }))
     .await;
     let mut statuses = Vec::new();
     let mut views: Vec<View> = Vec::new();
-    for (c, list, defaults) in listed {
+    for (c, list, defaults, policies) in listed {
         statuses.push(cluster_status(c.name(), list.as_ref().map(|l| u32::try_from(l.len()).unwrap_or(u32::MAX))));
-        views.push(View { cluster: c, list, defaults });
+        let values = with_defaults(c.values(), defaults.clone());
+        views.push(View { cluster: c, list, defaults, values, policies });
     }
+    // The impact of each change on meshed clients' mutual TLS, judged on its own against its
+    // cluster as it is (as a single write's): advice, so a cluster whose policies cannot be
+    // read only loses it (with a warning when reading failed). Every other workload's capture
+    // is compiled once per cluster, not once per change.
+    let assessors: Vec<Option<Assessor<'_>>> = views
+        .iter()
+        .map(|v| match (&v.list, &v.policies) {
+            (Ok(list), Ok(m)) => Some(Assessor::new(list, &v.values, m)),
+            _ => None,
+        })
+        .collect();
+    let not_assessed = |v: &View| match &v.policies {
+        Err(BackendError::Unsupported(_)) | Ok(_) => None,
+        Err(e) => Some(format!("The impact on meshed clients' mutual TLS was not computed: {}", e.report())),
+    };
     let view = |name: &str| views.iter().position(|v| v.cluster.name() == name);
 
     // Each workload placed in its cluster (index into `views`), or failed.
     let mut targets: Vec<Placement> = Vec::new();
     if req.all {
         let needle = req.search.clone().unwrap_or_default().to_lowercase();
+        let selector = req
+            .selector
+            .as_deref()
+            .map(str::parse::<LabelSelector>)
+            .transpose()
+            .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: Vec::new() })?;
         for (i, v) in views.iter().enumerate() {
             let Ok(list) = &v.list else { continue };
             targets.extend(
                 list.iter()
                     .filter(|w| req.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == w.workload.namespace))
                     .filter(|w| needle.is_empty() || w.workload.to_string().to_lowercase().contains(&needle))
+                    .filter(|w| selector.as_ref().is_none_or(|s| s.matches(&w.labels)))
                     .map(|w| Placement::At(i, w.workload.clone(), None)),
             );
         }
@@ -339,7 +376,14 @@ pub(crate) async fn batch(
         let mut warnings = passthrough::warnings(&info, &settings, all);
         warnings.append(&mut notes);
         let (set, remove) = passthrough::patch(&info.annotations, &after);
-        items.push(Ok(Decided { view: i, info, before, after, set, remove, warnings }));
+        let mut impact = Vec::new();
+        if let Some(a) = &assessors[i] {
+            let judged = a.assess(&info, &passthrough::candidate(&info.annotations, &after), false);
+            impact = impact::entries(&judged.impact);
+            warnings.extend(judged.impact.notes);
+        }
+        warnings.extend(not_assessed(v));
+        items.push(Ok(Decided { view: i, info, impact, before, after, set, remove, warnings }));
     }
 
     // Write those that change: one call per cluster, the clusters concurrently.
@@ -455,6 +499,7 @@ pub(crate) async fn batch(
             settings: Some(d.after),
             effective,
             warnings,
+            impact: d.impact,
             resource_version: Some(info.resource_version),
         });
     }

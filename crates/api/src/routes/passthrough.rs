@@ -96,12 +96,13 @@ async fn assess(
     c: &Cluster,
     info: &WorkloadInfo,
     settings: &Passthrough,
+    values: &meshpass_capture::InjectorValues,
     fix_clients: bool,
 ) -> Result<Assessment, BackendError> {
     let mesh = c.backend().mesh_policies().await?;
     let others = c.workloads().await?;
     let after = passthrough::candidate(&info.annotations, settings);
-    Ok(impact::assess(info, &after, &others, c.values(), &mesh, fix_clients))
+    Ok(impact::assess(info, &after, &others, values, &mesh, fix_clients))
 }
 
 /// The warning shown when the impact could not be computed (the change itself can still be
@@ -174,6 +175,21 @@ pub(crate) async fn mesh_defaults(c: &Cluster) -> meshpass_settings::MeshDefault
     c.backend().mesh_defaults().await.map(|d| d.defaults).unwrap_or_default()
 }
 
+/// The injector values previews and impacts compile a workload's rules with: the backend's
+/// fixed ones (read at start) around the mesh-wide defaults as they are now, read again on
+/// every call so that a change of the defaults (through the API, or around it) shows at once.
+pub(crate) async fn injector_values(c: &Cluster) -> meshpass_capture::InjectorValues {
+    with_defaults(c.values(), mesh_defaults(c).await)
+}
+
+/// `values` with `defaults` as its mesh-wide defaults.
+pub(crate) fn with_defaults(
+    values: &meshpass_capture::InjectorValues,
+    defaults: meshpass_settings::MeshDefaults,
+) -> meshpass_capture::InjectorValues {
+    meshpass_capture::InjectorValues { defaults, ..values.clone() }
+}
+
 /// Passthrough settings, with the version (ETag) to write against.
 #[utoipa::path(get, path = "/api/v1/namespaces/{ns}/workloads/{name}/passthrough", tag = "passthrough",
     operation_id = "getPassthrough", params(WorkloadParams, ClusterParam),
@@ -233,7 +249,8 @@ async fn apply_change(
     // The impact is computed before anything is written, against the mesh as it is. Without
     // the fix it is advice; the fix cannot be made without it.
     let mut warnings = Vec::new();
-    let assessment = match assess(cl, &info, &settings, c.fix_clients).await {
+    let values = injector_values(cl).await;
+    let assessment = match assess(cl, &info, &settings, &values, c.fix_clients).await {
         Ok(a) => Some(a),
         Err(e) if c.fix_clients => {
             app.inner.metrics.change("error");
@@ -484,11 +501,12 @@ pub(crate) async fn preview(
     let backend = cluster.backend();
     let info = backend.get(&workload).await.map_err(|e| cluster.err(e))?;
     let others = cluster.workloads().await.unwrap_or_default();
+    let values = injector_values(&cluster).await;
     let mut preview =
-        passthrough::preview(&info, &proposed, &others, cluster.values(), backend.rule_format(), backend.dialect())
+        passthrough::preview(&info, &proposed, &others, &values, backend.rule_format(), backend.dialect())
             .map_err(|e| ApiError::Invalid { message: e.to_string(), errors: passthrough::field_errors(&e) })?;
     preview.cluster = cluster.name().to_string();
-    match assess(&cluster, &info, &proposed, q.fix_clients.unwrap_or(false)).await {
+    match assess(&cluster, &info, &proposed, &values, q.fix_clients.unwrap_or(false)).await {
         Ok(a) => {
             preview.impact = impact::entries(&a.impact);
             preview.fixes = a.impact.fixes.iter().map(impact::fix_rule).collect();

@@ -31,6 +31,7 @@ pub fn workloads(state: &State, world: &World, ns: Option<&str>, cfg: &MeshConfi
                 total: d.replicas,
                 pending_restart: pods.iter().any(|p| p.hash != hash || p.meshed != meshed || p.stamp != stamp),
                 annotations: d.template.annotations.clone(),
+                labels: d.template.labels.clone(),
                 injected: pods.iter().filter(|p| p.meshed).count() as u32,
                 services: services_of(state, d).map(|s| s.name.clone()).collect(),
                 resource_version: state.version(&d.namespace, &d.name),
