@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub(crate) mod batch;
 pub(crate) mod ca;
 pub(crate) mod check;
+pub(crate) mod defaults;
 pub(crate) mod explain;
 pub(crate) mod iptables;
 pub(crate) mod mesh;
