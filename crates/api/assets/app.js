@@ -1886,31 +1886,31 @@ function openBatchDialog(workloads, preset = {}) {
     } else {
       toast(`Traffic passthrough: ${failedItems.length} of ${data.items.length} workloads failed`, {
         type: 'error', timeout: 12000,
-        detail: failedItems.slice(0, 5).map((i) => `${i.namespace}/${i.name}: ${failureText(i)}`).join('\n') + (failedItems.length > 5 ? `\n… and ${failedItems.length - 5} more (see the dialog)` : ''),
+        detail: failedItems.slice(0, 5).map((i) => `${wkey(i)}: ${failureText(i)}`).join('\n') + (failedItems.length > 5 ? `\n… and ${failedItems.length - 5} more (see the dialog)` : ''),
       });
     }
     // The failed workloads stay selected (for a retry); the others are done.
     state.selectMatching = false;
-    state.selected = new Set(failedItems.map((i) => `${i.namespace}/${i.name}`));
+    state.selected = new Set(failedItems.map(wkey));
     refreshList({ quiet: true });
     if (restart.checked) restartChanged(data.items.filter((i) => i.outcome === 'changed'));
   }
 
   /** Restarts each changed meshed workload, a few at a time; each row says how it went. */
   async function restartChanged(changed) {
-    const queue = changed.filter((i) => { const w = findWorkload(`${i.namespace}/${i.name}`); return !w || w.meshed; });
+    const queue = changed.filter((i) => { const w = findWorkload(wkey(i)); return !w || w.meshed; });
     const worker = async () => {
       for (let i = queue.shift(); i; i = queue.shift()) {
         const cell = $(`[data-testid="batch-restart-${i.namespace}-${i.name}"]`, dialog);
         if (cell) cell.textContent = 'Restarting…';
         try {
-          const { data } = await api('POST', `${wpath(i.namespace, i.name)}/restart${clusterQuery(i.cluster)}`);
+          const { data } = await api('POST', wurl(i, '/restart'));
           trackOperation(data);
           if (cell) { cell.textContent = 'Restart started'; cell.dataset.state = 'started'; }
         } catch (e) {
           if (e.status === 401) return;
           if (cell) { cell.textContent = `Restart failed: ${e.message}`; cell.dataset.state = 'failed'; cell.classList.add('text-error'); }
-          toast(`Restart of ${i.namespace}/${i.name} failed`, { type: 'error', detail: e.message });
+          toast(`Restart of ${wkey(i)} failed`, { type: 'error', detail: e.message });
         }
       }
     };
@@ -1931,11 +1931,11 @@ function openBatchDialog(workloads, preset = {}) {
       h('caption', { class: 'visually-hidden' }, dry ? 'What each workload would get' : 'What happened to each workload'),
       h('thead', null, h('tr', null, ['Workload', 'Result', 'Inbound ports', 'Outbound ports', 'Outbound IP ranges', dry ? 'Warnings' : 'Details'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', null, itemsList.map((i) => {
-        const key = `${i.namespace}/${i.name}`;
+        const key = wkey(i);
         const failed = i.outcome === 'failed';
         const w = findWorkload(key);
         return h('tr', { 'data-testid': `batch-${dry ? 'row' : 'result'}-${i.namespace}-${i.name}`, 'data-outcome': i.outcome, 'data-cluster': i.cluster || null, class: failed ? 'row-failed' : null },
-          h('th', { scope: 'row', class: 'wl-name' }, key, clusterNames().length > 1 && i.cluster ? h('div', { class: 'muted small' }, `cluster ${i.cluster}`) : null, w && !w.meshed ? h('div', { class: 'muted small' }, 'Uninjected: applies once a sidecar is injected') : null),
+          h('th', { scope: 'row', class: 'wl-name' }, nsName(i), clusterNames().length > 1 && i.cluster ? h('div', { class: 'muted small' }, `cluster ${i.cluster}`) : null, w && !w.meshed ? h('div', { class: 'muted small' }, 'Uninjected: applies once a sidecar is injected') : null),
           h('td', null, h('span', { class: `tag ${tagCls[i.outcome] || 'tag-grey'}`, 'data-testid': 'batch-outcome' }, OUTCOME_LABEL[i.outcome] || i.outcome),
             failed ? h('div', { class: 'small text-error', 'data-testid': 'batch-failure', role: dry ? null : 'note' }, failureText(i)) : null),
           cell(i, 'inboundPorts'), cell(i, 'outboundPorts'), cell(i, 'outboundIpRanges'),
