@@ -1940,10 +1940,21 @@ function openBatchDialog(workloads, preset = {}) {
             failed ? h('div', { class: 'small text-error', 'data-testid': 'batch-failure', role: dry ? null : 'note' }, failureText(i)) : null),
           cell(i, 'inboundPorts'), cell(i, 'outboundPorts'), cell(i, 'outboundIpRanges'),
           h('td', { class: 'small' },
+            impactList(i.impact),
             (i.warnings || []).length ? h('ul', { class: 'batch-warnings', 'data-testid': 'batch-warnings' }, i.warnings.map((x) => h('li', null, x))) : null,
             !dry && i.outcome === 'changed' ? h('div', { class: 'muted', 'data-testid': `batch-restart-${i.namespace}-${i.name}` }, i.message) : null,
             !dry && i.outcome === 'unchanged' ? h('div', { class: 'muted' }, i.message) : null));
       })));
+  }
+
+  /** The meshed clients a workload's new settings break or take off mutual TLS (as in the
+   * single dialog's impact list); those that keep working are left out. */
+  function impactList(entries) {
+    const hit = (entries || []).filter((e) => e.effect === 'fails' || e.effect === 'loses-mtls');
+    if (!hit.length) return null;
+    return h('ul', { class: 'batch-impact', 'data-testid': 'batch-impact' }, hit.map((e) => h('li', { 'data-effect': e.effect, title: e.reason },
+      h('span', { class: `tag ${e.effect === 'fails' ? 'tag-red' : 'tag-orange'}` }, e.effect === 'fails' ? 'Fails' : 'Loses mTLS'),
+      ' ', e.client, ` → ${e.service}:${e.servicePort}`)));
   }
 
   requestAnimationFrame(() => { const first = lists[0] && $('input[type="radio"]:checked', lists[0].el); if (first) first.focus(); });
