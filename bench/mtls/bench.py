@@ -246,7 +246,11 @@ def main():
     ap.add_argument("--out", default=os.path.join(RUN, "results.json"))
     a = ap.parse_args()
     b = Bench(a)
-    results = {"args": vars(a), "rounds": []}
+    # Recorded data names files by their place in the repository, not on this machine.
+    root = os.path.dirname(os.path.dirname(HERE))
+    args = {k: (os.path.relpath(v, root) if isinstance(v, str) and v.startswith(root + os.sep) else v)
+            for k, v in vars(a).items()}
+    results = {"args": args, "rounds": []}
     try:
         b.setup()
         targets = ["meshpass", "envoy"]
