@@ -16,7 +16,7 @@ use meshpass_api::model::{
 use meshpass_api::{Backend, BackendError, BackendKind};
 use meshpass_capture::ir::{Effective, Family};
 use meshpass_capture::InjectorValues;
-use meshpass_policy::{PolicySet, Resource, ResourceRef};
+use meshpass_policy::{Call, PolicySet, Resource, ResourceRef, WorkloadId};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -333,9 +333,13 @@ impl Backend for LocalBackend {
         self.with_client(|c| {
             let view = c.mesh_view()?;
             let policies = PolicySet::from_resources(resources(&c.policies(None, None)?)?);
-            // Calls are not recorded per client in the local mesh: every meshed workload is a
-            // possible caller.
-            Ok(MeshPolicies { view, policies, calls: Default::default() })
+            // The calls the sidecars have a record of are observed; every other meshed
+            // workload that can reach a Service stays a possible caller.
+            let calls = check::observed_calls(&c)?
+                .into_iter()
+                .map(|(ns, workload, service, port)| Call { client: WorkloadId::new(ns, workload), service, port })
+                .collect();
+            Ok(MeshPolicies { view, policies, calls })
         })
         .await
     }

@@ -285,6 +285,11 @@ fn pick_record(connections: &serde_json::Value, want: &Wanted) -> Option<serde_j
 
 /// A sidecar's record of the connection `want` describes, if it has one.
 fn sidecar_record(netns: &str, want: &Wanted) -> Result<Option<serde_json::Value>, MeshError> {
+    Ok(sidecar_connections(netns)?.and_then(|v| pick_record(&v, want)))
+}
+
+/// A sidecar's `/connections` answer (its open connections and the last ones it closed).
+fn sidecar_connections(netns: &str) -> Result<Option<serde_json::Value>, MeshError> {
     let body = in_netns(netns, || {
         let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
         let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(failed("sidecar admin"))?;
@@ -300,7 +305,65 @@ fn sidecar_record(netns: &str, want: &Wanted) -> Result<Option<serde_json::Value
     let (Some(a), Some(b)) = (json.find('{'), json.rfind('}')) else { return Ok(None) };
     let v: serde_json::Value = serde_json::from_str(&json[a..=b])
         .map_err(|e| MeshError::protocol("sidecar /connections is not JSON")(e.into()))?;
-    Ok(pick_record(&v, want))
+    Ok(Some(v))
+}
+
+/// A call a client's sidecar recorded: `(client namespace, client workload, Service
+/// namespace/name, Service port)`.
+pub type ObservedCall = (String, String, String, u16);
+
+/// The Service ports a sidecar's records show its workload calling: its outbound connections
+/// whose original destination is a Service's ClusterIP and port. Records are the sidecar's
+/// open connections and its last closed ones (a bounded ring), so a call long past may be
+/// missing; what is listed did happen.
+fn calls_in(pod: &PodStatus, connections: &serde_json::Value, services: &[crate::ServiceStatus]) -> Vec<ObservedCall> {
+    let by_addr: std::collections::HashMap<String, String> = services
+        .iter()
+        .flat_map(|s| {
+            s.ports.iter().map(move |(port, _)| {
+                let addr = SocketAddr::new(s.cluster_ip.parse().ok()?, *port);
+                Some((addr.to_string(), format!("{}/{}", s.namespace, s.name)))
+            })
+        })
+        .flatten()
+        .collect();
+    connections["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["direction"] == Direction::Outbound.as_str())
+        .filter_map(|r| {
+            let dst = r["original_dst"].as_str()?;
+            let svc = by_addr.get(dst)?;
+            let port = dst.parse::<SocketAddr>().ok()?.port();
+            Some((pod.namespace.clone(), pod.workload.clone(), svc.clone(), port))
+        })
+        .collect()
+}
+
+/// Every call to a Service port that the meshed pods' sidecars have a record of, asked of all
+/// of them at once. A sidecar that does not answer adds nothing (its workload's calls stay
+/// possible, not observed).
+pub fn observed_calls(client: &Client) -> Result<std::collections::BTreeSet<ObservedCall>, MeshError> {
+    let pods: Vec<PodStatus> = client.pods(None)?.into_iter().filter(|p| p.meshed && p.ready).collect();
+    let services = client.services(None)?;
+    let found: Vec<Vec<ObservedCall>> = std::thread::scope(|s| {
+        let asks: Vec<_> = pods
+            .iter()
+            .map(|pod| {
+                let services = &services;
+                s.spawn(move || {
+                    sidecar_connections(&pod.netns)
+                        .ok()
+                        .flatten()
+                        .map(|v| calls_in(pod, &v, services))
+                        .unwrap_or_default()
+                })
+            })
+            .collect();
+        asks.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Asks every meshed pod's sidecar, at once, for its inbound record of the connection from
@@ -604,6 +667,39 @@ mod tests {
         ]});
         assert_eq!(pick_record(&recs, &fresh).unwrap()["id"], 9);
         assert_eq!(pick_record(&recs, &want(Direction::Inbound, "198.18.81.5:40113", 50_000, true)), None);
+    }
+
+    #[test]
+    fn outbound_records_to_a_service_port_are_calls_of_the_pods_workload() {
+        let pod = PodStatus {
+            namespace: "default".into(),
+            name: "sleep-abc".into(),
+            workload: "sleep".into(),
+            ip: "198.18.0.5".into(),
+            netns: "x".into(),
+            ready: true,
+            meshed: true,
+            restarts: 0,
+        };
+        let services = vec![crate::ServiceStatus {
+            namespace: "default".into(),
+            name: "helloworld".into(),
+            cluster_ip: "198.19.0.10".into(),
+            ports: vec![(5000, 5000)],
+            endpoints: vec!["198.18.0.7:5000".into()],
+        }];
+        let recs = serde_json::json!({"connections": [
+            {"direction": "outbound", "original_dst": "198.19.0.10:5000"},
+            // Not a Service port, not outbound, or no destination: not calls.
+            {"direction": "outbound", "original_dst": "198.19.0.10:5001"},
+            {"direction": "outbound", "original_dst": "203.0.113.5:443"},
+            {"direction": "inbound", "original_dst": "198.19.0.10:5000"},
+            {"direction": "outbound", "original_dst": null},
+        ]});
+        assert_eq!(
+            calls_in(&pod, &recs, &services),
+            vec![("default".to_string(), "sleep".to_string(), "default/helloworld".to_string(), 5000)]
+        );
     }
 
     #[test]

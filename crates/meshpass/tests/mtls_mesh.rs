@@ -342,6 +342,8 @@ fn excluded_inbound_port_breaks_mtls_clients_until_the_fix_and_rotation_drops_no
     };
     let e = sleep_entry(&dry).with_context(|| format!("sleep not in the impact: {dry:#}"))?;
     assert_eq!(e["effect"], "fails", "{dry:#}");
+    // sleep's sidecar recorded the loop's calls to helloworld:5000.
+    assert_eq!(e["evidence"], "observed", "{dry:#}");
     assert_eq!(dry["fixes"][0]["name"], "helloworld-passthrough-5000", "{dry:#}");
     assert_eq!(pod(&mesh, "default", "helloworld-v1")?.name, hello_pod, "the dry run changed nothing");
     check_until(&mesh, "sleep", url, "still mutual TLS", |v| v["status"] == 200 && v["mtls"] == true)?;
