@@ -100,7 +100,9 @@ batch live-verify --add-outbound-ports 6380 --live
 "$MP" get pods -n fleet --state-dir "$STATE" | awk 'NR > 1 { print $7 }' > "$STATE/netns"
 reached=0
 while read -r netns; do
-  if ip netns exec "$netns" nft list ruleset | grep -q 6380; then reached=$((reached + 1)); fi
+  # grep reads all of nft's output: `grep -q` would exit at the first match, and nft's
+  # SIGPIPE would then fail the pipeline under pipefail.
+  if ip netns exec "$netns" nft list ruleset | grep 6380 > /dev/null; then reached=$((reached + 1)); fi
 done < "$STATE/netns"
 echo "live change in the rules of $reached of $(wc -l < "$STATE/netns") pods"
 sup_rss=$(awk '/VmRSS/ {print $2}' /proc/$UP/status)
