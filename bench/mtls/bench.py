@@ -112,6 +112,10 @@ class Bench:
         time.sleep(0.3)
         for ns in (self.cli, self.srv):
             sh("ip", "netns", "del", ns, check=False)
+        # The run directory holds the benchmark CA's private key: nothing of it outlives the
+        # run unless asked for (the sidecars' logs, for a failed run).
+        if os.environ.get("MESHPASS_BENCH_KEEP") != "1":
+            shutil.rmtree(RUN, ignore_errors=True)
 
     # --- sidecars ---------------------------------------------------------------------------
     def spawn(self, ns, argv, env):

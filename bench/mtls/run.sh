@@ -6,7 +6,8 @@
 #   sudo bench/mtls/run.sh [bench.py options, e.g. --reps 5 --duration 10]
 # Runs through bench/record: the raw results (results.json, everything printed, the machine
 # and versions) land in bench/mtls/results/<date-time>/; commit that directory with any figure
-# quoted from it.
+# quoted from it. The working directory (/tmp/meshpass-bench-mtls, with the benchmark CA's key)
+# is removed at the end; MESHPASS_BENCH_KEEP=1 keeps it and the sidecars' logs.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/../sidecar.sh"
