@@ -102,6 +102,32 @@ impl HttpCtx {
     }
 }
 
+/// Drives a downstream connection to its end, asking it once to wind down
+/// (`graceful_shutdown`) when the sidecar starts draining. `None` when the drain timeout ran
+/// out first: the outcome is recorded as a local reset and the caller drops the connection.
+async fn serve_until_drained<C: std::future::Future>(
+    mut conn: std::pin::Pin<&mut C>,
+    ctx: &HttpCtx,
+    graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
+) -> Option<C::Output> {
+    let mut drain = ctx.shared.drain.clone();
+    let mut force = ctx.shared.drain.clone();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return Some(r),
+            _ = crate::phase_reached(&mut drain, |p| p != Phase::Running), if !draining => {
+                draining = true;
+                graceful_shutdown(conn.as_mut());
+            }
+            _ = crate::phase_reached(&mut force, |p| p >= Phase::Force), if draining => {
+                ctx.conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
+                return None;
+            }
+        }
+    }
+}
+
 /// Serve one downstream HTTP/2 connection (prior knowledge) until it closes, drains (a
 /// `GOAWAY`, then in-flight streams finish) or is forced down.
 pub(crate) async fn serve_h2<I>(io: I, ctx: Arc<HttpCtx>)
@@ -109,8 +135,6 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.shared.config;
-    let mut drain = ctx.shared.drain.clone();
-    let mut force = ctx.shared.drain.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| handle_h2(svc_ctx.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -125,21 +149,8 @@ where
         .max_local_error_reset_streams(Some(1024))
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut draining = false;
-    let res = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = crate::phase_reached(&mut drain, |p| p != Phase::Running), if !draining => {
-                // GOAWAY: no new streams; the ones in flight finish.
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = crate::phase_reached(&mut force, |p| p >= Phase::Force), if draining => {
-                ctx.conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
-                return;
-            }
-        }
-    };
+    // Draining sends GOAWAY: no new streams; the ones in flight finish.
+    let Some(res) = serve_until_drained(conn, &ctx, |c| c.graceful_shutdown()).await else { return };
     if let Err(e) = res {
         let outcome = if e.is_timeout() {
             Outcome::new(Flag::StreamIdleTimeout, "timeout").with_source(crate::outcome::Source::Downstream)
@@ -242,8 +253,6 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.shared.config;
-    let mut drain = ctx.shared.drain.clone();
-    let mut force = ctx.shared.drain.clone();
     let svc_ctx = ctx.clone();
     // `handle` is the service future itself (no wrapping `async` block): every level of
     // nesting moves the whole inner future once per request.
@@ -263,21 +272,8 @@ where
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut draining = false;
-    let res = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = crate::phase_reached(&mut drain, |p| p != Phase::Running), if !draining => {
-                // Finish the in-flight response, then close (hyper adds `connection: close`).
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = crate::phase_reached(&mut force, |p| p >= Phase::Force), if draining => {
-                ctx.conn.set_outcome(Outcome::new(Flag::LocalReset, "drain_timeout"));
-                return;
-            }
-        }
-    };
+    // Draining finishes the in-flight response, then closes (hyper adds `connection: close`).
+    let Some(res) = serve_until_drained(conn, &ctx, |c| c.graceful_shutdown()).await else { return };
     if let Some(r) = ctx.gate.rejected() {
         // The gate wrote Envoy's reply during hyper's shutdown; count it like a response.
         let flag = if r.is_protocol_error() { Flag::DownstreamProtocolError } else { Flag::NoRoute };
