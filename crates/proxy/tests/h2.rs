@@ -176,6 +176,30 @@ fn grpc_request(path: &str, body: Frames) -> Request<Frames> {
         .unwrap()
 }
 
+/// One `/t.S/Stream` call of the gRPC app, made through the sidecar's outbound listener.
+struct OpenStream {
+    /// Lets the app send its next message.
+    next: Arc<Notify>,
+    app: tokio::task::JoinHandle<()>,
+    proxy: Proxy,
+    client: hyper::client::conn::http2::SendRequest<Frames>,
+    /// The response body, whose first message the app sends without waiting.
+    body: Incoming,
+}
+
+/// Starts the gRPC app and a sidecar in front of it, and opens a server stream through it.
+async fn open_stream() -> OpenStream {
+    let next = Arc::new(Notify::new());
+    let (addr, app) = grpc_app(next.clone()).await;
+    let proxy = grpc_proxy(addr).await;
+    let mut client = h2_client(proxy.addrs().outbound).await;
+    let (tx, body) = frames();
+    tx.send(Ok(Frame::data(grpc_msg(b"go")))).await.unwrap();
+    drop(tx);
+    let resp = client.send_request(grpc_request("/t.S/Stream", body)).await.unwrap();
+    OpenStream { next, app, proxy, client, body: resp.into_body() }
+}
+
 /// Reads a response body: messages in order, then the trailers.
 async fn read_all(mut b: Incoming) -> (Vec<Bytes>, Option<HeaderMap>) {
     let mut d = Deframer::default();
@@ -224,15 +248,8 @@ async fn grpc_unary_with_trailers_and_a_large_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_server_streaming_is_not_buffered() {
-    let next = Arc::new(Notify::new());
-    let (app, t) = grpc_app(next.clone()).await;
-    let p = grpc_proxy(app).await;
-    let mut c = h2_client(p.addrs().outbound).await;
-    let (tx, body) = frames();
-    tx.send(Ok(Frame::data(grpc_msg(b"go")))).await.unwrap();
-    drop(tx);
-    let resp = c.send_request(grpc_request("/t.S/Stream", body)).await.unwrap();
-    let mut b = resp.into_body();
+    // The sidecar and the client connection stay up until the end of the test.
+    let OpenStream { next, app: t, proxy: _proxy, client: _client, body: mut b } = open_stream().await;
     let mut d = Deframer::default();
     let mut got = Vec::new();
     // Each message must arrive before the app is allowed to send the next one.
@@ -364,15 +381,7 @@ async fn sniffed_h2_uses_the_clients_protocol_upstream() {
 /// Drain: the client gets GOAWAY (no new streams), the stream in flight completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_on_drain_lets_streams_in_flight_finish() {
-    let next = Arc::new(Notify::new());
-    let (app, t) = grpc_app(next.clone()).await;
-    let p = grpc_proxy(app).await;
-    let mut c = h2_client(p.addrs().outbound).await;
-    let (tx, body) = frames();
-    tx.send(Ok(Frame::data(grpc_msg(b"go")))).await.unwrap();
-    drop(tx);
-    let resp = c.send_request(grpc_request("/t.S/Stream", body)).await.unwrap();
-    let mut b = resp.into_body();
+    let OpenStream { next, app: t, proxy: p, client: mut c, body: mut b } = open_stream().await;
     let first = tokio::time::timeout(GUARD, b.frame()).await.unwrap().unwrap().unwrap();
     assert!(first.is_data());
     let shutdown = tokio::spawn(p.shutdown());
