@@ -87,6 +87,15 @@ impl Answer {
     fn header(&self, name: &str) -> String {
         self.headers.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
     }
+    /// Asserts a `422` whose errors name `item` of `field` (annotation `key`).
+    fn assert_refused(&self, field: &str, key: &str, item: &str, case: &str) {
+        assert_eq!(self.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {}", self.text());
+        let errors = self.json()["errors"].clone();
+        assert!(
+            errors.as_array().unwrap().iter().any(|x| x["item"] == item && x["key"] == key && x["field"] == field),
+            "{case}: {errors}"
+        );
+    }
 }
 
 impl Env {
@@ -1346,6 +1355,16 @@ async fn put_list(e: &Env, field: &str, items: &[&str]) -> Answer {
     e.call(Method::PUT, &format!("{HW}/passthrough"), &[("if-match", &rv)], Some(&body)).await
 }
 
+/// The sample backend as `kind`, with that backend's rule dialect (iptables for Kubernetes,
+/// nft for the local mesh).
+fn env_of_kind(kind: BackendKind) -> Env {
+    let format = match kind {
+        BackendKind::Kube => meshpass_api::model::RuleFormat::Iptables,
+        BackendKind::Local => meshpass_api::model::RuleFormat::Nft,
+    };
+    env_with(FakeBackend::sample().with_kind(kind, format))
+}
+
 /// A table row: field, annotation, what is sent, `Ok(stored annotation)` or `Err(refused item)`,
 /// and the backend (whose injector decides what is refused).
 type Row<'a, T> = (&'a str, &'a str, T, Result<&'a str, &'a str>, BackendKind);
@@ -1394,9 +1413,7 @@ async fn odd_spellings_are_stored_canonically_or_refused_with_the_item_named() {
         ("outboundIpRanges", OUT_RANGES, vec!["*"], Err("*"), local),
     ];
     for (field, key, items, want, kind) in table {
-        let format =
-            if kind == kube { meshpass_api::model::RuleFormat::Iptables } else { meshpass_api::model::RuleFormat::Nft };
-        let e = env_with(FakeBackend::sample().with_kind(kind, format));
+        let e = env_of_kind(kind);
         let before = e.snapshot();
         let a = put_list(&e, field, &items).await;
         let case = format!("{field} {items:?} on {kind:?}");
@@ -1422,16 +1439,7 @@ async fn odd_spellings_are_stored_canonically_or_refused_with_the_item_named() {
                 );
             }
             Err(item) => {
-                assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {}", a.text());
-                let errors = a.json()["errors"].clone();
-                assert!(
-                    errors
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|x| x["item"] == item && x["key"] == key && x["field"] == field),
-                    "{case}: {errors}"
-                );
+                a.assert_refused(field, key, item, &case);
                 assert_eq!(e.snapshot(), before, "{case}: nothing written");
             }
         }
@@ -1466,9 +1474,7 @@ async fn odd_spellings_are_stored_canonically_or_refused_with_the_item_named() {
         ),
     ];
     for (field, key, value, want, kind) in includes {
-        let format =
-            if kind == kube { meshpass_api::model::RuleFormat::Iptables } else { meshpass_api::model::RuleFormat::Nft };
-        let e = env_with(FakeBackend::sample().with_kind(kind, format));
+        let e = env_of_kind(kind);
         let before = e.snapshot();
         let rv = e.fake.resource_version(&e.hw());
         let body = json!({ field: value }).to_string();
@@ -1485,16 +1491,7 @@ async fn odd_spellings_are_stored_canonically_or_refused_with_the_item_named() {
                 assert_eq!(back.get(key).map(String::as_str), Some(stored), "{case}: round trip");
             }
             Err(item) => {
-                assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {}", a.text());
-                let errors = a.json()["errors"].clone();
-                assert!(
-                    errors
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|x| x["item"] == item && x["key"] == key && x["field"] == field),
-                    "{case}: {errors}"
-                );
+                a.assert_refused(field, key, item, &case);
                 assert_eq!(e.snapshot(), before, "{case}: nothing written");
             }
         }
