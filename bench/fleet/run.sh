@@ -14,19 +14,11 @@
 # any figure quoted from it. Uses its own state directory, namespace prefix and address blocks
 # and removes everything at the end.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
-[ -n "${BENCH_RESULTS_DIR:-}" ] || exec bench/record fleet "$0" "$@"
+. "$(dirname "$0")/../localmesh.sh"
+localmesh_bench_start fleet "$0" "$@"
 N=${N:-200}
 REPS=${REPS:-5}
-OUT=$BENCH_RESULTS_DIR/table.md
-scripts/setup --bench
-cargo build --release -q -p meshpass
-MP=$PWD/target/release/meshpass
-STATE=$(mktemp -d)
 PREFIX=mpf-
-cleanup() { "$MP" down --state-dir "$STATE" >/dev/null 2>&1 || true; [ -z "${UP:-}" ] || kill "$UP" 2>/dev/null || true; rm -rf "$STATE"; }
-trap cleanup EXIT
 {
 cat <<YAML
 apiVersion: v1

@@ -9,19 +9,10 @@
 # machine and versions) land in bench/mesh/results/<date-time>/; commit that directory with
 # any figure quoted from it.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
-[ -n "${BENCH_RESULTS_DIR:-}" ] || exec bench/record mesh "$0" "$@"
+. "$(dirname "$0")/../localmesh.sh"
+localmesh_bench_start mesh "$0" "$@"
 N=${N:-50}
-OUT=$BENCH_RESULTS_DIR/table.md
-scripts/setup --bench
-cargo build --release -q -p meshpass
-MP=$PWD/target/release/meshpass
-STATE=$(mktemp -d)
 PREFIX=mpb-
-# `meshpass down` stops `up`, so the kill usually finds nothing: that must not fail the run.
-cleanup() { "$MP" down --state-dir "$STATE" >/dev/null 2>&1 || true; [ -z "${UP:-}" ] || kill "$UP" 2>/dev/null || true; rm -rf "$STATE"; }
-trap cleanup EXIT
 cat > "$STATE/scale.yaml" <<YAML
 apiVersion: v1
 kind: Namespace
