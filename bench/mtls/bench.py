@@ -71,14 +71,8 @@ class Bench:
         shutil.rmtree(RUN, ignore_errors=True)
         os.makedirs(f"{RUN}/tmp", exist_ok=True)
         os.chmod(RUN, 0o755)
-        sh("ip", "netns", "add", self.cli)
-        sh("ip", "netns", "add", self.srv)
-        va, vb = f"mpmA{os.getpid() % 100000}", f"mpmB{os.getpid() % 100000}"
-        sh("ip", "link", "add", va, "netns", self.cli, "type", "veth", "peer", "name", vb, "netns", self.srv)
-        for ns, dev, ip in ((self.cli, va, CLIENT_IP), (self.srv, vb, SERVER_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        proxy_bench.two_namespaces(self.cli, CLIENT_IP, self.srv, SERVER_IP, "mpm")
+        for ns in (self.cli, self.srv):
             subprocess.run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], input=RULES, text=True,
                            check=True)
             # The handshake phase opens thousands of connections per second to one address;

@@ -76,6 +76,19 @@ def sh(*args, check=True, **kw):
     return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
 
 
+def two_namespaces(a, a_ip, b, b_ip, link):
+    """Creates the network namespaces `a` and `b` joined by a veth pair (named after `link` and
+    this process), each end up with its address in a /24, and loopback up in both."""
+    sh("ip", "netns", "add", a)
+    sh("ip", "netns", "add", b)
+    va, vb = f"{link}A{os.getpid() % 100000}", f"{link}B{os.getpid() % 100000}"
+    sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b)
+    for ns, dev, ip in ((a, va, a_ip), (b, vb, b_ip)):
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+
 def rules(exclude_inbound, exclude_cidrs, exclude_outbound):
     """Istio's standard nat rules (same shape as crates/proxy/tests/netns.rs)."""
     r = ["*nat"] + [f":{c} - [0:0]" for c in ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")]
@@ -147,14 +160,7 @@ class Bench:
     # --- topology -------------------------------------------------------------------------
     def setup(self):
         os.makedirs(f"{RUN}/tmp", exist_ok=True)
-        sh("ip", "netns", "add", self.pod)
-        sh("ip", "netns", "add", self.client)
-        va, vb = f"mpbA{os.getpid() % 100000}", f"mpbB{os.getpid() % 100000}"
-        sh("ip", "link", "add", va, "netns", self.pod, "type", "veth", "peer", "name", vb, "netns", self.client)
-        for ns, dev, ip in ((self.pod, va, POD_IP), (self.client, vb, CLIENT_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        two_namespaces(self.pod, POD_IP, self.client, CLIENT_IP, "mpb")
 
     def rules_on(self, untracked=False):
         """Istio's nat rules (replacing whatever is there); with `untracked`, also meshpass's
