@@ -426,6 +426,10 @@ struct Envoy {
     inbound: SocketAddr,
     outbound: SocketAddr,
     _dir: tempfile::TempDir,
+    /// The Zipkin collector's port, held (never accepted on) while Envoy runs: a port that
+    /// was only reserved and released could be taken by an app of a later exchange, which
+    /// would then receive Envoy's span reports as if the proxy under test had sent them.
+    _zipkin: std::net::TcpListener,
 }
 
 impl Drop for Envoy {
@@ -444,6 +448,7 @@ const H2_UPSTREAM: &str = "typed_extension_protocol_options: {envoy.extensions.u
 async fn envoy(bin: &PathBuf, app_in: SocketAddr, app_out: SocketAddr, h2_upstream: bool) -> Envoy {
     let template = include_str!("envoy/sidecar.yaml");
     let (admin, inbound, outbound) = (free_port(), free_port(), free_port());
+    let zipkin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let h2 = if h2_upstream { H2_UPSTREAM } else { "" };
     let cfg = template
         .replace("{listen_address}", "127.0.0.1")
@@ -455,7 +460,7 @@ async fn envoy(bin: &PathBuf, app_in: SocketAddr, app_out: SocketAddr, h2_upstre
         .replace("{service_port}", &SERVICE_PORT.to_string())
         .replace("{service}", SERVICE)
         .replace("{accept_http_10}", "false")
-        .replace("{zipkin_port}", &free_port().port().to_string())
+        .replace("{zipkin_port}", &zipkin.local_addr().unwrap().port().to_string())
         .replace("{inbound_h2}", h2)
         .replace("{outbound_h2}", h2);
     let dir = tempfile::tempdir().unwrap();
@@ -467,7 +472,7 @@ async fn envoy(bin: &PathBuf, app_in: SocketAddr, app_out: SocketAddr, h2_upstre
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start envoy");
-    let e = Envoy { child, inbound, outbound, _dir: dir };
+    let e = Envoy { child, inbound, outbound, _dir: dir, _zipkin: zipkin };
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         if let Ok(mut s) = TcpStream::connect(admin).await {
