@@ -246,16 +246,7 @@ impl Client {
 
     /// `GET /api/v1/workloads`, optionally in one namespace and matching `search`.
     pub async fn workloads(&self, namespace: Option<&str>, search: Option<&str>) -> Result<Vec<Workload>, ClientError> {
-        let mut q = Vec::new();
-        if let Some(ns) = namespace {
-            q.push(format!("namespace={}", enc(ns)));
-        }
-        if let Some(s) = search {
-            q.push(format!("search={}", enc(s)));
-        }
-        let path =
-            if q.is_empty() { "/api/v1/workloads".to_string() } else { format!("/api/v1/workloads?{}", q.join("&")) };
-        Ok(self.get::<WorkloadList>(&path).await?.items)
+        Ok(self.workload_list(namespace, search).await?.items)
     }
 
     /// `GET …/{ns}/workloads/{name}`.
