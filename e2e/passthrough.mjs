@@ -156,6 +156,19 @@ async function checkEffect() {
   const ports = await portSel.locator('option').evaluateAll((os) => os.map((o) => o.value));
   if (ports.includes(PORT)) await portSel.selectOption(PORT);
   const result = dialog.locator('[data-testid="check-result"]');
+  const verdict = await runCheck(dialog, result);
+  const headers = await result.locator('[data-testid^="check-header-"]').evaluateAll((rows) =>
+    rows.map((r) => [r.querySelector('th').textContent, r.dataset.value]));
+  const server = (headers.find(([k]) => k.toLowerCase() === 'server') || [])[1];
+  const statusLine = await result.locator('[data-testid="check-status-line"]').innerText().catch(() => '');
+  return { verdict, server, headers, statusLine };
+}
+
+/**
+ * Presses Run in the Check effect dialog and waits for a new result card (its data-seq
+ * changes); returns the card's verdict, failing on an error verdict.
+ */
+async function runCheck(dialog, result) {
   const before = (await result.count()) ? await result.getAttribute('data-seq') : null;
   await dialog.locator('[data-testid="check-run"]').click();
   await page.waitForFunction(([s, prev]) => {
@@ -164,11 +177,7 @@ async function checkEffect() {
   }, [`${sel.checkDialog} [data-testid="check-result"]`, before], { timeout: 30000 });
   const verdict = await result.getAttribute('data-verdict');
   if (verdict === 'error') throw new Error(`check failed: ${await result.innerText()}`);
-  const headers = await result.locator('[data-testid^="check-header-"]').evaluateAll((rows) =>
-    rows.map((r) => [r.querySelector('th').textContent, r.dataset.value]));
-  const server = (headers.find(([k]) => k.toLowerCase() === 'server') || [])[1];
-  const statusLine = await result.locator('[data-testid="check-status-line"]').innerText().catch(() => '');
-  return { verdict, server, headers, statusLine };
+  return verdict;
 }
 
 /**
@@ -192,14 +201,7 @@ async function checkFrom(client, target, want) {
   };
   let r;
   for (let attempt = 0; attempt < 20; attempt += 1) {
-    const before = (await result.count()) ? await result.getAttribute('data-seq') : null;
-    await dialog.locator('[data-testid="check-run"]').click();
-    await page.waitForFunction(([s, prev]) => {
-      const el = document.querySelector(s);
-      return el && el.dataset.seq !== prev;
-    }, [`${sel.checkDialog} [data-testid="check-result"]`, before], { timeout: 30000 });
-    const verdict = await result.getAttribute('data-verdict');
-    if (verdict === 'error') throw new Error(`check failed: ${await result.innerText()}`);
+    const verdict = await runCheck(dialog, result);
     const tls = result.locator('[data-testid="check-mtls"]');
     r = {
       verdict,
